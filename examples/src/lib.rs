@@ -1,0 +1,1 @@
+//! Roomkit examples live under `examples/<name>/`; this library is empty.
