@@ -2,6 +2,7 @@
 //! then shows what moves when one node fails.
 //!
 //! Run: `cargo run -p examples --example ring`
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::time::Instant;

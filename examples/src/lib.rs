@@ -1,1 +1,2 @@
 //! Roomkit examples live under `examples/<name>/`; this library is empty.
+#![forbid(unsafe_code)]

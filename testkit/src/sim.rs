@@ -32,6 +32,7 @@ pub trait SimNode<M>: Any {
 
     /// When the node next wants [`SimNode::handle_timeout`], if ever. A time
     /// in the past means "now".
+    #[must_use]
     fn poll_timeout(&self) -> Option<Timestamp> {
         None
     }
