@@ -1,0 +1,255 @@
+//! The tracker against a reference model: a plain map of sessions with
+//! their last-seen tick. Random joins, beats (with good, missing and garbage
+//! hints, and clocks that step backwards), leaves and time advances must give
+//! the same suspects, the same entered/exited events at the same virtual
+//! times, and the same outcomes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use room_core::{BusinessId, ExitReason, MemberChange, MemberEvent, MemberKey, RoomId, Terminal, Timestamp, Uin};
+use room_heartbeat::{
+    BeatOutcome, ConnId, JoinOutcome, LeaveOutcome, SessionHint, Suspect, Timing, Tracker, TrackerConfig,
+};
+
+const TIMEOUT_TICKS: u64 = 30; // 10 ms x 3, with 1 ms ticks
+
+#[derive(Debug, Clone)]
+enum Op {
+    Join { member: usize, terminal: usize, conn: u64 },
+    Beat { member: usize, terminal: usize, conn: u64, hint: HintUse, skew_back: u64 },
+    Leave { member: usize, terminal: usize, conn: u64 },
+    Advance { ms: u64, gone_mask: u32 },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum HintUse {
+    Stored,
+    None,
+    Garbage(u32),
+}
+
+fn member(i: usize) -> MemberKey {
+    MemberKey::new(BusinessId(1 + (i % 2) as u32), RoomId(10 + (i / 2) as u64), Uin(100 + i as u64))
+}
+
+const TERMINALS: [Terminal; 3] = [Terminal::Web, Terminal::Ios, Terminal::Pc];
+
+fn op() -> impl Strategy<Value = Op> {
+    let hint = prop_oneof![Just(HintUse::Stored), Just(HintUse::None), any::<u32>().prop_map(HintUse::Garbage)];
+    prop_oneof![
+        3 => (0usize..5, 0usize..3, 0u64..3).prop_map(|(member, terminal, conn)| Op::Join { member, terminal, conn }),
+        5 => (0usize..5, 0usize..3, 0u64..3, hint, 0u64..20)
+            .prop_map(|(member, terminal, conn, hint, skew_back)| Op::Beat { member, terminal, conn, hint, skew_back }),
+        2 => (0usize..5, 0usize..3, 0u64..3).prop_map(|(member, terminal, conn)| Op::Leave { member, terminal, conn }),
+        4 => (0u64..45, any::<u32>()).prop_map(|(ms, gone_mask)| Op::Advance { ms, gone_mask }),
+    ]
+}
+
+#[derive(Default)]
+struct Model {
+    /// (member, terminal index) -> (conn, last-seen tick, suspect)
+    sessions: BTreeMap<(MemberKey, usize), (u64, u64, bool)>,
+    events: Vec<MemberEvent>,
+}
+
+impl Model {
+    fn present(&self, m: &MemberKey) -> bool {
+        self.sessions.keys().any(|(k, _)| k == m)
+    }
+}
+
+/// Delivers `now` (as a host's periodic tick would), then keeps calling
+/// back while the tracker says it has due work.
+fn drive(tracker: &mut Tracker, now: Timestamp) {
+    tracker.handle_timeout(now);
+    for _ in 0..100_000 {
+        match tracker.poll_timeout() {
+            Some(t) if t <= now => tracker.handle_timeout(now),
+            _ => return,
+        }
+    }
+    panic!("tracker kept asking to run at {now}");
+}
+
+fn config() -> TrackerConfig {
+    let mut config = TrackerConfig::default();
+    config.tick = Duration::from_millis(1);
+    config.max_timeout = Duration::from_secs(1);
+    config.default_timing = Timing::new(Duration::from_millis(10), 3).unwrap();
+    config.sweep_batch = 3; // tiny, so sweeps are chunked
+    config
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn tracker_matches_the_reference_model(ops in prop::collection::vec(op(), 1..120)) {
+        let mut tracker = Tracker::new(config()).unwrap();
+        let mut model = Model::default();
+        let mut hints: BTreeMap<(usize, usize), SessionHint> = BTreeMap::new();
+        let mut now_ms = 1_000u64;
+        // The latest time handed to the tracker: its clock never runs backwards.
+        let mut seen_ms = 0u64;
+        let at = |ms: u64| Timestamp::from_millis(ms);
+
+        for op in ops {
+            match op {
+                Op::Join { member: m, terminal: t, conn } => {
+                    let key = member(m);
+                    let reply = tracker.join(at(now_ms), key, TERMINALS[t], ConnId(conn)).unwrap();
+                    seen_ms = now_ms;
+                    hints.insert((m, t), reply.hint);
+                    let expected = match model.sessions.get_mut(&(key, t)) {
+                        Some(s) => {
+                            let previous = s.0;
+                            *s = (conn, now_ms, false);
+                            if previous == conn { JoinOutcome::Refreshed } else { JoinOutcome::Reconnected { previous: ConnId(previous) } }
+                        }
+                        None => {
+                            let first = !model.present(&key);
+                            model.sessions.insert((key, t), (conn, now_ms, false));
+                            if first {
+                                model.events.push(MemberEvent { member: key, change: MemberChange::Entered, at: at(now_ms) });
+                                JoinOutcome::Entered
+                            } else {
+                                JoinOutcome::NewTerminal
+                            }
+                        }
+                    };
+                    prop_assert_eq!(reply.outcome, expected);
+                }
+                Op::Beat { member: m, terminal: t, conn, hint, skew_back } => {
+                    let key = member(m);
+                    let hint = match hint {
+                        HintUse::Stored => hints.get(&(m, t)).copied().unwrap_or(SessionHint::NONE),
+                        HintUse::None => SessionHint::NONE,
+                        HintUse::Garbage(bits) => SessionHint::from_bits(bits),
+                    };
+                    // A clock that stepped back: the tracker keeps its latest time.
+                    let reply = tracker.beat(at(now_ms - skew_back), key, TERMINALS[t], ConnId(conn), hint).unwrap();
+                    seen_ms = seen_ms.max(now_ms - skew_back);
+                    let stamp = seen_ms;
+                    hints.insert((m, t), reply.hint);
+                    let expected = match model.sessions.get_mut(&(key, t)) {
+                        Some(s) => {
+                            let previous = s.0;
+                            *s = (conn, stamp, false);
+                            if previous == conn { BeatOutcome::Refreshed } else { BeatOutcome::Reconnected { previous: ConnId(previous) } }
+                        }
+                        None => {
+                            model.sessions.insert((key, t), (conn, stamp, false));
+                            BeatOutcome::Adopted
+                        }
+                    };
+                    prop_assert_eq!(reply.outcome, expected);
+                }
+                Op::Leave { member: m, terminal: t, conn } => {
+                    let key = member(m);
+                    let outcome = tracker.leave(at(now_ms), key, TERMINALS[t], ConnId(conn));
+                    seen_ms = now_ms;
+                    let expected = match model.sessions.get(&(key, t)) {
+                        None => LeaveOutcome::Unknown,
+                        Some(s) if s.0 != conn => LeaveOutcome::StaleConnection,
+                        Some(_) => {
+                            model.sessions.remove(&(key, t));
+                            if model.present(&key) {
+                                LeaveOutcome::TerminalClosed
+                            } else {
+                                model.events.push(MemberEvent { member: key, change: MemberChange::Exited(ExitReason::Left), at: at(now_ms) });
+                                LeaveOutcome::Exited
+                            }
+                        }
+                    };
+                    prop_assert_eq!(outcome, expected);
+                }
+                Op::Advance { ms, gone_mask } => {
+                    // Step a millisecond at a time so suspicion times are exact.
+                    for _ in 0..ms {
+                        now_ms += 1;
+                        drive(&mut tracker, at(now_ms));
+                        seen_ms = now_ms;
+                        let mut got: Vec<Suspect> = std::iter::from_fn(|| tracker.poll_suspect()).collect();
+                        got.sort_by_key(|s| (s.member, s.terminal, s.conn));
+                        let mut expected: Vec<(MemberKey, usize)> = Vec::new();
+                        for (&(key, t), s) in model.sessions.iter_mut() {
+                            if !s.2 && now_ms - s.1 >= TIMEOUT_TICKS {
+                                s.2 = true;
+                                expected.push((key, t));
+                            }
+                        }
+                        let got_keys: Vec<(MemberKey, Terminal, u64)> = got.iter().map(|s| (s.member, s.terminal, s.conn.0)).collect();
+                        let mut expected_keys: Vec<(MemberKey, Terminal, u64)> = expected.iter().map(|&(k, t)| (k, TERMINALS[t], model.sessions[&(k, t)].0)).collect();
+                        expected_keys.sort();
+                        prop_assert_eq!(&got_keys, &expected_keys, "suspects at {} ms", now_ms);
+                        for s in &got {
+                            let t = TERMINALS.iter().position(|&x| x == s.terminal).unwrap();
+                            prop_assert_eq!(s.last_seen, at(model.sessions[&(s.member, t)].1));
+                        }
+                        // The access layer answers: gone or alive, by mask.
+                        for (i, s) in got.iter().enumerate() {
+                            let t = TERMINALS.iter().position(|&x| x == s.terminal).unwrap();
+                            if gone_mask >> (i % 32) & 1 == 1 {
+                                prop_assert!(tracker.confirm_gone(at(now_ms), s));
+                                model.sessions.remove(&(s.member, t));
+                                if !model.present(&s.member) {
+                                    model.events.push(MemberEvent { member: s.member, change: MemberChange::Exited(ExitReason::TimedOut), at: at(now_ms) });
+                                }
+                            } else {
+                                prop_assert!(tracker.confirm_alive(at(now_ms), s));
+                                model.sessions.insert((s.member, t), (s.conn.0, now_ms, false));
+                            }
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(tracker.len(), model.sessions.len());
+        }
+        let events: Vec<MemberEvent> = std::iter::from_fn(|| tracker.poll_event()).collect();
+        prop_assert_eq!(events, model.events);
+    }
+}
+
+#[test]
+fn a_full_tracker_refuses_joins_and_keeps_its_sessions() {
+    let mut config = config();
+    config.max_sessions = 2;
+    let mut tracker = Tracker::new(config).unwrap();
+    let now = Timestamp::from_millis(5);
+    tracker.join(now, member(0), Terminal::Web, ConnId(1)).unwrap();
+    tracker.join(now, member(1), Terminal::Web, ConnId(2)).unwrap();
+    assert_eq!(
+        tracker.join(now, member(2), Terminal::Web, ConnId(3)),
+        Err(room_heartbeat::TrackError::Full { max: 2 })
+    );
+    assert!(tracker.beat(now, member(3), Terminal::Web, ConnId(4), SessionHint::NONE).is_err());
+    assert_eq!(tracker.len(), 2);
+    assert!(tracker.is_present(&member(0)) && tracker.is_present(&member(1)));
+    // A known session still refreshes when full.
+    assert!(tracker.beat(now, member(0), Terminal::Web, ConnId(1), SessionHint::NONE).is_ok());
+}
+
+#[test]
+fn bad_configurations_are_refused() {
+    use room_heartbeat::ConfigError;
+    assert_eq!(Timing::new(Duration::ZERO, 3), Err(ConfigError::ZeroInterval));
+    assert_eq!(Timing::new(Duration::from_secs(1), 0), Err(ConfigError::ZeroMisses));
+    assert_eq!(Timing::new(Duration::MAX, 2), Err(ConfigError::TimeoutOverflow));
+    let mut c = TrackerConfig::default();
+    c.tick = Duration::ZERO;
+    assert_eq!(Tracker::new(c).unwrap_err(), ConfigError::ZeroTick);
+    let mut c = TrackerConfig::default();
+    c.tick = Duration::from_millis(1);
+    assert!(matches!(Tracker::new(c).unwrap_err(), ConfigError::WheelTooLong { .. }));
+    let mut c = TrackerConfig::default();
+    c.timings.insert(BusinessId(9), Timing::new(Duration::from_secs(400), 2).unwrap());
+    assert!(matches!(Tracker::new(c).unwrap_err(), ConfigError::TimeoutTooLong { bid: Some(BusinessId(9)), .. }));
+    let mut c = TrackerConfig::default();
+    c.max_sessions = 0;
+    assert_eq!(Tracker::new(c).unwrap_err(), ConfigError::MaxSessions(0));
+    let mut c = TrackerConfig::default();
+    c.sweep_batch = 0;
+    assert_eq!(Tracker::new(c).unwrap_err(), ConfigError::ZeroSweepBatch);
+}
