@@ -12,9 +12,13 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod reverse;
 pub mod tracker;
 
+pub use reverse::{
+    NoAnswer, Probe, ProbeAnswer, ProbeId, ReverseCheck, ReverseCheckConfig, ReverseError, Verdict, VerdictKind,
+};
 pub use tracker::{
-    BeatOutcome, ConfigError, ConnId, JoinOutcome, LeaveOutcome, Reply, SessionHint, Suspect, Timing, TrackError,
+    Beat, BeatOutcome, ConfigError, ConnId, JoinOutcome, LeaveOutcome, Reply, SessionHint, Suspect, Timing, TrackError,
     Tracker, TrackerConfig,
 };

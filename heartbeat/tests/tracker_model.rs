@@ -252,4 +252,70 @@ fn bad_configurations_are_refused() {
     let mut c = TrackerConfig::default();
     c.sweep_batch = 0;
     assert_eq!(Tracker::new(c).unwrap_err(), ConfigError::ZeroSweepBatch);
+    let mut c = TrackerConfig::default();
+    c.max_pending_suspects = 0;
+    assert_eq!(Tracker::new(c).unwrap_err(), ConfigError::ZeroPendingSuspects);
+}
+
+#[test]
+fn a_mass_timeout_waits_for_the_suspect_queue_instead_of_growing_it() {
+    let mut config = config();
+    config.max_pending_suspects = 2;
+    let mut tracker = Tracker::new(config).unwrap();
+    let t0 = Timestamp::from_millis(1_000);
+    for i in 0..5 {
+        tracker.join(t0, member(i), Terminal::Web, ConnId(i as u64)).unwrap();
+    }
+    let due = Timestamp::from_millis(1_000 + TIMEOUT_TICKS);
+    drive(&mut tracker, due);
+    // Two suspects fit; the sweep waits, and says so without asking to spin.
+    assert!(tracker.poll_timeout().is_some_and(|t| t > due));
+    let first: Vec<Suspect> = std::iter::from_fn(|| tracker.poll_suspect()).collect();
+    assert_eq!(first.len(), 2);
+    // Drained: the sweep resumes at once and finds the rest.
+    assert_eq!(tracker.poll_timeout(), Some(due));
+    drive(&mut tracker, due);
+    let mut all = first;
+    all.extend(std::iter::from_fn(|| tracker.poll_suspect()));
+    drive(&mut tracker, due);
+    all.extend(std::iter::from_fn(|| tracker.poll_suspect()));
+    let mut members: Vec<MemberKey> = all.iter().map(|s| s.member).collect();
+    members.sort();
+    members.dedup();
+    assert_eq!(members.len(), 5, "every session is suspected exactly once");
+    assert_eq!(all.len(), 5);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A batch of beats has exactly the effect of the same beats one by one,
+    /// whatever their hints.
+    #[test]
+    fn beat_batch_equals_beats_in_order(
+        beats in prop::collection::vec((0usize..5, 0usize..3, 0u64..3, prop_oneof![Just(None), any::<u32>().prop_map(Some)]), 0..100),
+        joined in prop::collection::vec((0usize..5, 0usize..3), 0..8),
+    ) {
+        let now = Timestamp::from_millis(10);
+        let mut one_by_one = Tracker::new(config()).unwrap();
+        let mut batched = Tracker::new(config()).unwrap();
+        let mut hints = BTreeMap::new();
+        for &(m, t) in &joined {
+            let a = one_by_one.join(now, member(m), TERMINALS[t], ConnId(0)).unwrap();
+            let b = batched.join(now, member(m), TERMINALS[t], ConnId(0)).unwrap();
+            prop_assert_eq!(a, b);
+            hints.insert((m, t), a.hint);
+        }
+        let batch: Vec<room_heartbeat::Beat> = beats.iter().map(|&(m, t, conn, garbage)| room_heartbeat::Beat {
+            member: member(m),
+            terminal: TERMINALS[t],
+            conn: ConnId(conn),
+            hint: garbage.map(SessionHint::from_bits).or(hints.get(&(m, t)).copied()).unwrap_or(SessionHint::NONE),
+        }).collect();
+        let expected: Vec<_> = batch.iter().map(|b| one_by_one.beat(now, b.member, b.terminal, b.conn, b.hint)).collect();
+        let mut replies = Vec::new();
+        batched.beat_batch(now, &batch, &mut replies);
+        prop_assert_eq!(replies, expected);
+        prop_assert_eq!(batched.len(), one_by_one.len());
+    }
 }
