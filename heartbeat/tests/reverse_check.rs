@@ -2,7 +2,6 @@
 //! decision, capacity, and exactly one verdict per suspect.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use proptest::prelude::*;
 use room_core::{BusinessId, MemberKey, RoomId, Terminal, Timestamp, Uin};
