@@ -3,8 +3,10 @@
 //! (with the (member, terminal) -> key map it needs to find a session).
 //!
 //! * Refresh: beats for existing sessions in random order, one tick, no
-//!   expiry. Ours keyed (hash lookup) and hinted (the hint the last reply
-//!   returned); the peer is map lookup + `DelayQueue::reset`.
+//!   expiry, read from a pre-built stream of beats (as they would arrive from
+//!   the network). Ours keyed (hash lookup), hinted (carrying the hint the
+//!   last reply returned) and hinted in batches of 4,096
+//!   (`Tracker::beat_batch`); the peer is key-map lookup + `DelayQueue::reset`.
 //! * Memory: net bytes a counting allocator saw while the structure was
 //!   built, divided by the sessions it holds.
 //! * Sweep: every session due in the same tick; the longest single
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use room_core::{BusinessId, MemberKey, RoomId, Terminal, Timestamp, Uin};
-use room_heartbeat::{ConnId, SessionHint, Tracker, TrackerConfig};
+use room_heartbeat::{Beat, ConnId, SessionHint, Tracker, TrackerConfig};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tokio_util::time::{DelayQueue, delay_queue::Key};
 
@@ -57,8 +59,10 @@ fn shuffled(n: usize, seed: u64) -> Vec<u32> {
 }
 
 fn net_bytes(region: &Region<'_, System>) -> f64 {
+    // stats_alloc already adds realloc growth to bytes_allocated (and
+    // shrinkage to bytes_deallocated); bytes_reallocated is a separate tally.
     let s = region.change();
-    s.bytes_allocated as f64 - s.bytes_deallocated as f64 + s.bytes_reallocated as f64
+    s.bytes_allocated as f64 - s.bytes_deallocated as f64
 }
 
 struct Peer {
@@ -82,40 +86,59 @@ fn bench_tracker(c: &mut Criterion) {
         // ---- ours ----
         let region = Region::new(GLOBAL);
         let mut tracker = Tracker::new(TrackerConfig::default()).unwrap();
-        let mut hints = vec![SessionHint::NONE; n];
+        let mut hints = Vec::new();
+        let hints_region = Region::new(GLOBAL);
+        hints.resize(n, SessionHint::NONE);
+        let hints_bytes = net_bytes(&hints_region);
         for &i in &join_order {
             let (m, t, conn) = session(i as usize);
             hints[i as usize] = tracker.join(t0, m, t, conn).unwrap().hint;
+            // A host drains events as they come.
+            while tracker.poll_event().is_some() {}
         }
-        while tracker.poll_event().is_some() {}
-        let ours_bytes = net_bytes(&region) - (hints.capacity() * std::mem::size_of::<SessionHint>()) as f64;
+        let ours_bytes = net_bytes(&region) - hints_bytes;
         report.push_str(&format!("| {n} | roomkit Tracker | {:.1} |\n", ours_bytes / n as f64));
 
+        // The stream of beats, in arrival order, each carrying its hint.
+        let beats: Vec<Beat> = beat_order
+            .iter()
+            .map(|&i| {
+                let (member, terminal, conn) = session(i as usize);
+                Beat { member, terminal, conn, hint: hints[i as usize] }
+            })
+            .collect();
+        drop(hints);
         let now = t0 + Duration::from_secs(1);
         let mut cursor = 0usize;
+        let next_batch = |cursor: &mut usize| {
+            let start = *cursor;
+            *cursor = if start + 2 * BATCH > n { 0 } else { start + BATCH };
+            &beats[start..start + BATCH]
+        };
         group.bench_function(BenchmarkId::new("roomkit keyed beat", n), |b| {
             b.iter(|| {
-                for _ in 0..BATCH {
-                    let i = beat_order[cursor] as usize;
-                    cursor = if cursor + 1 == n { 0 } else { cursor + 1 };
-                    let (m, t, conn) = session(i);
-                    black_box(tracker.beat(now, m, t, conn, SessionHint::NONE).ok());
+                for beat in next_batch(&mut cursor) {
+                    black_box(tracker.beat(now, beat.member, beat.terminal, beat.conn, SessionHint::NONE).ok());
                 }
             })
         });
         group.bench_function(BenchmarkId::new("roomkit hinted beat", n), |b| {
             b.iter(|| {
-                for _ in 0..BATCH {
-                    let i = beat_order[cursor] as usize;
-                    cursor = if cursor + 1 == n { 0 } else { cursor + 1 };
-                    let (m, t, conn) = session(i);
-                    black_box(tracker.beat(now, m, t, conn, hints[i]).ok());
+                for beat in next_batch(&mut cursor) {
+                    black_box(tracker.beat(now, beat.member, beat.terminal, beat.conn, beat.hint).ok());
                 }
             })
         });
+        let mut replies = Vec::with_capacity(BATCH);
+        group.bench_function(BenchmarkId::new("roomkit hinted beat_batch", n), |b| {
+            b.iter(|| {
+                tracker.beat_batch(now, next_batch(&mut cursor), &mut replies);
+                black_box(replies.len());
+            })
+        });
 
-        // Sweep: all sessions joined at t0 are due at t0 + 60 s.
-        let due = t0 + TIMEOUT;
+        // Sweep: a mass timeout, every session silent since `now`.
+        let due = now + TIMEOUT;
         let (mut longest, mut calls, mut suspects) = (Duration::ZERO, 0u64, 0usize);
         let sweep_started = Instant::now();
         while tracker.poll_timeout().is_some_and(|t| t <= due) {
@@ -133,7 +156,6 @@ fn bench_tracker(c: &mut Criterion) {
             sweep_started.elapsed().as_secs_f64() * 1e3
         ));
         drop(tracker);
-        drop(hints);
 
         // ---- DelayQueue + key map ----
         let region = Region::new(GLOBAL);
@@ -147,17 +169,15 @@ fn bench_tracker(c: &mut Criterion) {
         report.push_str(&format!("| {n} | DelayQueue + key map | {:.1} |\n", peer_bytes / n as f64));
         group.bench_function(BenchmarkId::new("DelayQueue reset", n), |b| {
             b.iter(|| {
-                for _ in 0..BATCH {
-                    let i = beat_order[cursor] as usize;
-                    cursor = if cursor + 1 == n { 0 } else { cursor + 1 };
-                    let (m, t, _) = session(i);
-                    if let Some(key) = peer.keys.get(&(m, t)) {
+                for beat in next_batch(&mut cursor) {
+                    if let Some(key) = peer.keys.get(&(beat.member, beat.terminal)) {
                         peer.queue.reset(key, TIMEOUT);
                     }
                 }
             })
         });
         drop(peer);
+        drop(beats);
     }
     group.finish();
     println!("\nMemory (counting allocator):\n{report}");
