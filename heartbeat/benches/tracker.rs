@@ -5,7 +5,7 @@
 //! * Refresh: beats for existing sessions in random order, one tick, no
 //!   expiry, read from a pre-built stream of beats (as they would arrive from
 //!   the network). Ours keyed (hash lookup), hinted (carrying the hint the
-//!   last reply returned) and hinted in batches of 4,096
+//!   last reply returned), and both in batches of 4,096
 //!   (`Tracker::beat_batch`); the peer is key-map lookup + `DelayQueue::reset`.
 //! * Memory: net bytes a counting allocator saw while the structure was
 //!   built, divided by the sessions it holds.
@@ -130,6 +130,17 @@ fn bench_tracker(c: &mut Criterion) {
             })
         });
         let mut replies = Vec::with_capacity(BATCH);
+        let keyed: Vec<Beat> = beats.iter().map(|b| Beat { hint: SessionHint::NONE, ..*b }).collect();
+        let mut keyed_cursor = 0usize;
+        group.bench_function(BenchmarkId::new("roomkit keyed beat_batch", n), |b| {
+            b.iter(|| {
+                let start = keyed_cursor;
+                keyed_cursor = if start + 2 * BATCH > n { 0 } else { start + BATCH };
+                tracker.beat_batch(now, &keyed[start..start + BATCH], &mut replies);
+                black_box(replies.len());
+            })
+        });
+        drop(keyed);
         group.bench_function(BenchmarkId::new("roomkit hinted beat_batch", n), |b| {
             b.iter(|| {
                 tracker.beat_batch(now, next_batch(&mut cursor), &mut replies);

@@ -12,10 +12,12 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod detector;
 pub mod notify;
 pub mod reverse;
 pub mod tracker;
 
+pub use detector::{DetectorConfig, DetectorConfigError, FailureDetector, PeerEvent};
 pub use notify::{Drained, Notifier, NotifyError, Scope, SubscriberId};
 pub use reverse::{
     NoAnswer, Probe, ProbeAnswer, ProbeId, ReverseCheck, ReverseCheckConfig, ReverseError, Verdict, VerdictKind,

@@ -726,8 +726,9 @@ impl Tracker {
     /// allocation-free.
     ///
     /// Faster than one call per beat when the tracker is much larger than
-    /// the CPU caches: each chunk of beats first touches every hinted record,
-    /// so their cache misses overlap instead of following one another.
+    /// the CPU caches: each chunk of beats is first looked up as a whole
+    /// (the hinted record, or the index), so the cache misses of different
+    /// beats overlap instead of following one another.
     pub fn beat_batch(
         &mut self,
         now: Timestamp,
@@ -735,16 +736,20 @@ impl Tracker {
         replies: &mut Vec<Result<Reply<BeatOutcome>, TrackError>>,
     ) {
         replies.clear();
+        let mut resolved = [SessionHint::NONE; BATCH_CHUNK];
         for chunk in beats.chunks(BATCH_CHUNK) {
-            let mut touched = 0u8;
-            for beat in chunk {
-                if let Some(rec) = self.slab.get(beat.hint.0) {
-                    touched ^= rec.flags;
-                }
+            // First every lookup (they do not depend on one another, so
+            // their cache misses overlap), then every update.
+            for (beat, slot) in chunk.iter().zip(resolved.iter_mut()) {
+                let hinted = self.slab.get(beat.hint.0).is_some_and(|r| r.is(&beat.member, beat.terminal));
+                *slot = if hinted {
+                    beat.hint
+                } else {
+                    self.find(&beat.member, beat.terminal).map_or(SessionHint::NONE, SessionHint)
+                };
             }
-            std::hint::black_box(touched);
-            for beat in chunk {
-                replies.push(self.beat(now, beat.member, beat.terminal, beat.conn, beat.hint));
+            for (beat, &slot) in chunk.iter().zip(resolved.iter()) {
+                replies.push(self.beat(now, beat.member, beat.terminal, beat.conn, slot));
             }
         }
     }
