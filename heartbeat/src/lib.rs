@@ -15,6 +15,7 @@
 pub mod detector;
 pub mod notify;
 pub mod reverse;
+pub mod server;
 pub mod tracker;
 
 pub use detector::{DetectorConfig, DetectorConfigError, FailureDetector, PeerEvent};
@@ -22,6 +23,7 @@ pub use notify::{Drained, Notifier, NotifyError, Scope, SubscriberId};
 pub use reverse::{
     NoAnswer, Probe, ProbeAnswer, ProbeId, ReverseCheck, ReverseCheckConfig, ReverseError, Verdict, VerdictKind,
 };
+pub use server::{HeartbeatServer, Proxy, ServerConfig, ServerError, ServerOutput, ServerStats};
 pub use tracker::{
     Beat, BeatOutcome, ConfigError, ConnId, JoinOutcome, LeaveOutcome, Reply, SessionHint, Suspect, Timing, TrackError,
     Tracker, TrackerConfig,

@@ -332,6 +332,7 @@ const LIVE: u8 = 1; // a tracked session, present in the index
 const SUSPECT: u8 = 2; // expired, awaiting the reverse check; not in the wheel
 const QUEUED: u8 = 4; // has an entry in the suspect queue
 const WHEELED: u8 = 8; // linked into a wheel bucket or the draining list
+const UNCONFIRMED: u8 = 16; // not beaten since ownership was last in doubt
 
 /// One session: 36 bytes, 4-byte aligned (u64s split into halves on purpose).
 #[derive(Debug, Clone, Copy, Default)]
@@ -588,6 +589,19 @@ impl Tracker {
         tick
     }
 
+    /// The stamp for a beat now: the current time rounded *up* to a tick,
+    /// so that a session is never suspected before its full timeout (it is
+    /// at most one tick late).
+    fn stamp(&self) -> u64 {
+        self.now.as_micros().div_ceil(self.tick_micros)
+    }
+
+    /// Ticks since `last_seen` at tick `now_tick`; a stamp up to a tick
+    /// ahead (rounded up) counts as age 0.
+    fn age(now_tick: u64, last_seen: u16) -> u64 {
+        u64::try_from((now_tick as u16).wrapping_sub(last_seen) as i16).unwrap_or(0)
+    }
+
     fn link(&mut self, slot: u32, due_tick: u64) {
         let bucket = (due_tick & self.mask) as usize;
         let head = self.wheel[bucket];
@@ -601,15 +615,16 @@ impl Tracker {
 
     /// Stamps a session as seen now, following `conn`.
     fn refresh(&mut self, slot: u32, conn: ConnId, tick: u64) -> Option<ConnId> {
+        let stamp = self.stamp();
         let rec = self.slab.get_mut(slot)?;
-        rec.last_seen = tick as u16;
+        rec.last_seen = stamp as u16;
         let previous = rec.conn();
         rec.conn = split(conn.0);
         let was_suspect = rec.flags & SUSPECT != 0;
-        rec.flags &= !SUSPECT;
+        rec.flags &= !(SUSPECT | UNCONFIRMED);
         let bid = rec.bid;
         if was_suspect {
-            let due = tick + self.timeout_of(bid);
+            let due = tick.max(stamp) + self.timeout_of(bid);
             self.link(slot, due);
         }
         (previous != conn).then_some(previous)
@@ -620,13 +635,14 @@ impl Tracker {
             return Err(TrackError::Full { max: self.max_sessions });
         }
         let slot = self.slab.alloc();
+        let stamp = self.stamp();
         if let Some(rec) = self.slab.get_mut(slot) {
             *rec = Rec {
                 bid: member.bid.0,
                 room: split(member.room.0),
                 uin: split(member.uin.0),
                 conn: split(conn.0),
-                last_seen: tick as u16,
+                last_seen: stamp as u16,
                 terminal: terminal.bit() as u8,
                 flags: LIVE,
                 next: NIL,
@@ -639,7 +655,7 @@ impl Tracker {
                 .map_or(0, |r| hasher.hash_one((r.bid, join_halves(r.room), join_halves(r.uin), u32::from(r.terminal))))
         });
         self.live += 1;
-        let due = tick + self.timeout_of(member.bid.0);
+        let due = stamp.max(tick) + self.timeout_of(member.bid.0);
         self.link(slot, due);
         Ok(slot)
     }
@@ -785,6 +801,18 @@ impl Tracker {
         !slots.is_empty()
     }
 
+    /// Drops one session without any event (it belongs to another server
+    /// now). Returns whether it was tracked.
+    pub fn release(&mut self, member: &MemberKey, terminal: Terminal) -> bool {
+        match self.find(member, terminal) {
+            Some(slot) => {
+                self.remove(slot);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Drops, without any event, every session whose member `keep` rejects:
     /// what a server does with key ranges it no longer owns. Returns how many
     /// sessions were dropped. O(sessions).
@@ -802,20 +830,37 @@ impl Tracker {
 
     /// The access layer confirmed the suspect's connection is gone: the
     /// session ends, and if it was the member's last an *exited (timed out)*
-    /// event is queued. Returns false (and changes nothing) if the session
-    /// beat again, moved to another connection or ended meanwhile.
+    /// event is queued, unless the session is unconfirmed (see
+    /// [`Tracker::mark_all_unconfirmed`]): then it ends silently. Returns
+    /// false (and changes nothing) if the session beat again, moved to
+    /// another connection or ended meanwhile.
     pub fn confirm_gone(&mut self, now: Timestamp, suspect: &Suspect) -> bool {
         self.observe(now);
         let Some(slot) = self.find(&suspect.member, suspect.terminal) else { return false };
-        let still_suspect = self.slab.get(slot).is_some_and(|r| r.flags & SUSPECT != 0 && r.conn() == suspect.conn);
-        if !still_suspect {
+        let Some(rec) = self.slab.get(slot).copied() else { return false };
+        if rec.flags & SUSPECT == 0 || rec.conn() != suspect.conn {
             return false;
         }
         self.remove(slot);
-        if !self.is_present(&suspect.member) {
+        if rec.flags & UNCONFIRMED == 0 && !self.is_present(&suspect.member) {
             self.emit(suspect.member, MemberChange::Exited(ExitReason::TimedOut));
         }
         true
+    }
+
+    /// Marks every session unconfirmed until its next beat. A server calls
+    /// this when its ownership was in doubt (it was cut off from the
+    /// cluster): sessions that beat again are its own; one that times out
+    /// instead was decided by whoever owned it meanwhile, so it ends without
+    /// an *exited* event. O(sessions).
+    pub fn mark_all_unconfirmed(&mut self) {
+        for slot in 0..self.slab.high_water {
+            if let Some(rec) = self.slab.get_mut(slot)
+                && rec.flags & LIVE != 0
+            {
+                rec.flags |= UNCONFIRMED;
+            }
+        }
     }
 
     /// The access layer says the suspect's connection is alive: it counts as
@@ -893,7 +938,7 @@ impl Tracker {
                 self.reclaim_if_unreferenced(slot);
                 continue;
             }
-            let age = u64::from((now_tick as u16).wrapping_sub(rec.last_seen));
+            let age = Self::age(now_tick, rec.last_seen);
             let timeout = self.timeout_of(rec.bid);
             if age < timeout {
                 self.link(slot, now_tick + (timeout - age));
@@ -933,7 +978,7 @@ impl Tracker {
 
     fn suspect_of(&self, rec: &Rec) -> Suspect {
         let now_tick = self.now.as_micros() / self.tick_micros;
-        let age = u64::from((now_tick as u16).wrapping_sub(rec.last_seen));
+        let age = Self::age(now_tick, rec.last_seen);
         Suspect {
             member: rec.member(),
             terminal: rec.terminal(),

@@ -319,3 +319,26 @@ proptest! {
         prop_assert_eq!(batched.len(), one_by_one.len());
     }
 }
+
+#[test]
+fn unconfirmed_sessions_end_silently_unless_they_beat_again() {
+    let mut tracker = Tracker::new(config()).unwrap();
+    let t0 = Timestamp::from_millis(1_000);
+    for i in 0..3 {
+        tracker.join(t0, member(i), Terminal::Web, ConnId(i as u64)).unwrap();
+    }
+    while tracker.poll_event().is_some() {}
+    tracker.mark_all_unconfirmed();
+    // Member 1 beats again: it is ours once more.
+    tracker.beat(t0, member(1), Terminal::Web, ConnId(1), SessionHint::NONE).unwrap();
+    let due = Timestamp::from_millis(1_000 + TIMEOUT_TICKS);
+    drive(&mut tracker, due);
+    let suspects: Vec<Suspect> = std::iter::from_fn(|| tracker.poll_suspect()).collect();
+    assert_eq!(suspects.len(), 3);
+    for s in &suspects {
+        assert!(tracker.confirm_gone(due, s));
+    }
+    let exits: Vec<MemberKey> = std::iter::from_fn(|| tracker.poll_event()).map(|e| e.member).collect();
+    assert_eq!(exits, vec![member(1)], "only the re-confirmed session exits with an event");
+    assert!(tracker.is_empty());
+}
