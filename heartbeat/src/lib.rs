@@ -13,6 +13,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod detector;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod driver;
 pub mod notify;
 pub mod reverse;
 pub mod server;

@@ -1,0 +1,68 @@
+//! The tokio driver on tokio's paused clock: real timers, no real waiting.
+#![cfg(feature = "tokio")]
+
+use std::time::Duration;
+
+use room_core::{ExitReason, MemberChange, MemberKey, NodeId, Terminal, Timestamp};
+use room_heartbeat::driver::spawn_server;
+use room_heartbeat::{ConnId, HeartbeatServer, JoinOutcome, ProbeAnswer, ServerConfig, ServerOutput};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+fn single_server() -> HeartbeatServer {
+    let me = NodeId(1);
+    HeartbeatServer::new(Timestamp::ZERO, me, &[(me, 100)], &[], ServerConfig::default()).unwrap()
+}
+
+fn member() -> MemberKey {
+    "7/100/42".parse().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_member_is_probed_after_its_timeout_and_exits_on_the_answer() {
+    let (tx, mut outputs) = mpsc::channel(64);
+    let (handle, task) = spawn_server(single_server(), tx, 64);
+    let started = Instant::now();
+    let joined = handle.join(member(), Terminal::Web, ConnId(5)).await.unwrap().unwrap();
+    assert_eq!(joined.outcome, JoinOutcome::Entered);
+    assert!(matches!(outputs.recv().await, Some(ServerOutput::Event(e)) if e.change == MemberChange::Entered));
+
+    let probe = match outputs.recv().await {
+        Some(ServerOutput::Probe(p)) => p,
+        other => panic!("expected a probe, got {other:?}"),
+    };
+    assert_eq!(probe.suspect.conn, ConnId(5));
+    let silent = started.elapsed();
+    assert!(silent >= Duration::from_secs(60) && silent <= Duration::from_secs(62), "probed after {silent:?}");
+
+    handle.probe_answer(probe.id, ProbeAnswer::Gone).await.unwrap().unwrap();
+    match outputs.recv().await {
+        Some(ServerOutput::Event(e)) => {
+            assert_eq!(e.member, member());
+            assert_eq!(e.change, MemberChange::Exited(ExitReason::TimedOut));
+        }
+        other => panic!("expected the exit, got {other:?}"),
+    }
+    drop(handle);
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_beating_member_is_never_probed() {
+    let (tx, mut outputs) = mpsc::channel(64);
+    let (handle, task) = spawn_server(single_server(), tx, 64);
+    let mut hint = handle.join(member(), Terminal::Ios, ConnId(9)).await.unwrap().unwrap().hint;
+    assert!(matches!(outputs.recv().await, Some(ServerOutput::Event(_))));
+    for _ in 0..9 {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        hint = handle.beat(member(), Terminal::Ios, ConnId(9), hint).await.unwrap().unwrap().hint;
+    }
+    // Three minutes of beats: nothing came out.
+    assert!(outputs.try_recv().is_err());
+    assert_eq!(handle.leave(member(), Terminal::Ios, ConnId(9)).await.unwrap(), room_heartbeat::LeaveOutcome::Exited);
+    assert!(
+        matches!(outputs.recv().await, Some(ServerOutput::Event(e)) if e.change == MemberChange::Exited(ExitReason::Left))
+    );
+    drop(handle);
+    task.await.unwrap();
+}
