@@ -43,6 +43,8 @@
 //! | join for a known session | a refresh (joins are idempotent) |
 //! | beat or join with a new connection id | the session now follows the newest connection |
 //! | leave with an old connection id | ignored ([`LeaveOutcome::StaleConnection`]): a reordered close of a replaced connection must not end the new one |
+//! | beat delayed past its own leave | ignored ([`BeatOutcome::ClosedConnection`]): closed connections are remembered (at most [`TrackerConfig::closed_memory`] of them, each for `max_timeout`), so a late beat cannot resurrect a session and cause a second exit |
+//! | a storm of joins (60,000 in a second) | each is O(1); memory grows by one record each, up to [`TrackerConfig::max_sessions`]; the event queue shrinks back once drained |
 //! | leave for an unknown session, or a repeated leave | [`LeaveOutcome::Unknown`], nothing changes |
 //! | beats duplicated or reordered | each is a refresh; the stamp never moves backwards |
 //! | `now` earlier than a previous `now` | treated as the latest time seen: the tracker's clock never runs backwards |
@@ -147,6 +149,10 @@ pub struct TrackerConfig {
     /// The most records one [`Tracker::handle_timeout`] call examines
     /// (default 4,096).
     pub sweep_batch: usize,
+    /// How many recently closed connections are remembered (default
+    /// 65,536), each for `max_timeout`, so that a beat delayed past its own
+    /// leave does not bring the session back.
+    pub closed_memory: usize,
     /// The most suspects waiting for [`Tracker::poll_suspect`] (default
     /// 65,536). Sweeping pauses while the queue is full, so a mass timeout
     /// (an access node dying) neither grows memory nor stalls a call; the
@@ -164,6 +170,7 @@ impl Default for TrackerConfig {
             max_sessions: 20_000_000,
             sweep_batch: 4_096,
             max_pending_suspects: 65_536,
+            closed_memory: 65_536,
         }
     }
 }
@@ -263,6 +270,9 @@ pub enum BeatOutcome {
     /// Unknown here: adopted without an *entered* event (a session routed
     /// here after a failover).
     Adopted,
+    /// A beat from a connection that recently closed here (it was delayed
+    /// past its own leave): ignored, nothing changed.
+    ClosedConnection,
 }
 
 /// What a leave did.
@@ -467,6 +477,11 @@ pub struct Tracker {
     live: usize,
     suspects: VecDeque<(u32, ConnId)>,
     events: VecDeque<MemberEvent>,
+    /// Recently closed connections, oldest first, and the same as a set.
+    closed: VecDeque<(Timestamp, ClosedKey)>,
+    closed_set: HashMap<ClosedKey, u32, ahash::RandomState>,
+    closed_memory: usize,
+    closed_ttl: Duration,
 }
 
 impl fmt::Debug for Tracker {
@@ -479,6 +494,9 @@ impl fmt::Debug for Tracker {
             .finish_non_exhaustive()
     }
 }
+
+/// A closed session: who, where, through which connection.
+type ClosedKey = (MemberKey, Terminal, ConnId);
 
 fn ticks_for(timeout: Duration, tick: Duration) -> u64 {
     // Round up: a session is never suspected before its timeout.
@@ -536,6 +554,10 @@ impl Tracker {
             live: 0,
             suspects: VecDeque::with_capacity(config.max_pending_suspects),
             events: VecDeque::new(),
+            closed: VecDeque::new(),
+            closed_set: HashMap::default(),
+            closed_memory: config.closed_memory,
+            closed_ttl: config.max_timeout,
         })
     }
 
@@ -684,6 +706,36 @@ impl Tracker {
         }
     }
 
+    /// Remembers that `conn` closed, forgetting the oldest beyond the limits.
+    fn remember_closed(&mut self, key: ClosedKey) {
+        if self.closed_memory == 0 {
+            return;
+        }
+        self.forget_old_closed();
+        if self.closed.len() >= self.closed_memory {
+            self.forget_oldest_closed();
+        }
+        self.closed.push_back((self.now, key));
+        *self.closed_set.entry(key).or_default() += 1;
+    }
+
+    fn forget_old_closed(&mut self) {
+        while self.closed.front().is_some_and(|&(at, _)| self.now.saturating_duration_since(at) > self.closed_ttl) {
+            self.forget_oldest_closed();
+        }
+    }
+
+    fn forget_oldest_closed(&mut self) {
+        if let Some((_, key)) = self.closed.pop_front()
+            && let Some(count) = self.closed_set.get_mut(&key)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.closed_set.remove(&key);
+            }
+        }
+    }
+
     fn emit(&mut self, member: MemberKey, change: MemberChange) {
         self.events.push_back(MemberEvent { member, change, at: self.now });
     }
@@ -726,6 +778,10 @@ impl Tracker {
         let hinted = self.slab.get(hint.0).is_some_and(|r| r.is(&member, terminal));
         let slot = if hinted { Some(hint.0) } else { self.find(&member, terminal) };
         let Some(slot) = slot else {
+            self.forget_old_closed();
+            if self.closed_set.contains_key(&(member, terminal, conn)) {
+                return Ok(Reply { outcome: BeatOutcome::ClosedConnection, hint: SessionHint::NONE });
+            }
             let slot = self.insert(member, terminal, conn, tick)?;
             return Ok(Reply { outcome: BeatOutcome::Adopted, hint: SessionHint(slot) });
         };
@@ -778,6 +834,7 @@ impl Tracker {
             return LeaveOutcome::StaleConnection;
         }
         self.remove(slot);
+        self.remember_closed((member, terminal, conn));
         if self.is_present(&member) {
             LeaveOutcome::TerminalClosed
         } else {

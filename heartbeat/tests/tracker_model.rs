@@ -52,7 +52,12 @@ struct Model {
     /// (member, terminal index) -> (conn, last-seen tick, suspect)
     sessions: BTreeMap<(MemberKey, usize), (u64, u64, bool)>,
     events: Vec<MemberEvent>,
+    /// (member, terminal, conn) -> when it closed (ms).
+    closed: Vec<((MemberKey, usize, u64), u64)>,
 }
+
+/// How long a closed connection is remembered: max_timeout.
+const CLOSED_TTL_MS: u64 = 1_000;
 
 impl Model {
     fn present(&self, m: &MemberKey) -> bool {
@@ -133,12 +138,14 @@ proptest! {
                     seen_ms = seen_ms.max(now_ms - skew_back);
                     let stamp = seen_ms;
                     hints.insert((m, t), reply.hint);
+                    let recently_closed = model.closed.iter().any(|&(k, at)| k == (key, t, conn) && seen_ms - at <= CLOSED_TTL_MS);
                     let expected = match model.sessions.get_mut(&(key, t)) {
                         Some(s) => {
                             let previous = s.0;
                             *s = (conn, stamp, false);
                             if previous == conn { BeatOutcome::Refreshed } else { BeatOutcome::Reconnected { previous: ConnId(previous) } }
                         }
+                        None if recently_closed => BeatOutcome::ClosedConnection,
                         None => {
                             model.sessions.insert((key, t), (conn, stamp, false));
                             BeatOutcome::Adopted
@@ -155,6 +162,7 @@ proptest! {
                         Some(s) if s.0 != conn => LeaveOutcome::StaleConnection,
                         Some(_) => {
                             model.sessions.remove(&(key, t));
+                            model.closed.push(((key, t, conn), now_ms));
                             if model.present(&key) {
                                 LeaveOutcome::TerminalClosed
                             } else {
@@ -341,4 +349,40 @@ fn unconfirmed_sessions_end_silently_unless_they_beat_again() {
     let exits: Vec<MemberKey> = std::iter::from_fn(|| tracker.poll_event()).map(|e| e.member).collect();
     assert_eq!(exits, vec![member(1)], "only the re-confirmed session exits with an event");
     assert!(tracker.is_empty());
+}
+
+#[test]
+fn a_beat_delayed_past_its_leave_does_not_bring_the_session_back() {
+    let mut tracker = Tracker::new(config()).unwrap();
+    let t0 = Timestamp::from_millis(1_000);
+    tracker.join(t0, member(0), Terminal::Web, ConnId(7)).unwrap();
+    assert_eq!(tracker.leave(t0, member(0), Terminal::Web, ConnId(7)), LeaveOutcome::Exited);
+    let late = tracker.beat(t0, member(0), Terminal::Web, ConnId(7), SessionHint::NONE).unwrap();
+    assert_eq!(late.outcome, BeatOutcome::ClosedConnection);
+    assert!(tracker.is_empty());
+    // A new connection of the same member is a new session, adopted.
+    let fresh = tracker.beat(t0, member(0), Terminal::Web, ConnId(8), SessionHint::NONE).unwrap();
+    assert_eq!(fresh.outcome, BeatOutcome::Adopted);
+    // Closed connections are forgotten after max_timeout (1 s here).
+    tracker.leave(t0, member(0), Terminal::Web, ConnId(8));
+    let much_later = Timestamp::from_millis(2_500);
+    assert_eq!(
+        tracker.beat(much_later, member(0), Terminal::Web, ConnId(8), SessionHint::NONE).unwrap().outcome,
+        BeatOutcome::Adopted
+    );
+}
+
+#[test]
+fn a_storm_of_60k_joins_in_one_second_is_absorbed() {
+    let mut tracker = Tracker::new(config()).unwrap();
+    for i in 0..60_000u64 {
+        let at = Timestamp::from_micros(1_000_000 + i * 16);
+        let m = MemberKey::new(BusinessId(1), RoomId(1), Uin(i));
+        assert_eq!(
+            tracker.join(at, m, if i % 2 == 0 { Terminal::Web } else { Terminal::Android }, ConnId(i)).unwrap().outcome,
+            JoinOutcome::Entered
+        );
+    }
+    assert_eq!(tracker.len(), 60_000);
+    assert_eq!(std::iter::from_fn(|| tracker.poll_event()).count(), 60_000);
 }
