@@ -1,4 +1,7 @@
-//! A tokio driver for [`HeartbeatServer`] (feature `tokio`).
+//! Tokio drivers for [`HeartbeatServer`] and [`Proxy`] (feature `tokio`).
+//!
+//! [`spawn_proxy`] runs a proxy's failure detector on real timers and
+//! answers routing questions through a [`ProxyHandle`].
 //!
 //! [`spawn_server`] moves a server into a task and returns a
 //! [`ServerHandle`] to talk to it. The task wakes on commands and on the
@@ -39,8 +42,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::reverse::{ProbeAnswer, ProbeId, ReverseError};
-use crate::server::{HeartbeatServer, ServerOutput};
+use crate::server::{HeartbeatServer, Proxy, ServerOutput};
 use crate::tracker::{BeatOutcome, ConnId, JoinOutcome, LeaveOutcome, Reply, SessionHint, TrackError};
+use room_core::RouterError;
 
 /// The server task has stopped (its output channel closed, or it panicked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -237,3 +241,68 @@ fn count(name: &'static str) {
 
 #[cfg(not(feature = "metrics"))]
 fn count(_name: &'static str) {}
+
+enum ProxyCommand {
+    Route { member: MemberKey, reply: oneshot::Sender<Result<NodeId, RouterError>> },
+    ServerHeartbeat { from: NodeId },
+}
+
+/// Talks to a proxy task. Cheap to clone; the task stops when every handle
+/// is dropped.
+#[derive(Debug, Clone)]
+pub struct ProxyHandle {
+    commands: mpsc::Sender<ProxyCommand>,
+}
+
+impl std::fmt::Debug for ProxyCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProxyCommand::Route { .. } => "Route",
+            ProxyCommand::ServerHeartbeat { .. } => "ServerHeartbeat",
+        })
+    }
+}
+
+impl ProxyHandle {
+    /// The server that owns `member`'s heartbeats now.
+    pub async fn route(&self, member: MemberKey) -> Result<Result<NodeId, RouterError>, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(ProxyCommand::Route { member, reply }).await.map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// A liveness heartbeat from a server.
+    pub async fn server_heartbeat(&self, from: NodeId) -> Result<(), Stopped> {
+        self.commands.send(ProxyCommand::ServerHeartbeat { from }).await.map_err(|_| Stopped)
+    }
+}
+
+/// Runs `proxy` in a tokio task; `capacity` bounds the command queue.
+pub fn spawn_proxy(proxy: Proxy, capacity: usize) -> (ProxyHandle, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (ProxyHandle { commands: tx }, tokio::spawn(run_proxy(proxy, rx)))
+}
+
+async fn run_proxy(mut proxy: Proxy, mut commands: mpsc::Receiver<ProxyCommand>) {
+    let span = tracing::info_span!("heartbeat_proxy");
+    let _entered = span.enter();
+    let start = Instant::now();
+    let mut epoch = proxy.view().epoch();
+    loop {
+        let wake = proxy.poll_timeout().map(|t| start + Duration::from_micros(t.as_micros()));
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(ProxyCommand::Route { member, reply }) => { let _ = reply.send(proxy.route(&member)); }
+                Some(ProxyCommand::ServerHeartbeat { from }) => proxy.handle_server_heartbeat(timestamp(start), from),
+                None => break,
+            },
+            () = sleep_until_or_forever(wake) => proxy.handle_timeout(timestamp(start)),
+        }
+        if proxy.view().epoch() != epoch {
+            epoch = proxy.view().epoch();
+            count("roomkit_heartbeat_proxy_view_changes_total");
+            let up: Vec<String> = proxy.view().routable().map(|(id, _)| id.to_string()).collect();
+            tracing::info!(%epoch, up = %up.join(","), "server view changed");
+        }
+    }
+}

@@ -66,3 +66,38 @@ async fn a_beating_member_is_never_probed() {
     drop(handle);
     task.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_proxy_routes_around_a_silent_server() {
+    use room_heartbeat::{DetectorConfig, Proxy, driver::spawn_proxy};
+    let servers = [(NodeId(1), 100), (NodeId(2), 100)];
+    let proxy = Proxy::new(
+        Timestamp::ZERO,
+        &servers,
+        room_core::RouterConfig::new().with_slot_bits(10).unwrap(),
+        DetectorConfig::default(),
+    )
+    .unwrap();
+    let (handle, task) = spawn_proxy(proxy, 16);
+    // Find a member that server 2 owns while both are up.
+    let mut owned_by_2 = None;
+    for uin in 0..1_000u64 {
+        let m: MemberKey = format!("1/1/{uin}").parse().unwrap();
+        if handle.route(m).await.unwrap() == Ok(NodeId(2)) {
+            owned_by_2 = Some(m);
+            break;
+        }
+    }
+    let m = owned_by_2.expect("server 2 owns some member");
+    // Server 1 keeps beating; server 2 falls silent.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        handle.server_heartbeat(NodeId(1)).await.unwrap();
+    }
+    assert_eq!(handle.route(m).await.unwrap(), Ok(NodeId(1)), "routed around the silent server");
+    // Server 2 comes back: its members return to it.
+    handle.server_heartbeat(NodeId(2)).await.unwrap();
+    assert_eq!(handle.route(m).await.unwrap(), Ok(NodeId(2)));
+    drop(handle);
+    task.await.unwrap();
+}
