@@ -1,17 +1,39 @@
 //! Roomkit's heartbeat service: who is connected, and who has really left.
 //!
-//! Clients beat every 20 s (configurable per business). A heartbeat server
-//! tracks the sessions the router assigns it ([`Tracker`]); a session that
-//! falls silent becomes a suspect, and only a reverse check with the access
-//! layer ("is this connection really gone?") turns it into an exit, so a
-//! lost beat or a slow network never kicks a learner by mistake. The tracker
-//! reports members entering and exiting as [`room_core::MemberEvent`]s.
+//! Clients beat every 20 s (configurable per business). Proxies route each
+//! beat by `(bid, room, uin)` to the heartbeat server that owns it
+//! ([`Proxy`]); each server tracks its sessions ([`Tracker`]). A session
+//! that falls silent becomes a suspect, and only a reverse check with the
+//! access layer ([`ReverseCheck`]: "is this connection really gone?") turns
+//! it into an exit, so a lost beat or a slow network never kicks a learner
+//! by mistake. Servers watch each other ([`FailureDetector`]); when one
+//! dies, proxies route its sessions elsewhere and the new owners adopt them
+//! without a second *entered* event, while a server cut off from the
+//! cluster decides no exits at all ([`HeartbeatServer`]). Members entering
+//! and exiting come out as [`room_core::MemberEvent`]s, which a
+//! [`Notifier`] routes to subscribers per business.
 //!
-//! Everything here is sans-IO: inputs take `now`, outputs are polled, and
-//! [`Tracker::poll_timeout`] says when to call back.
+//! Everything is sans-IO: inputs take `now`, outputs are polled, and each
+//! component's `poll_timeout` says when to call back. The `tokio` feature
+//! adds [`driver`]s that run a server and a proxy on real timers.
+//!
+//! # Bad input
+//!
+//! | input | behaviour |
+//! | --- | --- |
+//! | malformed keys | cannot reach the tracker: ids are typed and parsed by `room-core`, which refuses them with a typed error |
+//! | beats for unknown sessions | adopted silently (a failover moved them here) |
+//! | duplicated or reordered beats | refreshes; a stamp never moves backwards |
+//! | clocks that jump backwards | each component keeps the latest time it saw |
+//! | beats after leave | refused if from the closed connection ([`BeatOutcome::ClosedConnection`]) |
+//! | a storm of 60,000 joins in a second | O(1) each, bounded by `max_sessions` ([`TrackError::Full`] beyond) |
+//! | a mass timeout | sweeps are bounded per call and pause while the bounded suspect queue is full |
+//! | a probe that hangs | answer timeout, retries with backoff, then the configured [`NoAnswer`] decision; probes are rate-limited |
+//! | answers to unknown or finished probes | [`ReverseError::UnknownProbe`] |
+//!
+//! The tracker's module docs list the session-level cases in detail.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
-
 pub mod detector;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
