@@ -4,7 +4,10 @@
 //! answers routing questions through a [`ProxyHandle`].
 //!
 //! [`spawn_server`] moves a server into a task and returns a
-//! [`ServerHandle`] to talk to it. The task wakes on commands and on the
+//! [`ServerHandle`] to talk to it. Give it a [`PresenceProbe`] and it
+//! answers the reverse check itself: each probe runs in its own task, and a
+//! probe that hangs is simply retried by the reverse check after its answer
+//! timeout. The task wakes on commands and on the
 //! server's own timers, and forwards every [`ServerOutput`] (heartbeats for
 //! peers, probes for the access layer, member events) to the channel you
 //! give it. Both channels are bounded: a consumer that falls behind slows
@@ -34,6 +37,7 @@
 //! # }
 //! ```
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use room_core::{MemberKey, NodeId, Terminal, Timestamp};
@@ -41,8 +45,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::reverse::{ProbeAnswer, ProbeId, ReverseError};
+use crate::reverse::{Probe, ProbeAnswer, ProbeId, ReverseError};
 use crate::server::{HeartbeatServer, Proxy, ServerOutput};
+use crate::tracker::Suspect;
 use crate::tracker::{BeatOutcome, ConnId, JoinOutcome, LeaveOutcome, Reply, SessionHint, TrackError};
 use room_core::RouterError;
 
@@ -144,17 +149,61 @@ impl ServerHandle {
     }
 }
 
+/// The access layer's answer to "is this connection still open?", which
+/// the host implements (a call to the gateway that holds the connection).
+#[async_trait::async_trait]
+pub trait PresenceProbe: Send + Sync + 'static {
+    /// Whether `suspect.conn` is still open. Taking long is fine: the
+    /// reverse check re-asks after its answer timeout.
+    async fn is_alive(&self, suspect: &Suspect) -> ProbeAnswer;
+}
+
 /// Runs `server` in a tokio task. Outputs go to `outputs`; `capacity` bounds
 /// the command queue. The task ends when every [`ServerHandle`] is dropped
-/// or `outputs` is closed.
+/// or `outputs` is closed. Probes go to `outputs` for the host to answer
+/// through [`ServerHandle::probe_answer`]; see [`spawn_server_with_probe`]
+/// to have them answered by a [`PresenceProbe`].
 pub fn spawn_server(
     server: HeartbeatServer,
     outputs: mpsc::Sender<ServerOutput>,
     capacity: usize,
 ) -> (ServerHandle, JoinHandle<()>) {
+    spawn(server, outputs, capacity, None)
+}
+
+/// Like [`spawn_server`], but every probe is answered by `probe` (and not
+/// sent to `outputs`).
+pub fn spawn_server_with_probe(
+    server: HeartbeatServer,
+    outputs: mpsc::Sender<ServerOutput>,
+    capacity: usize,
+    probe: Arc<dyn PresenceProbe>,
+) -> (ServerHandle, JoinHandle<()>) {
+    spawn(server, outputs, capacity, Some(probe))
+}
+
+fn spawn(
+    server: HeartbeatServer,
+    outputs: mpsc::Sender<ServerOutput>,
+    capacity: usize,
+    probe: Option<Arc<dyn PresenceProbe>>,
+) -> (ServerHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    let task = tokio::spawn(run(server, rx, outputs));
+    // Weak, so that the task still stops when the last real handle goes.
+    let prober = probe.map(|p| (p, tx.downgrade()));
+    let task = tokio::spawn(run(server, rx, outputs, prober));
     (ServerHandle { commands: tx }, task)
+}
+
+/// Asks the host's probe, then hands the answer back to the server.
+fn launch_probe(probe: &Arc<dyn PresenceProbe>, commands: &mpsc::WeakSender<Command>, request: Probe) {
+    let Some(commands) = commands.upgrade() else { return };
+    let (probe, handle) = (Arc::clone(probe), ServerHandle { commands });
+    tokio::spawn(async move {
+        let answer = probe.is_alive(&request.suspect).await;
+        // The server may have stopped, or retried already: nothing to do.
+        let _ = handle.probe_answer(request.id, answer).await;
+    });
 }
 
 /// The server's clock: microseconds since the task started.
@@ -162,7 +211,12 @@ fn timestamp(start: Instant) -> Timestamp {
     Timestamp::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX))
 }
 
-async fn run(mut server: HeartbeatServer, mut commands: mpsc::Receiver<Command>, outputs: mpsc::Sender<ServerOutput>) {
+async fn run(
+    mut server: HeartbeatServer,
+    mut commands: mpsc::Receiver<Command>,
+    outputs: mpsc::Sender<ServerOutput>,
+    prober: Option<(Arc<dyn PresenceProbe>, mpsc::WeakSender<Command>)>,
+) {
     let span = tracing::info_span!("heartbeat_server", node = %server.id());
     let _entered = span.enter();
     tracing::info!("heartbeat server started");
@@ -178,6 +232,10 @@ async fn run(mut server: HeartbeatServer, mut commands: mpsc::Receiver<Command>,
         }
         while let Some(output) = server.poll_output(timestamp(start)) {
             count_output(&output);
+            if let (ServerOutput::Probe(request), Some((probe, commands))) = (&output, &prober) {
+                launch_probe(probe, commands, *request);
+                continue;
+            }
             if outputs.send(output).await.is_err() {
                 tracing::info!("output channel closed; heartbeat server stopping");
                 return;

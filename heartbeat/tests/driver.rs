@@ -101,3 +101,42 @@ async fn the_proxy_routes_around_a_silent_server() {
     drop(handle);
     task.await.unwrap();
 }
+
+/// Says every connection is gone, after a delay; the first call hangs past
+/// the reverse check's answer timeout, so it must be retried.
+struct SlowGateway {
+    calls: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl room_heartbeat::driver::PresenceProbe for SlowGateway {
+    async fn is_alive(&self, _suspect: &room_heartbeat::Suspect) -> ProbeAnswer {
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let delay = if call == 0 { Duration::from_secs(30) } else { Duration::from_millis(50) };
+        tokio::time::sleep(delay).await;
+        ProbeAnswer::Gone
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_presence_probe_answers_the_reverse_check_even_when_it_hangs_once() {
+    use room_heartbeat::driver::spawn_server_with_probe;
+    let gateway = std::sync::Arc::new(SlowGateway { calls: Default::default() });
+    let (tx, mut outputs) = mpsc::channel(64);
+    let (handle, task) = spawn_server_with_probe(single_server(), tx, 64, gateway.clone());
+    let started = Instant::now();
+    handle.join(member(), Terminal::Web, ConnId(3)).await.unwrap().unwrap();
+    assert!(matches!(outputs.recv().await, Some(ServerOutput::Event(e)) if e.change == MemberChange::Entered));
+    // No probe reaches the output channel; the exit does, once the second
+    // (prompt) probe answered.
+    match outputs.recv().await {
+        Some(ServerOutput::Event(e)) => assert_eq!(e.change, MemberChange::Exited(ExitReason::TimedOut)),
+        other => panic!("expected the exit, got {other:?}"),
+    }
+    assert_eq!(gateway.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let took = started.elapsed();
+    // 60 s timeout, a 2 s answer timeout, 0.5 s backoff, 50 ms answer.
+    assert!(took >= Duration::from_millis(62_500) && took <= Duration::from_secs(64), "exit after {took:?}");
+    drop(handle);
+    task.await.unwrap();
+}
