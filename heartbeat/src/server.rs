@@ -311,8 +311,9 @@ impl HeartbeatServer {
     /// When to call [`HeartbeatServer::handle_timeout`] next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        let waiting_suspects =
-            self.has_quorum() && self.reverse.has_capacity() && self.tracker.poll_suspect_peek().is_some();
+        // O(1): a stale queue entry costs at most one early wake-up, which
+        // drains it.
+        let waiting_suspects = self.has_quorum() && self.reverse.has_capacity() && self.tracker.queued_suspects() > 0;
         [
             self.membership.detector.poll_timeout(),
             self.tracker.poll_timeout(),

@@ -1025,7 +1025,15 @@ impl Tracker {
         None
     }
 
-    /// The next suspect, without taking it.
+    /// Entries in the suspect queue, some possibly stale (their session beat
+    /// again or ended); [`Tracker::poll_suspect`] skips those. Zero means
+    /// there is certainly no suspect. O(1).
+    pub fn queued_suspects(&self) -> usize {
+        self.suspects.len()
+    }
+
+    /// The next suspect, without taking it. Skips stale queue entries, so it
+    /// may scan the queue.
     pub fn poll_suspect_peek(&self) -> Option<Suspect> {
         self.suspects.iter().find_map(|&(slot, conn)| {
             let rec = self.slab.get(slot)?;
