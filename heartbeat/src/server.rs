@@ -24,8 +24,8 @@
 use std::collections::VecDeque;
 
 use room_core::{
-    ClusterView, MemberEvent, MemberKey, NodeChange, NodeId, NodeState, Router, RouterConfig, RouterError, Terminal,
-    Timestamp,
+    ClusterError, ClusterView, MemberEvent, MemberKey, NodeChange, NodeId, NodeState, Router, RouterConfig,
+    RouterError, Terminal, Timestamp,
 };
 
 use crate::detector::{DetectorConfig, DetectorConfigError, FailureDetector, PeerEvent};
@@ -64,6 +64,9 @@ pub enum ServerError {
     /// The server list (empty, duplicated, bad weights).
     #[error(transparent)]
     Router(#[from] RouterError),
+    /// The server list could not form a cluster view (too many servers).
+    #[error(transparent)]
+    ServerList(ClusterError),
     /// This server is not in the server list.
     #[error("server {0} is not in the server list")]
     NotAServer(NodeId),
@@ -96,6 +99,15 @@ pub struct ServerStats {
     pub quorum_regained: u64,
 }
 
+/// Why a server list was refused, in the router's terms where it has them.
+fn server_list_error(error: ClusterError) -> ServerError {
+    match error {
+        ClusterError::InvalidWeight(e) => ServerError::Router(e),
+        ClusterError::AlreadyJoined(node) => ServerError::Router(RouterError::DuplicateNode(node)),
+        other => ServerError::ServerList(other),
+    }
+}
+
 /// The cluster view and router one node keeps of the heartbeat servers.
 #[derive(Debug)]
 struct Membership {
@@ -114,10 +126,8 @@ impl Membership {
     ) -> Result<Membership, ServerError> {
         let mut view = ClusterView::new();
         for &(node, weight) in servers {
-            let joined = view.apply(NodeChange::Joined { node, weight });
-            joined.map_err(|_| RouterError::DuplicateNode(node))?;
-            view.apply(NodeChange::StateChanged { node, state: NodeState::Up })
-                .map_err(|_| RouterError::DuplicateNode(node))?;
+            view.apply(NodeChange::Joined { node, weight }).map_err(server_list_error)?;
+            view.apply(NodeChange::StateChanged { node, state: NodeState::Up }).map_err(server_list_error)?;
         }
         let router = Router::from_view(router, &view)?;
         if router.is_empty() {

@@ -12,7 +12,6 @@ use room_testkit::{Addr, LinkConfig, Outbox, Sim, SimNode};
 struct Heartbeat;
 
 struct Server {
-    me: NodeId,
     detector: FailureDetector,
     addrs: Vec<Addr>,
     reports: Vec<(Timestamp, PeerEvent)>,
@@ -28,7 +27,7 @@ impl Server {
         for &peer in all.iter().filter(|&&a| a != me) {
             detector.add_peer(now, node(peer));
         }
-        Server { me: node(me), detector, addrs: all.to_vec(), reports: Vec::new() }
+        Server { detector, addrs: all.to_vec(), reports: Vec::new() }
     }
 }
 
@@ -52,7 +51,6 @@ impl SimNode<Heartbeat> for Server {
                 }
             }
         }
-        let _ = self.me;
     }
 
     fn poll_timeout(&self) -> Option<Timestamp> {

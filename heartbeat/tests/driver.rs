@@ -140,3 +140,16 @@ async fn a_presence_probe_answers_the_reverse_check_even_when_it_hangs_once() {
     drop(handle);
     task.await.unwrap();
 }
+
+#[test]
+fn bad_server_lists_are_refused_with_the_real_reason() {
+    use room_core::RouterError;
+    use room_heartbeat::ServerError;
+    let me = NodeId(1);
+    let err = |servers: &[(NodeId, u32)]| {
+        HeartbeatServer::new(Timestamp::ZERO, me, servers, &[], ServerConfig::default()).unwrap_err()
+    };
+    assert_eq!(err(&[(me, 0)]), ServerError::Router(RouterError::ZeroWeight(me)));
+    assert_eq!(err(&[(me, 100), (me, 100)]), ServerError::Router(RouterError::DuplicateNode(me)));
+    assert_eq!(err(&[(NodeId(2), 100)]), ServerError::NotAServer(me));
+}
