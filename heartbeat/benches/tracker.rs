@@ -15,6 +15,7 @@
 //!   between calls, as a host would).
 //!
 //! Run: `cargo bench -p room-heartbeat --bench tracker`
+//! (`TRACKER_BENCH_SIZES=1000000` runs one size only).
 
 use std::alloc::System;
 use std::collections::HashMap;
@@ -31,6 +32,15 @@ use tokio_util::time::{DelayQueue, delay_queue::Key};
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const SIZES: [usize; 2] = [1_000_000, 10_000_000];
+
+/// The sizes to run: all of [`SIZES`], or those listed in
+/// `TRACKER_BENCH_SIZES` (comma-separated), for a quicker look at one size.
+fn sizes() -> Vec<usize> {
+    match std::env::var("TRACKER_BENCH_SIZES") {
+        Ok(list) => list.split(',').filter_map(|s| s.trim().replace('_', "").parse().ok()).collect(),
+        Err(_) => SIZES.to_vec(),
+    }
+}
 const BATCH: usize = 4_096;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -78,7 +88,7 @@ fn bench_tracker(c: &mut Criterion) {
     let mut group = c.benchmark_group("refresh");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.sample_size(20);
-    for n in SIZES {
+    for n in sizes() {
         let join_order = shuffled(n, 1);
         let beat_order = shuffled(n, 2);
         let t0 = Timestamp::from_millis(1_000);

@@ -32,7 +32,7 @@
 //! | answers to unknown or finished probes | [`ReverseError::UnknownProbe`] |
 //!
 //! The tracker's module docs list the session-level cases in detail.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 pub mod detector;
 #[cfg(feature = "tokio")]
