@@ -60,7 +60,7 @@ mod room;
 pub mod snapshot;
 pub mod store;
 
-pub use batch::{BatcherConfig, WriteBatch, WriteBatcher};
+pub use batch::{BatcherConfig, BatcherFull, WriteBatch, WriteBatcher};
 pub use hlc::{Hlc, Stamp};
 pub use member::{
     ChangeSet, Counts, Cursor, FeedPosition, MemberRow, PageInfo, PageQuery, PageStart, StoreError, WriteOp,

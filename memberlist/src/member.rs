@@ -343,6 +343,7 @@ pub enum ChangeSet {
 
 /// Why a write or query was refused. A refused write changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub enum StoreError {
     /// The attributes are larger than the configured cap.

@@ -301,7 +301,7 @@ impl Replica {
     pub fn new(config: ReplicaConfig) -> Replica {
         let origin = room_core::stable_hash(&config.node.0.to_le_bytes()) as u16;
         let store = LocalStore::with_origin(config.store.clone(), origin, true);
-        let router = Router::new(config.router.clone());
+        let router = Router::new(config.router);
         Replica {
             store,
             inner: Mutex::new(Inner {
@@ -771,6 +771,30 @@ impl Replica {
     }
 }
 
+impl Replica {
+    /// Applies writes here (an owner only) and sends the records they
+    /// produced to the room's other owners in one message each.
+    fn write_and_replicate(
+        &self,
+        now: Timestamp,
+        room: RoomKey,
+        ops: &[WriteOp],
+        batch_id: Option<u64>,
+    ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+        let mut inner = self.inner.lock();
+        inner.now = inner.now.max(now);
+        let owners = owners(&inner.router, room, self.config.replicas);
+        if !owners.contains(&self.config.node) {
+            return Err(StoreError::NotOwner { room });
+        }
+        let mut records = Vec::new();
+        let results = self.store.apply_with(now, room, ops, false, batch_id, |r| records.push(r))?;
+        let peers: Vec<NodeId> = owners.into_iter().filter(|&n| n != self.config.node).collect();
+        self.send_writes(&mut inner, room, &peers, records, None);
+        Ok(results)
+    }
+}
+
 fn owners(router: &Router, room: RoomKey, replicas: usize) -> Vec<NodeId> {
     router.successors(&room, replicas).unwrap_or_default()
 }
@@ -785,17 +809,7 @@ impl MemberStore for Replica {
         room: RoomKey,
         ops: &[WriteOp],
     ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
-        let mut inner = self.inner.lock();
-        inner.now = inner.now.max(now);
-        let owners = owners(&inner.router, room, self.config.replicas);
-        if !owners.contains(&self.config.node) {
-            return Err(StoreError::NotOwner { room });
-        }
-        let mut records = Vec::new();
-        let results = self.store.apply_with(now, room, ops, false, None, |r| records.push(r))?;
-        let peers: Vec<NodeId> = owners.into_iter().filter(|&n| n != self.config.node).collect();
-        self.send_writes(&mut inner, room, &peers, records, None);
-        Ok(results)
+        self.write_and_replicate(now, room, ops, None)
     }
 
     fn apply_batch(
@@ -803,18 +817,8 @@ impl MemberStore for Replica {
         now: Timestamp,
         batch: &WriteBatch,
     ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
-        let mut inner = self.inner.lock();
-        inner.now = inner.now.max(now);
-        let owners = owners(&inner.router, batch.room, self.config.replicas);
-        if !owners.contains(&self.config.node) {
-            return Err(StoreError::NotOwner { room: batch.room });
-        }
-        let mut records = Vec::new();
-        let results = self.store.apply_with(now, batch.room, &batch.ops, false, Some(batch.id), |r| records.push(r))?;
-        let peers: Vec<NodeId> = owners.into_iter().filter(|&n| n != self.config.node).collect();
         // One message per peer for the whole batch: the merged write.
-        self.send_writes(&mut inner, batch.room, &peers, records, None);
-        Ok(results)
+        self.write_and_replicate(now, batch.room, &batch.ops, Some(batch.id))
     }
 
     fn get(&self, member: MemberKey) -> Option<MemberRow> {

@@ -210,7 +210,7 @@ impl Room {
     }
 
     /// Members present.
-    pub(crate) fn len(&self) -> u32 {
+    pub(crate) fn present(&self) -> u32 {
         self.counts.total
     }
 
@@ -334,7 +334,11 @@ impl Room {
                 if next.terminals.insert(*terminal) { Planned::Put(next) } else { Planned::Nothing }
             }
             (WriteOp::Assert { uin, role, terminal }, None) => {
-                return self.plan(&WriteOp::Enter { uin: *uin, role: *role, terminal: *terminal, attrs: None }, now, limits);
+                return self.plan(
+                    &WriteOp::Enter { uin: *uin, role: *role, terminal: *terminal, attrs: None },
+                    now,
+                    limits,
+                );
             }
             (WriteOp::Enter { role, terminal, attrs, .. }, None) => {
                 check_attrs(attrs)?;
@@ -554,8 +558,7 @@ impl Room {
             _ => 0,
         };
         let mut last: Option<Cursor> = None;
-        for rank in 0..RANKS {
-            let rank_bits = RANK_ROLE_BITS[rank];
+        for (rank, &rank_bits) in RANK_ROLE_BITS.iter().enumerate() {
             if role_bits & rank_bits == 0 {
                 continue;
             }

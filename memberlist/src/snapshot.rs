@@ -131,6 +131,54 @@ pub struct RestoreReport {
     pub fell_back: Option<SnapshotError>,
 }
 
+/// The default snapshot file of a store named `name` (say, the node's
+/// name): `/dev/shm/roomkit-memberlist-<name>.snap`.
+pub fn default_path(name: &str) -> PathBuf {
+    let safe: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    Path::new(DEFAULT_DIR).join(format!("roomkit-memberlist-{safe}.snap"))
+}
+
+/// When to dump: every `interval`, sans-IO. The host asks
+/// [`Periodic::poll_timeout`], and at that time calls [`dump`] and
+/// [`Periodic::done`].
+///
+/// ```
+/// use std::time::Duration;
+/// use room_core::Timestamp;
+/// use room_memberlist::snapshot::Periodic;
+///
+/// let mut every_minute = Periodic::new(Duration::from_secs(60), Timestamp::from_millis(0));
+/// let due = every_minute.poll_timeout();
+/// assert_eq!(due, Timestamp::from_millis(60_000));
+/// every_minute.done(due); // after dumping
+/// assert_eq!(every_minute.poll_timeout(), Timestamp::from_millis(120_000));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Periodic {
+    interval: Duration,
+    next: Timestamp,
+}
+
+impl Periodic {
+    /// The first dump one `interval` after `now`.
+    pub fn new(interval: Duration, now: Timestamp) -> Periodic {
+        Periodic { interval, next: now + interval }
+    }
+
+    /// When the next dump is due.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Timestamp {
+        self.next
+    }
+
+    /// A dump finished at `now`: the next is one interval later (a slow
+    /// dump pushes the schedule back rather than queueing dumps up).
+    pub fn done(&mut self, now: Timestamp) {
+        self.next = now + self.interval;
+    }
+}
+
 /// The previous snapshot's path: `<path>.prev`.
 pub fn previous_path(path: &Path) -> PathBuf {
     let mut p = path.as_os_str().to_owned();

@@ -362,7 +362,7 @@ impl LocalStore {
                 if state.attrs.len() > self.config.max_attrs_bytes || state.terminals.is_empty() {
                     continue;
                 }
-                if r.get(record.uin).is_none() && r.len() >= self.config.max_room_members {
+                if r.get(record.uin).is_none() && r.present() >= self.config.max_room_members {
                     continue;
                 }
             }
@@ -476,7 +476,7 @@ impl MemberStore for LocalStore {
     fn counts(&self, room: RoomKey) -> Option<Counts> {
         let r = self.room(room)?;
         let r = r.read();
-        (r.len() > 0).then(|| r.counts().clone())
+        (r.present() > 0).then(|| r.counts().clone())
     }
 
     fn page(&self, room: RoomKey, query: &PageQuery, out: &mut Vec<MemberRow>) -> Result<PageInfo, StoreError> {

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use room_core::{BusinessId, NodeId, Role, RoomId, RoomKey, RouterConfig, Terminal, Timestamp, Uin};
-use room_memberlist::{MemberStore, Replica, ReplicaConfig, ReplMsg, WriteOp, snapshot};
+use room_memberlist::{MemberStore, ReplMsg, Replica, ReplicaConfig, WriteOp, snapshot};
 use room_testkit::{Addr, LinkConfig, Outbox, Sim, SimNode};
 
 const REPLICAS: u32 = 3;
@@ -286,7 +286,8 @@ fn a_partition_heals_and_replicas_converge_in_the_first_rounds_after_healing() {
                     let uin: u64 = rest.split("Uin(").nth(1).unwrap().split(')').next().unwrap().parse().unwrap();
                     let key: RoomKey = r.parse().unwrap();
                     for k in 0..REPLICAS {
-                        let rec = sim.node::<ReplicaNode>(Addr(k)).unwrap().replica.store().record(key.member(Uin(uin)));
+                        let rec =
+                            sim.node::<ReplicaNode>(Addr(k)).unwrap().replica.store().record(key.member(Uin(uin)));
                         eprintln!("{d}: replica {k}: {rec:?}");
                     }
                 }
@@ -371,8 +372,18 @@ fn diff(a: &Listing, b: &Listing) -> Vec<String> {
     let mut out = Vec::new();
     for r in a.keys().chain(b.keys()) {
         let (x, y) = (a.get(r).cloned().unwrap_or_default(), b.get(r).cloned().unwrap_or_default());
-        for m in &x { if !y.contains(m) { out.push(format!("{r}: {m:?} only in replica")); } }
-        for m in &y { if !x.contains(m) { out.push(format!("{r}: {m:?} only in truth")); } }
+        for m in &x {
+            if !y.contains(m) {
+                out.push(format!("{r}: {m:?} only in replica"));
+            }
+        }
+        for m in &y {
+            if !x.contains(m) {
+                out.push(format!("{r}: {m:?} only in truth"));
+            }
+        }
     }
-    out.sort(); out.dedup(); out
+    out.sort();
+    out.dedup();
+    out
 }

@@ -340,3 +340,98 @@ fn a_room_moves_to_a_new_owner_through_anti_entropy() {
         }
     }
 }
+
+#[test]
+fn tombstones_are_dropped_after_their_time_and_kept_before() {
+    let mut config = ReplicaConfig::new(NodeId(0));
+    config.tombstone_ttl = Duration::from_secs(60);
+    let replica = Replica::new(config);
+    replica.set_nodes([(NodeId(0), 100)]).unwrap();
+    let room = rooms()[0];
+    let t0 = Timestamp::from_millis(1_000_000);
+    for uin in 1..=10 {
+        replica.enter(t0, room.member(Uin(uin)), Role::Student, Terminal::Web, None).unwrap();
+    }
+    for uin in 1..=5 {
+        replica.apply(t0, room, &[WriteOp::Remove { uin: Uin(uin) }]).unwrap();
+    }
+    let later = t0 + Duration::from_secs(30);
+    for uin in 6..=8 {
+        replica.apply(later, room, &[WriteOp::Remove { uin: Uin(uin) }]).unwrap();
+    }
+    assert_eq!(replica.store().tombstones(room), 8);
+    // 61 s after t0: the first five are past their time, the other three not.
+    replica.handle_timeout(t0 + Duration::from_secs(61));
+    assert_eq!(replica.store().tombstones(room), 3);
+    assert_eq!(replica.stats().tombstones_dropped, 5);
+    assert_eq!(replica.counts(room).unwrap().total(), 2);
+    replica.handle_timeout(later + Duration::from_secs(61));
+    assert_eq!(replica.store().tombstones(room), 0);
+}
+
+#[test]
+fn a_checked_join_without_a_majority_times_out_and_is_rolled_back() {
+    let replicas = cluster(NODES, 3);
+    let room = rooms()[0];
+    let now = Timestamp::from_millis(1_000);
+    let mut pool: Pool = Vec::new();
+    for r in &replicas {
+        r.handle_timeout(now);
+    }
+    pump(&replicas, now, &mut pool);
+    let primary = &replicas[replicas[0].owners(room)[0].0 as usize];
+    primary.set_seat_limit(room, Some(5)).unwrap();
+    pump(&replicas, now, &mut pool);
+    assert_eq!(primary.poll_event(), Some(ReplicaEvent::Ready));
+    let member = room.member(Uin(9));
+    let ticket = primary.join_checked(now, member, Role::Student, Terminal::Web, None);
+    // The peers never answer: every message is lost.
+    collect(&replicas, &mut pool);
+    pool.clear();
+    assert!(primary.poll_event().is_none(), "not confirmed without a majority");
+    // The default join time-out is 2 s; the replica asks to be woken by then.
+    let deadline = now + Duration::from_secs(2);
+    assert!(primary.poll_timeout().unwrap() <= deadline);
+    primary.handle_timeout(deadline);
+    assert_eq!(primary.poll_event(), Some(ReplicaEvent::Joined { ticket, member, result: Err(StoreError::Timeout) }));
+    assert!(!primary.contains(member), "rolled back");
+    // The roll-back is replicated too.
+    collect(&replicas, &mut pool);
+    assert!(pool.iter().any(|(_, _, m)| matches!(m, ReplMsg::Writes { records, .. } if records.iter().any(|r| r.uin == Uin(9) && r.state.is_none()))));
+}
+
+#[test]
+fn a_forwarded_checked_join_is_decided_by_the_primary() {
+    let replicas = cluster(NODES, 3);
+    let room = rooms()[1];
+    let now = Timestamp::from_millis(1_000);
+    let mut pool: Pool = Vec::new();
+    // Before any anti-entropy round nobody is ready: refused, typed.
+    let owners = replicas[0].owners(room);
+    let primary = owners[0].0 as usize;
+    let other = &replicas[owners[1].0 as usize];
+    let early = replicas[primary].join_checked(now, room.member(Uin(1)), Role::Student, Terminal::Web, None);
+    assert_eq!(
+        replicas[primary].poll_event(),
+        Some(ReplicaEvent::Joined { ticket: early, member: room.member(Uin(1)), result: Err(StoreError::NotReady) })
+    );
+    for r in &replicas {
+        r.handle_timeout(now);
+    }
+    pump(&replicas, now, &mut pool);
+    let member = room.member(Uin(2));
+    let ticket = other.join_checked(now, member, Role::Student, Terminal::Ios, None);
+    pump(&replicas, now, &mut pool);
+    let mut events = Vec::new();
+    while let Some(e) = other.poll_event() {
+        events.push(e);
+    }
+    assert!(events.contains(&ReplicaEvent::Joined {
+        ticket,
+        member,
+        result: Ok(room_memberlist::WriteOutcome::Entered)
+    }));
+    for r in &replicas {
+        assert!(r.contains(member));
+    }
+}

@@ -20,10 +20,10 @@ fn fill(store: &LocalStore, rooms: u64, per_room: u64, seed: u64) {
                 2 => Role::Observer,
                 _ => Role::Student,
             };
-            let attrs = (x % 3 == 0).then(|| bytes::Bytes::from(format!("nick-{u}-{x}")));
+            let attrs = x.is_multiple_of(3).then(|| bytes::Bytes::from(format!("nick-{u}-{x}")));
             let now = Timestamp::from_millis(1_000 + u * 13 + x);
             store.enter(now, room.member(Uin(u + 1)), role, Terminal::ALL[(x % 7) as usize], attrs).unwrap();
-            if x % 4 == 0 {
+            if x.is_multiple_of(4) {
                 store.enter(now, room.member(Uin(u + 1)), role, Terminal::ALL[((x + 3) % 7) as usize], None).unwrap();
             }
         }
@@ -110,10 +110,15 @@ fn damaged_snapshots_get_typed_errors_and_the_previous_one_is_used() {
     no_magic[0] = b'X';
     let mut trailing = good.clone();
     trailing.push(0);
-    let cases: [(&str, Vec<u8>, fn(&SnapshotError) -> bool); 5] = [
+    type Case = (&'static str, Vec<u8>, fn(&SnapshotError) -> bool);
+    let cases: [Case; 5] = [
         ("truncated", truncated, |e| matches!(e, SnapshotError::Truncated { .. })),
         ("bit flip", flipped, |e| matches!(e, SnapshotError::Corrupted { .. })),
-        ("newer version", newer, |e| matches!(e, SnapshotError::NewerVersion { found, .. } if *found == FORMAT_VERSION + 1)),
+        (
+            "newer version",
+            newer,
+            |e| matches!(e, SnapshotError::NewerVersion { found, .. } if *found == FORMAT_VERSION + 1),
+        ),
         ("not a snapshot", no_magic, |e| matches!(e, SnapshotError::BadMagic)),
         ("bytes after the end", trailing, |e| matches!(e, SnapshotError::Malformed { .. })),
     ];
