@@ -18,8 +18,10 @@
 //! * Multi-master replication: [`Replica`] (sans-IO) runs a room on its R
 //!   owner replicas; any owner takes writes, stamped by a hybrid logical
 //!   clock ([`Hlc`]); replicas converge by per-member last-writer-wins
-//!   with tombstones, repair by digest anti-entropy, and seat-limited
-//!   joins go through the room's primary owner.
+//!   with tombstones, repair by digest anti-entropy, heal lost writes by
+//!   heartbeat re-assertion ([`WriteOp::Assert`]) and, optionally, member
+//!   leases at the primary; seat-limited joins go through the room's
+//!   primary owner.
 //! * Snapshots: [`snapshot`] dumps every room to a versioned, checksummed,
 //!   per-room-framed file (written to a temporary file and renamed) and
 //!   restores it, falling back to the previous good snapshot.

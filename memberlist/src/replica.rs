@@ -38,6 +38,13 @@
 //! already present changes nothing, so it is cheap): a write lost with its
 //! replica is healed within one heartbeat interval.
 //!
+//! With [`ReplicaConfig::lease`] set, the room's primary also removes
+//! members that nothing has asserted for that long: this heals an exit
+//! that was lost (say, taken by a replica that crashed before passing it
+//! on), which re-assertion alone cannot. The heartbeat service must then
+//! assert every present member at the room's primary at least once per
+//! lease.
+//!
 //! # Checked joins
 //!
 //! A room with a seat limit admits new members only through
@@ -96,6 +103,11 @@ pub struct ReplicaConfig {
     pub digest_buckets: u8,
     /// How long a checked join waits for its majority (default 2 s).
     pub join_timeout: Duration,
+    /// Members not asserted (entered, re-asserted by the heartbeat service,
+    /// or replicated) at the room's primary for this long are removed by
+    /// it (default `None`: never). With heartbeats every 20 s, three
+    /// intervals (60 s) heals an exit lost with a crashed replica.
+    pub lease: Option<Duration>,
 }
 
 impl ReplicaConfig {
@@ -110,6 +122,7 @@ impl ReplicaConfig {
             tombstone_ttl: Duration::from_secs(600),
             digest_buckets: 32,
             join_timeout: Duration::from_secs(2),
+            lease: None,
         }
     }
 }
@@ -241,6 +254,8 @@ pub struct ReplicaStats {
     pub rounds_completed: u64,
     /// Tombstones dropped.
     pub tombstones_dropped: u64,
+    /// Members removed because their lease ran out.
+    pub members_expired: u64,
 }
 
 #[derive(Debug)]
@@ -282,8 +297,8 @@ struct Inner {
     /// Rounds completed since the node set last changed.
     ready: bool,
     next_id: u64,
-    admissions: HashMap<u64, PendingAdmission>,
-    forwards: HashMap<u64, PendingForward>,
+    admissions: BTreeMap<u64, PendingAdmission>,
+    forwards: BTreeMap<u64, PendingForward>,
     stats: ReplicaStats,
     now: Timestamp,
 }
@@ -312,8 +327,8 @@ impl Replica {
                 round: Round::default(),
                 ready: false,
                 next_id: 1,
-                admissions: HashMap::new(),
-                forwards: HashMap::new(),
+                admissions: BTreeMap::new(),
+                forwards: BTreeMap::new(),
                 stats: ReplicaStats::default(),
                 now: Timestamp::ZERO,
             }),
@@ -739,6 +754,11 @@ impl Replica {
                 self.store.drop_room(room);
                 continue;
             }
+            if let Some(lease) = self.config.lease
+                && owners.first() == Some(&me)
+            {
+                self.expire(inner, now, room, lease, &owners);
+            }
             let digest = self.store.digest(room);
             for peer in owners.into_iter().filter(|&n| n != me) {
                 per_peer.entry(peer).or_default().push((room, digest));
@@ -756,6 +776,21 @@ impl Replica {
             inner.ready = true;
             inner.events.push_back(ReplicaEvent::Ready);
         }
+    }
+
+    /// The primary removes members whose lease ran out (replicated like
+    /// any removal).
+    fn expire(&self, inner: &mut Inner, now: Timestamp, room: RoomKey, lease: Duration, owners: &[NodeId]) {
+        let gone = self.store.expired(now, room, lease);
+        if gone.is_empty() {
+            return;
+        }
+        let ops: Vec<WriteOp> = gone.into_iter().map(|uin| WriteOp::Remove { uin }).collect();
+        let mut records = Vec::new();
+        let _ = self.store.apply_with(now, room, &ops, true, None, |r| records.push(r));
+        inner.stats.members_expired += records.len() as u64;
+        let peers: Vec<NodeId> = owners.iter().copied().filter(|&n| n != self.config.node).collect();
+        self.send_writes(inner, room, &peers, records, None);
     }
 
     /// The next message to send to a peer.

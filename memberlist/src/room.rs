@@ -53,12 +53,15 @@ pub struct Record {
     pub state: Option<MemberState>,
 }
 
-/// 32 bytes, 4-byte aligned.
+/// 36 bytes, 4-byte aligned.
 #[derive(Debug, Clone, Copy, Default)]
 struct Rec {
     uin: [u32; 2],
     joined: [u32; 2],
     hlc: [u32; 2],
+    /// When this replica last saw the member asserted (entered, re-asserted
+    /// by a heartbeat, or replicated), in seconds; 0: not yet (restored).
+    seen: u32,
     /// Index into `Room::attrs`, or NIL for none.
     attrs: u32,
     origin: u16,
@@ -67,7 +70,7 @@ struct Rec {
     state: u8,
 }
 
-const _: () = assert!(std::mem::size_of::<Rec>() == 32);
+const _: () = assert!(std::mem::size_of::<Rec>() == 36);
 
 fn halves(v: u64) -> [u32; 2] {
     [v as u32, (v >> 32) as u32]
@@ -176,6 +179,8 @@ pub(crate) struct Room {
     pub(crate) seat_limit: Option<u32>,
     /// Ids of the latest batches applied (allocated on the first batch).
     batches: VecDeque<u64>,
+    /// The store's clock in seconds, set before each locked operation.
+    now_secs: u32,
 }
 
 impl Room {
@@ -197,6 +202,7 @@ impl Room {
             digest: 0,
             seat_limit: None,
             batches: VecDeque::new(),
+            now_secs: 0,
         }
     }
 
@@ -281,8 +287,20 @@ impl Room {
 
     /// A copy of the records, taken under the room's lock (a memory copy)
     /// to encode outside it.
-    pub(crate) fn freeze(&self) -> FrozenRoom {
-        FrozenRoom { recs: self.recs.clone(), attrs: self.attrs.clone(), seat_limit: self.seat_limit }
+    /// Copies the records into `into`, whose buffers the caller sized
+    /// (and so faulted in) before taking the lock: under the lock this is
+    /// a plain memory copy.
+    pub(crate) fn freeze_into(&self, into: &mut FrozenRoom) {
+        into.recs.clear();
+        into.recs.extend_from_slice(&self.recs);
+        into.attrs.clear();
+        into.attrs.extend_from_slice(&self.attrs);
+        into.seat_limit = self.seat_limit;
+    }
+
+    /// Record and attribute slots, to size a [`FrozenRoom`] before locking.
+    pub(crate) fn slots(&self) -> (usize, usize) {
+        (self.recs.len(), self.attrs.len())
     }
 
     /// Records whose uin falls in `bucket` of `buckets` (by stable hash).
@@ -444,6 +462,7 @@ impl Room {
                     uin: halves(uin),
                     joined: halves(state.joined.as_micros()),
                     hlc: halves(record.stamp.hlc),
+                    seen: self.now_secs,
                     attrs,
                     origin: record.stamp.origin,
                     role: state.role.bit() as u8,
@@ -515,6 +534,36 @@ impl Room {
             self.log.pop_front();
         }
         self.log.push_back((self.version, uin));
+    }
+
+    /// The time, for what follows (0: unknown, as on restore).
+    pub(crate) fn set_now(&mut self, now: Timestamp) {
+        self.now_secs = u32::try_from(now.as_millis() / 1_000).unwrap_or(u32::MAX);
+    }
+
+    /// A present member was asserted now (no write needed).
+    pub(crate) fn touch(&mut self, uin: Uin) {
+        if let Some(slot) = self.find(uin.0)
+            && let Some(rec) = self.recs.get_mut(slot as usize)
+            && rec.is_live()
+        {
+            rec.seen = self.now_secs;
+        }
+    }
+
+    /// Present members not asserted for more than `lease_secs`. A member
+    /// never seen here yet (restored from a snapshot) starts its lease now.
+    pub(crate) fn expired(&mut self, lease_secs: u32) -> Vec<Uin> {
+        let now = self.now_secs;
+        let mut out = Vec::new();
+        for rec in self.recs.iter_mut().filter(|r| r.is_live()) {
+            if rec.seen == 0 {
+                rec.seen = now;
+            } else if now.saturating_sub(rec.seen) > lease_secs {
+                out.push(Uin(rec.uin()));
+            }
+        }
+        out
     }
 
     /// Records that batch `id` is being applied; false if it already was.
@@ -651,8 +700,9 @@ pub(crate) fn bucket_of(uin: u64, of: u8) -> u8 {
     (room_core::stable_hash(&uin.to_le_bytes()) % u64::from(of.max(1))) as u8
 }
 
-/// A room's records copied out of its lock, for a snapshot.
-#[derive(Debug)]
+/// A room's records copied out of its lock, for a snapshot. One buffer
+/// serves every room of a dump.
+#[derive(Debug, Default)]
 pub(crate) struct FrozenRoom {
     recs: Vec<Rec>,
     attrs: Vec<Bytes>,
@@ -660,6 +710,17 @@ pub(crate) struct FrozenRoom {
 }
 
 impl FrozenRoom {
+    /// Grows the buffers to hold `slots` (touching the memory now, outside
+    /// any lock, so the copy under the lock does not fault pages in).
+    pub(crate) fn reserve(&mut self, (recs, attrs): (usize, usize)) {
+        if self.recs.len() < recs {
+            self.recs.resize(recs + recs / 8, Rec::default());
+        }
+        if self.attrs.len() < attrs {
+            self.attrs.resize(attrs + attrs / 8, Bytes::new());
+        }
+    }
+
     pub(crate) fn seat_limit(&self) -> Option<u32> {
         self.seat_limit
     }

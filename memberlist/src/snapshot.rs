@@ -202,12 +202,15 @@ pub fn dump(store: &LocalStore, path: &Path, now: Timestamp) -> Result<DumpRepor
     let (mut rooms, mut records, mut crcs) = (0usize, 0u64, crc32fast::Hasher::new());
     let mut longest = Duration::ZERO;
     let mut payload = Vec::new();
+    let mut frozen = crate::room::FrozenRoom::default();
     let mut keys = store.room_keys();
     keys.sort_unstable();
     for key in keys {
         let Some(handle) = store.room(key) else { continue };
+        let slots = handle.read().slots();
+        frozen.reserve(slots);
         let started = Instant::now();
-        let frozen = handle.read().freeze();
+        handle.read().freeze_into(&mut frozen);
         longest = longest.max(started.elapsed());
         payload.clear();
         payload.extend_from_slice(&key.bid.0.to_le_bytes());

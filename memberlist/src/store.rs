@@ -234,9 +234,13 @@ impl LocalStore {
         self.rooms.load(Ordering::Relaxed) as usize
     }
 
-    /// Every room key held, in no particular order.
+    /// Every room key held, sorted (so that what a replica does with them,
+    /// and so what it sends, does not depend on hash order).
     pub fn room_keys(&self) -> Vec<RoomKey> {
-        self.shards.iter().flat_map(|s| s.read().keys().copied().collect::<Vec<_>>()).collect()
+        let mut keys: Vec<RoomKey> =
+            self.shards.iter().flat_map(|s| s.read().keys().copied().collect::<Vec<_>>()).collect();
+        keys.sort_unstable();
+        keys
     }
 
     /// The rooms of one business.
@@ -280,6 +284,7 @@ impl LocalStore {
         let mut results = Vec::with_capacity(ops.len());
         let emptied = {
             let mut r = handle.write();
+            r.set_now(now);
             if let Some(id) = batch_id
                 && !r.note_batch(id)
             {
@@ -317,6 +322,8 @@ impl LocalStore {
                 };
                 let state = match planned {
                     Planned::Nothing => {
+                        // Present as asserted: the member's lease goes on.
+                        r.touch(op.uin());
                         results.push(Ok(WriteOutcome::Unchanged));
                         continue;
                     }
@@ -353,6 +360,7 @@ impl LocalStore {
         let handle = self.room_or_create(room)?;
         let mut applied = 0;
         let mut r = handle.write();
+        r.set_now(now);
         let mut clock = self.clock.lock();
         for record in records {
             // The clock follows remote stamps, so a later local write to
@@ -400,6 +408,17 @@ impl LocalStore {
         dropped
     }
 
+    /// Present members of a room not asserted here for longer than
+    /// `lease` at `now`.
+    pub(crate) fn expired(&self, now: Timestamp, room: RoomKey, lease: std::time::Duration) -> Vec<room_core::Uin> {
+        let lease_secs = u32::try_from(lease.as_secs()).unwrap_or(u32::MAX);
+        self.room(room).map_or_else(Vec::new, |r| {
+            let mut r = r.write();
+            r.set_now(now);
+            r.expired(lease_secs)
+        })
+    }
+
     /// A room's anti-entropy digest (0 for an unknown room).
     pub(crate) fn digest(&self, room: RoomKey) -> u64 {
         self.room(room).map_or(0, |r| r.read().digest())
@@ -442,6 +461,8 @@ impl LocalStore {
         let handle = self.room_or_create(room)?;
         let mut r = handle.write();
         r.seat_limit = seat_limit;
+        // Restored members start their lease at the first expiry check.
+        r.set_now(Timestamp::ZERO);
         let mut clock = self.clock.lock();
         for record in records {
             clock.observe(Timestamp::MAX, record.stamp);

@@ -435,3 +435,118 @@ fn a_forwarded_checked_join_is_decided_by_the_primary() {
         assert!(r.contains(member));
     }
 }
+
+/// The primary of a seat-limited room dies; its admissions had reached a
+/// majority. The new primary refuses checked joins until it has completed
+/// an anti-entropy round with the surviving owners, then counts every
+/// admission the old primary confirmed: the limit holds across the failover.
+#[test]
+fn a_new_primary_waits_for_a_round_and_keeps_the_seat_limit() {
+    let replicas = cluster(NODES, 3);
+    let room = rooms()[2];
+    let mut now = Timestamp::from_millis(1_000);
+    let mut pool: Pool = Vec::new();
+    for r in &replicas {
+        r.handle_timeout(now);
+    }
+    pump(&replicas, now, &mut pool);
+    for r in &replicas {
+        while r.poll_event().is_some() {}
+    }
+    let owners = replicas[0].owners(room);
+    let (old, new_primary) = (owners[0], owners[1]);
+    let old_r = &replicas[old.0 as usize];
+    old_r.set_seat_limit(room, Some(3)).unwrap();
+    pump(&replicas, now, &mut pool);
+    // Three admissions at the old primary; its messages reach only the
+    // third owner (so the next primary learns them only by repair).
+    let third = owners[2];
+    for uin in 1..=3 {
+        let _ = old_r.join_checked(now, room.member(Uin(uin)), Role::Student, Terminal::Web, None);
+        collect(&replicas, &mut pool);
+        for (from, to, msg) in std::mem::take(&mut pool) {
+            if to == third || from == third {
+                replicas[to.0 as usize].handle_message(now, from, msg);
+            }
+        }
+        collect(&replicas, &mut pool);
+        for (from, to, msg) in std::mem::take(&mut pool) {
+            if to == old {
+                replicas[to.0 as usize].handle_message(now, from, msg);
+            }
+        }
+    }
+    let confirmed = std::iter::from_fn(|| old_r.poll_event())
+        .filter(|e| matches!(e, ReplicaEvent::Joined { result: Ok(_), .. }))
+        .count();
+    assert_eq!(confirmed, 3, "each admission reached a majority (old primary + third owner)");
+    // The old primary dies; the survivors learn the new node set.
+    let survivors: Vec<&Replica> = replicas.iter().filter(|r| r.node() != old).collect();
+    for r in &survivors {
+        r.set_nodes(survivors.iter().map(|s| (s.node(), 100))).unwrap();
+    }
+    let np = &replicas[new_primary.0 as usize];
+    assert_eq!(np.owners(room)[0], new_primary);
+    assert!(!np.is_ready());
+    now = now + Duration::from_millis(10);
+    let early = np.join_checked(now, room.member(Uin(10)), Role::Student, Terminal::Web, None);
+    assert_eq!(
+        np.poll_event(),
+        Some(ReplicaEvent::Joined { ticket: early, member: room.member(Uin(10)), result: Err(StoreError::NotReady) })
+    );
+    // One anti-entropy round among the survivors (the dead node's queue
+    // is dropped).
+    let alive = |pool: &mut Pool| pool.retain(|(from, to, _)| *from != old && *to != old);
+    for r in &survivors {
+        r.handle_timeout(now);
+    }
+    loop {
+        collect(&replicas, &mut pool);
+        alive(&mut pool);
+        if pool.is_empty() {
+            break;
+        }
+        for (from, to, msg) in std::mem::take(&mut pool) {
+            replicas[to.0 as usize].handle_message(now, from, msg);
+        }
+    }
+    assert!(np.is_ready());
+    assert_eq!(np.counts(room).map(|c| c.total()), Some(3), "the new primary sees every confirmed admission");
+    while np.poll_event().is_some() {}
+    let late = np.join_checked(now, room.member(Uin(11)), Role::Student, Terminal::Web, None);
+    assert_eq!(
+        np.poll_event(),
+        Some(ReplicaEvent::Joined {
+            ticket: late,
+            member: room.member(Uin(11)),
+            result: Err(StoreError::RoomFull { limit: 3 })
+        })
+    );
+}
+
+#[test]
+fn the_primary_removes_members_whose_lease_ran_out() {
+    let mut config = ReplicaConfig::new(NodeId(0));
+    config.lease = Some(Duration::from_secs(60));
+    let replica = Replica::new(config);
+    replica.set_nodes([(NodeId(0), 100)]).unwrap();
+    let room = rooms()[0];
+    let t0 = Timestamp::from_millis(100_000);
+    for uin in 1..=4 {
+        replica.enter(t0, room.member(Uin(uin)), Role::Student, Terminal::Web, None).unwrap();
+    }
+    // Members 1 and 2 are re-asserted every 20 s; 3 and 4 are not (their
+    // exits were lost).
+    for k in 1..=4u64 {
+        let t = t0 + Duration::from_secs(20 * k);
+        for uin in 1..=2 {
+            let op = WriteOp::Assert { uin: Uin(uin), role: Role::Student, terminal: Terminal::Web };
+            assert_eq!(replica.apply(t, room, &[op]).unwrap(), vec![Ok(room_memberlist::WriteOutcome::Unchanged)]);
+        }
+        replica.handle_timeout(t);
+    }
+    // At 80 s, 3 and 4 were last seen 80 s ago: gone; 1 and 2 stay.
+    let present: Vec<u64> = replica.store().members(room).iter().map(|m| m.uin.0).collect();
+    assert_eq!(present, vec![1, 2]);
+    assert_eq!(replica.stats().members_expired, 2);
+}
