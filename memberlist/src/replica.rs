@@ -754,10 +754,17 @@ impl Replica {
                 self.store.drop_room(room);
                 continue;
             }
-            if let Some(lease) = self.config.lease
-                && owners.first() == Some(&me)
-            {
-                self.expire(inner, now, room, lease, &owners);
+            if owners.first() == Some(&me) {
+                if let Some(lease) = self.config.lease {
+                    self.expire(inner, now, room, lease, &owners);
+                }
+                // The seat limit is re-sent every round, so an owner that
+                // missed it (or joined since) learns it.
+                if let Some(limit) = self.store.seat_limit(room) {
+                    for &peer in owners.iter().filter(|&&n| n != me) {
+                        inner.outbox.push_back((peer, ReplMsg::SeatLimit { room, limit: Some(limit) }));
+                    }
+                }
             }
             let digest = self.store.digest(room);
             for peer in owners.into_iter().filter(|&n| n != me) {

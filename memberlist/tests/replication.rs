@@ -550,3 +550,23 @@ fn the_primary_removes_members_whose_lease_ran_out() {
     assert_eq!(present, vec![1, 2]);
     assert_eq!(replica.stats().members_expired, 2);
 }
+
+#[test]
+fn a_lost_seat_limit_reaches_the_other_owners_with_the_next_round() {
+    let replicas = cluster(NODES, 3);
+    let room = rooms()[0];
+    let now = Timestamp::from_millis(1_000);
+    let primary = &replicas[replicas[0].owners(room)[0].0 as usize];
+    primary.set_seat_limit(room, Some(7)).unwrap();
+    // Lost.
+    while primary.poll_transmit().is_some() {}
+    assert!(replicas.iter().filter(|r| r.store().seat_limit(room).is_some()).count() == 1);
+    let mut pool: Pool = Vec::new();
+    for r in &replicas {
+        r.handle_timeout(now);
+    }
+    pump(&replicas, now, &mut pool);
+    for r in &replicas {
+        assert_eq!(r.store().seat_limit(room), Some(7));
+    }
+}
