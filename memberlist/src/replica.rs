@@ -449,7 +449,7 @@ impl Replica {
         // Admissions still waiting for their majority hold a seat.
         let waiting = inner.admissions.values().filter(|a| a.member.room_key() == room).count() as u32;
         if let Some(limit) = self.store.seat_limit(room) {
-            let present = self.store.get(member).is_some();
+            let present = self.store.contains(member);
             let count = self.store.counts(room).map_or(0, |c| c.total());
             if !present && count + waiting >= limit {
                 return answer(inner, Err(StoreError::RoomFull { limit }));
@@ -865,6 +865,10 @@ impl MemberStore for Replica {
 
     fn get(&self, member: MemberKey) -> Option<MemberRow> {
         self.store.get(member)
+    }
+
+    fn contains(&self, member: MemberKey) -> bool {
+        self.store.contains(member)
     }
 
     fn counts(&self, room: RoomKey) -> Option<Counts> {

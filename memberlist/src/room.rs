@@ -264,6 +264,11 @@ impl Room {
         }
     }
 
+    /// Whether a member is present.
+    pub(crate) fn contains(&self, uin: Uin) -> bool {
+        self.find(uin.0).and_then(|s| self.recs.get(s as usize)).is_some_and(Rec::is_live)
+    }
+
     /// A present member.
     pub(crate) fn get(&self, uin: Uin) -> Option<MemberRow> {
         let rec = self.recs.get(self.find(uin.0)? as usize)?;

@@ -291,7 +291,7 @@ impl LocalStore {
                 return Ok(ops.iter().map(|_| Ok(WriteOutcome::Unchanged)).collect());
             }
             for op in ops {
-                let was_present = r.get(op.uin()).is_some();
+                let was_present = r.contains(op.uin());
                 if !checked
                     && !was_present
                     && r.seat_limit.is_some()
@@ -300,7 +300,8 @@ impl LocalStore {
                     results.push(Err(StoreError::NeedsCheckedJoin));
                     continue;
                 }
-                let mut blind = false;
+                // The write goes out, but nothing a reader sees changes.
+                let mut unchanged = false;
                 let planned = match r.plan(op, now, limits) {
                     Ok(p) => p,
                     // A replica may take an exit before the entry it ends
@@ -312,7 +313,7 @@ impl LocalStore {
                             && matches!(op, WriteOp::Exit { .. } | WriteOp::Remove { .. })
                             && r.tombstones() < limits.max_members =>
                     {
-                        blind = true;
+                        unchanged = true;
                         Planned::Remove
                     }
                     Err(e) => {
@@ -328,14 +329,14 @@ impl LocalStore {
                         continue;
                     }
                     Planned::Restamp(state) => {
-                        blind = true;
+                        unchanged = true;
                         Some(state)
                     }
                     Planned::Put(state) => Some(state),
                     Planned::Remove => None,
                 };
                 let outcome = match (was_present, state.is_some()) {
-                    _ if blind => WriteOutcome::Unchanged,
+                    _ if unchanged => WriteOutcome::Unchanged,
                     (false, _) => WriteOutcome::Entered,
                     (true, true) => WriteOutcome::Updated,
                     (true, false) => WriteOutcome::Exited,
@@ -370,7 +371,7 @@ impl LocalStore {
                 if state.attrs.len() > self.config.max_attrs_bytes || state.terminals.is_empty() {
                     continue;
                 }
-                if r.get(record.uin).is_none() && r.present() >= self.config.max_room_members {
+                if !r.contains(record.uin) && r.present() >= self.config.max_room_members {
                     continue;
                 }
             }
@@ -492,6 +493,10 @@ impl MemberStore for LocalStore {
 
     fn get(&self, member: MemberKey) -> Option<MemberRow> {
         self.room(member.room_key())?.read().get(member.uin)
+    }
+
+    fn contains(&self, member: MemberKey) -> bool {
+        self.room(member.room_key()).is_some_and(|r| r.read().contains(member.uin))
     }
 
     fn counts(&self, room: RoomKey) -> Option<Counts> {
