@@ -30,7 +30,8 @@
 //!
 //! | operation | guarantee |
 //! | --- | --- |
-//! | enter, exit, update, remove | eventual: applied at one owner, replicated to the others; replicas converge to the same state once they have exchanged writes or digests |
+//! | enter, exit, update, remove | eventual: applied at one owner, replicated to the others; replicas converge to the same state once they have exchanged writes or digests. A write acknowledged by an owner that crashes before passing it on is lost: a lost entry comes back with the next heartbeat re-assertion, a lost exit when the member's lease runs out ([`ReplicaConfig::lease`]) |
+//! | heartbeat re-assertion | eventual, and the repair path: writes only where the member is missing |
 //! | reads (get, counts, pages, change feed) | the local replica's state: read-your-writes on the replica that took the write |
 //! | checked join (seat limit) | strong: decided by the primary owner alone, confirmed only after a majority of the room's owners hold it, and refused by a new primary until it has synchronised with the other owners |
 //!
