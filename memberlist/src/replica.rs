@@ -535,11 +535,7 @@ impl Replica {
                     }
                     let mine = self.store.digest(room);
                     if theirs.get(&room).copied().unwrap_or(0) != mine {
-                        let buckets = self
-                            .store
-                            .room(room)
-                            .map(|h| h.read().bucket_digests(self.config.digest_buckets))
-                            .unwrap_or_else(|| vec![0; usize::from(self.config.digest_buckets.max(1))]);
+                        let buckets = self.store.bucket_digests(room, self.config.digest_buckets);
                         differing.push((room, buckets));
                     }
                 }
@@ -554,22 +550,14 @@ impl Replica {
                     if !Self::is_owner(&inner, room, me, r) {
                         continue;
                     }
-                    let mine = self
-                        .store
-                        .room(room)
-                        .map(|h| h.read().bucket_digests(self.config.digest_buckets))
-                        .unwrap_or_else(|| vec![0; usize::from(self.config.digest_buckets.max(1))]);
+                    let mine = self.store.bucket_digests(room, self.config.digest_buckets);
                     let pull: Vec<u8> = (0..self.config.digest_buckets.max(1))
                         .filter(|&b| mine.get(usize::from(b)) != theirs.get(usize::from(b)))
                         .collect();
                     if pull.is_empty() {
                         continue;
                     }
-                    let records = self
-                        .store
-                        .room(room)
-                        .map(|h| h.read().records_in(&pull, self.config.digest_buckets))
-                        .unwrap_or_default();
+                    let records = self.store.records_in(room, &pull, self.config.digest_buckets);
                     outstanding.insert(room);
                     inner.outbox.push_back((from, ReplMsg::Repair { round, room, records, pull }));
                 }
@@ -583,11 +571,7 @@ impl Replica {
                 }
                 // Answer with what we had before merging theirs: a record of
                 // ours that loses to theirs is harmless to send back.
-                let ours = self
-                    .store
-                    .room(room)
-                    .map(|h| h.read().records_in(&pull, self.config.digest_buckets))
-                    .unwrap_or_default();
+                let ours = self.store.records_in(room, &pull, self.config.digest_buckets);
                 if self.merge_into(&mut inner, now, room, &records) > 0 {
                     inner.stats.rooms_repaired += 1;
                 }

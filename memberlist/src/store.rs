@@ -420,6 +420,17 @@ impl LocalStore {
         })
     }
 
+    /// A room's live-member digests per anti-entropy bucket (zeros for an
+    /// unknown room).
+    pub(crate) fn bucket_digests(&self, room: RoomKey, buckets: u8) -> Vec<u64> {
+        self.room(room).map_or_else(|| vec![0; usize::from(buckets.max(1))], |r| r.read().bucket_digests(buckets))
+    }
+
+    /// A room's records (tombstones included) in the given buckets.
+    pub(crate) fn records_in(&self, room: RoomKey, pull: &[u8], buckets: u8) -> Vec<Record> {
+        self.room(room).map(|r| r.read().records_in(pull, buckets)).unwrap_or_default()
+    }
+
     /// A room's anti-entropy digest (0 for an unknown room).
     pub(crate) fn digest(&self, room: RoomKey) -> u64 {
         self.room(room).map_or(0, |r| r.read().digest())
