@@ -179,6 +179,26 @@ fn hkey(room: RoomKey) -> String {
     format!("ml:{}:{}:h", room.bid.0, room.room.0)
 }
 
+/// A join in the Redis design: the member in its role's ZSET (scored by
+/// join time) and its details in the room's HASH.
+fn redis_join(pipe: &mut redis::Pipeline, room: RoomKey, uin: Uin, role: Role, terminal: Terminal, joined: u64) {
+    pipe.cmd("ZADD").arg(zkey(room, role)).arg(joined).arg(uin.0).ignore();
+    pipe.cmd("HSET").arg(hkey(room)).arg(uin.0).arg(format!("{}|{}|{}", role.bit(), terminal.bit(), joined)).ignore();
+}
+
+/// The start of every page of `query` in the big room, in order.
+fn page_starts(store: &LocalStore, query: PageQuery) -> Vec<PageStart> {
+    let (mut starts, mut rows, mut start) = (Vec::new(), Vec::new(), PageStart::First);
+    loop {
+        let info = store.page(big_room(), &query.start(start), &mut rows).unwrap();
+        starts.push(start);
+        match info.next {
+            Some(c) => start = PageStart::After(c),
+            None => return starts,
+        }
+    }
+}
+
 fn bench_store(c: &mut Criterion) {
     let mut report = String::new();
     let mut group = c.benchmark_group("memberlist");
@@ -231,17 +251,8 @@ fn bench_store(c: &mut Criterion) {
 
     // Cursors spread over the students of the big room.
     let students = RoleSet::only(Role::Student);
-    let mut cursors = Vec::new();
+    let cursors = page_starts(&store, PageQuery::first(100).roles(students));
     let mut rows = Vec::new();
-    let mut start = PageStart::First;
-    loop {
-        let info = store.page(big_room(), &PageQuery::first(100).roles(students).start(start), &mut rows).unwrap();
-        cursors.push(start);
-        match info.next {
-            Some(c) => start = PageStart::After(c),
-            None => break,
-        }
-    }
     let pages = cursors.len();
     group.throughput(Throughput::Elements(1));
     let mut i = 0usize;
@@ -253,16 +264,7 @@ fn bench_store(c: &mut Criterion) {
         })
     });
     let apps = TerminalSet::apps();
-    let mut app_cursors: Vec<PageStart> = Vec::new();
-    let mut start = PageStart::First;
-    loop {
-        let info = store.page(big_room(), &PageQuery::first(100).terminals(apps).start(start), &mut rows).unwrap();
-        app_cursors.push(start);
-        match info.next {
-            Some(c) => start = PageStart::After(c),
-            None => break,
-        }
-    }
+    let app_cursors = page_starts(&store, PageQuery::first(100).terminals(apps));
     let mut j = 0usize;
     group.bench_function("roomkit terminal-filtered page of 100", |b| {
         b.iter(|| {
@@ -329,12 +331,7 @@ fn bench_store(c: &mut Criterion) {
                 let mut pipe = redis::pipe();
                 for &i in chunk {
                     let (uin, role, terminal) = member(i);
-                    pipe.cmd("ZADD").arg(zkey(room, role)).arg(i).arg(uin.0).ignore();
-                    pipe.cmd("HSET")
-                        .arg(hkey(room))
-                        .arg(uin.0)
-                        .arg(format!("{}|{}|{}", role.bit(), terminal.bit(), i))
-                        .ignore();
+                    redis_join(&mut pipe, room, uin, role, terminal, i);
                 }
                 pipe.query::<()>(&mut con).unwrap();
             }
@@ -364,12 +361,7 @@ fn bench_store(c: &mut Criterion) {
                         let mut pipe = redis::pipe();
                         for &(uin, role, terminal) in chunk {
                             score += 1;
-                            pipe.cmd("ZADD").arg(zkey(room, role)).arg(score).arg(uin.0).ignore();
-                            pipe.cmd("HSET")
-                                .arg(hkey(room))
-                                .arg(uin.0)
-                                .arg(format!("{}|{}|{}", role.bit(), terminal.bit(), score))
-                                .ignore();
+                            redis_join(&mut pipe, room, uin, role, terminal, score);
                         }
                         pipe.query::<()>(&mut con).unwrap();
                     }

@@ -53,12 +53,14 @@ pub struct Record {
     pub state: Option<MemberState>,
 }
 
-/// 36 bytes, 4-byte aligned.
+/// 36 bytes: packed to 4-byte alignment so that the three u64 fields do not
+/// pad the record to 40 (fields are only ever read and written by value).
 #[derive(Debug, Clone, Copy, Default)]
+#[repr(C, packed(4))]
 struct Rec {
-    uin: [u32; 2],
-    joined: [u32; 2],
-    hlc: [u32; 2],
+    uin: u64,
+    joined: u64,
+    hlc: u64,
     /// When this replica last saw the member asserted (entered, re-asserted
     /// by a heartbeat, or replicated), in seconds; 0: not yet (restored).
     seen: u32,
@@ -72,23 +74,15 @@ struct Rec {
 
 const _: () = assert!(std::mem::size_of::<Rec>() == 36);
 
-fn halves(v: u64) -> [u32; 2] {
-    [v as u32, (v >> 32) as u32]
-}
-
-fn whole(v: [u32; 2]) -> u64 {
-    u64::from(v[0]) | (u64::from(v[1]) << 32)
-}
-
 impl Rec {
     fn uin(&self) -> u64 {
-        whole(self.uin)
+        self.uin
     }
     fn joined(&self) -> u64 {
-        whole(self.joined)
+        self.joined
     }
     fn stamp(&self) -> Stamp {
-        Stamp { hlc: whole(self.hlc), origin: self.origin }
+        Stamp { hlc: self.hlc, origin: self.origin }
     }
     fn is_live(&self) -> bool {
         self.state & LIVE != 0
@@ -464,9 +458,9 @@ impl Room {
                 let slot = existing.unwrap_or_else(|| self.alloc_slot(uin));
                 let attrs = self.alloc_attrs(&state.attrs);
                 self.recs[slot as usize] = Rec {
-                    uin: halves(uin),
-                    joined: halves(state.joined.as_micros()),
-                    hlc: halves(record.stamp.hlc),
+                    uin,
+                    joined: state.joined.as_micros(),
+                    hlc: record.stamp.hlc,
                     seen: self.now_secs,
                     attrs,
                     origin: record.stamp.origin,
@@ -482,13 +476,8 @@ impl Room {
             }
             None if keep_tombstones => {
                 let slot = existing.unwrap_or_else(|| self.alloc_slot(uin));
-                self.recs[slot as usize] = Rec {
-                    uin: halves(uin),
-                    hlc: halves(record.stamp.hlc),
-                    origin: record.stamp.origin,
-                    attrs: NIL,
-                    ..Rec::default()
-                };
+                self.recs[slot as usize] =
+                    Rec { uin, hlc: record.stamp.hlc, origin: record.stamp.origin, attrs: NIL, ..Rec::default() };
                 self.tombstones += 1;
                 if was_live {
                     self.note_change(uin);
@@ -514,7 +503,7 @@ impl Room {
                 (self.recs.len() - 1) as u32
             }
         };
-        self.recs[slot as usize].uin = halves(uin);
+        self.recs[slot as usize].uin = uin;
         let (recs, seed) = (&self.recs, self.seed);
         let rehash = |&s: &u32| fold_hash(recs[s as usize].uin(), seed);
         let hash = self.hash(uin);
@@ -589,7 +578,7 @@ impl Room {
             .recs
             .iter()
             .enumerate()
-            .filter(|(_, r)| !r.is_live() && r.role != FREE && whole(r.hlc) < horizon)
+            .filter(|(_, r)| !r.is_live() && r.role != FREE && r.stamp().hlc < horizon)
             .map(|(s, r)| (s as u32, r.uin()))
             .collect();
         for &(slot, uin) in &dead {
@@ -736,7 +725,7 @@ impl FrozenRoom {
         out.reserve(self.recs.len() * 30);
         for r in self.recs.iter().filter(|r| r.role != FREE) {
             out.extend_from_slice(&r.uin().to_le_bytes());
-            out.extend_from_slice(&whole(r.hlc).to_le_bytes());
+            out.extend_from_slice(&r.stamp().hlc.to_le_bytes());
             out.extend_from_slice(&r.origin.to_le_bytes());
             if r.is_live() {
                 out.push(1);

@@ -88,6 +88,14 @@ fn pump(replicas: &[Replica], now: Timestamp, pool: &mut Pool) -> usize {
 }
 
 /// A room's records; with `tombstones` false, only present members'.
+/// One anti-entropy round started at every replica, run until quiet.
+fn round(replicas: &[Replica], now: Timestamp, pool: &mut Pool) {
+    for r in replicas {
+        r.handle_timeout(now);
+    }
+    pump(replicas, now, pool);
+}
+
 fn state(r: &Replica, room: RoomKey, tombstones: bool) -> Vec<Record> {
     let mut v: Vec<Record> =
         r.store().records(room).into_iter().filter(|rec| tombstones || rec.state.is_some()).collect();
@@ -157,8 +165,7 @@ proptest! {
         let mut pool: Pool = Vec::new();
         // Start-up round, so that the timer is set and later rounds are
         // regular ones.
-        for r in &replicas { r.handle_timeout(now); }
-        pump(&replicas, now, &mut pool);
+        round(&replicas, now, &mut pool);
         let mut k = keep.iter().cycle();
         for (i, (node, room, op)) in writes.into_iter().enumerate() {
             let t = now + Duration::from_millis(i as u64);
@@ -192,8 +199,7 @@ proptest! {
         let room = rooms()[0];
         let mut now = Timestamp::from_millis(1_000);
         let mut pool: Pool = Vec::new();
-        for r in &replicas { r.handle_timeout(now); }
-        pump(&replicas, now, &mut pool);
+        round(&replicas, now, &mut pool);
         prop_assert!(replicas.iter().all(Replica::is_ready));
         let primary = replicas[0].owners(room)[0];
         replicas[primary.0 as usize].set_seat_limit(room, Some(limit)).unwrap();
@@ -375,10 +381,7 @@ fn a_checked_join_without_a_majority_times_out_and_is_rolled_back() {
     let room = rooms()[0];
     let now = Timestamp::from_millis(1_000);
     let mut pool: Pool = Vec::new();
-    for r in &replicas {
-        r.handle_timeout(now);
-    }
-    pump(&replicas, now, &mut pool);
+    round(&replicas, now, &mut pool);
     let primary = &replicas[replicas[0].owners(room)[0].0 as usize];
     primary.set_seat_limit(room, Some(5)).unwrap();
     pump(&replicas, now, &mut pool);
@@ -415,10 +418,7 @@ fn a_forwarded_checked_join_is_decided_by_the_primary() {
         replicas[primary].poll_event(),
         Some(ReplicaEvent::Joined { ticket: early, member: room.member(Uin(1)), result: Err(StoreError::NotReady) })
     );
-    for r in &replicas {
-        r.handle_timeout(now);
-    }
-    pump(&replicas, now, &mut pool);
+    round(&replicas, now, &mut pool);
     let member = room.member(Uin(2));
     let ticket = other.join_checked(now, member, Role::Student, Terminal::Ios, None);
     pump(&replicas, now, &mut pool);
@@ -446,10 +446,7 @@ fn a_new_primary_waits_for_a_round_and_keeps_the_seat_limit() {
     let room = rooms()[2];
     let mut now = Timestamp::from_millis(1_000);
     let mut pool: Pool = Vec::new();
-    for r in &replicas {
-        r.handle_timeout(now);
-    }
-    pump(&replicas, now, &mut pool);
+    round(&replicas, now, &mut pool);
     for r in &replicas {
         while r.poll_event().is_some() {}
     }
@@ -562,10 +559,7 @@ fn a_lost_seat_limit_reaches_the_other_owners_with_the_next_round() {
     while primary.poll_transmit().is_some() {}
     assert!(replicas.iter().filter(|r| r.store().seat_limit(room).is_some()).count() == 1);
     let mut pool: Pool = Vec::new();
-    for r in &replicas {
-        r.handle_timeout(now);
-    }
-    pump(&replicas, now, &mut pool);
+    round(&replicas, now, &mut pool);
     for r in &replicas {
         assert_eq!(r.store().seat_limit(room), Some(7));
     }
