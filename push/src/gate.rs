@@ -1,0 +1,438 @@
+//! The gate: where the classroom logic hands messages to push. It checks
+//! them (size, target, permissions, mutes, rate limits, degradation),
+//! numbers the reliable ones in their room's sequence, keeps the room's
+//! sub-class plan, and turns switches (mute-all, levels, sub-class moves)
+//! into signal messages.
+
+use std::time::Duration;
+
+use hashbrown::{HashMap, HashSet};
+use room_core::{Role, RoomKey, Timestamp, Uin};
+
+use crate::degrade::Level;
+use crate::envelope::Envelope;
+use crate::limit::{Decision, KeyedLimiter, LimiterError, Quota};
+use crate::message::{Class, Kind, Message, SubclassId, Target, TargetError};
+use crate::subclass::{SubclassError, SubclassPlanner};
+
+/// What the gate enforces.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct GateConfig {
+    /// The largest payload accepted.
+    pub max_payload: usize,
+    /// The largest count one reaction message may carry.
+    pub max_reaction_count: u32,
+    /// Chat and reactions per user per room.
+    pub user_quota: Quota,
+    /// Chat per room, all senders together.
+    pub room_chat_quota: Quota,
+    /// Signal and teacher messages per room (SEED.md: under 100 a second).
+    pub room_reliable_quota: Quota,
+    /// Learners per sub-class.
+    pub subclass_size: u32,
+    /// Rooms the gate serves.
+    pub max_rooms: usize,
+    /// Users tracked by the per-user limiter (over all rooms).
+    pub max_limited_users: usize,
+    /// Above this many members, learners' chat is refused at
+    /// [`Level::DropLargeRoomChat`].
+    pub large_room: usize,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        let quota = |n, burst| {
+            Quota::per_second(n).and_then(|q| q.with_burst(burst)).expect("constant quotas are valid")
+        };
+        GateConfig {
+            max_payload: 16 * 1024,
+            max_reaction_count: 1_000,
+            user_quota: quota(5, 10),
+            room_chat_quota: quota(1_000, 200),
+            room_reliable_quota: quota(100, 50),
+            subclass_size: 500,
+            max_rooms: 100_000,
+            max_limited_users: 1_000_000,
+            large_room: 5_000,
+        }
+    }
+}
+
+/// Which limit refused a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LimitScope {
+    /// The sender's own limit.
+    User,
+    /// The room's chat limit.
+    RoomChat,
+    /// The room's limit on signal and teacher messages.
+    RoomReliable,
+}
+
+/// Why the gate refused a message or a switch. Nothing is numbered or
+/// counted against a limit when a message is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GateError {
+    /// The room was never opened on this gate (or was closed).
+    #[error("room {0} is not open")]
+    UnknownRoom(RoomKey),
+    /// The gate serves `max_rooms` rooms.
+    #[error("the gate serves {max} rooms, its maximum")]
+    TooManyRooms {
+        /// The limit.
+        max: usize,
+    },
+    /// A target that names nobody.
+    #[error("bad target: {0}")]
+    Target(#[from] TargetError),
+    /// A payload over `max_payload`.
+    #[error("payload of {size} bytes exceeds the limit of {max}")]
+    PayloadTooLarge {
+        /// Bytes given.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A reaction count of 0 or over `max_reaction_count`.
+    #[error("reaction count {count} is outside 1..={max}")]
+    BadCount {
+        /// The count given.
+        count: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// A reaction aimed at anything but the whole room (reactions are
+    /// per-room counters).
+    #[error("reactions are counted per room: their target must be the whole room")]
+    ReactionTarget,
+    /// A kind reserved for Roomkit's own control messages.
+    #[error("message kind {0:#06x} is reserved for Roomkit")]
+    ReservedKind(u16),
+    /// The sender's role may not send this class.
+    #[error("a {role} may not send {class:?} messages")]
+    NotAllowed {
+        /// The sender's role.
+        role: Role,
+        /// The class.
+        class: Class,
+    },
+    /// The room is muted and the sender is not a teacher or assistant.
+    #[error("the room is muted: only teachers and assistants may chat")]
+    RoomMuted,
+    /// The sender is muted in this room.
+    #[error("user {0:?} is muted in this room")]
+    UserMuted(Uin),
+    /// Over a rate limit.
+    #[error("rate limited ({scope:?}); retry after {retry_after:?}")]
+    RateLimited {
+        /// Which limit.
+        scope: LimitScope,
+        /// When it would pass.
+        retry_after: Duration,
+    },
+    /// The limiter cannot track the sender (a storm of distinct senders).
+    #[error(transparent)]
+    Limiter(#[from] LimiterError),
+    /// Refused by the degradation level in force.
+    #[error("refused at degradation level {level:?}")]
+    Degraded {
+        /// The level.
+        level: Level,
+    },
+    /// The room cannot place another learner.
+    #[error(transparent)]
+    Subclass(#[from] SubclassError),
+}
+
+#[derive(Debug)]
+struct GateRoom {
+    epoch: u64,
+    next_seq: u64,
+    planner: SubclassPlanner,
+    members: HashMap<Uin, Role, ahash::RandomState>,
+    mute_all: bool,
+    muted: HashSet<Uin, ahash::RandomState>,
+    chat_tat: u64,
+    reliable_tat: u64,
+}
+
+/// A learner placed in a room by [`Gate::join`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The member's sub-class (`None` for teachers and assistants).
+    pub subclass: Option<SubclassId>,
+    /// Signals telling moved members (and every push node) about moves
+    /// made to keep sub-classes balanced. Publish them on the bus.
+    pub moves: Vec<Envelope>,
+}
+
+/// The logic side of push. One gate numbers a room's messages: in a
+/// cluster, the room's owner runs it.
+#[derive(Debug)]
+pub struct Gate {
+    config: GateConfig,
+    rooms: HashMap<RoomKey, GateRoom, ahash::RandomState>,
+    users: KeyedLimiter<(RoomKey, Uin)>,
+    level: Level,
+    last_epoch: u64,
+    rejections: u64,
+}
+
+impl Gate {
+    /// A gate with `config`.
+    pub fn new(config: GateConfig) -> Self {
+        let users = KeyedLimiter::new(config.max_limited_users);
+        Gate {
+            config,
+            rooms: HashMap::with_hasher(ahash::RandomState::new()),
+            users,
+            level: Level::Normal,
+            last_epoch: 0,
+            rejections: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GateConfig {
+        &self.config
+    }
+
+    /// The level in force.
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    /// Messages refused by rate limits so far (a [`Load`](crate::Load) input).
+    pub fn rate_rejections(&self) -> u64 {
+        self.rejections
+    }
+
+    /// Opens a room (idempotent) and returns its sequence epoch. The epoch
+    /// is new every time a room is opened on a gate, so numbers from a
+    /// previous run are never taken for current ones.
+    pub fn open_room(&mut self, now: Timestamp, room: RoomKey) -> Result<u64, GateError> {
+        if let Some(r) = self.rooms.get(&room) {
+            return Ok(r.epoch);
+        }
+        if self.rooms.len() >= self.config.max_rooms {
+            return Err(GateError::TooManyRooms { max: self.config.max_rooms });
+        }
+        let epoch = now.as_micros().max(self.last_epoch + 1);
+        self.last_epoch = epoch;
+        let planner = SubclassPlanner::new(self.config.subclass_size)?;
+        self.rooms.insert(
+            room,
+            GateRoom {
+                epoch,
+                next_seq: 1,
+                planner,
+                members: HashMap::with_hasher(ahash::RandomState::new()),
+                mute_all: false,
+                muted: HashSet::with_hasher(ahash::RandomState::new()),
+                chat_tat: 0,
+                reliable_tat: 0,
+            },
+        );
+        Ok(epoch)
+    }
+
+    /// Closes a room, forgetting its sequence, plan and mutes.
+    pub fn close_room(&mut self, room: RoomKey) -> Result<(), GateError> {
+        let r = self.rooms.remove(&room).ok_or(GateError::UnknownRoom(room))?;
+        for uin in r.members.keys() {
+            self.users.forget(&(room, *uin));
+        }
+        Ok(())
+    }
+
+    /// The room's epoch and newest sequence number.
+    pub fn sequence(&self, room: RoomKey) -> Result<(u64, u64), GateError> {
+        let r = self.rooms.get(&room).ok_or(GateError::UnknownRoom(room))?;
+        Ok((r.epoch, r.next_seq - 1))
+    }
+
+    /// Members of a room known to the gate.
+    pub fn members(&self, room: RoomKey) -> Result<usize, GateError> {
+        Ok(self.rooms.get(&room).ok_or(GateError::UnknownRoom(room))?.members.len())
+    }
+
+    /// The sub-class sizes of a room, by id.
+    pub fn subclass_sizes(&self, room: RoomKey) -> Result<Vec<u32>, GateError> {
+        Ok(self.rooms.get(&room).ok_or(GateError::UnknownRoom(room))?.planner.sizes())
+    }
+
+    /// A member entered: learners are placed in a sub-class; teachers and
+    /// assistants see every sub-class and are placed in none.
+    pub fn join(&mut self, now: Timestamp, room: RoomKey, uin: Uin, role: Role) -> Result<Joined, GateError> {
+        let r = self.rooms.get_mut(&room).ok_or(GateError::UnknownRoom(room))?;
+        if role.is_staff() {
+            r.members.insert(uin, role);
+            // A learner promoted to assistant leaves the sub-class plan.
+            let moved: Vec<_> = r.planner.leave(uin).into_iter().map(|m| (m.uin, Some(m.to))).collect();
+            return Ok(Joined { subclass: None, moves: self.subclass_signals(now, room, moved) });
+        }
+        let (subclass, moves) = r.planner.join(uin)?;
+        r.members.insert(uin, role);
+        let moves = moves.into_iter().map(|m| (m.uin, Some(m.to))).collect();
+        Ok(Joined { subclass: Some(subclass), moves: self.subclass_signals(now, room, moves) })
+    }
+
+    /// A member left. Returns the signals for any move made to keep the
+    /// balance.
+    pub fn leave(&mut self, now: Timestamp, room: RoomKey, uin: Uin) -> Result<Vec<Envelope>, GateError> {
+        let r = self.rooms.get_mut(&room).ok_or(GateError::UnknownRoom(room))?;
+        r.members.remove(&uin);
+        r.muted.remove(&uin);
+        self.users.forget(&(room, uin));
+        let moved: Vec<_> = r.planner.leave(uin).into_iter().map(|m| (m.uin, Some(m.to))).collect();
+        Ok(self.subclass_signals(now, room, moved))
+    }
+
+    fn subclass_signals(&mut self, now: Timestamp, room: RoomKey, moves: Vec<(Uin, Option<SubclassId>)>) -> Vec<Envelope> {
+        moves
+            .into_iter()
+            .map(|(uin, to)| {
+                let mut payload = Vec::with_capacity(10);
+                payload.extend_from_slice(&uin.0.to_le_bytes());
+                payload.extend_from_slice(&to.map_or(u16::MAX, |s| s.0).to_le_bytes());
+                let msg = Message::new(room, Class::Signal, Kind::SUBCLASS, payload).to(Target::user(uin));
+                self.sequence_unchecked(now, msg)
+            })
+            .collect()
+    }
+
+    fn sequence_unchecked(&mut self, now: Timestamp, message: Message) -> Envelope {
+        let r = self.rooms.get_mut(&message.room).expect("callers checked the room");
+        let seq = if message.class.is_reliable() {
+            let s = r.next_seq;
+            r.next_seq += 1;
+            s
+        } else {
+            0
+        };
+        Envelope { epoch: r.epoch, seq, accepted_at: now, message }
+    }
+
+    /// Switches a room's mute-all; returns the signal announcing it.
+    pub fn set_mute_all(&mut self, now: Timestamp, room: RoomKey, on: bool) -> Result<Envelope, GateError> {
+        let r = self.rooms.get_mut(&room).ok_or(GateError::UnknownRoom(room))?;
+        r.mute_all = on;
+        Ok(self.sequence_unchecked(now, Message::new(room, Class::Signal, Kind::MUTE_ALL, vec![u8::from(on)])))
+    }
+
+    /// Whether a room is muted.
+    pub fn is_muted(&self, room: RoomKey) -> Result<bool, GateError> {
+        Ok(self.rooms.get(&room).ok_or(GateError::UnknownRoom(room))?.mute_all)
+    }
+
+    /// Mutes or unmutes one user's chat in a room.
+    pub fn mute_user(&mut self, room: RoomKey, uin: Uin, on: bool) -> Result<(), GateError> {
+        let r = self.rooms.get_mut(&room).ok_or(GateError::UnknownRoom(room))?;
+        if on {
+            r.muted.insert(uin);
+        } else {
+            r.muted.remove(&uin);
+        }
+        Ok(())
+    }
+
+    /// Switches the degradation level; returns one signal per open room
+    /// (every push node applies the level when it sees the signal). Rooms
+    /// come out in key order.
+    pub fn set_level(&mut self, now: Timestamp, level: Level) -> Vec<Envelope> {
+        if level == self.level {
+            return Vec::new();
+        }
+        self.level = level;
+        let mut rooms: Vec<RoomKey> = self.rooms.keys().copied().collect();
+        rooms.sort_unstable();
+        rooms
+            .into_iter()
+            .map(|room| self.sequence_unchecked(now, Message::new(room, Class::Signal, Kind::LEVEL, vec![level.code()])))
+            .collect()
+    }
+
+    /// Checks a message and, if it passes, numbers it: the envelope to
+    /// publish on the bus.
+    pub fn publish(&mut self, now: Timestamp, mut message: Message) -> Result<Envelope, GateError> {
+        let room_key = message.room;
+        let config = &self.config;
+        let r = self.rooms.get_mut(&room_key).ok_or(GateError::UnknownRoom(room_key))?;
+        message.target.validate()?;
+        if message.payload.len() > config.max_payload {
+            return Err(GateError::PayloadTooLarge { size: message.payload.len(), max: config.max_payload });
+        }
+        if message.kind.is_reserved() {
+            return Err(GateError::ReservedKind(message.kind.0));
+        }
+        let class = message.class;
+        if class == Class::Reaction && !(1..=config.max_reaction_count).contains(&message.count) {
+            return Err(GateError::BadCount { count: message.count, max: config.max_reaction_count });
+        }
+        if class == Class::Reaction && message.target != Target::room() {
+            return Err(GateError::ReactionTarget);
+        }
+        let sender = message.sender;
+        let staff = sender.is_none_or(|s| s.role.is_staff());
+        if let Some(s) = sender {
+            if class.is_reliable() && !s.role.is_staff() {
+                return Err(GateError::NotAllowed { role: s.role, class });
+            }
+        }
+        match self.level {
+            Level::SignalOnly if class != Class::Signal => return Err(GateError::Degraded { level: self.level }),
+            Level::DropLargeRoomChat if class == Class::Chat && !staff && r.members.len() > config.large_room => {
+                return Err(GateError::Degraded { level: self.level });
+            }
+            _ => {}
+        }
+        if class == Class::Chat {
+            if let Some(s) = sender {
+                if r.mute_all && !s.role.is_staff() {
+                    return Err(GateError::RoomMuted);
+                }
+                if r.muted.contains(&s.uin) {
+                    return Err(GateError::UserMuted(s.uin));
+                }
+            }
+        }
+        // Room limits are computed first and committed only once the
+        // sender's own limit passed too, so a refused message costs nothing.
+        let room_step = match class {
+            Class::Chat => Some((config.room_chat_quota.step(r.chat_tat, now, 1), LimitScope::RoomChat)),
+            Class::Signal | Class::Teacher => {
+                Some((config.room_reliable_quota.step(r.reliable_tat, now, 1), LimitScope::RoomReliable))
+            }
+            _ => None,
+        };
+        if let Some((Err(retry_after), scope)) = room_step {
+            self.rejections += 1;
+            return Err(GateError::RateLimited { scope, retry_after });
+        }
+        if let (Some(s), Class::Chat | Class::Reaction) = (sender, class) {
+            match self.users.check((room_key, s.uin), config.user_quota, now, 1)? {
+                Decision::Allowed => {}
+                Decision::Limited { retry_after } => {
+                    self.rejections += 1;
+                    return Err(GateError::RateLimited { scope: LimitScope::User, retry_after });
+                }
+            }
+        }
+        if let Some((Ok(tat), scope)) = room_step {
+            match scope {
+                LimitScope::RoomChat => r.chat_tat = tat,
+                _ => r.reliable_tat = tat,
+            }
+        }
+        // A learner's chat to the room stays in the learner's sub-class.
+        if class == Class::Chat && message.target.is_plain_audience() && message.target.subclass.is_none() {
+            if let Some(s) = sender.and_then(|s| r.planner.subclass_of(s.uin)) {
+                message.target.subclass = Some(s);
+            }
+        }
+        Ok(self.sequence_unchecked(now, message))
+    }
+}

@@ -1,0 +1,1310 @@
+//! The push node: a connection index, per-connection priority lanes,
+//! serialize-once fan-out, chat and reaction merging, and the reliable
+//! message cache that answers acks and checks.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+use room_core::{Flag, Role, RoomKey, Terminal, Timestamp, Uin};
+
+use crate::cache::{Inserted, ReliableCache, Shared};
+use crate::codec::{BinaryCodec, Codec, FrameHeader, FrameKind};
+use crate::connector::{Connector, Frame, SendError};
+use crate::degrade::Level;
+use crate::envelope::Envelope;
+use crate::message::{Class, Kind, Scope, SubclassId, Target};
+
+/// A connection on a push node. Ids are never reused for another connection
+/// of the same node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(transparent))]
+pub struct ConnId(pub u64);
+
+impl ConnId {
+    fn new(slot: u32, generation: u32) -> Self {
+        ConnId(u64::from(generation) << 32 | u64::from(slot))
+    }
+    fn slot(self) -> usize {
+        (self.0 & 0xFFFF_FFFF) as usize
+    }
+    fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+/// What a slow connection gets when its reliable lane overflows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OverflowPolicy {
+    /// Drop the queued reliable messages and send a resync marker; the
+    /// client recovers them from the cache with a check.
+    #[default]
+    Resync,
+    /// Drop the connection ([`NodeEvent::Disconnected`] with
+    /// [`DisconnectReason::SlowConsumer`]).
+    Disconnect,
+}
+
+/// Limits and windows of a push node.
+///
+/// Memory per connection is bounded by the lanes: a connection holds at
+/// most `reliable_lane` reliable entries (16 bytes each plus the shared
+/// message), `chat_lane` chat frames (8 bytes each plus the shared batch)
+/// and one reaction frame. An idle connection costs its record and index
+/// entries, measured in docs/BENCHMARKS.md.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NodeConfig {
+    /// Connections the node accepts.
+    pub max_connections: usize,
+    /// Rooms the node holds.
+    pub max_rooms: usize,
+    /// Reliable (signal and teacher) frames queued per connection.
+    pub reliable_lane: usize,
+    /// Chat frames queued per connection; the oldest is shed first.
+    pub chat_lane: usize,
+    /// What happens when a reliable lane overflows.
+    pub overflow: OverflowPolicy,
+    /// Chat lines are merged over this window ([`Level::Normal`]).
+    pub chat_window: Duration,
+    /// ... and over this one from [`Level::MergeHarder`] up.
+    pub chat_window_under_load: Duration,
+    /// Lines per chat batch; a full batch is sent at once ([`Level::Normal`]).
+    pub batch_lines: usize,
+    /// Lines per chat batch from [`Level::MergeHarder`] up; lines beyond it
+    /// are sampled out (dropped and counted) until the window closes.
+    pub batch_lines_under_load: usize,
+    /// Reaction totals are sent at most once per window.
+    pub reaction_window: Duration,
+    /// Reactions windows from [`Level::MergeHarder`] up.
+    pub reaction_window_under_load: Duration,
+    /// Reliable messages cached per room for recovery.
+    pub cache_len: usize,
+    /// How long a reliable message stays recoverable.
+    pub cache_age: Duration,
+    /// Messages in one check answer; longer ranges are answered in parts.
+    pub max_check_answer: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            max_connections: 500_000,
+            max_rooms: 100_000,
+            reliable_lane: 256,
+            chat_lane: 32,
+            overflow: OverflowPolicy::Resync,
+            chat_window: Duration::from_millis(100),
+            chat_window_under_load: Duration::from_millis(500),
+            batch_lines: 64,
+            batch_lines_under_load: 32,
+            reaction_window: Duration::from_millis(500),
+            reaction_window_under_load: Duration::from_secs(2),
+            cache_len: 1024,
+            cache_age: Duration::from_secs(300),
+            max_check_answer: 256,
+        }
+    }
+}
+
+/// A connection joining a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnSpec {
+    /// The room.
+    pub room: RoomKey,
+    /// The user.
+    pub uin: Uin,
+    /// The user's role (from the host's authentication, never the client).
+    pub role: Role,
+    /// The terminal connected from.
+    pub terminal: Terminal,
+    /// The sub-class the room's gate assigned (`None` for teachers and
+    /// assistants, or when the room is not split).
+    pub subclass: Option<SubclassId>,
+    /// Index of the wire format in the node's codec list (0 by default).
+    pub format: u8,
+}
+
+impl ConnSpec {
+    /// A connection in the default wire format, in no sub-class.
+    pub fn new(room: RoomKey, uin: Uin, role: Role, terminal: Terminal) -> Self {
+        ConnSpec { room, uin, role, terminal, subclass: None, format: 0 }
+    }
+
+    /// In `subclass`.
+    pub fn in_subclass(mut self, subclass: Option<SubclassId>) -> Self {
+        self.subclass = subclass;
+        self
+    }
+
+    /// In wire format `format`.
+    pub fn with_format(mut self, format: u8) -> Self {
+        self.format = format;
+        self
+    }
+}
+
+/// What a new connection needs to start acking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connected {
+    /// The connection.
+    pub conn: ConnId,
+    /// The room's sequence epoch (0 before the first reliable message).
+    pub epoch: u64,
+    /// The room's newest reliable sequence number: the client starts here.
+    pub head: u64,
+}
+
+/// Why a connection was dropped by the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// Its reliable lane overflowed under [`OverflowPolicy::Disconnect`].
+    SlowConsumer,
+    /// The connector said the connection is closed.
+    Closed,
+    /// The connector failed.
+    ConnectorFailed(String),
+}
+
+/// Something the host should act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// The node dropped a connection; the host closes its transport.
+    Disconnected {
+        /// The connection.
+        conn: ConnId,
+        /// Its user.
+        uin: Uin,
+        /// Its room.
+        room: RoomKey,
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// A [`Kind::LEVEL`] signal switched this node's level.
+    LevelChanged(Level),
+}
+
+/// Counters of a node since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// Connections now.
+    pub connections: usize,
+    /// Rooms now.
+    pub rooms: usize,
+    /// Frames waiting in lanes now.
+    pub queued_frames: u64,
+    /// Frames handed to connectors.
+    pub frames_sent: u64,
+    /// Envelopes handled.
+    pub envelopes: u64,
+    /// Reliable envelopes seen twice (ignored).
+    pub duplicates: u64,
+    /// Reliable envelopes that arrived after a gap in the sequence.
+    pub sequence_gaps: u64,
+    /// Chat frames shed from full chat lanes.
+    pub chat_shed: u64,
+    /// Chat lines sampled out of full batches under load.
+    pub chat_sampled_out: u64,
+    /// Resync markers queued.
+    pub resyncs: u64,
+    /// Connections dropped by the node.
+    pub disconnects: u64,
+    /// Check requests answered with messages.
+    pub checks_answered: u64,
+    /// Check requests answered with a reset.
+    pub resets: u64,
+}
+
+/// Why a node refused an input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// No such connection (never connected, or already gone).
+    #[error("unknown connection {0:?}")]
+    UnknownConnection(ConnId),
+    /// No connection of this room is on this node.
+    #[error("room {0} has no connections on this node")]
+    UnknownRoom(RoomKey),
+    /// The node is at `max_connections`.
+    #[error("the node holds {max} connections, its maximum")]
+    TooManyConnections {
+        /// The limit.
+        max: usize,
+    },
+    /// The node is at `max_rooms`.
+    #[error("the node holds {max} rooms, its maximum")]
+    TooManyRooms {
+        /// The limit.
+        max: usize,
+    },
+    /// A wire format index with no codec.
+    #[error("wire format {format} is not configured (the node has {formats})")]
+    UnknownFormat {
+        /// The index given.
+        format: u8,
+        /// Codecs configured.
+        formats: usize,
+    },
+    /// An ack above what the node ever sent the connection.
+    #[error("ack of sequence {acked} but only {last} was ever sent to this connection")]
+    AckFromFuture {
+        /// The sequence acked.
+        acked: u64,
+        /// The newest sent.
+        last: u64,
+    },
+    /// A check starting after what the node ever sent the connection.
+    #[error("check after sequence {after} but only {last} was ever sent to this connection")]
+    CheckFromFuture {
+        /// The start given.
+        after: u64,
+        /// The newest sent.
+        last: u64,
+    },
+    /// A reliable envelope with sequence number 0, or a chat or reaction
+    /// envelope with one.
+    #[error("envelope sequence {seq} does not fit class {class:?}")]
+    BadSequence {
+        /// The class.
+        class: Class,
+        /// The number.
+        seq: u64,
+    },
+}
+
+/// The node's answer to an ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AckReply {
+    /// The client has everything the node sent it.
+    UpToDate,
+    /// The node has handed the client reliable messages up to `last`; if
+    /// they do not arrive, the client should check.
+    Behind {
+        /// The newest reliable sequence number sent to this connection.
+        last: u64,
+    },
+    /// The client's epoch is stale: its numbers mean nothing now. It should
+    /// reload the room's state and continue from `head` in `epoch`.
+    Reset {
+        /// The room's epoch.
+        epoch: u64,
+        /// Where to continue from.
+        head: u64,
+    },
+}
+
+/// A recovered message, owned (check answers outlive the node borrow).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredFrame {
+    /// The header, with `prev` chaining the answer's messages.
+    pub header: FrameHeader,
+    /// The message's kind.
+    pub kind: Kind,
+    /// The body in the connection's wire format (shared with the cache).
+    pub body: Bytes,
+}
+
+/// The node's answer to a check: never partial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CheckAnswer {
+    /// Every reliable message for this connection numbered
+    /// `after + 1 ..= upto`, in order. When `upto` is below what the node
+    /// sent the connection, the client checks again from `upto`.
+    Messages {
+        /// The room's epoch.
+        epoch: u64,
+        /// The end of the range covered.
+        upto: u64,
+        /// The messages, oldest first.
+        frames: Vec<RecoveredFrame>,
+    },
+    /// The range is no longer held (older than the cache, or the epoch
+    /// changed): the client reloads the room's state and continues from
+    /// `head` in `epoch`.
+    Reset {
+        /// The room's epoch.
+        epoch: u64,
+        /// Where to continue from.
+        head: u64,
+    },
+}
+
+const NONE: u32 = u32::MAX;
+const ROLE_LISTS: usize = 64;
+
+#[derive(Debug)]
+struct Conn {
+    generation: u32,
+    live: bool,
+    uin: Uin,
+    room: u32,
+    role: Role,
+    terminal: Terminal,
+    subclass: Option<SubclassId>,
+    format: u8,
+    ready: bool,
+    blocked: bool,
+    resync: bool,
+    pos_all: u32,
+    pos_role: u32,
+    pos_terminal: u32,
+    pos_subclass: u32,
+    pos_uin: u32,
+    last_seq: u64,
+    acked: u64,
+    reliable: VecDeque<(Arc<Shared>, u64)>,
+    chat: VecDeque<Arc<Shared>>,
+    reactions: Option<Arc<Shared>>,
+}
+
+impl Conn {
+    fn queued(&self) -> u64 {
+        (self.reliable.len() + self.chat.len() + usize::from(self.reactions.is_some()) + usize::from(self.resync))
+            as u64
+    }
+}
+
+#[derive(Debug, Default)]
+struct ChatBuffer {
+    lines: Vec<Envelope>,
+    due: Option<Timestamp>,
+}
+
+#[derive(Debug)]
+struct Room {
+    key: RoomKey,
+    epoch: u64,
+    cache: ReliableCache,
+    all: Vec<u32>,
+    by_role: Vec<Vec<u32>>,
+    by_terminal: [Vec<u32>; 7],
+    by_subclass: Vec<Vec<u32>>,
+    unassigned: Vec<u32>,
+    by_uin: HashMap<Uin, Vec<u32>, ahash::RandomState>,
+    chat: ChatBuffer,
+    reaction_totals: BTreeMap<Kind, u64>,
+    reactions_due: Option<Timestamp>,
+    emptied_at: Option<Timestamp>,
+}
+
+fn terminal_index(t: Terminal) -> usize {
+    t.bit() as usize
+}
+
+fn list_remove(list: &mut Vec<u32>, pos: u32, conns: &mut [Conn], which: fn(&mut Conn) -> &mut u32) {
+    let pos = pos as usize;
+    list.swap_remove(pos);
+    if let Some(&moved) = list.get(pos) {
+        *which(&mut conns[moved as usize]) = pos as u32;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    Chat,
+    Reactions,
+}
+
+/// A push node. See the crate documentation for the flow.
+#[derive(Debug)]
+pub struct PushNode {
+    config: NodeConfig,
+    codecs: Vec<Arc<dyn Codec>>,
+    conns: Vec<Conn>,
+    free: Vec<u32>,
+    rooms: Vec<Option<Room>>,
+    free_rooms: Vec<u32>,
+    room_ids: HashMap<RoomKey, u32, ahash::RandomState>,
+    lanes: Lanes,
+    timers: BTreeSet<(Timestamp, u32, TimerKind)>,
+    level: Level,
+    events: VecDeque<NodeEvent>,
+    empty: Bytes,
+}
+
+impl PushNode {
+    /// A node with the [`BinaryCodec`] as wire format 0.
+    pub fn new(config: NodeConfig) -> Self {
+        Self::with_codecs(config, vec![Arc::new(BinaryCodec)])
+    }
+
+    /// A node serving these wire formats (indexes 0.., at most 8; at least
+    /// one: an empty list gets the [`BinaryCodec`]).
+    pub fn with_codecs(config: NodeConfig, mut codecs: Vec<Arc<dyn Codec>>) -> Self {
+        if codecs.is_empty() {
+            codecs.push(Arc::new(BinaryCodec));
+        }
+        codecs.truncate(8);
+        let lanes = Lanes {
+            reliable_cap: config.reliable_lane.max(1),
+            chat_cap: config.chat_lane.max(1),
+            overflow: config.overflow,
+            ready: Vec::new(),
+            overflowed: Vec::new(),
+            stats: NodeStats::default(),
+        };
+        PushNode {
+            config,
+            lanes,
+            codecs,
+            conns: Vec::new(),
+            free: Vec::new(),
+            rooms: Vec::new(),
+            free_rooms: Vec::new(),
+            room_ids: HashMap::with_hasher(ahash::RandomState::new()),
+            timers: BTreeSet::new(),
+            level: Level::Normal,
+            events: VecDeque::new(),
+            empty: Bytes::new(),
+        }
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The level this node applies (set by [`Kind::LEVEL`] signals).
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NodeStats {
+        NodeStats { connections: self.conns.len() - self.free.len(), rooms: self.room_ids.len(), ..self.lanes.stats }
+    }
+
+    /// The next event for the host.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`PushNode::handle_timeout`] should next run.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.timers.first().map(|t| t.0)
+    }
+
+    fn conn(&self, id: ConnId) -> Result<&Conn, NodeError> {
+        match self.conns.get(id.slot()) {
+            Some(c) if c.live && c.generation == id.generation() => Ok(c),
+            _ => Err(NodeError::UnknownConnection(id)),
+        }
+    }
+
+    fn room_mut(&mut self, idx: u32) -> &mut Room {
+        self.rooms[idx as usize].as_mut().expect("live connections point at live rooms")
+    }
+
+    /// Adds a connection to its room's index.
+    pub fn connect(&mut self, spec: ConnSpec) -> Result<Connected, NodeError> {
+        if usize::from(spec.format) >= self.codecs.len() {
+            return Err(NodeError::UnknownFormat { format: spec.format, formats: self.codecs.len() });
+        }
+        if self.conns.len() - self.free.len() >= self.config.max_connections {
+            return Err(NodeError::TooManyConnections { max: self.config.max_connections });
+        }
+        let room_idx = match self.room_ids.get(&spec.room) {
+            Some(&r) => r,
+            None => {
+                if self.room_ids.len() >= self.config.max_rooms {
+                    return Err(NodeError::TooManyRooms { max: self.config.max_rooms });
+                }
+                let room = Room {
+                    key: spec.room,
+                    epoch: 0,
+                    cache: ReliableCache::new(self.config.cache_len, self.config.cache_age),
+                    all: Vec::new(),
+                    by_role: (0..ROLE_LISTS).map(|_| Vec::new()).collect(),
+                    by_terminal: Default::default(),
+                    by_subclass: Vec::new(),
+                    unassigned: Vec::new(),
+                    by_uin: HashMap::with_hasher(ahash::RandomState::new()),
+                    chat: ChatBuffer::default(),
+                    reaction_totals: BTreeMap::new(),
+                    reactions_due: None,
+                    emptied_at: None,
+                };
+                let idx = match self.free_rooms.pop() {
+                    Some(i) => {
+                        self.rooms[i as usize] = Some(room);
+                        i
+                    }
+                    None => {
+                        self.rooms.push(Some(room));
+                        (self.rooms.len() - 1) as u32
+                    }
+                };
+                self.room_ids.insert(spec.room, idx);
+                idx
+            }
+        };
+        let (slot, generation) = match self.free.pop() {
+            Some(s) => (s, self.conns[s as usize].generation.wrapping_add(1)),
+            None => {
+                self.conns.push(Conn {
+                    generation: 0,
+                    live: false,
+                    uin: spec.uin,
+                    room: room_idx,
+                    role: spec.role,
+                    terminal: spec.terminal,
+                    subclass: None,
+                    format: 0,
+                    ready: false,
+                    blocked: false,
+                    resync: false,
+                    pos_all: NONE,
+                    pos_role: NONE,
+                    pos_terminal: NONE,
+                    pos_subclass: NONE,
+                    pos_uin: NONE,
+                    last_seq: 0,
+                    acked: 0,
+                    reliable: VecDeque::new(),
+                    chat: VecDeque::new(),
+                    reactions: None,
+                });
+                ((self.conns.len() - 1) as u32, 0)
+            }
+        };
+        let room = self.rooms[room_idx as usize].as_mut().expect("just found or made");
+        room.emptied_at = None;
+        let subclass = spec.subclass;
+        let (epoch, head) = (room.epoch, room.cache.head());
+        let c = &mut self.conns[slot as usize];
+        c.generation = generation;
+        c.live = true;
+        c.uin = spec.uin;
+        c.room = room_idx;
+        c.role = spec.role;
+        c.terminal = spec.terminal;
+        c.subclass = subclass;
+        c.format = spec.format;
+        c.ready = false;
+        c.blocked = false;
+        c.resync = false;
+        c.last_seq = head;
+        c.acked = head;
+        c.pos_all = room.all.len() as u32;
+        room.all.push(slot);
+        let roles = &mut room.by_role[spec.role.bit() as usize];
+        c.pos_role = roles.len() as u32;
+        roles.push(slot);
+        let terms = &mut room.by_terminal[terminal_index(spec.terminal)];
+        c.pos_terminal = terms.len() as u32;
+        terms.push(slot);
+        let sub_list = match subclass {
+            Some(s) => {
+                let i = usize::from(s.0);
+                if room.by_subclass.len() <= i {
+                    room.by_subclass.resize_with(i + 1, Vec::new);
+                }
+                &mut room.by_subclass[i]
+            }
+            None => &mut room.unassigned,
+        };
+        c.pos_subclass = sub_list.len() as u32;
+        sub_list.push(slot);
+        let same_user = room.by_uin.entry(spec.uin).or_default();
+        c.pos_uin = same_user.len() as u32;
+        same_user.push(slot);
+        Ok(Connected { conn: ConnId::new(slot, generation), epoch, head })
+    }
+
+    fn unlink_subclass(&mut self, slot: u32) {
+        let c = &self.conns[slot as usize];
+        let (room_idx, pos, subclass) = (c.room, c.pos_subclass, c.subclass);
+        let room = self.rooms[room_idx as usize].as_mut().expect("live room");
+        let list = match subclass {
+            Some(s) => &mut room.by_subclass[usize::from(s.0)],
+            None => &mut room.unassigned,
+        };
+        list_remove(list, pos, &mut self.conns, |c| &mut c.pos_subclass);
+    }
+
+    fn link_subclass(&mut self, slot: u32, subclass: Option<SubclassId>) {
+        let room_idx = self.conns[slot as usize].room;
+        let room = self.rooms[room_idx as usize].as_mut().expect("live room");
+        let list = match subclass {
+            Some(s) => {
+                let i = usize::from(s.0);
+                if room.by_subclass.len() <= i {
+                    room.by_subclass.resize_with(i + 1, Vec::new);
+                }
+                &mut room.by_subclass[i]
+            }
+            None => &mut room.unassigned,
+        };
+        let c = &mut self.conns[slot as usize];
+        c.pos_subclass = list.len() as u32;
+        c.subclass = subclass;
+        list.push(slot);
+    }
+
+    /// Removes a connection. Its queued frames are dropped.
+    pub fn disconnect(&mut self, now: Timestamp, id: ConnId) -> Result<(), NodeError> {
+        self.conn(id)?;
+        self.remove(now, id.slot() as u32);
+        Ok(())
+    }
+
+    fn remove(&mut self, now: Timestamp, slot: u32) {
+        self.unlink_subclass(slot);
+        let c = &mut self.conns[slot as usize];
+        c.live = false;
+        self.lanes.stats.queued_frames -= c.queued();
+        c.reliable = VecDeque::new();
+        c.chat = VecDeque::new();
+        c.reactions = None;
+        c.resync = false;
+        let (room_idx, uin, role, terminal) = (c.room, c.uin, c.role, c.terminal);
+        let (p_all, p_role, p_term, p_uin) = (c.pos_all, c.pos_role, c.pos_terminal, c.pos_uin);
+        let room = self.rooms[room_idx as usize].as_mut().expect("live room");
+        list_remove(&mut room.all, p_all, &mut self.conns, |c| &mut c.pos_all);
+        list_remove(&mut room.by_role[role.bit() as usize], p_role, &mut self.conns, |c| &mut c.pos_role);
+        list_remove(&mut room.by_terminal[terminal_index(terminal)], p_term, &mut self.conns, |c| &mut c.pos_terminal);
+        if let Some(list) = room.by_uin.get_mut(&uin) {
+            list_remove(list, p_uin, &mut self.conns, |c| &mut c.pos_uin);
+            if list.is_empty() {
+                room.by_uin.remove(&uin);
+            }
+        }
+        if room.all.is_empty() {
+            room.emptied_at = Some(now);
+            self.timers.insert((now.saturating_add(self.config.cache_age), room_idx, TimerKind::Reactions));
+        }
+        self.free.push(slot);
+    }
+
+    /// Moves `uin`'s connections in `room` to `subclass` (what a
+    /// [`Kind::SUBCLASS`] signal does; hosts call it directly when they
+    /// assign without the bus).
+    pub fn set_subclass(&mut self, room: RoomKey, uin: Uin, subclass: Option<SubclassId>) -> Result<(), NodeError> {
+        let room_idx = *self.room_ids.get(&room).ok_or(NodeError::UnknownRoom(room))?;
+        let r = self.room_mut(room_idx);
+        let slots = r.by_uin.get(&uin).cloned().unwrap_or_default();
+        for slot in slots {
+            if self.conns[slot as usize].subclass != subclass {
+                self.unlink_subclass(slot);
+                self.link_subclass(slot, subclass);
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection may take frames again (after [`SendError::WouldBlock`]).
+    pub fn set_writable(&mut self, id: ConnId) -> Result<(), NodeError> {
+        self.conn(id)?;
+        let slot = id.slot();
+        let c = &mut self.conns[slot];
+        c.blocked = false;
+        if !c.ready && c.queued() > 0 {
+            c.ready = true;
+            self.lanes.ready.push(slot as u32);
+        }
+        Ok(())
+    }
+
+    /// Connections of `room` on this node.
+    pub fn room_connections(&self, room: RoomKey) -> usize {
+        self.room_ids.get(&room).map_or(0, |&r| self.rooms[r as usize].as_ref().map_or(0, |r| r.all.len()))
+    }
+
+    /// The ids of `room`'s connections that `target` reaches, in no
+    /// particular order (the index's answer; see [`Target::matches`]).
+    pub fn resolve(&self, room: RoomKey, target: &Target) -> Vec<ConnId> {
+        let mut out = Vec::new();
+        if let Some(room) = self.room_ids.get(&room).and_then(|&r| self.rooms[r as usize].as_ref()) {
+            for list in candidate_lists(room, target) {
+                for &slot in list {
+                    let c = &self.conns[slot as usize];
+                    if target.matches(c.uin, c.role, c.terminal, c.subclass) {
+                        out.push(ConnId::new(slot, c.generation));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn encode(&self, f: impl Fn(&dyn Codec) -> Bytes) -> Box<[Bytes]> {
+        self.codecs.iter().map(|c| f(c.as_ref())).collect()
+    }
+
+    /// Takes one envelope from the bus: caches it if reliable, resolves its
+    /// target on this node's connections and queues it (or merges it, for
+    /// chat and reactions). Returns how many connections it was queued for
+    /// now (0 for merged messages, which go out when their window closes).
+    pub fn handle_envelope(&mut self, now: Timestamp, env: &Envelope) -> Result<usize, NodeError> {
+        let m = &env.message;
+        if m.class.is_reliable() == (env.seq == 0) {
+            return Err(NodeError::BadSequence { class: m.class, seq: env.seq });
+        }
+        let room_idx = *self.room_ids.get(&m.room).ok_or(NodeError::UnknownRoom(m.room))?;
+        self.lanes.stats.envelopes += 1;
+        let n = match m.class {
+            Class::Chat if m.target.is_plain_audience() => {
+                self.buffer_chat(now, room_idx, env);
+                0
+            }
+            Class::Reaction => {
+                let window = if self.level >= Level::MergeHarder {
+                    self.config.reaction_window_under_load
+                } else {
+                    self.config.reaction_window
+                };
+                let room = self.room_mut(room_idx);
+                let total = room.reaction_totals.entry(m.kind).or_insert(0);
+                *total = total.saturating_add(u64::from(m.count));
+                if room.reactions_due.is_none() {
+                    let due = now.saturating_add(window);
+                    room.reactions_due = Some(due);
+                    self.timers.insert((due, room_idx, TimerKind::Reactions));
+                }
+                0
+            }
+            Class::Chat => {
+                let bodies = self.encode(|c| c.encode_message(env));
+                let shared = Arc::new(Shared {
+                    class: Class::Chat,
+                    kind: FrameKind::Message,
+                    seq: 0,
+                    accepted_at: env.accepted_at,
+                    target: None,
+                    bodies,
+                    msg_kind: m.kind,
+                });
+                self.fan_out(room_idx, &m.target, &shared)
+            }
+            _ => self.handle_reliable(now, room_idx, env),
+        };
+        self.drop_overflowed(now);
+        Ok(n)
+    }
+
+    fn handle_reliable(&mut self, now: Timestamp, room_idx: u32, env: &Envelope) -> usize {
+        let m = &env.message;
+        let room = self.rooms[room_idx as usize].as_mut().expect("live room");
+        if room.epoch != env.epoch {
+            let had_history = room.epoch != 0 || room.cache.head() != 0;
+            room.epoch = env.epoch;
+            room.cache.restart();
+            if had_history {
+                // The sequence restarted: every connection's numbers are void.
+                for &slot in &room.all {
+                    let c = &mut self.conns[slot as usize];
+                    self.lanes.stats.queued_frames -= c.reliable.len() as u64;
+                    c.reliable.clear();
+                    c.last_seq = 0;
+                    c.acked = 0;
+                    self.lanes.mark_resync(slot, c);
+                }
+            }
+        }
+        let bodies = self.encode(|c| c.encode_message(env));
+        let shared = Arc::new(Shared {
+            class: m.class,
+            kind: FrameKind::Message,
+            seq: env.seq,
+            accepted_at: env.accepted_at,
+            target: Some(m.target.clone()),
+            bodies,
+            msg_kind: m.kind,
+        });
+        let room = self.rooms[room_idx as usize].as_mut().expect("live room");
+        match room.cache.insert(Arc::clone(&shared), now) {
+            Inserted::Duplicate => {
+                self.lanes.stats.duplicates += 1;
+                return 0;
+            }
+            Inserted::AfterGap => self.lanes.stats.sequence_gaps += 1,
+            Inserted::Appended => {}
+        }
+        if m.kind.is_reserved() {
+            self.apply_control(room_idx, m.kind, &m.payload);
+        }
+        self.fan_out(room_idx, &m.target, &shared)
+    }
+
+    /// Queues `shared` for every recipient of `target` in the room.
+    fn fan_out(&mut self, room_idx: u32, target: &Target, shared: &Arc<Shared>) -> usize {
+        let Some(room) = self.rooms[room_idx as usize].as_ref() else { return 0 };
+        let mut n = 0;
+        let reliable = shared.class.is_reliable();
+        for list in candidate_lists(room, target) {
+            for &slot in list {
+                let c = &mut self.conns[slot as usize];
+                if !target.matches(c.uin, c.role, c.terminal, c.subclass) {
+                    continue;
+                }
+                n += 1;
+                if reliable {
+                    self.lanes.enqueue_reliable(slot, c, shared);
+                } else {
+                    self.lanes.enqueue_chat(slot, c, shared);
+                }
+            }
+        }
+        n
+    }
+
+    fn drop_overflowed(&mut self, now: Timestamp) {
+        while let Some(slot) = self.lanes.overflowed.pop() {
+            let c = &self.conns[slot as usize];
+            if !c.live {
+                continue;
+            }
+            let (conn, uin) = (ConnId::new(slot, c.generation), c.uin);
+            let room = self.rooms[c.room as usize].as_ref().map(|r| r.key).expect("live room");
+            self.remove(now, slot);
+            self.lanes.stats.disconnects += 1;
+            self.events.push_back(NodeEvent::Disconnected { conn, uin, room, reason: DisconnectReason::SlowConsumer });
+        }
+    }
+
+    fn apply_control(&mut self, room_idx: u32, kind: Kind, payload: &[u8]) {
+        match kind {
+            Kind::LEVEL => {
+                if let Some(level) = payload.first().and_then(|&c| Level::from_code(c)) {
+                    if level != self.level {
+                        self.level = level;
+                        self.events.push_back(NodeEvent::LevelChanged(level));
+                    }
+                }
+            }
+            Kind::SUBCLASS => {
+                if payload.len() == 10 {
+                    let uin = Uin(u64::from_le_bytes(payload[..8].try_into().expect("8 bytes")));
+                    let raw = u16::from_le_bytes([payload[8], payload[9]]);
+                    let subclass = (raw != u16::MAX).then_some(SubclassId(raw));
+                    let key = self.rooms[room_idx as usize].as_ref().map(|r| r.key).expect("live room");
+                    // The room exists: the error case cannot happen here.
+                    let _ = self.set_subclass(key, uin, subclass);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn buffer_chat(&mut self, now: Timestamp, room_idx: u32, env: &Envelope) {
+        let under_load = self.level >= Level::MergeHarder;
+        let (window, cap) = if under_load {
+            (self.config.chat_window_under_load, self.config.batch_lines_under_load)
+        } else {
+            (self.config.chat_window, self.config.batch_lines)
+        };
+        let room = self.rooms[room_idx as usize].as_mut().expect("live room");
+        if room.chat.lines.len() >= cap.max(1) {
+            if under_load {
+                self.lanes.stats.chat_sampled_out += 1;
+                return;
+            }
+            self.flush_chat(room_idx);
+        }
+        let room = self.rooms[room_idx as usize].as_mut().expect("live room");
+        room.chat.lines.push(env.clone());
+        if room.chat.due.is_none() {
+            let due = now.saturating_add(window);
+            room.chat.due = Some(due);
+            self.timers.insert((due, room_idx, TimerKind::Chat));
+        }
+    }
+
+    /// Sends a room's merged chat: every connection gets one batch with the
+    /// lines aimed at it, in acceptance order. Connections in sub-class `s`
+    /// share the batch of room-wide lines and `s`'s lines; connections in
+    /// no sub-class (teachers, assistants) share the batch of every line.
+    fn flush_chat(&mut self, room_idx: u32) {
+        let Some(room) = self.rooms[room_idx as usize].as_mut() else { return };
+        let lines = std::mem::take(&mut room.chat.lines);
+        if let Some(due) = room.chat.due.take() {
+            self.timers.remove(&(due, room_idx, TimerKind::Chat));
+        }
+        if lines.is_empty() {
+            return;
+        }
+        let room_key = room.key;
+        let batch = |node: &Self, keep: &dyn Fn(Option<SubclassId>) -> bool| -> Option<Arc<Shared>> {
+            let chosen: Vec<&Envelope> = lines.iter().filter(|l| keep(l.message.target.subclass)).collect();
+            let first = chosen.first()?;
+            let bodies = node.encode(|c| c.encode_chat_batch(room_key, &chosen));
+            Some(Arc::new(Shared {
+                class: Class::Chat,
+                kind: FrameKind::ChatBatch,
+                seq: 0,
+                accepted_at: first.accepted_at,
+                target: None,
+                bodies,
+                msg_kind: first.message.kind,
+            }))
+        };
+        let everything = batch(self, &|_| true);
+        let room_wide = batch(self, &|s| s.is_none());
+        let mut own: BTreeMap<SubclassId, Arc<Shared>> = BTreeMap::new();
+        let subclasses: BTreeSet<SubclassId> = lines.iter().filter_map(|l| l.message.target.subclass).collect();
+        for s in subclasses {
+            if let Some(b) = batch(self, &|k| k.is_none() || k == Some(s)) {
+                own.insert(s, b);
+            }
+        }
+        let room = self.rooms[room_idx as usize].as_ref().expect("live room");
+        let mut deliver = |list: &[u32], shared: &Arc<Shared>| {
+            for &slot in list {
+                self.lanes.enqueue_chat(slot, &mut self.conns[slot as usize], shared);
+            }
+        };
+        if let Some(b) = &everything {
+            deliver(&room.unassigned, b);
+        }
+        for (i, list) in room.by_subclass.iter().enumerate() {
+            if let Some(b) = own.get(&SubclassId(i as u16)).or(room_wide.as_ref()) {
+                deliver(list, b);
+            }
+        }
+    }
+
+    fn flush_reactions(&mut self, room_idx: u32) {
+        let Some(room) = self.rooms[room_idx as usize].as_mut() else { return };
+        room.reactions_due = None;
+        let totals: Vec<(Kind, u64)> = room.reaction_totals.iter().map(|(k, v)| (*k, *v)).collect();
+        if totals.is_empty() {
+            return;
+        }
+        let room_key = room.key;
+        let bodies = self.encode(|c| c.encode_reactions(room_key, &totals));
+        let shared = Arc::new(Shared {
+            class: Class::Reaction,
+            kind: FrameKind::Reactions,
+            seq: 0,
+            accepted_at: Timestamp::ZERO,
+            target: None,
+            bodies,
+            msg_kind: totals[0].0,
+        });
+        let room = self.rooms[room_idx as usize].as_ref().expect("live room");
+        for &slot in &room.all {
+            let c = &mut self.conns[slot as usize];
+            self.lanes.set_reactions(slot, c, &shared);
+        }
+    }
+
+    /// Closes the chat and reaction windows that are due, and lets go of
+    /// rooms that have been empty for the cache's age.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        while let Some(&(due, room_idx, kind)) = self.timers.first() {
+            if due > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(room) = self.rooms[room_idx as usize].as_ref() else { continue };
+            match kind {
+                TimerKind::Chat => self.flush_chat(room_idx),
+                TimerKind::Reactions if room.reactions_due == Some(due) => self.flush_reactions(room_idx),
+                TimerKind::Reactions => {
+                    let expired = room.emptied_at.is_some_and(|at| at.saturating_add(self.config.cache_age) <= now);
+                    if expired && room.all.is_empty() {
+                        let key = room.key;
+                        let stale: Vec<_> = self.timers.iter().filter(|t| t.1 == room_idx).copied().collect();
+                        for t in stale {
+                            self.timers.remove(&t);
+                        }
+                        self.rooms[room_idx as usize] = None;
+                        self.room_ids.remove(&key);
+                        self.free_rooms.push(room_idx);
+                    }
+                }
+            }
+        }
+        self.drop_overflowed(now);
+    }
+
+    /// Hands queued frames to `connector`, reliable first, then reaction
+    /// totals, then chat, connection by connection, until every ready
+    /// connection is drained or blocked. Returns the frames sent.
+    pub fn flush<C: Connector>(&mut self, now: Timestamp, connector: &mut C) -> u64 {
+        let mut ready = std::mem::take(&mut self.lanes.ready);
+        let mut sent = 0u64;
+        let mut closed = Vec::new();
+        for &slot in &ready {
+            let c = &mut self.conns[slot as usize];
+            c.ready = false;
+            if !c.live || c.blocked {
+                continue;
+            }
+            let epoch = self.rooms[c.room as usize].as_ref().map_or(0, |r| r.epoch);
+            match drain(c, slot, epoch, connector, &self.empty, &mut self.lanes.stats) {
+                Ok(n) => sent += n,
+                Err((n, reason)) => {
+                    sent += n;
+                    closed.push((slot, reason));
+                }
+            }
+        }
+        ready.clear();
+        if self.lanes.ready.is_empty() {
+            self.lanes.ready = ready;
+        } else {
+            self.lanes.ready.extend_from_slice(&ready);
+        }
+        for (slot, reason) in closed {
+            let c = &self.conns[slot as usize];
+            if !c.live {
+                continue;
+            }
+            let (conn, uin) = (ConnId::new(slot, c.generation), c.uin);
+            let room = self.rooms[c.room as usize].as_ref().map(|r| r.key).expect("live room");
+            self.remove(now, slot);
+            self.lanes.stats.disconnects += 1;
+            self.events.push_back(NodeEvent::Disconnected { conn, uin, room, reason });
+        }
+        sent
+    }
+
+    /// A client's periodic ack of the highest contiguous reliable sequence
+    /// number it has.
+    pub fn handle_ack(&mut self, id: ConnId, epoch: u64, seq: u64) -> Result<AckReply, NodeError> {
+        let c = self.conn(id)?;
+        let room = self.rooms[c.room as usize].as_ref().expect("live room");
+        if epoch != room.epoch {
+            return Ok(AckReply::Reset { epoch: room.epoch, head: c.last_seq });
+        }
+        if seq > c.last_seq {
+            return Err(NodeError::AckFromFuture { acked: seq, last: c.last_seq });
+        }
+        let (last, pending) = (c.last_seq, !c.reliable.is_empty() || c.resync);
+        let c = &mut self.conns[id.slot()];
+        c.acked = c.acked.max(seq);
+        Ok(if seq == last || pending { AckReply::UpToDate } else { AckReply::Behind { last } })
+    }
+
+    /// A client's request for the reliable messages after `after`.
+    pub fn handle_check(&mut self, now: Timestamp, id: ConnId, epoch: u64, after: u64) -> Result<CheckAnswer, NodeError> {
+        let c = self.conn(id)?;
+        let (uin, role, terminal, subclass, format, last) = (c.uin, c.role, c.terminal, c.subclass, c.format, c.last_seq);
+        let room_idx = c.room;
+        let room = self.rooms[room_idx as usize].as_mut().expect("live room");
+        if epoch != room.epoch {
+            self.lanes.stats.resets += 1;
+            return Ok(CheckAnswer::Reset { epoch: room.epoch, head: last });
+        }
+        if after > last {
+            return Err(NodeError::CheckFromFuture { after, last });
+        }
+        room.cache.prune(now);
+        let Some(range) = room.cache.range(after, last) else {
+            self.lanes.stats.resets += 1;
+            return Ok(CheckAnswer::Reset { epoch: room.epoch, head: last });
+        };
+        let mut frames = Vec::new();
+        let mut prev = after;
+        let mut upto = last;
+        for m in range {
+            if !m.reaches(uin, role, terminal, subclass) {
+                continue;
+            }
+            if frames.len() == self.config.max_check_answer {
+                upto = prev;
+                break;
+            }
+            frames.push(RecoveredFrame {
+                header: FrameHeader { kind: FrameKind::Message, class: m.class, epoch: room.epoch, seq: m.seq, prev },
+                kind: m.msg_kind,
+                body: m.body(format).clone(),
+            });
+            prev = m.seq;
+        }
+        self.lanes.stats.checks_answered += 1;
+        Ok(CheckAnswer::Messages { epoch: room.epoch, upto, frames })
+    }
+}
+
+/// The index lists whose union holds every recipient of `target`: the
+/// narrowest the index has (a user's connections, a role's, a terminal's,
+/// a sub-class's), the whole room when nothing narrower exists.
+fn candidate_lists<'a>(room: &'a Room, target: &Target) -> Vec<&'a [u32]> {
+    match &target.scope {
+        Scope::User(u) => room.by_uin.get(u).map(Vec::as_slice).into_iter().collect(),
+        Scope::Users(us) => {
+            let mut us = us.clone();
+            us.sort_unstable();
+            us.dedup();
+            us.iter().filter_map(|u| room.by_uin.get(u).map(Vec::as_slice)).collect()
+        }
+        Scope::Room => {
+            let all = room.all.len();
+            let by_roles =
+                target.roles.map(|rs| rs.iter().map(|r| room.by_role[r.bit() as usize].len()).sum::<usize>());
+            let by_terms = target
+                .terminals
+                .map(|ts| ts.iter().map(|t| room.by_terminal[terminal_index(t)].len()).sum::<usize>());
+            let by_sub = target
+                .subclass
+                .map(|s| room.by_subclass.get(usize::from(s.0)).map_or(0, Vec::len) + room.unassigned.len());
+            let best = [by_roles, by_terms, by_sub].into_iter().enumerate().filter_map(|(i, n)| Some((n?, i))).min();
+            match best {
+                Some((n, 0)) if n < all => target
+                    .roles
+                    .into_iter()
+                    .flat_map(|rs| rs.iter())
+                    .map(|r| room.by_role[r.bit() as usize].as_slice())
+                    .collect(),
+                Some((n, 1)) if n < all => target
+                    .terminals
+                    .into_iter()
+                    .flat_map(|ts| ts.iter())
+                    .map(|t| room.by_terminal[terminal_index(t)].as_slice())
+                    .collect(),
+                Some((n, 2)) if n < all => {
+                    let mut lists = vec![room.unassigned.as_slice()];
+                    if let Some(l) = target.subclass.and_then(|s| room.by_subclass.get(usize::from(s.0))) {
+                        lists.push(l.as_slice());
+                    }
+                    lists
+                }
+                _ => vec![room.all.as_slice()],
+            }
+        }
+    }
+}
+
+/// Lane bookkeeping shared by every connection of a node.
+#[derive(Debug)]
+struct Lanes {
+    reliable_cap: usize,
+    chat_cap: usize,
+    overflow: OverflowPolicy,
+    ready: Vec<u32>,
+    overflowed: Vec<u32>,
+    stats: NodeStats,
+}
+
+impl Lanes {
+    fn make_ready(&mut self, slot: u32, c: &mut Conn) {
+        if !c.ready && !c.blocked {
+            c.ready = true;
+            self.ready.push(slot);
+        }
+    }
+
+    fn mark_resync(&mut self, slot: u32, c: &mut Conn) {
+        if !c.resync {
+            c.resync = true;
+            self.stats.queued_frames += 1;
+            self.stats.resyncs += 1;
+        }
+        self.make_ready(slot, c);
+    }
+
+    fn enqueue_reliable(&mut self, slot: u32, c: &mut Conn, shared: &Arc<Shared>) {
+        let prev = c.last_seq;
+        c.last_seq = shared.seq;
+        if c.resync {
+            // The client will recover this message with its check.
+            return;
+        }
+        if c.reliable.len() >= self.reliable_cap {
+            match self.overflow {
+                OverflowPolicy::Resync => {
+                    self.stats.queued_frames -= c.reliable.len() as u64;
+                    c.reliable.clear();
+                    self.mark_resync(slot, c);
+                }
+                OverflowPolicy::Disconnect => self.overflowed.push(slot),
+            }
+            return;
+        }
+        c.reliable.push_back((Arc::clone(shared), prev));
+        self.stats.queued_frames += 1;
+        self.make_ready(slot, c);
+    }
+
+    fn enqueue_chat(&mut self, slot: u32, c: &mut Conn, shared: &Arc<Shared>) {
+        if c.chat.len() >= self.chat_cap {
+            c.chat.pop_front();
+            self.stats.chat_shed += 1;
+        } else {
+            self.stats.queued_frames += 1;
+        }
+        c.chat.push_back(Arc::clone(shared));
+        self.make_ready(slot, c);
+    }
+
+    fn set_reactions(&mut self, slot: u32, c: &mut Conn, shared: &Arc<Shared>) {
+        if c.reactions.replace(Arc::clone(shared)).is_none() {
+            self.stats.queued_frames += 1;
+        }
+        self.make_ready(slot, c);
+    }
+}
+
+/// Sends one connection's queued frames in priority order. Stops at
+/// `WouldBlock` (the frame stays queued); on a closed or failed connector
+/// returns the reason.
+fn drain<C: Connector>(
+    c: &mut Conn,
+    slot: u32,
+    epoch: u64,
+    connector: &mut C,
+    empty: &Bytes,
+    stats: &mut NodeStats,
+) -> Result<u64, (u64, DisconnectReason)> {
+    let id = ConnId::new(slot, c.generation);
+    let mut sent = 0;
+    let outcome = loop {
+        let result = if c.resync {
+            let header = FrameHeader { kind: FrameKind::Resync, class: Class::Signal, epoch, seq: c.last_seq, prev: 0 };
+            let r = connector.send(&Frame { conn: id, uin: c.uin, terminal: c.terminal, header, body: empty });
+            if r.is_ok() {
+                c.resync = false;
+            }
+            r
+        } else if let Some((m, prev)) = c.reliable.front() {
+            let header = FrameHeader { kind: m.kind, class: m.class, epoch, seq: m.seq, prev: *prev };
+            let r = connector.send(&Frame { conn: id, uin: c.uin, terminal: c.terminal, header, body: m.body(c.format) });
+            if r.is_ok() {
+                c.reliable.pop_front();
+            }
+            r
+        } else if let Some(m) = &c.reactions {
+            let header = FrameHeader { kind: m.kind, class: m.class, epoch, seq: 0, prev: 0 };
+            let r = connector.send(&Frame { conn: id, uin: c.uin, terminal: c.terminal, header, body: m.body(c.format) });
+            if r.is_ok() {
+                c.reactions = None;
+            }
+            r
+        } else if let Some(m) = c.chat.front() {
+            let header = FrameHeader { kind: m.kind, class: m.class, epoch, seq: 0, prev: 0 };
+            let r = connector.send(&Frame { conn: id, uin: c.uin, terminal: c.terminal, header, body: m.body(c.format) });
+            if r.is_ok() {
+                c.chat.pop_front();
+            }
+            r
+        } else {
+            break Ok(sent);
+        };
+        match result {
+            Ok(()) => {
+                sent += 1;
+                stats.queued_frames -= 1;
+                stats.frames_sent += 1;
+            }
+            Err(SendError::WouldBlock) => {
+                c.blocked = true;
+                break Ok(sent);
+            }
+            Err(SendError::Closed) => break Err((sent, DisconnectReason::Closed)),
+            Err(SendError::Failed(why)) => break Err((sent, DisconnectReason::ConnectorFailed(why))),
+        }
+    };
+    outcome
+}
