@@ -119,7 +119,8 @@ impl ReliableReceiver {
     /// Takes a check answer.
     pub fn on_answer(&mut self, answer: &CheckAnswer) -> Recovery {
         match answer {
-            CheckAnswer::Messages { epoch, upto, frames } if *epoch == self.epoch => {
+            CheckAnswer::Messages { epoch, upto, frames } if *epoch == self.epoch || self.epoch == 0 => {
+                self.epoch = *epoch;
                 let mut delivered = Vec::new();
                 for f in frames {
                     if f.header.seq > self.contiguous {

@@ -353,6 +353,9 @@ struct Conn {
     ready: bool,
     blocked: bool,
     resync: bool,
+    /// Connected before the room's first reliable message: epoch 0 from
+    /// this client means the room's first epoch.
+    before_first_epoch: bool,
     pos_all: u32,
     pos_role: u32,
     pos_terminal: u32,
@@ -563,6 +566,7 @@ impl PushNode {
                     ready: false,
                     blocked: false,
                     resync: false,
+                    before_first_epoch: false,
                     pos_all: NONE,
                     pos_role: NONE,
                     pos_terminal: NONE,
@@ -593,6 +597,7 @@ impl PushNode {
         c.ready = false;
         c.blocked = false;
         c.resync = false;
+        c.before_first_epoch = epoch == 0;
         c.last_seq = head;
         c.acked = head;
         c.pos_all = room.all.len() as u32;
@@ -807,6 +812,7 @@ impl PushNode {
                     c.reliable.clear();
                     c.last_seq = 0;
                     c.acked = 0;
+                    c.before_first_epoch = false;
                     self.lanes.mark_resync(slot, c);
                 }
             }
@@ -1075,6 +1081,7 @@ impl PushNode {
     pub fn handle_ack(&mut self, id: ConnId, epoch: u64, seq: u64) -> Result<AckReply, NodeError> {
         let c = self.conn(id)?;
         let room = self.rooms[c.room as usize].as_ref().expect("live room");
+        let epoch = if epoch == 0 && c.before_first_epoch { room.epoch } else { epoch };
         if epoch != room.epoch {
             return Ok(AckReply::Reset { epoch: room.epoch, head: c.last_seq });
         }
@@ -1092,6 +1099,7 @@ impl PushNode {
         let c = self.conn(id)?;
         let (uin, role, terminal, subclass, format, last) = (c.uin, c.role, c.terminal, c.subclass, c.format, c.last_seq);
         let room_idx = c.room;
+        let epoch = if epoch == 0 && c.before_first_epoch { self.rooms[room_idx as usize].as_ref().map_or(0, |r| r.epoch) } else { epoch };
         let room = self.rooms[room_idx as usize].as_mut().expect("live room");
         if epoch != room.epoch {
             self.lanes.stats.resets += 1;
