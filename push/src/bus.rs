@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use futures::SinkExt;
 use futures::channel::mpsc;
 use futures::stream::BoxStream;
-use std::collections::BTreeSet;
 use room_core::{NodeId, RoomKey};
+use std::collections::BTreeSet;
 
 use crate::envelope::{DecodeError, Envelope};
 

@@ -106,6 +106,16 @@ impl<C> ByTerminal<C> {
     pub fn set(&mut self, terminal: Terminal, connector: C) {
         self.by_terminal[terminal_index(terminal)] = Some(connector);
     }
+
+    /// The connector dedicated to `terminal`, if one was set.
+    pub fn get(&self, terminal: Terminal) -> Option<&C> {
+        self.by_terminal[terminal_index(terminal)].as_ref()
+    }
+
+    /// The connector for terminals without their own.
+    pub fn fallback(&self) -> &C {
+        &self.fallback
+    }
 }
 
 impl<C: Connector> Connector for ByTerminal<C> {

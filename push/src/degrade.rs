@@ -165,7 +165,8 @@ impl Governor {
         let since = *self.calm_since.get_or_insert(now);
         if now.saturating_duration_since(since) >= self.config.cooldown {
             self.level = self.level.step_down();
-            self.calm_since = None;
+            // Still calm: the next step down needs another full cooldown.
+            self.calm_since = Some(now);
             return Some(self.level);
         }
         None

@@ -140,8 +140,8 @@ impl Envelope {
         let seq = r.u64("seq")?;
         let accepted_at = Timestamp::from_micros(r.u64("accepted_at")?);
         let class_code = r.u8("class")?;
-        let class = Class::from_code(class_code)
-            .ok_or(DecodeError::Invalid { field: "class", value: class_code.into() })?;
+        let class =
+            Class::from_code(class_code).ok_or(DecodeError::Invalid { field: "class", value: class_code.into() })?;
         let kind = Kind(r.u16("kind")?);
         let flags = r.u8("flags")?;
         if flags & !(HAS_SENDER | HAS_ROLES | HAS_TERMINALS | HAS_SUBCLASS | HAS_EXCLUDE) != 0 {
@@ -150,8 +150,8 @@ impl Envelope {
         let sender = if flags & HAS_SENDER != 0 {
             let uin = Uin(r.u64("sender.uin")?);
             let bit = r.u8("sender.role")?;
-            let role = Role::from_bit(bit.into())
-                .ok_or(DecodeError::Invalid { field: "sender.role", value: bit.into() })?;
+            let role =
+                Role::from_bit(bit.into()).ok_or(DecodeError::Invalid { field: "sender.role", value: bit.into() })?;
             Some(Sender { uin, role })
         } else {
             None
@@ -193,12 +193,7 @@ impl Envelope {
             return Err(DecodeError::Trailing(r.buf.len()));
         }
         let target = Target { scope, roles, terminals, subclass, exclude };
-        Ok(Envelope {
-            epoch,
-            seq,
-            accepted_at,
-            message: Message { room, class, kind, sender, target, count, payload },
-        })
+        Ok(Envelope { epoch, seq, accepted_at, message: Message { room, class, kind, sender, target, count, payload } })
     }
 }
 
@@ -208,11 +203,7 @@ struct Reader {
 
 impl Reader {
     fn need(&self, field: &'static str, n: usize) -> Result<(), DecodeError> {
-        if self.buf.len() < n {
-            Err(DecodeError::Truncated { field, needed: n - self.buf.len() })
-        } else {
-            Ok(())
-        }
+        if self.buf.len() < n { Err(DecodeError::Truncated { field, needed: n - self.buf.len() }) } else { Ok(()) }
     }
     fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
         self.need(field, 1)?;

@@ -42,9 +42,8 @@ pub struct GateConfig {
 
 impl Default for GateConfig {
     fn default() -> Self {
-        let quota = |n, burst| {
-            Quota::per_second(n).and_then(|q| q.with_burst(burst)).expect("constant quotas are valid")
-        };
+        let quota =
+            |n, burst| Quota::per_second(n).and_then(|q| q.with_burst(burst)).expect("constant quotas are valid");
         GateConfig {
             max_payload: 16 * 1024,
             max_reaction_count: 1_000,
@@ -291,7 +290,12 @@ impl Gate {
         Ok(self.subclass_signals(now, room, moved))
     }
 
-    fn subclass_signals(&mut self, now: Timestamp, room: RoomKey, moves: Vec<(Uin, Option<SubclassId>)>) -> Vec<Envelope> {
+    fn subclass_signals(
+        &mut self,
+        now: Timestamp,
+        room: RoomKey,
+        moves: Vec<(Uin, Option<SubclassId>)>,
+    ) -> Vec<Envelope> {
         moves
             .into_iter()
             .map(|(uin, to)| {
@@ -351,7 +355,9 @@ impl Gate {
         rooms.sort_unstable();
         rooms
             .into_iter()
-            .map(|room| self.sequence_unchecked(now, Message::new(room, Class::Signal, Kind::LEVEL, vec![level.code()])))
+            .map(|room| {
+                self.sequence_unchecked(now, Message::new(room, Class::Signal, Kind::LEVEL, vec![level.code()]))
+            })
             .collect()
     }
 
@@ -377,10 +383,11 @@ impl Gate {
         }
         let sender = message.sender;
         let staff = sender.is_none_or(|s| s.role.is_staff());
-        if let Some(s) = sender {
-            if class.is_reliable() && !s.role.is_staff() {
-                return Err(GateError::NotAllowed { role: s.role, class });
-            }
+        if let Some(s) = sender
+            && class.is_reliable()
+            && !s.role.is_staff()
+        {
+            return Err(GateError::NotAllowed { role: s.role, class });
         }
         match self.level {
             Level::SignalOnly if class != Class::Signal => return Err(GateError::Degraded { level: self.level }),
@@ -389,14 +396,14 @@ impl Gate {
             }
             _ => {}
         }
-        if class == Class::Chat {
-            if let Some(s) = sender {
-                if r.mute_all && !s.role.is_staff() {
-                    return Err(GateError::RoomMuted);
-                }
-                if r.muted.contains(&s.uin) {
-                    return Err(GateError::UserMuted(s.uin));
-                }
+        if class == Class::Chat
+            && let Some(s) = sender
+        {
+            if r.mute_all && !s.role.is_staff() {
+                return Err(GateError::RoomMuted);
+            }
+            if r.muted.contains(&s.uin) {
+                return Err(GateError::UserMuted(s.uin));
             }
         }
         // Room limits are computed first and committed only once the
@@ -428,10 +435,12 @@ impl Gate {
             }
         }
         // A learner's chat to the room stays in the learner's sub-class.
-        if class == Class::Chat && message.target.is_plain_audience() && message.target.subclass.is_none() {
-            if let Some(s) = sender.and_then(|s| r.planner.subclass_of(s.uin)) {
-                message.target.subclass = Some(s);
-            }
+        if class == Class::Chat
+            && message.target.is_plain_audience()
+            && message.target.subclass.is_none()
+            && let Some(s) = sender.and_then(|s| r.planner.subclass_of(s.uin))
+        {
+            message.target.subclass = Some(s);
         }
         Ok(self.sequence_unchecked(now, message))
     }

@@ -1,5 +1,94 @@
 //! Roomkit push: what reaches whom, in what order, and what is given up
 //! first when things go wrong.
+//!
+//! SEED.md's push layer replaced logic servers that each pulled member
+//! lists and pushed to every terminal themselves with one interface:
+//! logic -> message queue -> push proxy -> per-terminal channels. This
+//! crate is that layer, sans-IO:
+//!
+//! * [`Message`] and [`Target`]: a room, a priority [`Class`], a kind, a
+//!   sender and a `Bytes` payload, aimed at one user, listed users or the
+//!   room, narrowed by roles, terminals and a sub-class, minus one user.
+//! * [`Gate`] (logic side): checks payload size, target, permissions,
+//!   mutes, per-user and per-room GCRA limits ([`Quota`]) and the
+//!   degradation [`Level`]; numbers signal and teacher messages in the
+//!   room's sequence; assigns learners to balanced sub-classes
+//!   ([`SubclassPlanner`]); turns mute-all, level switches and sub-class
+//!   moves into signal messages. Out comes an [`Envelope`] for the [`Bus`].
+//! * [`PushNode`] (push side): a connection index per room (by user, role,
+//!   terminal, sub-class) so narrow targets never scan the room; every
+//!   message encoded once per wire format ([`Codec`]) and shared by every
+//!   recipient's lane; per-connection lanes (reliable, reaction totals,
+//!   chat) drained to the host's [`Connector`]s in priority order; chat
+//!   merged into batch frames per window, reactions into room totals; slow
+//!   connections shed chat first and get a resync marker (or are dropped,
+//!   by [`OverflowPolicy`]) if even their reliable lane overflows; a
+//!   per-room cache (bounded in count and age, with an epoch) answers
+//!   acks and checks.
+//! * [`ReliableReceiver`]: the client's rules (gap detection by each
+//!   frame's `prev`, acks, checks, resets), for tests, load generators
+//!   and as the reference for browser and app clients.
+//! * [`GlobalLimiter`]: a limiter shared by every node to protect
+//!   downstream services ([`LocalGlobalLimiter`] in memory; Redis in the
+//!   adapters), and [`Governor`], which turns load samples into levels.
+//!
+//! # Flow
+//!
+//! ```
+//! use room_core::{BusinessId, Role, RoomId, RoomKey, Terminal, Timestamp, Uin};
+//! use room_push::*;
+//!
+//! # #[derive(Default)] struct Socket(Vec<FrameHeader>);
+//! # impl Connector for Socket {
+//! #     fn send(&mut self, f: &Frame<'_>) -> Result<(), SendError> { self.0.push(f.header); Ok(()) }
+//! # }
+//! let room = RoomKey::new(BusinessId(1), RoomId(42));
+//! let now = Timestamp::from_millis(1_000);
+//! let mut gate = Gate::new(GateConfig::default());
+//! gate.open_room(now, room)?;
+//! let mut node = PushNode::new(NodeConfig::default());
+//!
+//! let joined = gate.join(now, room, Uin(7), Role::Student)?;
+//! let spec = ConnSpec::new(room, Uin(7), Role::Student, Terminal::Ios).in_subclass(joined.subclass);
+//! let connected = node.connect(spec)?;
+//! let mut client = ReliableReceiver::new(&connected);
+//!
+//! let page_turn = Message::new(room, Class::Signal, Kind(1), &b"page 3"[..]);
+//! let envelope = gate.publish(now, page_turn)?; // (over the bus in a cluster)
+//! node.handle_envelope(now, &envelope)?;
+//!
+//! let mut socket = Socket::default();
+//! node.flush(now, &mut socket);
+//! assert_eq!(client.on_frame(&socket.0[0]), Received::Deliver);
+//! assert_eq!(client.ack(), (envelope.epoch, 1));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Guarantees
+//!
+//! | class | order | loss |
+//! | --- | --- | --- |
+//! | signal, teacher | per room sequence; per connection in sequence order, each frame naming the previous one sent to that connection | never silent: delivered, recovered by check from the cache, or reported by a reset when the cache no longer covers the range |
+//! | chat | per connection in acceptance order | shed oldest-first from a full chat lane, sampled out of full batches under load, refused at the gate by mutes, limits and levels |
+//! | reaction | totals only | merged: a connection holds the newest totals |
+//!
+//! # Bad input
+//!
+//! | input | answer |
+//! | --- | --- |
+//! | unknown room, closed room | [`GateError::UnknownRoom`], [`NodeError::UnknownRoom`] |
+//! | empty or oversized user list, empty role or terminal filter | [`GateError::Target`] |
+//! | payload over the limit, reaction count out of range, reserved kind | [`GateError::PayloadTooLarge`], [`GateError::BadCount`], [`GateError::ReservedKind`] |
+//! | a learner sending signal or teacher messages | [`GateError::NotAllowed`] |
+//! | chat while muted | [`GateError::RoomMuted`], [`GateError::UserMuted`] |
+//! | floods | [`GateError::RateLimited`] with the wait; a storm of distinct senders fills the limiter to its bound and is refused ([`LimiterError::Full`]) |
+//! | unknown or stale connection ids | [`NodeError::UnknownConnection`] (ids carry a generation) |
+//! | an ack or check beyond what was sent | [`NodeError::AckFromFuture`], [`NodeError::CheckFromFuture`] |
+//! | an ack or check in a stale epoch | [`AckReply::Reset`], [`CheckAnswer::Reset`] |
+//! | duplicated or out-of-sequence envelopes from the bus | duplicates ignored; after a gap the cache restarts and checks across it get a reset |
+//! | garbage on the bus | [`DecodeError`] naming the field |
+//! | a connector that blocks | frames stay queued (bounded lanes, chat shed first) until [`PushNode::set_writable`] |
+//! | a connector that errors | the connection is dropped with [`NodeEvent::Disconnected`] |
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -26,7 +115,7 @@ pub use gate::{Gate, GateConfig, GateError, Joined, LimitScope};
 pub use limit::{Decision, GlobalLimiter, KeyedLimiter, LimiterError, LocalGlobalLimiter, Quota, QuotaError};
 pub use message::{Class, Kind, Message, Scope, Sender, SubclassId, Target, TargetError};
 pub use node::{
-    AckReply, CheckAnswer, ConnId, ConnSpec, Connected, DisconnectReason, NodeConfig, NodeError, NodeEvent,
-    NodeStats, OverflowPolicy, PushNode, RecoveredFrame,
+    AckReply, CheckAnswer, ConnId, ConnSpec, Connected, DisconnectReason, NodeConfig, NodeError, NodeEvent, NodeStats,
+    OverflowPolicy, PushNode, RecoveredFrame,
 };
 pub use subclass::{Move, SubclassError, SubclassPlanner};

@@ -881,22 +881,20 @@ impl PushNode {
     fn apply_control(&mut self, room_idx: u32, kind: Kind, payload: &[u8]) {
         match kind {
             Kind::LEVEL => {
-                if let Some(level) = payload.first().and_then(|&c| Level::from_code(c)) {
-                    if level != self.level {
-                        self.level = level;
-                        self.events.push_back(NodeEvent::LevelChanged(level));
-                    }
+                if let Some(level) = payload.first().and_then(|&c| Level::from_code(c))
+                    && level != self.level
+                {
+                    self.level = level;
+                    self.events.push_back(NodeEvent::LevelChanged(level));
                 }
             }
-            Kind::SUBCLASS => {
-                if payload.len() == 10 {
-                    let uin = Uin(u64::from_le_bytes(payload[..8].try_into().expect("8 bytes")));
-                    let raw = u16::from_le_bytes([payload[8], payload[9]]);
-                    let subclass = (raw != u16::MAX).then_some(SubclassId(raw));
-                    let key = self.rooms[room_idx as usize].as_ref().map(|r| r.key).expect("live room");
-                    // The room exists: the error case cannot happen here.
-                    let _ = self.set_subclass(key, uin, subclass);
-                }
+            Kind::SUBCLASS if payload.len() == 10 => {
+                let uin = Uin(u64::from_le_bytes(payload[..8].try_into().expect("8 bytes")));
+                let raw = u16::from_le_bytes([payload[8], payload[9]]);
+                let subclass = (raw != u16::MAX).then_some(SubclassId(raw));
+                let key = self.rooms[room_idx as usize].as_ref().map(|r| r.key).expect("live room");
+                // The room exists: the error case cannot happen here.
+                let _ = self.set_subclass(key, uin, subclass);
             }
             _ => {}
         }
@@ -1095,11 +1093,22 @@ impl PushNode {
     }
 
     /// A client's request for the reliable messages after `after`.
-    pub fn handle_check(&mut self, now: Timestamp, id: ConnId, epoch: u64, after: u64) -> Result<CheckAnswer, NodeError> {
+    pub fn handle_check(
+        &mut self,
+        now: Timestamp,
+        id: ConnId,
+        epoch: u64,
+        after: u64,
+    ) -> Result<CheckAnswer, NodeError> {
         let c = self.conn(id)?;
-        let (uin, role, terminal, subclass, format, last) = (c.uin, c.role, c.terminal, c.subclass, c.format, c.last_seq);
+        let (uin, role, terminal, subclass, format, last) =
+            (c.uin, c.role, c.terminal, c.subclass, c.format, c.last_seq);
         let room_idx = c.room;
-        let epoch = if epoch == 0 && c.before_first_epoch { self.rooms[room_idx as usize].as_ref().map_or(0, |r| r.epoch) } else { epoch };
+        let epoch = if epoch == 0 && c.before_first_epoch {
+            self.rooms[room_idx as usize].as_ref().map_or(0, |r| r.epoch)
+        } else {
+            epoch
+        };
         let room = self.rooms[room_idx as usize].as_mut().expect("live room");
         if epoch != room.epoch {
             self.lanes.stats.resets += 1;
@@ -1152,9 +1161,8 @@ fn candidate_lists<'a>(room: &'a Room, target: &Target) -> Vec<&'a [u32]> {
             let all = room.all.len();
             let by_roles =
                 target.roles.map(|rs| rs.iter().map(|r| room.by_role[r.bit() as usize].len()).sum::<usize>());
-            let by_terms = target
-                .terminals
-                .map(|ts| ts.iter().map(|t| room.by_terminal[terminal_index(t)].len()).sum::<usize>());
+            let by_terms =
+                target.terminals.map(|ts| ts.iter().map(|t| room.by_terminal[terminal_index(t)].len()).sum::<usize>());
             let by_sub = target
                 .subclass
                 .map(|s| room.by_subclass.get(usize::from(s.0)).map_or(0, Vec::len) + room.unassigned.len());
@@ -1268,7 +1276,7 @@ fn drain<C: Connector>(
 ) -> Result<u64, (u64, DisconnectReason)> {
     let id = ConnId::new(slot, c.generation);
     let mut sent = 0;
-    let outcome = loop {
+    loop {
         let result = if c.resync {
             let header = FrameHeader { kind: FrameKind::Resync, class: Class::Signal, epoch, seq: c.last_seq, prev: 0 };
             let r = connector.send(&Frame { conn: id, uin: c.uin, terminal: c.terminal, header, body: empty });
@@ -1278,21 +1286,24 @@ fn drain<C: Connector>(
             r
         } else if let Some((m, prev)) = c.reliable.front() {
             let header = FrameHeader { kind: m.kind, class: m.class, epoch, seq: m.seq, prev: *prev };
-            let r = connector.send(&Frame { conn: id, uin: c.uin, terminal: c.terminal, header, body: m.body(c.format) });
+            let r =
+                connector.send(&Frame { conn: id, uin: c.uin, terminal: c.terminal, header, body: m.body(c.format) });
             if r.is_ok() {
                 c.reliable.pop_front();
             }
             r
         } else if let Some(m) = &c.reactions {
             let header = FrameHeader { kind: m.kind, class: m.class, epoch, seq: 0, prev: 0 };
-            let r = connector.send(&Frame { conn: id, uin: c.uin, terminal: c.terminal, header, body: m.body(c.format) });
+            let r =
+                connector.send(&Frame { conn: id, uin: c.uin, terminal: c.terminal, header, body: m.body(c.format) });
             if r.is_ok() {
                 c.reactions = None;
             }
             r
         } else if let Some(m) = c.chat.front() {
             let header = FrameHeader { kind: m.kind, class: m.class, epoch, seq: 0, prev: 0 };
-            let r = connector.send(&Frame { conn: id, uin: c.uin, terminal: c.terminal, header, body: m.body(c.format) });
+            let r =
+                connector.send(&Frame { conn: id, uin: c.uin, terminal: c.terminal, header, body: m.body(c.format) });
             if r.is_ok() {
                 c.chat.pop_front();
             }
@@ -1313,6 +1324,5 @@ fn drain<C: Connector>(
             Err(SendError::Closed) => break Err((sent, DisconnectReason::Closed)),
             Err(SendError::Failed(why)) => break Err((sent, DisconnectReason::ConnectorFailed(why))),
         }
-    };
-    outcome
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use room_core::{BusinessId, Role, RoleSet, RoomId, RoomKey, Timestamp, Uin};
 use room_push::{
-    Class, Gate, GateConfig, GateError, Kind, Level, LimitScope, Message, NodeEvent, PushNode, NodeConfig, ConnSpec,
+    Class, ConnSpec, Gate, GateConfig, GateError, Kind, Level, LimitScope, Message, NodeConfig, NodeEvent, PushNode,
     Sender, Target, TargetError,
 };
 use support::*;

@@ -335,3 +335,29 @@ fn narrow_targets_reach_only_their_recipients() {
     assert_eq!(rec.frames[&app].len(), 2);
     assert_eq!(rec.frames[&web].len(), 1);
 }
+
+#[test]
+fn the_cache_is_bounded_by_count_and_age() {
+    let mut g = gate();
+    let mut config = NodeConfig::default();
+    config.cache_len = 5;
+    config.cache_age = Duration::from_secs(60);
+    let mut node = PushNode::new(config);
+    let c = student(&mut node, 5);
+    let mut epoch = 0;
+    for i in 0..8 {
+        let env = signal(&mut g, i);
+        epoch = env.epoch;
+        node.handle_envelope(t0(), &env).expect("handled");
+    }
+    // Only the newest five are held: a check from 2 needs 3.. and gets a reset.
+    assert_eq!(node.handle_check(t0(), c, epoch, 2), Ok(CheckAnswer::Reset { epoch, head: 8 }));
+    let CheckAnswer::Messages { frames, .. } = node.handle_check(t0(), c, epoch, 3).expect("honest") else {
+        panic!("held")
+    };
+    assert_eq!(frames.len(), 5);
+    // A minute later they have aged out.
+    let later = t0().saturating_add(Duration::from_secs(61));
+    assert_eq!(node.handle_check(later, c, epoch, 3), Ok(CheckAnswer::Reset { epoch, head: 8 }));
+    assert_eq!(node.handle_check(later, c, epoch, 8), Ok(CheckAnswer::Messages { epoch, upto: 8, frames: vec![] }));
+}

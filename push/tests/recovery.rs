@@ -10,8 +10,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use room_core::{Timestamp, Uin};
 use room_push::{
-    CheckAnswer, Class, ConnId, ConnSpec, Connector, Frame, FrameHeader, Gate, GateConfig, Kind, Message,
-    NodeConfig, PushNode, Quota, Received, Recovery, ReliableReceiver, SendError, Target,
+    CheckAnswer, Class, ConnId, ConnSpec, Connector, Frame, FrameHeader, Gate, GateConfig, Kind, Message, NodeConfig,
+    PushNode, Quota, Received, Recovery, ReliableReceiver, SendError, Target,
 };
 use room_testkit::SimRng;
 use support::*;

@@ -116,7 +116,10 @@ fn run(seed: u64) -> Run {
             for _ in 0..10 {
                 let who = 1_000 + 1 + rng.below(MEMBERS);
                 let sender = Sender { uin: Uin(who), role: Role::Student };
-                match gate.publish(now, Message::new(ROOM, room_push::Class::Chat, Kind(1), payload.clone()).from_sender(sender)) {
+                match gate.publish(
+                    now,
+                    Message::new(ROOM, room_push::Class::Chat, Kind(1), payload.clone()).from_sender(sender),
+                ) {
                     Ok(env) => {
                         *lines_to.entry(env.message.target.subclass).or_insert(0) += 1;
                         node.handle_envelope(now, &env).expect("handled");
@@ -140,7 +143,13 @@ fn run(seed: u64) -> Run {
         node.handle_timeout(now);
         for (i, c) in clients.iter_mut().enumerate() {
             // The teacher's console sees every sub-class's chat: 1 MB/s.
-            let rate = if i == 0 { 10_000 } else if c.slow { SLOW_BYTES_PER_TICK } else { FAST_BYTES_PER_TICK };
+            let rate = if i == 0 {
+                10_000
+            } else if c.slow {
+                SLOW_BYTES_PER_TICK
+            } else {
+                FAST_BYTES_PER_TICK
+            };
             // A client's socket buffer holds about a second of its rate.
             c.credit = (c.credit + rate).min(rate * 100);
             let _ = node.set_writable(conn_ids[i]);

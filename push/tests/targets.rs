@@ -26,7 +26,7 @@ fn reference_reaches(t: &Target, a: &Attrs) -> bool {
     let scope = match &t.scope {
         Scope::Room => true,
         Scope::User(u) => *u == a.uin,
-        Scope::Users(us) => us.iter().any(|u| *u == a.uin),
+        Scope::Users(us) => us.contains(&a.uin),
         _ => unreachable!("no other scope is generated"),
     };
     let role = match t.roles {
@@ -184,7 +184,7 @@ proptest! {
                 }
             }
             // Interleave flushes with publication.
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 let _ = node.flush(now, &mut rec);
             }
             now = now.saturating_add(Duration::from_millis(7));

@@ -6,9 +6,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use proptest::prelude::*;
 use room_core::{BusinessId, NodeId, RoleSet, RoomId, RoomKey, TerminalSet, Timestamp, Uin};
-use room_push::{
-    Bus, Class, DecodeError, Envelope, InMemoryBus, Kind, Message, Scope, Sender, SubclassId, Target,
-};
+use room_push::{Bus, Class, DecodeError, Envelope, InMemoryBus, Kind, Message, Scope, Sender, SubclassId, Target};
 use support::*;
 
 fn envelope() -> impl Strategy<Value = Envelope> {
@@ -24,29 +22,37 @@ fn envelope() -> impl Strategy<Value = Envelope> {
         (proptest::option::of(any::<u16>()), proptest::option::of(any::<u64>()), any::<u32>()),
         proptest::collection::vec(any::<u8>(), 0..300),
     )
-        .prop_map(|((bid, room, epoch, seq, at), (class, kind, sender), (scope, roles, terms), (sub, excl, count), payload)| {
-            let target = Target {
-                scope,
-                roles: roles.and_then(RoleSet::from_bits),
-                terminals: terms.and_then(TerminalSet::from_bits),
-                subclass: sub.map(SubclassId),
-                exclude: excl.map(Uin),
-            };
-            Envelope {
-                epoch,
-                seq,
-                accepted_at: Timestamp::from_micros(at),
-                message: Message {
-                    room: RoomKey::new(BusinessId(bid), RoomId(room)),
-                    class: Class::from_code(class).expect("0..4"),
-                    kind: Kind(kind),
-                    sender: sender.map(|(u, r)| Sender { uin: Uin(u), role: role_of(r) }),
-                    target,
-                    count,
-                    payload: Bytes::from(payload),
-                },
-            }
-        })
+        .prop_map(
+            |(
+                (bid, room, epoch, seq, at),
+                (class, kind, sender),
+                (scope, roles, terms),
+                (sub, excl, count),
+                payload,
+            )| {
+                let target = Target {
+                    scope,
+                    roles: roles.and_then(RoleSet::from_bits),
+                    terminals: terms.and_then(TerminalSet::from_bits),
+                    subclass: sub.map(SubclassId),
+                    exclude: excl.map(Uin),
+                };
+                Envelope {
+                    epoch,
+                    seq,
+                    accepted_at: Timestamp::from_micros(at),
+                    message: Message {
+                        room: RoomKey::new(BusinessId(bid), RoomId(room)),
+                        class: Class::from_code(class).expect("0..4"),
+                        kind: Kind(kind),
+                        sender: sender.map(|(u, r)| Sender { uin: Uin(u), role: role_of(r) }),
+                        target,
+                        count,
+                        payload: Bytes::from(payload),
+                    },
+                }
+            },
+        )
 }
 
 proptest! {
