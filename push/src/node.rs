@@ -608,21 +608,10 @@ impl PushNode {
         let terms = &mut room.by_terminal[terminal_index(spec.terminal)];
         c.pos_terminal = terms.len() as u32;
         terms.push(slot);
-        let sub_list = match subclass {
-            Some(s) => {
-                let i = usize::from(s.0);
-                if room.by_subclass.len() <= i {
-                    room.by_subclass.resize_with(i + 1, Vec::new);
-                }
-                &mut room.by_subclass[i]
-            }
-            None => &mut room.unassigned,
-        };
-        c.pos_subclass = sub_list.len() as u32;
-        sub_list.push(slot);
         let same_user = room.by_uin.entry(spec.uin).or_default();
         c.pos_uin = same_user.len() as u32;
         same_user.push(slot);
+        self.link_subclass(slot, subclass);
         Ok(Connected { conn: ConnId::new(slot, generation), epoch, head })
     }
 

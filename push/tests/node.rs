@@ -9,8 +9,8 @@ use bytes::Bytes;
 use room_core::{Role, Terminal, Timestamp, Uin};
 use room_push::{
     AckReply, CheckAnswer, Class, ConnId, ConnSpec, Connector, DisconnectReason, Envelope, Frame, FrameKind, Gate,
-    GateConfig, Kind, Message, NodeConfig, NodeError, NodeEvent, OverflowPolicy, PushNode, Quota, Received,
-    ReliableReceiver, SendError, Target,
+    Kind, Message, NodeConfig, NodeError, NodeEvent, OverflowPolicy, PushNode, Received, ReliableReceiver, SendError,
+    Target,
 };
 use support::*;
 
@@ -19,14 +19,7 @@ fn t0() -> Timestamp {
 }
 
 fn gate() -> Gate {
-    let mut config = GateConfig::default();
-    let generous = Quota::per_second(1_000_000).and_then(|q| q.with_burst(1_000_000)).expect("valid");
-    config.room_reliable_quota = generous;
-    config.room_chat_quota = generous;
-    config.user_quota = generous;
-    let mut g = Gate::new(config);
-    g.open_room(t0(), ROOM).expect("opens");
-    g
+    unlimited_gate(t0())
 }
 
 fn signal(g: &mut Gate, i: u32) -> Envelope {

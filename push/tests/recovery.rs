@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use room_core::{Timestamp, Uin};
 use room_push::{
     CheckAnswer, Class, ConnId, ConnSpec, Connector, Frame, FrameHeader, Gate, GateConfig, Kind, Message, NodeConfig,
-    PushNode, Quota, Received, Recovery, ReliableReceiver, SendError, Target,
+    PushNode, Received, Recovery, ReliableReceiver, SendError, Target,
 };
 use room_testkit::SimRng;
 use support::*;
@@ -37,10 +37,6 @@ struct Client {
     delivered: Vec<u64>,
     reset: Vec<(u64, u64)>,
     want_check: bool,
-}
-
-fn generous() -> Quota {
-    Quota::per_second(1_000_000).and_then(|q| q.with_burst(1_000_000)).expect("valid")
 }
 
 struct World {

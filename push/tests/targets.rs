@@ -7,10 +7,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use room_core::{Role, RoleSet, Terminal, TerminalSet, Timestamp, Uin};
-use room_push::{
-    Class, ConnId, ConnSpec, FrameKind, Gate, GateConfig, Kind, Message, NodeConfig, PushNode, Quota, Scope,
-    SubclassId, Target,
-};
+use room_push::{Class, ConnId, ConnSpec, FrameKind, Kind, Message, NodeConfig, PushNode, Scope, SubclassId, Target};
 use support::*;
 
 #[derive(Debug, Clone, Copy)]
@@ -86,17 +83,6 @@ fn roomy_node() -> PushNode {
     PushNode::new(config)
 }
 
-fn roomy_gate(now: Timestamp) -> Gate {
-    let mut config = GateConfig::default();
-    let generous = Quota::per_second(1_000_000).and_then(|q| q.with_burst(1_000_000)).expect("valid");
-    config.room_chat_quota = generous;
-    config.room_reliable_quota = generous;
-    config.user_quota = generous;
-    let mut gate = Gate::new(config);
-    gate.open_room(now, ROOM).expect("room opens");
-    gate
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -152,7 +138,7 @@ proptest! {
         msgs in proptest::collection::vec((0u8..4, target()), 1..40),
     ) {
         let mut now = Timestamp::from_millis(1_000);
-        let mut gate = roomy_gate(now);
+        let mut gate = unlimited_gate(now);
         let mut node = roomy_node();
         let mut live = BTreeMap::new();
         for a in &conns {

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use room_core::Timestamp;
 use room_core::{BusinessId, Role, RoomId, RoomKey, Terminal, Uin};
-use room_push::{ConnId, Connector, Frame, FrameHeader, SendError};
+use room_push::{ConnId, Connector, Frame, FrameHeader, Gate, GateConfig, Quota, SendError};
 
 pub const ROOM: RoomKey = RoomKey::new(BusinessId(7), RoomId(1001));
 
@@ -70,4 +71,20 @@ pub fn payloads(kind: room_push::FrameKind, body: &[u8]) -> Vec<Vec<u8>> {
 /// A message id carried as a 4-byte payload.
 pub fn id_of(payload: &[u8]) -> u32 {
     le_u32(payload)
+}
+
+/// A quota no test traffic reaches.
+pub fn generous() -> Quota {
+    Quota::per_second(1_000_000).and_then(|q| q.with_burst(1_000_000)).expect("valid")
+}
+
+/// A gate with ROOM open and limits out of the way (tests of other things).
+pub fn unlimited_gate(now: Timestamp) -> Gate {
+    let mut config = GateConfig::default();
+    config.room_chat_quota = generous();
+    config.room_reliable_quota = generous();
+    config.user_quota = generous();
+    let mut gate = Gate::new(config);
+    gate.open_room(now, ROOM).expect("room opens");
+    gate
 }
