@@ -132,6 +132,10 @@ impl ReliableReceiver {
                 Recovery::Delivered(delivered)
             }
             CheckAnswer::Messages { .. } => Recovery::Delivered(Vec::new()),
+            // A late copy of an answer the receiver has already moved past.
+            CheckAnswer::Reset { epoch, head } if *epoch == self.epoch && *head <= self.contiguous => {
+                Recovery::Delivered(Vec::new())
+            }
             CheckAnswer::Reset { epoch, head } => {
                 let lost = Recovery::Reset { epoch: self.epoch, from: self.contiguous + 1 };
                 self.epoch = *epoch;

@@ -822,7 +822,19 @@ impl PushNode {
                 self.lanes.stats.duplicates += 1;
                 return 0;
             }
-            Inserted::AfterGap => self.lanes.stats.sequence_gaps += 1,
+            Inserted::AfterGap => {
+                self.lanes.stats.sequence_gaps += 1;
+                // The bus lost messages before this one, and nobody here
+                // knows whom they were for. Every connection's next frame
+                // names the last lost number as its previous one, so every
+                // client checks, and is told by a reset what it may have
+                // missed, instead of silently skipping it.
+                let hole_end = env.seq - 1;
+                for &slot in &room.all {
+                    let c = &mut self.conns[slot as usize];
+                    c.last_seq = c.last_seq.max(hole_end);
+                }
+            }
             Inserted::Appended => {}
         }
         if m.kind.is_reserved() {
