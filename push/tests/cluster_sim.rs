@@ -47,7 +47,7 @@ impl SimNode<Msg> for GateNode {
             2 => Target::user(Uin(100 + i % 30)),
             _ => Target::room().role(Role::Teacher),
         };
-        let class = if i % 2 == 0 { Class::Teacher } else { Class::Signal };
+        let class = if i.is_multiple_of(2) { Class::Teacher } else { Class::Signal };
         let msg = Message::new(ROOM, class, Kind(1), vec![0u8; 32]).to(target.clone());
         let env = self.gate.publish(now, msg).expect("accepted");
         self.sent.push((env.seq, target));
@@ -148,11 +148,7 @@ impl SimNode<Msg> for ClientNode {
                 Received::Check { .. } => self.check(now, out),
                 _ => {}
             },
-            Msg::AckReply(reply) => {
-                if self.recv.on_ack_reply(&reply).is_some() {
-                    self.check(now, out);
-                }
-            }
+            Msg::AckReply(reply) if self.recv.on_ack_reply(&reply).is_some() => self.check(now, out),
             Msg::Answer(answer) => {
                 self.check_sent_at = None;
                 match self.recv.on_answer(&answer) {
@@ -180,8 +176,11 @@ impl SimNode<Msg> for ClientNode {
     }
 }
 
+/// What one client ended with: sequence numbers delivered, ranges reset.
+type ClientRecord = (Vec<u64>, Vec<(u64, u64)>);
+
 struct Outcome {
-    per_client: Vec<(Vec<u64>, Vec<(u64, u64)>)>,
+    per_client: Vec<ClientRecord>,
     resets: usize,
 }
 
