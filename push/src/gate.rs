@@ -213,6 +213,12 @@ impl Gate {
     /// is new every time a room is opened on a gate, so numbers from a
     /// previous run are never taken for current ones.
     pub fn open_room(&mut self, now: Timestamp, room: RoomKey) -> Result<u64, GateError> {
+        self.open_room_for(now, room, 0)
+    }
+
+    /// Opens a room expected to hold `expected_learners`: enough sub-classes
+    /// are opened up front that the class fills without moving anyone.
+    pub fn open_room_for(&mut self, now: Timestamp, room: RoomKey, expected_learners: usize) -> Result<u64, GateError> {
         if let Some(r) = self.rooms.get(&room) {
             return Ok(r.epoch);
         }
@@ -221,7 +227,8 @@ impl Gate {
         }
         let epoch = now.as_micros().max(self.last_epoch + 1);
         self.last_epoch = epoch;
-        let planner = SubclassPlanner::new(self.config.subclass_size)?;
+        let size = self.config.subclass_size.max(1) as usize;
+        let planner = SubclassPlanner::with_initial(self.config.subclass_size, expected_learners.div_ceil(size))?;
         self.rooms.insert(
             room,
             GateRoom {

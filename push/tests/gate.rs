@@ -203,3 +203,15 @@ fn closing_and_reopening_starts_a_new_epoch() {
     let e2 = g.open_room(t0(), ROOM).expect("opens");
     assert_ne!(e1, e2);
 }
+
+#[test]
+fn a_room_opened_for_its_size_fills_without_moves() {
+    let mut g = Gate::new(GateConfig::default());
+    g.open_room_for(t0(), ROOM, 60_000).expect("opens");
+    for n in 0..60_000 {
+        assert!(g.join(t0(), ROOM, Uin(1_000 + n), Role::Student).expect("joins").moves.is_empty());
+    }
+    let sizes = g.subclass_sizes(ROOM).expect("open");
+    assert_eq!(sizes.len(), 120);
+    assert!(sizes.iter().all(|&n| n == 500));
+}
