@@ -81,6 +81,9 @@ pub struct NodeConfig {
     pub reaction_window: Duration,
     /// Reactions windows from [`Level::MergeHarder`] up.
     pub reaction_window_under_load: Duration,
+    /// Distinct reaction kinds counted per room; reactions of further kinds
+    /// are dropped and counted ([`NodeStats::reactions_dropped`]).
+    pub max_reaction_kinds: usize,
     /// Reliable messages cached per room for recovery.
     pub cache_len: usize,
     /// How long a reliable message stays recoverable.
@@ -103,6 +106,7 @@ impl Default for NodeConfig {
             batch_lines_under_load: 32,
             reaction_window: Duration::from_millis(500),
             reaction_window_under_load: Duration::from_secs(2),
+            max_reaction_kinds: 32,
             cache_len: 1024,
             cache_age: Duration::from_secs(300),
             max_check_answer: 256,
@@ -207,6 +211,10 @@ pub struct NodeStats {
     pub duplicates: u64,
     /// Reliable envelopes that arrived after a gap in the sequence.
     pub sequence_gaps: u64,
+    /// Reliable envelopes from an older epoch than the room's (ignored).
+    pub stale_epoch: u64,
+    /// Reactions of a kind beyond `max_reaction_kinds` in their room (dropped).
+    pub reactions_dropped: u64,
     /// Chat frames shed from full chat lanes.
     pub chat_shed: u64,
     /// Chat lines sampled out of full batches under load.
@@ -414,6 +422,8 @@ fn list_remove(list: &mut Vec<u32>, pos: u32, conns: &mut [Conn], which: fn(&mut
 enum TimerKind {
     Chat,
     Reactions,
+    /// A room emptied: let it go once its cache has aged out.
+    Expire,
 }
 
 /// A push node. See the crate documentation for the flow.
@@ -675,7 +685,7 @@ impl PushNode {
         }
         if room.all.is_empty() {
             room.emptied_at = Some(now);
-            self.timers.insert((now.saturating_add(self.config.cache_age), room_idx, TimerKind::Reactions));
+            self.timers.insert((now.saturating_add(self.config.cache_age), room_idx, TimerKind::Expire));
         }
         self.free.push(slot);
     }
@@ -757,7 +767,12 @@ impl PushNode {
                 } else {
                     self.config.reaction_window
                 };
-                let room = self.room_mut(room_idx);
+                let max_kinds = self.config.max_reaction_kinds;
+                let room = self.rooms[room_idx as usize].as_mut().expect("live room");
+                if room.reaction_totals.len() >= max_kinds && !room.reaction_totals.contains_key(&m.kind) {
+                    self.lanes.stats.reactions_dropped += 1;
+                    return Ok(0);
+                }
                 let total = room.reaction_totals.entry(m.kind).or_insert(0);
                 *total = total.saturating_add(u64::from(m.count));
                 if room.reactions_due.is_none() {
@@ -789,6 +804,12 @@ impl PushNode {
     fn handle_reliable(&mut self, now: Timestamp, room_idx: u32, env: &Envelope) -> usize {
         let m = &env.message;
         let room = self.rooms[room_idx as usize].as_mut().expect("live room");
+        if env.epoch < room.epoch {
+            // A late envelope from a sequence that has since restarted
+            // (epochs only grow): nothing to deliver.
+            self.lanes.stats.stale_epoch += 1;
+            return 0;
+        }
         if room.epoch != env.epoch {
             let had_history = room.epoch != 0 || room.cache.head() != 0;
             room.epoch = env.epoch;
@@ -1014,8 +1035,8 @@ impl PushNode {
             let Some(room) = self.rooms[room_idx as usize].as_ref() else { continue };
             match kind {
                 TimerKind::Chat => self.flush_chat(room_idx),
-                TimerKind::Reactions if room.reactions_due == Some(due) => self.flush_reactions(room_idx),
-                TimerKind::Reactions => {
+                TimerKind::Reactions => self.flush_reactions(room_idx),
+                TimerKind::Expire => {
                     let expired = room.emptied_at.is_some_and(|at| at.saturating_add(self.config.cache_age) <= now);
                     if expired && room.all.is_empty() {
                         let key = room.key;

@@ -354,3 +354,52 @@ fn the_cache_is_bounded_by_count_and_age() {
     assert_eq!(node.handle_check(later, c, epoch, 3), Ok(CheckAnswer::Reset { epoch, head: 8 }));
     assert_eq!(node.handle_check(later, c, epoch, 8), Ok(CheckAnswer::Messages { epoch, upto: 8, frames: vec![] }));
 }
+
+#[test]
+fn late_envelopes_from_an_older_epoch_are_ignored() {
+    let mut g = gate();
+    let mut node = PushNode::new(NodeConfig::default());
+    let c = student(&mut node, 5);
+    let old = signal(&mut g, 1);
+    g.close_room(ROOM).expect("open");
+    g.open_room(t0().saturating_add(Duration::from_secs(1)), ROOM).expect("opens");
+    let new = signal(&mut g, 2);
+    assert!(new.epoch > old.epoch);
+    node.handle_envelope(t0(), &new).expect("handled");
+    assert_eq!(node.handle_envelope(t0(), &old), Ok(0));
+    assert_eq!(node.stats().stale_epoch, 1);
+    assert_eq!(node.handle_ack(c, new.epoch, 1), Ok(AckReply::UpToDate));
+}
+
+#[test]
+fn reaction_kinds_per_room_are_bounded() {
+    let mut g = gate();
+    let mut config = NodeConfig::default();
+    config.max_reaction_kinds = 4;
+    let mut node = PushNode::new(config);
+    student(&mut node, 5);
+    for kind in 0..10u16 {
+        let sender = room_push::Sender { uin: Uin(100 + u64::from(kind)), role: Role::Student };
+        let env = g.publish(t0(), Message::reaction(ROOM, Kind(kind), sender, 1)).expect("accepted");
+        node.handle_envelope(t0(), &env).expect("handled");
+    }
+    assert_eq!(node.stats().reactions_dropped, 6);
+}
+
+#[test]
+fn an_empty_room_is_let_go_once_its_cache_has_aged() {
+    let mut g = gate();
+    let mut node = PushNode::new(NodeConfig::default());
+    let c = student(&mut node, 5);
+    node.handle_envelope(t0(), &signal(&mut g, 1)).expect("handled");
+    node.disconnect(t0(), c).expect("known");
+    // A client reconnecting within the cache's age can still recover.
+    node.handle_timeout(t0().saturating_add(Duration::from_secs(10)));
+    assert_eq!(node.stats().rooms, 1);
+    let back = node.connect(ConnSpec::new(ROOM, Uin(5), Role::Student, Terminal::Web)).expect("connects");
+    assert_eq!(back.head, 1);
+    node.disconnect(t0(), back.conn).expect("known");
+    node.handle_timeout(t0().saturating_add(NodeConfig::default().cache_age));
+    assert_eq!(node.stats().rooms, 0);
+    assert_eq!(node.poll_timeout(), None);
+}
