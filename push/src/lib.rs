@@ -85,7 +85,9 @@
 //! | unknown or stale connection ids | [`NodeError::UnknownConnection`] (ids carry a generation) |
 //! | an ack or check beyond what was sent | [`NodeError::AckFromFuture`], [`NodeError::CheckFromFuture`] |
 //! | an ack or check in a stale epoch | [`AckReply::Reset`], [`CheckAnswer::Reset`] |
-//! | duplicated or out-of-sequence envelopes from the bus | duplicates ignored; after a gap the cache restarts and checks across it get a reset |
+//! | duplicated or out-of-sequence envelopes from the bus | duplicates ignored; after a gap every client of the room is made to check, and checks across the gap get a reset |
+//! | envelopes from an older epoch (a restarted gate's late messages) | ignored and counted |
+//! | a flood of distinct reaction kinds | counted up to `max_reaction_kinds` per room, the rest dropped and counted |
 //! | garbage on the bus | [`DecodeError`] naming the field |
 //! | a connector that blocks | frames stay queued (bounded lanes, chat shed first) until [`PushNode::set_writable`] |
 //! | a connector that errors | the connection is dropped with [`NodeEvent::Disconnected`] |
