@@ -143,3 +143,25 @@ fn bad_quotas_are_refused() {
     assert!(Quota::new(2_000_000, Duration::from_secs(1)).is_err());
     assert!(Quota::per_second(1).and_then(|q| q.with_burst(0)).is_err());
 }
+
+#[test]
+fn the_in_memory_global_limiter_works_through_the_trait_object() {
+    use room_push::{GlobalLimiter, LocalGlobalLimiter};
+    let limiter: Box<dyn GlobalLimiter> = Box::new(LocalGlobalLimiter::new(16));
+    let quota = Quota::per_second(100).and_then(|q| q.with_burst(5)).expect("valid");
+    let now = Timestamp::from_millis(50_000);
+    futures::executor::block_on(async {
+        let mut allowed = 0;
+        for _ in 0..20 {
+            if limiter.check("moderation-api", quota, now, 1).await == Ok(Decision::Allowed) {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 5, "the burst, then nothing at the same instant");
+        // Another key has its own budget; 10 ms later one more fits.
+        assert_eq!(limiter.check("message-store", quota, now, 1).await, Ok(Decision::Allowed));
+        let later = Timestamp::from_millis(50_010);
+        assert_eq!(limiter.check("moderation-api", quota, later, 1).await, Ok(Decision::Allowed));
+        assert!(matches!(limiter.check("moderation-api", quota, later, 1).await, Ok(Decision::Limited { .. })));
+    });
+}
