@@ -24,8 +24,8 @@ use room_core::{MemberKey, Role, RoleSet, RoomKey, Terminal, Timestamp, Uin};
 use room_heartbeat::tracker::{ConnId as BeatConn, SessionHint, Timing, Tracker, TrackerConfig};
 use room_memberlist::{Cursor, LocalStore, MemberStore, PageQuery, PageStart, StoreConfig};
 use room_push::{
-    AckReply, CheckAnswer, Class, ConnId, ConnSpec, Connector, Frame, Gate, GateConfig, GateError, Message,
-    NodeConfig, NodeError, NodeEvent, PushNode, SendError, Sender, Target,
+    AckReply, CheckAnswer, Class, ConnId, ConnSpec, Connector, Frame, Gate, GateConfig, GateError, Message, NodeConfig,
+    NodeError, NodeEvent, PushNode, SendError, Sender, Target,
 };
 use tokio::sync::mpsc;
 
@@ -86,6 +86,11 @@ impl ServiceConfig {
         }
     }
 }
+
+/// A service configuration that cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad service configuration: {0}")]
+pub struct ConfigError(pub String);
 
 /// Why a connection could not enter. Nothing was entered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -467,12 +472,16 @@ impl State {
 impl RoomService {
     /// A service with `config`. Call [`RoomService::run`] (spawned) to
     /// drive its timers.
-    pub fn new(config: ServiceConfig) -> Self {
+    pub fn new(config: ServiceConfig) -> Result<Self, ConfigError> {
+        if config.heartbeat.is_zero() || config.heartbeat > Duration::from_secs(600) {
+            return Err(ConfigError(format!("heartbeat {:?} must be within (0, 600 s]", config.heartbeat)));
+        }
         let mut tracker_config = TrackerConfig::default();
         tracker_config.default_timing =
             Timing::new(config.heartbeat, config.misses.max(1)).unwrap_or(tracker_config.default_timing);
         tracker_config.tick = (config.heartbeat / 20).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        let tracker = Tracker::new(tracker_config).expect("timings derived from a valid heartbeat");
+        tracker_config.max_timeout = tracker_config.tick * 16_000;
+        let tracker = Tracker::new(tracker_config).map_err(|e| ConfigError(e.to_string()))?;
         let node = PushNode::with_codecs(config.node.clone(), vec![Arc::new(JsonCodec)]);
         let seed = {
             use std::hash::{BuildHasher, Hasher};
@@ -494,7 +503,7 @@ impl RoomService {
             seed,
             config,
         };
-        RoomService { state: Arc::new(Mutex::new(state)) }
+        Ok(RoomService { state: Arc::new(Mutex::new(state)) })
     }
 
     /// Counters.

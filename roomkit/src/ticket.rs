@@ -18,7 +18,7 @@
 //! let room = RoomKey::new(BusinessId(7), RoomId(100042));
 //! let ticket = JoinTicket { room, uin: Uin(3300117), role: Role::Student, terminal: Terminal::Web, expires_at: 1_800_000_000 };
 //! let text = keys.issue(&ticket);
-//! assert_eq!(keys.verify(&text, room, 1_700_000_000)?, ticket);
+//! assert_eq!(keys.verify(&text, room, 1_799_990_000)?, ticket);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -113,7 +113,10 @@ pub struct KeyRing {
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        f.debug_struct("KeyRing").field("ids", &self.keys.keys().collect::<Vec<_>>()).field("active", &self.active).finish()
+        f.debug_struct("KeyRing")
+            .field("ids", &self.keys.keys().collect::<Vec<_>>())
+            .field("active", &self.active)
+            .finish()
     }
 }
 
@@ -183,15 +186,18 @@ impl KeyRing {
             return Err(TicketError::Malformed("too long"));
         }
         let mut parts = text.split('.');
-        let (Some(prefix), Some(payload_b64), Some(sig_b64), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(prefix), Some(payload_b64), Some(sig_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(TicketError::Malformed("expected rk1.<payload>.<signature>"));
         };
         if prefix != PREFIX {
             return Err(TicketError::Malformed("unknown ticket version"));
         }
-        let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| TicketError::Malformed("payload is not base64url"))?;
-        let signature = URL_SAFE_NO_PAD.decode(sig_b64).map_err(|_| TicketError::Malformed("signature is not base64url"))?;
+        let payload =
+            URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| TicketError::Malformed("payload is not base64url"))?;
+        let signature =
+            URL_SAFE_NO_PAD.decode(sig_b64).map_err(|_| TicketError::Malformed("signature is not base64url"))?;
         let payload = std::str::from_utf8(&payload).map_err(|_| TicketError::Malformed("payload is not UTF-8"))?;
         let key_id = payload.rsplit('/').next().unwrap_or_default();
         let key = self.keys.get(key_id).ok_or_else(|| TicketError::UnknownKey(key_id.chars().take(32).collect()))?;

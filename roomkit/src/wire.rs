@@ -190,7 +190,8 @@ pub fn json_string(out: &mut String, s: &str) {
 /// Encodes push bodies as JSON. Payloads must be JSON values (the room
 /// service only publishes JSON it built); they are embedded as they are.
 ///
-/// * message: `{"kind":K,"from":UIN,"data":PAYLOAD}` (`from` 0 for the system)
+/// * message: `{"kind":K,"from":UIN,"data":PAYLOAD}` (`from` 0 for the system;
+///   Roomkit's own signals: mute-all `{"on"}`, level `{"level"}`, sub-class move `{"uin","subclass"}`)
 /// * chat batch: `[message, ...]`
 /// * reactions: `{"K":TOTAL,...}`
 #[derive(Debug, Clone, Copy, Default)]
@@ -200,10 +201,20 @@ fn put_message(b: &mut BytesMut, e: &Envelope) {
     let m = &e.message;
     let head = format!("{{\"kind\":{},\"from\":{},\"data\":", m.kind.0, m.sender.map_or(0, |s| s.uin.0));
     b.put_slice(head.as_bytes());
-    if m.payload.is_empty() {
-        b.put_slice(b"null");
-    } else {
-        b.put_slice(&m.payload);
+    let p = &m.payload;
+    match m.kind {
+        // Roomkit's own signals carry binary payloads: rendered as JSON here.
+        Kind::MUTE_ALL => b.put_slice(if p.first() == Some(&1) { b"{\"on\":true}" } else { b"{\"on\":false}" }),
+        Kind::LEVEL => b.put_slice(format!("{{\"level\":{}}}", p.first().copied().unwrap_or(0)).as_bytes()),
+        Kind::SUBCLASS if p.len() == 10 => {
+            let uin = u64::from_le_bytes(p[..8].try_into().expect("8 bytes"));
+            let sub = u16::from_le_bytes([p[8], p[9]]);
+            let sub = if sub == u16::MAX { "null".to_owned() } else { sub.to_string() };
+            b.put_slice(format!("{{\"uin\":{uin},\"subclass\":{sub}}}").as_bytes());
+        }
+        k if k.is_reserved() => b.put_slice(b"null"),
+        _ if p.is_empty() => b.put_slice(b"null"),
+        _ => b.put_slice(p),
     }
     b.put_u8(b'}');
 }
