@@ -1,2 +1,5 @@
-//! Roomkit examples live under `examples/<name>/`; this library is empty.
+//! Code shared by Roomkit's examples (under `examples/<name>/`), their
+//! tests and the load generator.
 #![forbid(unsafe_code)]
+
+pub mod classroom;
