@@ -1,1 +1,427 @@
-fn main() {}
+//! Load generator: a large class against the room service.
+//!
+//! In process (default): `--members N` join through the service API, beat
+//! every 20 s, chat at `--chat-rate` lines/s and the teacher speaks at
+//! `--teacher-rate` messages/s and opens an answer card every 5 s; prints the
+//! join rate, fan-out latency percentiles per class, what was shed and the
+//! memory per member.
+//!
+//! Over loopback websockets (`--ws N`): N clients connect to the classroom
+//! server (started in this process, or `--server HOST:PORT`) and the same
+//! traffic runs through real sockets.
+//!
+//! ```text
+//! cargo run --release -p examples --example loadgen -- --members 60000 --seconds 30
+//! cargo run --release -p examples --example loadgen -- --ws 5000 --seconds 30
+//! ```
+#![forbid(unsafe_code)]
+
+use std::alloc::System;
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use examples::classroom::{ClassroomConfig, DEMO_BID, demo_ticket, random_key, serve};
+use futures::{SinkExt, StreamExt};
+use room_core::{Role, RoomId, RoomKey, Terminal};
+use roomkit::service::{Connection, RoomService, ServiceConfig};
+use roomkit::ticket::KeyRing;
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const ROOM_ID: u64 = 42;
+
+#[derive(Debug, Clone)]
+struct Args {
+    members: usize,
+    seconds: u64,
+    chat_rate: u32,
+    teacher_rate: u32,
+    ws: Option<usize>,
+    server: Option<String>,
+}
+
+fn args() -> Args {
+    let mut a = Args { members: 60_000, seconds: 20, chat_rate: 1_000, teacher_rate: 10, ws: None, server: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--members" => a.members = value().parse().expect("--members N"),
+            "--seconds" => a.seconds = value().parse().expect("--seconds N"),
+            "--chat-rate" => a.chat_rate = value().parse().expect("--chat-rate N"),
+            "--teacher-rate" => a.teacher_rate = value().parse().expect("--teacher-rate N"),
+            "--ws" => a.ws = Some(value().parse().expect("--ws N")),
+            "--server" => a.server = Some(value()),
+            other => panic!("unknown option {other} (see the file's header)"),
+        }
+    }
+    a
+}
+
+fn micros_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Latencies per class, in microseconds.
+#[derive(Default)]
+struct Latencies {
+    by_class: HashMap<&'static str, Vec<u64>>,
+}
+
+impl Latencies {
+    /// Reads the send times embedded in a frame (`"text":"t=<micros>"`, or a
+    /// card's open time) and records how long they took to arrive.
+    fn observe(&mut self, frame: &str, cards: &HashMap<u64, u64>) {
+        let now = micros_now();
+        let class = if frame.contains("\"c\":\"teacher\"") {
+            "teacher"
+        } else if frame.contains("\"c\":\"chat\"") {
+            "chat"
+        } else {
+            "signal"
+        };
+        let mut rest = frame;
+        while let Some(i) = rest.find("\"text\":\"t=") {
+            rest = &rest[i + 10..];
+            let end = rest.find('"').unwrap_or(0);
+            if let Ok(sent) = rest[..end].parse::<u64>() {
+                self.by_class.entry(class).or_default().push(now.saturating_sub(sent));
+            }
+        }
+        if class == "signal"
+            && let Some(i) = frame.find("\"op\":\"open\",\"id\":")
+        {
+            let tail = &frame[i + 17..];
+            let end = tail.find(|c: char| !c.is_ascii_digit()).unwrap_or(0);
+            if let Some(sent) = tail[..end].parse::<u64>().ok().and_then(|id| cards.get(&id)) {
+                self.by_class.entry("signal").or_default().push(now.saturating_sub(*sent));
+            }
+        }
+    }
+
+    fn report(&mut self) {
+        for class in ["signal", "teacher", "chat"] {
+            let Some(v) = self.by_class.get_mut(class) else {
+                println!("  {class:8} no samples");
+                continue;
+            };
+            v.sort_unstable();
+            let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1_000.0;
+            println!(
+                "  {class:8} deliveries {:>10}  p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms",
+                v.len(),
+                p(0.5),
+                p(0.99),
+                v[v.len() - 1] as f64 / 1_000.0
+            );
+        }
+    }
+}
+
+fn net_bytes(region: &Region<'_, System>) -> f64 {
+    let s = region.change();
+    s.bytes_allocated as f64 - s.bytes_deallocated as f64
+}
+
+fn in_process(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let keys = KeyRing::new("load", random_key())?;
+        let mut config = ServiceConfig::new(keys.clone());
+        config.expected_learners = a.members;
+        let service = RoomService::new(config)?;
+        tokio::spawn(service.clone().run());
+        let room = RoomKey::new(DEMO_BID, RoomId(ROOM_ID));
+        let tickets: Vec<String> = (0..a.members as u64)
+            .map(|n| {
+                let role = if n == 0 { Role::Teacher } else { Role::Student };
+                demo_ticket(&keys, ROOM_ID, n + 1, role, Terminal::ALL[n as usize % 7])
+            })
+            .collect();
+        tracing::info!(members = a.members, "joining");
+        let region = Region::new(GLOBAL);
+        let started = Instant::now();
+        let mut conns: Vec<Connection> = Vec::with_capacity(a.members);
+        for (i, t) in tickets.iter().enumerate() {
+            conns.push(service.connect(room, t)?);
+            if (i + 1) % 10_000 == 0 {
+                tracing::info!(joined = i + 1, elapsed = ?started.elapsed(), "joining");
+            }
+        }
+        let join_time = started.elapsed();
+        let bytes = net_bytes(&region);
+        println!(
+            "joined {} members in {:.2} s: {:.0} joins/s; {:.0} B per member (service, lists, push, outbound queues)",
+            a.members,
+            join_time.as_secs_f64(),
+            a.members as f64 / join_time.as_secs_f64(),
+            bytes / a.members as f64
+        );
+        // Settle the join storm's sidebars before measuring.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for c in &mut conns {
+            while c.outbound.try_recv().is_ok() {}
+        }
+
+        let cards: std::sync::Arc<parking_lot_free::CardTimes> = Default::default();
+        let teacher = conns[0].id;
+        let ids: Vec<roomkit::push::ConnId> = conns.iter().map(|c| c.id).collect();
+        // Clients read on their own thread, as sockets would.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (stop, cards) = (stop.clone(), cards.clone());
+            std::thread::spawn(move || {
+                let mut lat = Latencies::default();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut idle = true;
+                    let known = cards.snapshot();
+                    for c in &mut conns {
+                        while let Ok(frame) = c.outbound.try_recv() {
+                            idle = false;
+                            let text = frame.into_text();
+                            lat.observe(std::str::from_utf8(&text).unwrap_or(""), &known);
+                        }
+                    }
+                    if idle {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                lat
+            })
+        };
+        let mut publish: HashMap<&'static str, Vec<u64>> = HashMap::new();
+        let mut next_card = 1u64;
+        let step = Duration::from_millis(10);
+        let end = Instant::now() + Duration::from_secs(a.seconds);
+        let mut tick = 0u64;
+        let (mut chat_sent, mut chat_refused) = (0u64, 0u64);
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next_progress = Instant::now() + Duration::from_secs(1);
+        let mut timed = |class: &'static str, f: &mut dyn FnMut()| {
+            let t = Instant::now();
+            f();
+            publish.entry(class).or_default().push(t.elapsed().as_micros() as u64);
+        };
+        while Instant::now() < end {
+            let t0 = Instant::now();
+            // Chat from random students.
+            for _ in 0..(a.chat_rate / 100).max(1) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let who = 1 + (rng % (a.members.max(2) as u64 - 1)) as usize;
+                let text = format!(r#"{{"t":"chat","text":"t={}"}}"#, micros_now());
+                match service.handle_text(ids[who], &text) {
+                    Ok(()) => chat_sent += 1,
+                    Err(_) => chat_refused += 1,
+                }
+            }
+            if a.teacher_rate > 0 && tick.is_multiple_of((100 / u64::from(a.teacher_rate.min(100))).max(1)) {
+                let say = format!(r#"{{"t":"say","text":"t={}"}}"#, micros_now());
+                timed("teacher", &mut || {
+                    let _ = service.handle_text(teacher, &say);
+                });
+            }
+            if tick.is_multiple_of(500) {
+                let _ = service.handle_text(teacher, r#"{"t":"card_close"}"#);
+                cards.insert(next_card, micros_now());
+                timed("signal", &mut || {
+                    let _ = service.handle_text(teacher, r#"{"t":"card_open","options":4}"#);
+                });
+                next_card += 1;
+            }
+            // Heartbeats, spread over the 20 s interval.
+            let per_tick = (a.members / 2_000).max(1);
+            for k in 0..per_tick {
+                let i = ((tick as usize * per_tick) + k) % a.members;
+                let _ = service.handle_text(ids[i], r#"{"t":"beat"}"#);
+            }
+            if Instant::now() >= next_progress {
+                next_progress += Duration::from_secs(1);
+                let s = service.stats();
+                tracing::info!(
+                    members = s.members,
+                    frames_sent = s.push.frames_sent,
+                    chat_shed = s.push.chat_shed,
+                    chat_refused,
+                    "running"
+                );
+            }
+            tick += 1;
+            if let Some(rest) = step.checked_sub(t0.elapsed()) {
+                tokio::time::sleep(rest).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut lat = reader.join().expect("reader");
+        let s = service.stats();
+        println!("after {} s: {} chat lines accepted, {} refused by limits", a.seconds, chat_sent, chat_refused);
+        println!(
+            "push: {} frames sent, {} chat frames shed, {} chat lines sampled out, {} resyncs",
+            s.push.frames_sent, s.push.chat_shed, s.push.chat_sampled_out, s.push.resyncs
+        );
+        println!("publish to the last of {} queues (the sender's call, fan-out included):", a.members);
+        let mut publish_lat = Latencies { by_class: publish };
+        publish_lat.report();
+        println!("publish to the client reading it (chat includes its merge window):");
+        lat.report();
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
+}
+
+/// Card open times, shared between the sender and the reader thread.
+mod parking_lot_free {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    pub(crate) struct CardTimes(Mutex<HashMap<u64, u64>>);
+
+    impl CardTimes {
+        pub(crate) fn insert(&self, id: u64, at: u64) {
+            self.0.lock().expect("not poisoned").insert(id, at);
+        }
+        pub(crate) fn snapshot(&self) -> HashMap<u64, u64> {
+            self.0.lock().expect("not poisoned").clone()
+        }
+    }
+}
+
+fn over_websockets(a: &Args, clients: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let (base, keys) = match &a.server {
+            Some(addr) => (addr.clone(), None),
+            None => {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let config = ClassroomConfig { expected_learners: clients, ..ClassroomConfig::default() };
+                let running = serve(listener, config)?;
+                (running.addr.to_string(), Some(running.keys))
+            }
+        };
+        let http = |path: String| {
+            let base = base.clone();
+            async move {
+                // A minimal HTTP GET for the demo ticket endpoint.
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut s = tokio::net::TcpStream::connect(&base).await?;
+                s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {base}\r\nConnection: close\r\n\r\n").as_bytes())
+                    .await?;
+                let mut body = String::new();
+                s.read_to_string(&mut body).await?;
+                let start = body.find("\"ticket\":\"").map(|i| i + 10).unwrap_or(0);
+                let end = body[start..].find('"').map(|i| start + i).unwrap_or(start);
+                Ok::<String, std::io::Error>(body[start..end].to_owned())
+            }
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(&'static str, u64)>();
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        let mut teacher_sink = None;
+        for n in 0..clients as u64 {
+            let role = if n == 0 { "teacher" } else { "student" };
+            let ticket = match &keys {
+                Some(k) => demo_ticket(k, ROOM_ID, n + 1, role.parse()?, Terminal::Web),
+                None => http(format!("/ticket?room={ROOM_ID}&uin={}&role={role}", n + 1)).await?,
+            };
+            let url = format!("ws://{base}/ws?room={ROOM_ID}&ticket={ticket}");
+            let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+            let (mut sink, mut stream) = ws.split();
+            let tx = tx.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut beat = tokio::time::interval(Duration::from_secs(20));
+                loop {
+                    tokio::select! {
+                        msg = stream.next() => match msg {
+                            Some(Ok(WsMessage::Text(t))) => {
+                                let t = t.as_str();
+                                if let Some(i) = t.find("\"text\":\"t=") {
+                                    let rest = &t[i + 10..];
+                                    if let Ok(sent) = rest[..rest.find('"').unwrap_or(0)].parse::<u64>() {
+                                        let class = if t.contains("\"c\":\"teacher\"") { "teacher" } else { "chat" };
+                                        let _ = tx.send((class, micros_now().saturating_sub(sent)));
+                                    }
+                                }
+                            }
+                            Some(Ok(_)) => {}
+                            _ => break,
+                        },
+                        _ = beat.tick() => {
+                            if sink.send(WsMessage::Text(r#"{"t":"beat"}"#.into())).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }));
+            if n == 0 {
+                // The teacher speaks through its own second connection.
+                let ticket = match &keys {
+                    Some(k) => demo_ticket(k, ROOM_ID, 1, Role::Teacher, Terminal::Pc),
+                    None => http(format!("/ticket?room={ROOM_ID}&uin=1&role=teacher&terminal=pc")).await?,
+                };
+                let (ws, _) =
+                    tokio_tungstenite::connect_async(format!("ws://{base}/ws?room={ROOM_ID}&ticket={ticket}")).await?;
+                teacher_sink = Some(ws);
+            }
+            if (n + 1) % 1_000 == 0 {
+                tracing::info!(connected = n + 1, elapsed = ?started.elapsed(), "connecting");
+            }
+        }
+        let join_time = started.elapsed();
+        println!(
+            "{clients} websocket clients connected in {:.2} s ({:.0}/s)",
+            join_time.as_secs_f64(),
+            clients as f64 / join_time.as_secs_f64()
+        );
+        let mut teacher = teacher_sink.expect("a teacher");
+        let mut lat = Latencies::default();
+        let end = Instant::now() + Duration::from_secs(a.seconds);
+        let period = Duration::from_millis(1_000 / u64::from(a.teacher_rate.clamp(1, 1_000)));
+        let mut next = Instant::now();
+        let mut next_progress = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < end {
+            if Instant::now() >= next {
+                next += period;
+                teacher.send(WsMessage::Text(format!(r#"{{"t":"say","text":"t={}"}}"#, micros_now()).into())).await?;
+            }
+            while let Ok((class, us)) = rx.try_recv() {
+                lat.by_class.entry(class).or_default().push(us);
+            }
+            while let Some(Some(Ok(_))) = futures::FutureExt::now_or_never(teacher.next()) {}
+            if Instant::now() >= next_progress {
+                next_progress += Duration::from_secs(1);
+                let got = lat.by_class.get("teacher").map_or(0, Vec::len);
+                tracing::info!(teacher_deliveries = got, "running");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        while let Ok((class, us)) = rx.try_recv() {
+            lat.by_class.entry(class).or_default().push(us);
+        }
+        let alive = tasks.iter().filter(|t| !t.is_finished()).count();
+        println!("after {} s: {alive} of {clients} clients still connected", a.seconds);
+        println!("fan-out latency, send to receipt by the client over loopback websockets:");
+        lat.report();
+        for t in tasks {
+            t.abort();
+        }
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let a = args();
+    match a.ws {
+        Some(n) => over_websockets(&a, n),
+        None => in_process(&a),
+    }
+}

@@ -160,8 +160,8 @@ async fn session(app: App, room: RoomKey, ticket: String, mut socket: WebSocket)
     loop {
         tokio::select! {
             out = conn.outbound.recv() => match out {
-                Some(bytes) => {
-                    let text = match String::from_utf8(bytes.to_vec()) {
+                Some(frame) => {
+                    let text = match String::from_utf8(frame.into_text().to_vec()) {
                         Ok(t) => t,
                         Err(_) => continue,
                     };

@@ -162,6 +162,33 @@ impl FrameError {
     }
 }
 
+/// One frame for a client. The service hands over push frames unrendered
+/// so that the per-recipient JSON header is written by the host's writer
+/// task, outside the service's lock; [`Outbound::into_text`] renders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outbound {
+    /// A pushed message: this connection's header and the shared body.
+    Push {
+        /// The header.
+        header: room_push::FrameHeader,
+        /// The body, encoded once for every recipient.
+        body: Bytes,
+    },
+    /// A direct reply, already JSON text.
+    Text(Bytes),
+}
+
+impl Outbound {
+    /// The JSON text frame to write to the client.
+    pub fn into_text(self) -> Bytes {
+        match self {
+            Outbound::Push { header, body } => push_frame(&header, &body),
+            Outbound::Text(text) => text,
+        }
+    }
+}
+
 /// A connection that entered. Write every frame from `outbound` to the
 /// client; when it ends, the service has closed the connection.
 #[derive(Debug)]
@@ -175,8 +202,8 @@ pub struct Connection {
     pub role: Role,
     /// Their terminal (from the ticket).
     pub terminal: Terminal,
-    /// JSON text frames for the client.
-    pub outbound: mpsc::Receiver<Bytes>,
+    /// Frames for the client, in order.
+    pub outbound: mpsc::Receiver<Outbound>,
 }
 
 /// Counters for operators and load tests.
@@ -204,7 +231,7 @@ struct ConnEntry {
     member: MemberKey,
     role: Role,
     terminal: Terminal,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Outbound>,
     hint: SessionHint,
     blocked: bool,
 }
@@ -257,7 +284,7 @@ struct Channels<'a> {
 impl Connector for Channels<'_> {
     fn send(&mut self, frame: &Frame<'_>) -> Result<(), SendError> {
         let Some(entry) = self.conns.get_mut(&frame.conn) else { return Err(SendError::Closed) };
-        match entry.tx.try_send(push_frame(&frame.header, frame.body)) {
+        match entry.tx.try_send(Outbound::Push { header: frame.header, body: frame.body.clone() }) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 entry.blocked = true;
@@ -270,7 +297,7 @@ impl Connector for Channels<'_> {
 
 fn reply(entry: &ConnEntry, text: String) {
     // A full or closed channel drops direct replies: the client can ask again.
-    let _ = entry.tx.try_send(Bytes::from(text));
+    let _ = entry.tx.try_send(Outbound::Text(Bytes::from(text)));
 }
 
 fn role_name(role: Role) -> String {

@@ -279,16 +279,18 @@ fn frame_kind_name(kind: FrameKind) -> &'static str {
 /// The body is the shared, once-encoded part; the rest is this
 /// connection's header.
 pub fn push_frame(header: &FrameHeader, body: &[u8]) -> Bytes {
-    let head = format!(
-        "{{\"t\":\"push\",\"c\":\"{}\",\"k\":\"{}\",\"e\":{},\"s\":{},\"p\":{},\"b\":",
-        class_name(header.class),
-        frame_kind_name(header.kind),
-        header.epoch,
-        header.seq,
-        header.prev
-    );
-    let mut b = BytesMut::with_capacity(head.len() + body.len() + 1);
-    b.put_slice(head.as_bytes());
+    let mut b = BytesMut::with_capacity(96 + body.len());
+    b.put_slice(b"{\"t\":\"push\",\"c\":\"");
+    b.put_slice(class_name(header.class).as_bytes());
+    b.put_slice(b"\",\"k\":\"");
+    b.put_slice(frame_kind_name(header.kind).as_bytes());
+    b.put_slice(b"\",\"e\":");
+    put_decimal(&mut b, header.epoch);
+    b.put_slice(b",\"s\":");
+    put_decimal(&mut b, header.seq);
+    b.put_slice(b",\"p\":");
+    put_decimal(&mut b, header.prev);
+    b.put_slice(b",\"b\":");
     if body.is_empty() {
         b.put_slice(b"null");
     } else {
@@ -296,4 +298,18 @@ pub fn push_frame(header: &FrameHeader, body: &[u8]) -> Bytes {
     }
     b.put_u8(b'}');
     b.freeze()
+}
+
+fn put_decimal(b: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    b.put_slice(&digits[i..]);
 }

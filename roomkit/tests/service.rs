@@ -30,7 +30,8 @@ fn join(svc: &RoomService, uin: u64, role: Role) -> Connection {
 /// Every frame queued for a connection so far, parsed.
 fn drain(c: &mut Connection) -> Vec<Value> {
     let mut out = Vec::new();
-    while let Ok(b) = c.outbound.try_recv() {
+    while let Ok(frame) = c.outbound.try_recv() {
+        let b = frame.into_text();
         out.push(
             serde_json::from_slice(&b).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&b))),
         );
@@ -220,7 +221,7 @@ fn concurrent_grabs_never_exceed_the_packet() {
                     }
                 }
                 let amount: u64 = std::iter::from_fn(|| c.outbound.try_recv().ok())
-                    .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
+                    .filter_map(|f| serde_json::from_slice::<Value>(&f.into_text()).ok())
                     .filter(|f| f["t"] == "grabbed")
                     .filter_map(|f| f["amount"].as_u64())
                     .sum();
