@@ -32,6 +32,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const ROOM_ID: u64 = 42;
+/// Clients that chat in websocket mode (each may send 5 lines a second).
+const CHATTERS: usize = 400;
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -322,6 +324,7 @@ fn over_websockets(a: &Args, clients: usize) -> Result<(), Box<dyn std::error::E
         let started = Instant::now();
         let mut tasks = Vec::new();
         let mut teacher_sink = None;
+        let mut chatters: Vec<tokio::sync::mpsc::UnboundedSender<String>> = Vec::new();
         for n in 0..clients as u64 {
             let role = if n == 0 { "teacher" } else { "student" };
             let ticket = match &keys {
@@ -332,6 +335,11 @@ fn over_websockets(a: &Args, clients: usize) -> Result<(), Box<dyn std::error::E
             let (ws, _) = tokio_tungstenite::connect_async(url).await?;
             let (mut sink, mut stream) = ws.split();
             let tx = tx.clone();
+            // The first students also chat, on the main loop's command.
+            let (say_tx, mut say_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+            if n > 0 && chatters.len() < CHATTERS {
+                chatters.push(say_tx);
+            }
             tasks.push(tokio::spawn(async move {
                 let mut beat = tokio::time::interval(Duration::from_secs(20));
                 loop {
@@ -339,10 +347,11 @@ fn over_websockets(a: &Args, clients: usize) -> Result<(), Box<dyn std::error::E
                         msg = stream.next() => match msg {
                             Some(Ok(WsMessage::Text(t))) => {
                                 let t = t.as_str();
-                                if let Some(i) = t.find("\"text\":\"t=") {
-                                    let rest = &t[i + 10..];
+                                let class = if t.contains("\"c\":\"teacher\"") { "teacher" } else { "chat" };
+                                let mut rest = t;
+                                while let Some(i) = rest.find("\"text\":\"t=") {
+                                    rest = &rest[i + 10..];
                                     if let Ok(sent) = rest[..rest.find('"').unwrap_or(0)].parse::<u64>() {
-                                        let class = if t.contains("\"c\":\"teacher\"") { "teacher" } else { "chat" };
                                         let _ = tx.send((class, micros_now().saturating_sub(sent)));
                                     }
                                 }
@@ -350,6 +359,11 @@ fn over_websockets(a: &Args, clients: usize) -> Result<(), Box<dyn std::error::E
                             Some(Ok(_)) => {}
                             _ => break,
                         },
+                        Some(line) = say_rx.recv() => {
+                            if sink.send(WsMessage::Text(line.into())).await.is_err() {
+                                break;
+                            }
+                        }
                         _ = beat.tick() => {
                             if sink.send(WsMessage::Text(r#"{"t":"beat"}"#.into())).await.is_err() {
                                 break;
@@ -384,7 +398,16 @@ fn over_websockets(a: &Args, clients: usize) -> Result<(), Box<dyn std::error::E
         let period = Duration::from_millis(1_000 / u64::from(a.teacher_rate.clamp(1, 1_000)));
         let mut next = Instant::now();
         let mut next_progress = Instant::now() + Duration::from_secs(1);
+        let chat_period = Duration::from_micros(1_000_000 / u64::from(a.chat_rate.max(1)));
+        let mut next_chat = Instant::now();
+        let mut chat_sent = 0u64;
         while Instant::now() < end {
+            while a.chat_rate > 0 && !chatters.is_empty() && Instant::now() >= next_chat {
+                next_chat += chat_period;
+                let who = chat_sent as usize % chatters.len();
+                let _ = chatters[who].send(format!(r#"{{"t":"chat","text":"t={}"}}"#, micros_now()));
+                chat_sent += 1;
+            }
             if Instant::now() >= next {
                 next += period;
                 teacher.send(WsMessage::Text(format!(r#"{{"t":"say","text":"t={}"}}"#, micros_now()).into())).await?;
@@ -405,7 +428,7 @@ fn over_websockets(a: &Args, clients: usize) -> Result<(), Box<dyn std::error::E
             lat.by_class.entry(class).or_default().push(us);
         }
         let alive = tasks.iter().filter(|t| !t.is_finished()).count();
-        println!("after {} s: {alive} of {clients} clients still connected", a.seconds);
+        println!("after {} s: {alive} of {clients} clients still connected; {chat_sent} chat lines sent", a.seconds);
         println!("fan-out latency, send to receipt by the client over loopback websockets:");
         lat.report();
         for t in tasks {
