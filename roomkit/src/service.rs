@@ -272,6 +272,14 @@ impl std::fmt::Debug for RoomService {
     }
 }
 
+/// Counts an event through the `metrics` facade (feature `metrics`).
+macro_rules! count {
+    ($name:literal) => {
+        #[cfg(feature = "metrics")]
+        metrics::counter!($name).increment(1);
+    };
+}
+
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -389,6 +397,7 @@ impl State {
         while let Some(suspect) = self.tracker.poll_suspect() {
             if self.tracker.confirm_gone(now, &suspect) {
                 self.stats.timed_out += 1;
+                count!("roomkit_heartbeat_timeouts_total");
             }
         }
         self.process_presence(now);
@@ -554,6 +563,7 @@ impl RoomService {
             Ok(t) => t,
             Err(e) => {
                 s.stats.refused_entries += 1;
+                count!("roomkit_entries_refused_total");
                 tracing::info!(%room, error = %e, "entry refused");
                 return Err(e.into());
             }
@@ -625,6 +635,7 @@ impl RoomService {
         let entry = ConnEntry { member, role: ticket.role, terminal: ticket.terminal, tx, hint, blocked: false };
         reply(&entry, welcome);
         s.conns.insert(connected.conn, entry);
+        count!("roomkit_entries_total");
         tracing::debug!(%member, role = %ticket.role, terminal = %ticket.terminal, "connected");
         Ok(Connection { id: connected.conn, member, role: ticket.role, terminal: ticket.terminal, outbound: rx })
     }
@@ -652,6 +663,7 @@ impl RoomService {
         };
         if let Err(e) = &result {
             s.stats.refused_frames += 1;
+            count!("roomkit_frames_refused_total");
             if let Some(entry) = s.conns.get(&conn) {
                 let mut text = format!("{{\"t\":\"error\",\"code\":\"{}\",\"message\":", e.code());
                 json_string(&mut text, &e.to_string());
