@@ -258,6 +258,13 @@ struct State {
     next_tally: Timestamp,
     stats: ServiceStats,
     seed: u64,
+    bus: Option<mpsc::UnboundedSender<BusCmd>>,
+}
+
+/// What the service asks of its bus pump.
+enum BusCmd {
+    Publish(room_push::Envelope),
+    Interest(RoomKey),
 }
 
 /// The room service. Cheap to clone; every clone is the same service.
@@ -319,13 +326,26 @@ impl State {
 
     fn publish(&mut self, now: Timestamp, msg: Message) -> Result<(), GateError> {
         let env = self.gate.publish(now, msg)?;
-        let _ = self.node.handle_envelope(now, &env);
+        self.dispatch(now, env);
         Ok(())
     }
 
     fn publish_all(&mut self, now: Timestamp, envs: Vec<room_push::Envelope>) {
         for env in envs {
-            let _ = self.node.handle_envelope(now, &env);
+            self.dispatch(now, env);
+        }
+    }
+
+    /// Logic -> bus -> push: over the bus when one is attached, straight to
+    /// this process's push node otherwise (the same path without the hop).
+    fn dispatch(&mut self, now: Timestamp, env: room_push::Envelope) {
+        match &self.bus {
+            Some(tx) => {
+                let _ = tx.send(BusCmd::Publish(env));
+            }
+            None => {
+                let _ = self.node.handle_envelope(now, &env);
+            }
         }
     }
 
@@ -537,6 +557,7 @@ impl RoomService {
             next_tally: Timestamp::ZERO,
             stats: ServiceStats::default(),
             seed,
+            bus: None,
             config,
         };
         Ok(RoomService { state: Arc::new(Mutex::new(state)) })
@@ -573,6 +594,9 @@ impl RoomService {
         if !s.rooms.contains_key(&room) {
             let expected = s.config.expected_learners;
             s.gate.open_room_for(now, room, expected).map_err(|e| EntryError::Full(e.to_string()))?;
+            if let Some(tx) = &s.bus {
+                let _ = tx.send(BusCmd::Interest(room));
+            }
             let seed = s.seed ^ room.room.0;
             let classroom = Classroom::new(s.config.classroom.clone(), seed);
             s.rooms.insert(
@@ -704,6 +728,53 @@ impl RoomService {
         }
     }
 
+    /// Routes every message through `bus` (logic -> bus -> push), as node
+    /// `node` of a cluster: what the gate accepts is published, and what the
+    /// bus delivers for this node's rooms goes to its push node. Runs until
+    /// the bus closes; spawn it before connections arrive.
+    pub async fn attach_bus(
+        self,
+        bus: Arc<dyn room_push::Bus>,
+        node: room_core::NodeId,
+    ) -> Result<(), room_push::BusError> {
+        let mut incoming = bus.subscribe(node).await?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        {
+            let mut s = self.state.lock();
+            for room in s.rooms.keys() {
+                let _ = tx.send(BusCmd::Interest(*room));
+            }
+            s.bus = Some(tx);
+        }
+        let outgoing = {
+            let bus = bus.clone();
+            async move {
+                while let Some(cmd) = rx.recv().await {
+                    let result = match cmd {
+                        BusCmd::Publish(env) => bus.publish(&env).await,
+                        BusCmd::Interest(room) => bus.set_interest(node, room, true).await,
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "bus refused a message");
+                    }
+                }
+            }
+        };
+        let delivering = async {
+            use futures::StreamExt;
+            while let Some(env) = incoming.next().await {
+                let mut s = self.state.lock();
+                let now = s.now();
+                if let Err(e) = s.node.handle_envelope(now, &env) {
+                    tracing::debug!(error = %e, "envelope not for this node");
+                }
+                s.flush(now);
+            }
+        };
+        tokio::join!(outgoing, delivering);
+        Ok(())
+    }
+
     /// Runs one round of timers now (tests, or hosts with their own loop).
     pub fn tick(&self) {
         let mut s = self.state.lock();
@@ -793,7 +864,7 @@ fn handle(s: &mut State, conn: ConnId, msg: ClientMsg) -> Result<(), FrameError>
             let env = s.gate.publish(now, Message::reaction(room, k, sender, n))?;
             let r = s.rooms.get_mut(&room).ok_or(FrameError::UnknownConnection)?;
             r.classroom.react(actor, reaction, n)?;
-            let _ = s.node.handle_envelope(now, &env);
+            s.dispatch(now, env);
         }
         ClientMsg::CardOpen { options, correct, seconds } => {
             let deadline = seconds.map(|sec| now.saturating_add(Duration::from_secs(u64::from(sec))));
@@ -837,7 +908,7 @@ fn handle(s: &mut State, conn: ConnId, msg: ClientMsg) -> Result<(), FrameError>
                 return Err(ActionError::NotAllowed { role, action: crate::classroom::Action::Mute }.into());
             }
             let env = s.gate.set_mute_all(now, room, on)?;
-            let _ = s.node.handle_envelope(now, &env);
+            s.dispatch(now, env);
         }
         ClientMsg::Mute { uin, on } => {
             if !role.is_staff() {

@@ -234,3 +234,32 @@ fn concurrent_grabs_never_exceed_the_packet() {
     assert_eq!(results.iter().map(|r| r.0).sum::<u32>(), 10, "exactly the shares");
     assert_eq!(results.iter().map(|r| r.1).sum::<u64>(), 1000, "exactly the total");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_can_travel_over_a_bus() {
+    use roomkit::push::{Bus, InMemoryBus};
+    let svc = service();
+    let bus = std::sync::Arc::new(InMemoryBus::new(1024));
+    let _pump = tokio::spawn(svc.clone().attach_bus(bus.clone() as std::sync::Arc<dyn Bus>, room_core::NodeId(1)));
+    // A second subscriber sees what the service publishes: it went over the bus.
+    let mut watcher = bus.subscribe(room_core::NodeId(2)).await.expect("subscribes");
+    bus.set_interest(room_core::NodeId(2), ROOM, true).await.expect("ok");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let teacher = join(&svc, 1, Role::Teacher);
+    let mut alice = join(&svc, 100, Role::Student);
+    svc.handle_text(teacher.id, r#"{"t":"say","text":"over the bus"}"#).expect("say");
+    let seen = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut watcher))
+        .await
+        .expect("published in time")
+        .expect("an envelope");
+    assert_eq!(seen.message.room, ROOM);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let said = pushed(&drain(&mut alice), 2);
+        if said.iter().any(|d| d["text"] == "over the bus") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the message did not come back from the bus");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
