@@ -137,6 +137,14 @@ async fn a_class_in_the_browser() {
     assert_eq!(amount(&a).expect("n") + amount(&b).expect("n"), 100);
     wait_text(&teacher, "#packet-state", "the packet's state", |t| t.starts_with("100 of 100 taken by 2")).await;
 
+    // A dropped connection reconnects and recovers what was said meanwhile.
+    bob.execute("window.roomkitDrop()", vec![]).await.expect("drop bob's socket");
+    wait_text(&bob, "#status", "bob disconnected", |t| t == "disconnected").await;
+    type_into(&teacher, "#chat-input", "while bob was away").await;
+    click(&teacher, "#say-send").await;
+    wait_text(&bob, "#status", "bob reconnected", |t| t == "connected").await;
+    wait_text(&bob, "#chat-log", "the recovered teacher message", |t| t.contains("teacher: while bob was away")).await;
+
     // Mute-all silences the students.
     click(&teacher, "#mute-all").await;
     wait_text(&alice, "#chat-log", "the mute notice", |t| t.contains("(the class is muted)")).await;
