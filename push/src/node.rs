@@ -888,16 +888,21 @@ impl PushNode {
 
     fn drop_overflowed(&mut self, now: Timestamp) {
         while let Some(slot) = self.lanes.overflowed.pop() {
-            let c = &self.conns[slot as usize];
-            if !c.live {
-                continue;
-            }
-            let (conn, uin) = (ConnId::new(slot, c.generation), c.uin);
-            let room = self.rooms[c.room as usize].as_ref().map(|r| r.key).expect("live room");
-            self.remove(now, slot);
-            self.lanes.stats.disconnects += 1;
-            self.events.push_back(NodeEvent::Disconnected { conn, uin, room, reason: DisconnectReason::SlowConsumer });
+            self.drop_with_event(now, slot, DisconnectReason::SlowConsumer);
         }
+    }
+
+    /// Drops a connection the node gave up on and tells the host why.
+    fn drop_with_event(&mut self, now: Timestamp, slot: u32, reason: DisconnectReason) {
+        let c = &self.conns[slot as usize];
+        if !c.live {
+            return;
+        }
+        let (conn, uin) = (ConnId::new(slot, c.generation), c.uin);
+        let room = self.rooms[c.room as usize].as_ref().map(|r| r.key).expect("live room");
+        self.remove(now, slot);
+        self.lanes.stats.disconnects += 1;
+        self.events.push_back(NodeEvent::Disconnected { conn, uin, room, reason });
     }
 
     fn apply_control(&mut self, room_idx: u32, kind: Kind, payload: &[u8]) {
@@ -1083,15 +1088,7 @@ impl PushNode {
             self.lanes.ready.extend_from_slice(&ready);
         }
         for (slot, reason) in closed {
-            let c = &self.conns[slot as usize];
-            if !c.live {
-                continue;
-            }
-            let (conn, uin) = (ConnId::new(slot, c.generation), c.uin);
-            let room = self.rooms[c.room as usize].as_ref().map(|r| r.key).expect("live room");
-            self.remove(now, slot);
-            self.lanes.stats.disconnects += 1;
-            self.events.push_back(NodeEvent::Disconnected { conn, uin, room, reason });
+            self.drop_with_event(now, slot, reason);
         }
         sent
     }
