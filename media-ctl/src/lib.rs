@@ -6,3 +6,4 @@
 
 pub mod auth;
 pub mod ingest;
+pub mod layout;
