@@ -5,5 +5,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod auth;
+pub mod ffmpeg;
 pub mod ingest;
 pub mod layout;
+pub mod plan;

@@ -1,0 +1,422 @@
+//! An ffmpeg backend: a render plan becomes ffmpeg arguments and a filter
+//! graph, run as a child process with progress and cancellation; HLS
+//! segments are then encrypted here (AES-128-CBC, PKCS#7), with the key
+//! rotating every N segments. Also the relay command (RTMP in, out to
+//! RTMP/FLV/HLS).
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use aes::cipher::{BlockEncryptMut, KeyIvInit, block_padding::Pkcs7};
+
+use crate::layout::{Fit, Placed};
+use crate::plan::{GapFill, HlsKey, Output, PlannedInput, RenderPlan};
+
+/// Why the backend failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FfmpegError {
+    /// The ffmpeg program is not there.
+    #[error("ffmpeg not found ({program}): {source}")]
+    Missing {
+        /// What was run.
+        program: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// ffmpeg ran and failed.
+    #[error("ffmpeg exited with {status}: {tail}")]
+    Failed {
+        /// Its exit status.
+        status: String,
+        /// The last lines it printed.
+        tail: String,
+    },
+    /// Cancelled by the host.
+    #[error("cancelled")]
+    Cancelled,
+    /// Reading or writing files.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn secs(ms: i64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
+fn scale_for(p: &Placed) -> String {
+    let (w, h) = (p.rect.width, p.rect.height);
+    let crop = p.crop.map_or(String::new(), |c| format!("crop={}:{}:{}:{},", c.width, c.height, c.x, c.y));
+    match p.fit {
+        Fit::Stretch => format!("{crop}scale={w}:{h},setsar=1"),
+        Fit::Cover => {
+            format!("{crop}scale={w}:{h}:force_original_aspect_ratio=increase,crop={w}:{h},setsar=1")
+        }
+        _ => {
+            format!("{crop}scale={w}:{h}:force_original_aspect_ratio=decrease,pad={w}:{h}:(ow-iw)/2:(oh-ih)/2,setsar=1")
+        }
+    }
+}
+
+/// An ffmpeg invocation: its arguments (without the program), and the
+/// filter graph they carry (for logs and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// Arguments.
+    pub args: Vec<String>,
+    /// The `-filter_complex` graph.
+    pub graph: String,
+}
+
+/// The filter graph and input arguments that render `plan`'s picture to
+/// `[vout]` and its sound (if any input has sound) to `[aout]`.
+pub fn render_graph(plan: &RenderPlan) -> (Vec<String>, String, bool) {
+    let fps = plan.fps;
+    let dur = secs(plan.duration_ms());
+    let mut args = Vec::new();
+    let mut g = String::new();
+    let mut next_input = 0usize;
+    let mut audio_labels = Vec::new();
+    let mut video_of: Vec<Option<String>> = Vec::new();
+    let canvas = plan.layouts.first().map(|l| l.layout.canvas);
+    for (pi, p) in plan.inputs.iter().enumerate() {
+        let first_input = next_input;
+        for piece in &p.pieces {
+            args.extend(["-i".to_owned(), piece.url.clone()]);
+            next_input += 1;
+        }
+        if p.pieces.is_empty() {
+            video_of.push(None);
+            continue;
+        }
+        video_of.push(p.input.kind.has_picture().then(|| format!("v{pi}")));
+        if p.input.kind.has_picture() {
+            video_chain(&mut g, p, pi, first_input, fps, plan.fill);
+        }
+        if p.input.kind.has_sound() {
+            audio_chain(&mut g, p, pi, first_input);
+            audio_labels.push(format!("[a{pi}]"));
+        }
+    }
+    // How many overlays use each input, to split its stream.
+    let mut uses: Vec<Vec<String>> = vec![Vec::new(); plan.inputs.len()];
+    let mut overlays = Vec::new();
+    for (li, l) in plan.layouts.iter().enumerate() {
+        for (ri, region) in l.layout.regions.iter().enumerate() {
+            let Some(pi) = plan.inputs.iter().position(|p| p.input.id == region.input) else { continue };
+            if video_of[pi].is_none() || !region.kind.has_picture() {
+                continue;
+            }
+            let p = &plan.inputs[pi];
+            let from = l.span.from.max(p.first);
+            let to = l.span.to.min(p.last);
+            if to <= from {
+                continue;
+            }
+            let label = format!("u{pi}_{}", uses[pi].len());
+            uses[pi].push(label.clone());
+            overlays.push((label, li, ri, from, to));
+        }
+    }
+    for (pi, labels) in uses.iter().enumerate() {
+        match labels.len() {
+            0 => {
+                if video_of[pi].is_some() {
+                    let _ = write!(g, "[v{pi}]nullsink;");
+                }
+            }
+            1 => {
+                let _ = write!(g, "[v{pi}]null[{}];", labels[0]);
+            }
+            n => {
+                let _ = write!(g, "[v{pi}]split={n}");
+                for l in labels {
+                    let _ = write!(g, "[{l}]");
+                }
+                g.push(';');
+            }
+        }
+    }
+    let canvas = canvas.expect("a plan always has a layout");
+    let _ = write!(
+        g,
+        "color=c={}:s={}x{}:r={fps}:d={dur},format=yuv420p[base0];",
+        canvas.color.hex(),
+        canvas.width,
+        canvas.height
+    );
+    let mut base = "base0".to_owned();
+    for (k, (label, li, ri, from, to)) in overlays.iter().enumerate() {
+        let region = &plan.layouts[*li].layout.regions[*ri];
+        let _ = write!(g, "[{label}]{}[s{k}];", scale_for(region));
+        let next = format!("base{}", k + 1);
+        let _ = write!(
+            g,
+            "[{base}][s{k}]overlay=x={}:y={}:eof_action=pass:enable='gte(t,{})*lt(t,{})'[{next}];",
+            region.rect.x,
+            region.rect.y,
+            secs(*from),
+            secs(*to)
+        );
+        base = next;
+    }
+    // The watermark of the first layout that has one.
+    if let Some(w) = plan.layouts.iter().find_map(|l| l.layout.watermark.as_ref()) {
+        let next = "basew".to_owned();
+        if let Some(text) = &w.text {
+            let text = text.replace('\\', "\\\\").replace('\'', "\\'").replace(':', "\\:");
+            let _ = write!(
+                g,
+                "[{base}]drawtext=text='{text}':x={}:y={}:fontsize={}:fontcolor=white[{next}];",
+                w.x, w.y, w.size
+            );
+        } else if let Some(image) = &w.image {
+            args.extend(["-i".to_owned(), image.clone()]);
+            let _ =
+                write!(g, "[{next_input}:v]scale={}:-2[wm];[{base}][wm]overlay=x={}:y={}[{next}];", w.size, w.x, w.y);
+        }
+        base = next;
+    }
+    let _ = write!(g, "[{base}]trim=end_frame={},setpts=PTS-STARTPTS[vout]", plan.frames);
+    let has_audio = !audio_labels.is_empty();
+    if has_audio {
+        let _ = write!(
+            g,
+            ";{}amix=inputs={}:normalize=0,apad,atrim=duration={dur}[aout]",
+            audio_labels.concat(),
+            audio_labels.len()
+        );
+    }
+    (args, g, has_audio)
+}
+
+fn video_chain(g: &mut String, p: &PlannedInput, pi: usize, first_input: usize, fps: u32, fill: GapFill) {
+    let (w, h) = (p.input.width & !1, p.input.height & !1);
+    for (k, piece) in p.pieces.iter().enumerate() {
+        let gap_after = p.pieces.get(k + 1).map_or(0, |n| n.at - (piece.at + piece.duration));
+        let pad = match (gap_after > 0, fill) {
+            (false, _) => String::new(),
+            (true, GapFill::RepeatLastFrame) => format!(",tpad=stop_mode=clone:stop_duration={}", secs(gap_after)),
+            (true, GapFill::Slate(c)) => {
+                format!(",tpad=stop_mode=add:stop_duration={}:color={}", secs(gap_after), c.hex())
+            }
+        };
+        let _ = write!(
+            g,
+            "[{}:v]trim=start={}:duration={},setpts=PTS-STARTPTS,fps={fps},scale={w}:{h},setsar=1,format=yuv420p{pad}[p{pi}_{k}];",
+            first_input + k,
+            secs(piece.skip),
+            secs(piece.duration)
+        );
+    }
+    for k in 0..p.pieces.len() {
+        let _ = write!(g, "[p{pi}_{k}]");
+    }
+    let _ = write!(g, "concat=n={}:v=1:a=0,setpts=PTS-STARTPTS+{}/TB[v{pi}];", p.pieces.len(), secs(p.first));
+}
+
+fn audio_chain(g: &mut String, p: &PlannedInput, pi: usize, first_input: usize) {
+    for (k, piece) in p.pieces.iter().enumerate() {
+        let gap_after = p.pieces.get(k + 1).map_or(0, |n| n.at - (piece.at + piece.duration));
+        let pad = if gap_after > 0 { format!(",apad=pad_dur={}", secs(gap_after)) } else { String::new() };
+        let _ = write!(
+            g,
+            "[{}:a]atrim=start={}:duration={},asetpts=PTS-STARTPTS,aresample=48000,aformat=channel_layouts=stereo{pad}[q{pi}_{k}];",
+            first_input + k,
+            secs(piece.skip),
+            secs(piece.duration)
+        );
+    }
+    for k in 0..p.pieces.len() {
+        let _ = write!(g, "[q{pi}_{k}]");
+    }
+    let _ = write!(g, "concat=n={}:v=0:a=1,adelay={}:all=1[a{pi}];", p.pieces.len(), p.first);
+}
+
+/// The ffmpeg invocation that writes `output` of `plan` to `path` (for HLS,
+/// `path` is a directory: `index.m3u8` and `seg%05d.ts`, unencrypted;
+/// [`encrypt_hls`] encrypts them afterwards).
+pub fn render_job(plan: &RenderPlan, output: &Output, path: &Path) -> Job {
+    let (mut args, graph, has_audio) = render_graph(plan);
+    let mut a = vec!["-hide_banner".to_owned(), "-nostdin".to_owned(), "-y".to_owned()];
+    a.append(&mut args);
+    a.extend(["-filter_complex".to_owned(), graph.clone(), "-map".to_owned(), "[vout]".to_owned()]);
+    if has_audio {
+        a.extend([
+            "-map".to_owned(),
+            "[aout]".to_owned(),
+            "-c:a".to_owned(),
+            "aac".to_owned(),
+            "-b:a".to_owned(),
+            "64k".to_owned(),
+        ]);
+    }
+    a.extend(
+        [
+            "-frames:v",
+            &plan.frames.to_string(),
+            "-r",
+            &plan.fps.to_string(),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            &plan.fps.to_string(),
+            "-progress",
+            "pipe:1",
+            "-nostats",
+        ]
+        .map(str::to_owned),
+    );
+    match output {
+        Output::Mp4 => a.extend(["-movflags".to_owned(), "+faststart".to_owned(), "-f".to_owned(), "mp4".to_owned()]),
+        Output::Flv => a.extend(["-f".to_owned(), "flv".to_owned()]),
+        Output::Hls { segment_seconds, .. } => {
+            a.extend(
+                [
+                    "-f",
+                    "hls",
+                    "-hls_time",
+                    &segment_seconds.to_string(),
+                    "-hls_playlist_type",
+                    "vod",
+                    "-hls_segment_filename",
+                ]
+                .map(str::to_owned),
+            );
+            a.push(path.join("seg%05d.ts").display().to_string());
+        }
+    }
+    let target = match output {
+        Output::Hls { .. } => path.join("index.m3u8"),
+        _ => path.to_owned(),
+    };
+    a.push(target.display().to_string());
+    Job { args: a, graph }
+}
+
+/// The relay: RTMP in, copied out to each target (RTMP URLs, `.flv` files,
+/// or `.m3u8` playlists for HLS).
+pub fn relay_job(input: &str, targets: &[String]) -> Job {
+    let mut a: Vec<String> = ["-hide_banner", "-nostdin", "-i", input].map(str::to_owned).to_vec();
+    for t in targets {
+        a.extend(["-map", "0", "-c", "copy"].map(str::to_owned));
+        if t.ends_with(".m3u8") {
+            a.extend(["-f", "hls", "-hls_time", "4"].map(str::to_owned));
+        } else {
+            a.extend(["-f", "flv"].map(str::to_owned));
+        }
+        a.push(t.clone());
+    }
+    Job { args: a, graph: String::new() }
+}
+
+/// Progress reports while ffmpeg runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Output time reached, in ms.
+    pub out_ms: i64,
+    /// Frames written.
+    pub frames: u64,
+}
+
+/// Runs `job` with `program` (normally `ffmpeg`), reporting progress and
+/// stopping (killing ffmpeg) when `cancel` is set.
+pub fn run(
+    program: &str,
+    job: &Job,
+    cancel: &Arc<AtomicBool>,
+    mut progress: impl FnMut(Progress),
+) -> Result<(), FfmpegError> {
+    let mut child: Child = Command::new(program)
+        .args(&job.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| FfmpegError::Missing { program: program.to_owned(), source })?;
+    let stderr = child.stderr.take().expect("piped");
+    let tail = std::thread::spawn(move || {
+        let mut lines: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.len() == 8 {
+                lines.pop_front();
+            }
+            lines.push_back(line);
+        }
+        lines.into_iter().collect::<Vec<_>>().join(" | ")
+    });
+    let stdout = child.stdout.take().expect("piped");
+    let mut current = Progress { out_ms: 0, frames: 0 };
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        if cancel.load(Ordering::Relaxed) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(FfmpegError::Cancelled);
+        }
+        if let Some(v) = line.strip_prefix("out_time_us=") {
+            current.out_ms = v.trim().parse::<i64>().unwrap_or(0) / 1000;
+        } else if let Some(v) = line.strip_prefix("frame=") {
+            current.frames = v.trim().parse().unwrap_or(current.frames);
+        } else if line.starts_with("progress=") {
+            progress(current);
+        }
+    }
+    let status = child.wait()?;
+    let tail = tail.join().unwrap_or_default();
+    if cancel.load(Ordering::Relaxed) {
+        return Err(FfmpegError::Cancelled);
+    }
+    if !status.success() {
+        return Err(FfmpegError::Failed { status: status.to_string(), tail });
+    }
+    Ok(())
+}
+
+type Aes128CbcEnc = cbc::Encryptor<aes::Aes128>;
+
+/// Encrypts an HLS rendition in `dir` in place: each segment with
+/// AES-128-CBC (PKCS#7), the key changing every `rotate_every` segments
+/// through `keys` (the last key stays once they run out), and the playlist
+/// rewritten with an `#EXT-X-KEY` line wherever the key changes.
+pub fn encrypt_hls(dir: &Path, keys: &[HlsKey], rotate_every: u32) -> Result<Vec<PathBuf>, FfmpegError> {
+    let playlist = dir.join("index.m3u8");
+    let text = std::fs::read_to_string(&playlist)?;
+    let mut out = String::new();
+    let mut segment = 0u32;
+    let mut current_key: Option<usize> = None;
+    let mut written = Vec::new();
+    let key_for = |segment: u32| {
+        if keys.len() > 1 { ((segment / rotate_every.max(1)) as usize).min(keys.len() - 1) } else { 0 }
+    };
+    for line in text.lines() {
+        if line.starts_with("#EXTINF") {
+            // The key line goes before the segment's tags.
+            let k = key_for(segment);
+            if current_key != Some(k) {
+                let iv: String = keys[k].iv.iter().map(|b| format!("{b:02x}")).collect();
+                let _ = writeln!(out, "#EXT-X-KEY:METHOD=AES-128,URI=\"{}\",IV=0x{iv}", keys[k].uri);
+                current_key = Some(k);
+            }
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            let key = &keys[key_for(segment)];
+            let path = dir.join(line.trim());
+            let plain = std::fs::read(&path)?;
+            let cipher = Aes128CbcEnc::new(&key.key.into(), &key.iv.into()).encrypt_padded_vec_mut::<Pkcs7>(&plain);
+            std::fs::write(&path, cipher)?;
+            written.push(path);
+            segment += 1;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    std::fs::write(&playlist, out)?;
+    Ok(written)
+}
