@@ -8,4 +8,5 @@ pub mod auth;
 pub mod ffmpeg;
 pub mod ingest;
 pub mod layout;
+pub mod orchestrate;
 pub mod plan;
