@@ -335,6 +335,8 @@ pub fn run(
     cancel: &Arc<AtomicBool>,
     mut progress: impl FnMut(Progress),
 ) -> Result<(), FfmpegError> {
+    #[cfg(feature = "tracing")]
+    tracing::info!(program, args = job.args.len(), "ffmpeg starting");
     let mut child: Child = Command::new(program)
         .args(&job.args)
         .stdin(Stdio::null())
@@ -375,8 +377,12 @@ pub fn run(
         return Err(FfmpegError::Cancelled);
     }
     if !status.success() {
+        #[cfg(feature = "tracing")]
+        tracing::warn!(%status, %tail, "ffmpeg failed");
         return Err(FfmpegError::Failed { status: status.to_string(), tail });
     }
+    #[cfg(feature = "tracing")]
+    tracing::info!(frames = current.frames, out_ms = current.out_ms, "ffmpeg finished");
     Ok(())
 }
 

@@ -198,3 +198,82 @@ fn recordings_to_verified_playback() {
     assert_eq!(first_red as u64, p.frame_at(7_000), "the student's first frame");
     assert!(red[first_red..].iter().all(|r| *r), "the student stays until the end");
 }
+
+fn tiny_plan(url: &str) -> room_media_ctl::plan::RenderPlan {
+    let mut ingest = Ingestor::new();
+    let body = format!(
+        r#"{{"stream_id":"t","file_name":"a.flv","start":{BASE},"end":{},"download_url":"{url}"}}"#,
+        BASE + 2_000
+    );
+    ingest.ingest(body.as_bytes(), 0).expect("valid");
+    let req = PlanRequest {
+        canvas: Canvas { width: 320, height: 180, color: Rgb(0, 0, 0) },
+        fps: FPS,
+        inputs: vec![Input { id: "t".into(), kind: InputKind::Video, width: 320, height: 180 }],
+        switches: vec![LayoutSwitch { at: BASE, template: Template::Single { input: "t".into() } }],
+        fill: GapFill::RepeatLastFrame,
+        watermark: None,
+        outputs: vec![Output::Mp4],
+        limits: Limits::default(),
+    };
+    plan(&req, ingest.timelines()).expect("a plan")
+}
+
+#[test]
+fn a_missing_ffmpeg_is_a_typed_error() {
+    let p = tiny_plan("/nonexistent.flv");
+    let job = render_job(&p, &Output::Mp4, Path::new("/tmp/never.mp4"));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let err = run("/nonexistent/ffmpeg", &job, &cancel, |_| {}).expect_err("no such program");
+    assert!(matches!(err, room_media_ctl::ffmpeg::FfmpegError::Missing { .. }), "{err}");
+}
+
+#[test]
+#[ignore = "needs ffmpeg"]
+fn a_failing_render_and_a_cancelled_one_are_typed_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = tiny_plan("/nonexistent/input.flv");
+    let job = render_job(&p, &Output::Mp4, &dir.path().join("out.mp4"));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let err = run("ffmpeg", &job, &cancel, |_| {}).expect_err("no input file");
+    match err {
+        room_media_ctl::ffmpeg::FfmpegError::Failed { tail, .. } => assert!(tail.contains("nonexistent"), "{tail}"),
+        other => panic!("unexpected {other}"),
+    }
+    // A relay from a source that never ends, cancelled from its progress callback.
+    let job = room_media_ctl::ffmpeg::Job {
+        args: [
+            "-hide_banner",
+            "-nostdin",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x64:rate=25",
+            "-progress",
+            "pipe:1",
+            "-f",
+            "null",
+            "-",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        graph: String::new(),
+    };
+    let flag = cancel.clone();
+    let err = run("ffmpeg", &job, &cancel, move |_| flag.store(true, std::sync::atomic::Ordering::Relaxed))
+        .expect_err("cancelled");
+    assert!(matches!(err, room_media_ctl::ffmpeg::FfmpegError::Cancelled), "{err}");
+}
+
+#[test]
+fn the_relay_copies_to_every_target() {
+    let job = room_media_ctl::ffmpeg::relay_job(
+        "rtmp://in/live/t",
+        &["rtmp://cdn/live/t".into(), "/srv/t/index.m3u8".into()],
+    );
+    let args = job.args.join(" ");
+    assert!(args.contains("-i rtmp://in/live/t"));
+    assert!(args.contains("-c copy -f flv rtmp://cdn/live/t"));
+    assert!(args.contains("-f hls -hls_time 4 /srv/t/index.m3u8"));
+}

@@ -2,7 +2,6 @@
 //! with the same id and backoff, idempotent callbacks, and typed refusals.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use proptest::prelude::*;
 use room_core::Timestamp;
@@ -85,9 +84,8 @@ fn unacknowledged_commands_are_retried_with_the_same_id_then_given_up() {
     let (cmds, _) = drain(&mut o);
     let rec = cmds.iter().find(|c| matches!(c.kind, CommandKind::StartRecording { .. })).expect("recording").clone();
     let mut sends = vec![(0u64, rec.attempt)];
-    let mut now = 0;
     while let Some(at) = o.poll_timeout() {
-        now = at.as_millis() - 1_000_000;
+        let now = at.as_millis() - 1_000_000;
         o.handle_timeout(at);
         for c in drain(&mut o).0 {
             if c.id == rec.id {
@@ -119,7 +117,7 @@ proptest! {
         o.handle_host(t(0), HostEvent::StreamUp { stream: "s".into(), kind: StreamKind::Slides }).expect("up");
         let mut seen: BTreeMap<CommandId, CommandKind> = BTreeMap::new();
         let mut now = 0;
-        let mut check = |o: &mut Orchestrator, seen: &mut BTreeMap<CommandId, CommandKind>| -> Result<(), TestCaseError> {
+        let check = |o: &mut Orchestrator, seen: &mut BTreeMap<CommandId, CommandKind>| -> Result<(), TestCaseError> {
             for c in drain(o).0 {
                 prop_assert!(c.attempt <= OrchestratorConfig::default().max_attempts);
                 if let Some(k) = seen.get(&c.id) {
