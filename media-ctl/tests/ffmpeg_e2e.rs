@@ -277,3 +277,26 @@ fn the_relay_copies_to_every_target() {
     assert!(args.contains("-c copy -f flv rtmp://cdn/live/t"));
     assert!(args.contains("-f hls -hls_time 4 /srv/t/index.m3u8"));
 }
+
+#[test]
+#[ignore = "needs ffmpeg"]
+fn a_text_watermark_renders() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_recording(&dir.path().join("a.flv"), "testsrc=size=320x180", 2, false);
+    let mut p = tiny_plan(&dir.path().join("a.flv").display().to_string());
+    let wm = room_media_ctl::layout::Watermark {
+        kind: room_media_ctl::layout::WatermarkKind::Text("Roomkit: demo".into()),
+        x: Length::Px(8),
+        y: Length::Px(8),
+        size: Length::Px(16),
+    };
+    let canvas = p.layouts[0].layout.canvas;
+    let inputs = vec![Input { id: "t".into(), kind: InputKind::Video, width: 320, height: 180 }];
+    p.layouts[0].layout = room_media_ctl::layout::layout(canvas, &Template::Single { input: "t".into() }, &inputs, Some(&wm), Limits::default())
+        .expect("valid");
+    let out = dir.path().join("wm.mp4");
+    let job = render_job(&p, &Output::Mp4, &out);
+    assert!(job.graph.contains("drawtext=text='Roomkit\\: demo'"), "{}", job.graph);
+    run("ffmpeg", &job, &Arc::new(AtomicBool::new(false)), |_| {}).expect("renders");
+    assert_eq!(frame_count(&out.display().to_string()), p.frames);
+}

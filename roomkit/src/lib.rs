@@ -3,8 +3,9 @@
 //! This facade re-exports the parts and wires them:
 //!
 //! * [`core`]: ids, roles, terminals, the router (always).
-//! * `heartbeat`, `memberlist`, `push` (features of the same names): the
-//!   parts, for hosts that wire them themselves.
+//! * `heartbeat`, `memberlist`, `push`, `media_ctl` (features `heartbeat`,
+//!   `memberlist`, `push`, `media-ctl`): the parts, for hosts that wire
+//!   them themselves.
 //! * [`ticket`]: signed, expiring room entry tickets (always).
 //! * [`classroom`]: raised hands, reactions, answer cards and red packets
 //!   (always; sans-IO).
@@ -18,6 +19,8 @@
 pub use room_core as core;
 #[cfg(feature = "heartbeat")]
 pub use room_heartbeat as heartbeat;
+#[cfg(feature = "media-ctl")]
+pub use room_media_ctl as media_ctl;
 #[cfg(feature = "memberlist")]
 pub use room_memberlist as memberlist;
 #[cfg(feature = "push")]
