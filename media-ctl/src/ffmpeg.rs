@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use aes::cipher::{BlockEncryptMut, KeyIvInit, block_padding::Pkcs7};
 
-use crate::layout::{Fit, Placed};
+use crate::layout::{Fit, InputKind, Placed};
 use crate::plan::{GapFill, HlsKey, Output, PlannedInput, RenderPlan};
 
 /// Why the backend failed.
@@ -86,8 +86,18 @@ pub fn render_graph(plan: &RenderPlan) -> (Vec<String>, String, bool) {
     for (pi, p) in plan.inputs.iter().enumerate() {
         let first_input = next_input;
         for piece in &p.pieces {
+            if p.input.kind == InputKind::Image {
+                // A still picture, repeated for as long as the piece lasts.
+                args.extend(["-loop".to_owned(), "1".to_owned(), "-t".to_owned(), secs(piece.skip + piece.duration)]);
+            }
             args.extend(["-i".to_owned(), piece.url.clone()]);
             next_input += 1;
+        }
+        if let InputKind::Color(c) = p.input.kind {
+            let (w, h) = (p.input.width.max(2) & !1, p.input.height.max(2) & !1);
+            let _ = write!(g, "color=c={}:s={w}x{h}:r={fps}:d={dur}[v{pi}];", c.hex());
+            video_of.push(Some(format!("v{pi}")));
+            continue;
         }
         if p.pieces.is_empty() {
             video_of.push(None);

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::ingest::{Millis, Span, Timeline};
-use crate::layout::{Canvas, Input, Layout, LayoutError, Limits, Rgb, Template, Watermark, layout};
+use crate::layout::{Canvas, Input, InputKind, Layout, LayoutError, Limits, Rgb, Template, Watermark, layout};
 
 /// What fills a stream's gaps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -201,6 +201,10 @@ pub fn plan(req: &PlanRequest, timelines: &BTreeMap<String, Timeline>) -> Result
     }
     let mut spans = Vec::new();
     for input in &req.inputs {
+        // A colour is drawn by the backend itself: it needs no recording.
+        if matches!(input.kind, InputKind::Color(_)) {
+            continue;
+        }
         let t = timelines.get(&input.id).ok_or_else(|| PlanError::NoTimeline(input.id.clone()))?;
         spans.push(t.span().ok_or_else(|| PlanError::NoTimeline(input.id.clone()))?);
     }
@@ -211,6 +215,17 @@ pub fn plan(req: &PlanRequest, timelines: &BTreeMap<String, Timeline>) -> Result
 
     let mut inputs = Vec::with_capacity(req.inputs.len());
     for input in &req.inputs {
+        if matches!(input.kind, InputKind::Color(_)) {
+            // Shown over the whole axis.
+            inputs.push(PlannedInput {
+                input: input.clone(),
+                pieces: Vec::new(),
+                gaps: Vec::new(),
+                first: 0,
+                last: axis_end,
+            });
+            continue;
+        }
         let t = &timelines[&input.id];
         let mut pieces: Vec<Piece> = Vec::new();
         let mut covered: Option<Millis> = None;

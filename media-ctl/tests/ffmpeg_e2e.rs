@@ -292,8 +292,14 @@ fn a_text_watermark_renders() {
     };
     let canvas = p.layouts[0].layout.canvas;
     let inputs = vec![Input { id: "t".into(), kind: InputKind::Video, width: 320, height: 180 }];
-    p.layouts[0].layout = room_media_ctl::layout::layout(canvas, &Template::Single { input: "t".into() }, &inputs, Some(&wm), Limits::default())
-        .expect("valid");
+    p.layouts[0].layout = room_media_ctl::layout::layout(
+        canvas,
+        &Template::Single { input: "t".into() },
+        &inputs,
+        Some(&wm),
+        Limits::default(),
+    )
+    .expect("valid");
     let out = dir.path().join("wm.mp4");
     let job = render_job(&p, &Output::Mp4, &out);
     assert!(job.graph.contains("drawtext=text='Roomkit\\: demo'"), "{}", job.graph);

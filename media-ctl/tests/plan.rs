@@ -127,3 +127,19 @@ fn late_joins_overlaps_and_errors() {
     let empty = BTreeMap::new();
     assert!(matches!(plan(&request(1, vec![grid(1, 0)]), &empty), Err(PlanError::NoTimeline(_))));
 }
+
+#[test]
+fn a_colour_input_needs_no_recording_and_spans_the_axis() {
+    let mut ing = Ingestor::new();
+    ing.add(seg("s0", 0, 0, 4_000)).expect("valid");
+    let mut req = request(
+        1,
+        vec![LayoutSwitch { at: 0, template: Template::SideBySide { left: "s0".into(), right: "bg".into() } }],
+    );
+    req.inputs.push(Input { id: "bg".into(), kind: InputKind::Color(Rgb(0, 0, 255)), width: 320, height: 360 });
+    let p = plan(&req, ing.timelines()).expect("a plan");
+    let bg = p.inputs.iter().find(|i| i.input.id == "bg").expect("planned");
+    assert_eq!((bg.first, bg.last, bg.pieces.len()), (0, 4_000, 0));
+    let (_, graph, _) = room_media_ctl::ffmpeg::render_graph(&p);
+    assert!(graph.contains("color=c=0x0000FF:s=320x360"), "{graph}");
+}
