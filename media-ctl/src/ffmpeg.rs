@@ -42,6 +42,9 @@ pub enum FfmpegError {
     /// Reading or writing files.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// A plan the backend cannot render (built by hand, not by `plan`).
+    #[error("cannot render this plan: {0}")]
+    BadPlan(&'static str),
 }
 
 fn secs(ms: i64) -> String {
@@ -74,7 +77,11 @@ pub struct Job {
 
 /// The filter graph and input arguments that render `plan`'s picture to
 /// `[vout]` and its sound (if any input has sound) to `[aout]`.
-pub fn render_graph(plan: &RenderPlan) -> (Vec<String>, String, bool) {
+pub fn render_graph(plan: &RenderPlan) -> Result<(Vec<String>, String, bool), FfmpegError> {
+    let canvas = plan.layouts.first().map(|l| l.layout.canvas).ok_or(FfmpegError::BadPlan("no layout"))?;
+    if plan.fps == 0 || plan.frames == 0 {
+        return Err(FfmpegError::BadPlan("no frames"));
+    }
     let fps = plan.fps;
     let dur = secs(plan.duration_ms());
     let mut args = Vec::new();
@@ -82,7 +89,6 @@ pub fn render_graph(plan: &RenderPlan) -> (Vec<String>, String, bool) {
     let mut next_input = 0usize;
     let mut audio_labels = Vec::new();
     let mut video_of: Vec<Option<String>> = Vec::new();
-    let canvas = plan.layouts.first().map(|l| l.layout.canvas);
     for (pi, p) in plan.inputs.iter().enumerate() {
         let first_input = next_input;
         for piece in &p.pieces {
@@ -151,7 +157,6 @@ pub fn render_graph(plan: &RenderPlan) -> (Vec<String>, String, bool) {
             }
         }
     }
-    let canvas = canvas.expect("a plan always has a layout");
     let _ = write!(
         g,
         "color=c={}:s={}x{}:r={fps}:d={dur},format=yuv420p[base0];",
@@ -201,19 +206,30 @@ pub fn render_graph(plan: &RenderPlan) -> (Vec<String>, String, bool) {
             audio_labels.len()
         );
     }
-    (args, g, has_audio)
+    Ok((args, g, has_audio))
+}
+
+/// Time between a piece's end and the next piece's start (0 for the last).
+fn gap_after(p: &PlannedInput, k: usize) -> i64 {
+    let piece = &p.pieces[k];
+    p.pieces.get(k + 1).map_or(0, |n| n.at - (piece.at + piece.duration))
+}
+
+/// `[x0][x1]...` for a stream's pieces.
+fn piece_labels(g: &mut String, prefix: char, pi: usize, n: usize) {
+    for k in 0..n {
+        let _ = write!(g, "[{prefix}{pi}_{k}]");
+    }
 }
 
 fn video_chain(g: &mut String, p: &PlannedInput, pi: usize, first_input: usize, fps: u32, fill: GapFill) {
     let (w, h) = (p.input.width & !1, p.input.height & !1);
     for (k, piece) in p.pieces.iter().enumerate() {
-        let gap_after = p.pieces.get(k + 1).map_or(0, |n| n.at - (piece.at + piece.duration));
-        let pad = match (gap_after > 0, fill) {
+        let gap = gap_after(p, k);
+        let pad = match (gap > 0, fill) {
             (false, _) => String::new(),
-            (true, GapFill::RepeatLastFrame) => format!(",tpad=stop_mode=clone:stop_duration={}", secs(gap_after)),
-            (true, GapFill::Slate(c)) => {
-                format!(",tpad=stop_mode=add:stop_duration={}:color={}", secs(gap_after), c.hex())
-            }
+            (true, GapFill::RepeatLastFrame) => format!(",tpad=stop_mode=clone:stop_duration={}", secs(gap)),
+            (true, GapFill::Slate(c)) => format!(",tpad=stop_mode=add:stop_duration={}:color={}", secs(gap), c.hex()),
         };
         let _ = write!(
             g,
@@ -223,16 +239,14 @@ fn video_chain(g: &mut String, p: &PlannedInput, pi: usize, first_input: usize, 
             secs(piece.duration)
         );
     }
-    for k in 0..p.pieces.len() {
-        let _ = write!(g, "[p{pi}_{k}]");
-    }
+    piece_labels(g, 'p', pi, p.pieces.len());
     let _ = write!(g, "concat=n={}:v=1:a=0,setpts=PTS-STARTPTS+{}/TB[v{pi}];", p.pieces.len(), secs(p.first));
 }
 
 fn audio_chain(g: &mut String, p: &PlannedInput, pi: usize, first_input: usize) {
     for (k, piece) in p.pieces.iter().enumerate() {
-        let gap_after = p.pieces.get(k + 1).map_or(0, |n| n.at - (piece.at + piece.duration));
-        let pad = if gap_after > 0 { format!(",apad=pad_dur={}", secs(gap_after)) } else { String::new() };
+        let gap = gap_after(p, k);
+        let pad = if gap > 0 { format!(",apad=pad_dur={}", secs(gap)) } else { String::new() };
         let _ = write!(
             g,
             "[{}:a]atrim=start={}:duration={},asetpts=PTS-STARTPTS,aresample=48000,aformat=channel_layouts=stereo{pad}[q{pi}_{k}];",
@@ -241,17 +255,15 @@ fn audio_chain(g: &mut String, p: &PlannedInput, pi: usize, first_input: usize) 
             secs(piece.duration)
         );
     }
-    for k in 0..p.pieces.len() {
-        let _ = write!(g, "[q{pi}_{k}]");
-    }
+    piece_labels(g, 'q', pi, p.pieces.len());
     let _ = write!(g, "concat=n={}:v=0:a=1,adelay={}:all=1[a{pi}];", p.pieces.len(), p.first);
 }
 
 /// The ffmpeg invocation that writes `output` of `plan` to `path` (for HLS,
 /// `path` is a directory: `index.m3u8` and `seg%05d.ts`, unencrypted;
 /// [`encrypt_hls`] encrypts them afterwards).
-pub fn render_job(plan: &RenderPlan, output: &Output, path: &Path) -> Job {
-    let (mut args, graph, has_audio) = render_graph(plan);
+pub fn render_job(plan: &RenderPlan, output: &Output, path: &Path) -> Result<Job, FfmpegError> {
+    let (mut args, graph, has_audio) = render_graph(plan)?;
     let mut a = vec!["-hide_banner".to_owned(), "-nostdin".to_owned(), "-y".to_owned()];
     a.append(&mut args);
     a.extend(["-filter_complex".to_owned(), graph.clone(), "-map".to_owned(), "[vout]".to_owned()]);
@@ -309,7 +321,7 @@ pub fn render_job(plan: &RenderPlan, output: &Output, path: &Path) -> Job {
         _ => path.to_owned(),
     };
     a.push(target.display().to_string());
-    Job { args: a, graph }
+    Ok(Job { args: a, graph })
 }
 
 /// The relay: RTMP in, copied out to each target (RTMP URLs, `.flv` files,

@@ -141,7 +141,7 @@ fn recordings_to_verified_playback() {
     for (output, path) in
         [(&p.outputs[0], mp4.as_path()), (&p.outputs[1], flv.as_path()), (&p.outputs[2], hls.as_path())]
     {
-        let job = render_job(&p, output, path);
+        let job = render_job(&p, output, path).expect("a renderable plan");
         run("ffmpeg", &job, &cancel, |_| reports += 1)
             .unwrap_or_else(|e| panic!("render {path:?}: {e}\n{}", job.graph));
     }
@@ -222,7 +222,7 @@ fn tiny_plan(url: &str) -> room_media_ctl::plan::RenderPlan {
 #[test]
 fn a_missing_ffmpeg_is_a_typed_error() {
     let p = tiny_plan("/nonexistent.flv");
-    let job = render_job(&p, &Output::Mp4, Path::new("/tmp/never.mp4"));
+    let job = render_job(&p, &Output::Mp4, Path::new("/tmp/never.mp4")).expect("a renderable plan");
     let cancel = Arc::new(AtomicBool::new(false));
     let err = run("/nonexistent/ffmpeg", &job, &cancel, |_| {}).expect_err("no such program");
     assert!(matches!(err, room_media_ctl::ffmpeg::FfmpegError::Missing { .. }), "{err}");
@@ -233,7 +233,7 @@ fn a_missing_ffmpeg_is_a_typed_error() {
 fn a_failing_render_and_a_cancelled_one_are_typed_errors() {
     let dir = tempfile::tempdir().expect("temp dir");
     let p = tiny_plan("/nonexistent/input.flv");
-    let job = render_job(&p, &Output::Mp4, &dir.path().join("out.mp4"));
+    let job = render_job(&p, &Output::Mp4, &dir.path().join("out.mp4")).expect("a renderable plan");
     let cancel = Arc::new(AtomicBool::new(false));
     let err = run("ffmpeg", &job, &cancel, |_| {}).expect_err("no input file");
     match err {
@@ -264,6 +264,14 @@ fn a_failing_render_and_a_cancelled_one_are_typed_errors() {
     let err = run("ffmpeg", &job, &cancel, move |_| flag.store(true, std::sync::atomic::Ordering::Relaxed))
         .expect_err("cancelled");
     assert!(matches!(err, room_media_ctl::ffmpeg::FfmpegError::Cancelled), "{err}");
+}
+
+#[test]
+fn a_hand_built_plan_without_layouts_is_refused() {
+    let mut p = tiny_plan("/x.flv");
+    p.layouts.clear();
+    let err = render_job(&p, &Output::Mp4, Path::new("/tmp/x.mp4")).expect_err("no layout");
+    assert!(matches!(err, room_media_ctl::ffmpeg::FfmpegError::BadPlan(_)), "{err}");
 }
 
 #[test]
@@ -301,7 +309,7 @@ fn a_text_watermark_renders() {
     )
     .expect("valid");
     let out = dir.path().join("wm.mp4");
-    let job = render_job(&p, &Output::Mp4, &out);
+    let job = render_job(&p, &Output::Mp4, &out).expect("a renderable plan");
     assert!(job.graph.contains("drawtext=text='Roomkit\\: demo'"), "{}", job.graph);
     run("ffmpeg", &job, &Arc::new(AtomicBool::new(false)), |_| {}).expect("renders");
     assert_eq!(frame_count(&out.display().to_string()), p.frames);

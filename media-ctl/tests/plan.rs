@@ -140,6 +140,6 @@ fn a_colour_input_needs_no_recording_and_spans_the_axis() {
     let p = plan(&req, ing.timelines()).expect("a plan");
     let bg = p.inputs.iter().find(|i| i.input.id == "bg").expect("planned");
     assert_eq!((bg.first, bg.last, bg.pieces.len()), (0, 4_000, 0));
-    let (_, graph, _) = room_media_ctl::ffmpeg::render_graph(&p);
+    let (_, graph, _) = room_media_ctl::ffmpeg::render_graph(&p).expect("renderable");
     assert!(graph.contains("color=c=0x0000FF:s=320x360"), "{graph}");
 }
