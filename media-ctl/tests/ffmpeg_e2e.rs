@@ -187,7 +187,15 @@ fn recordings_to_verified_playback() {
     let o = Command::new("ffmpeg")
         .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-i"])
         .arg(&mp4)
-        .args(["-vf", "crop=140:70:474:264,scale=4:4:flags=area", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .args([
+            "-vf",
+            "format=rgb24,crop=140:70:474:264,scale=4:4:flags=area",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ])
         .output()
         .expect("ffmpeg runs");
     let px = o.stdout;
@@ -313,4 +321,69 @@ fn a_text_watermark_renders() {
     assert!(job.graph.contains("drawtext=text='Roomkit\\: demo'"), "{}", job.graph);
     run("ffmpeg", &job, &Arc::new(AtomicBool::new(false)), |_| {}).expect("renders");
     assert_eq!(frame_count(&out.display().to_string()), p.frames);
+}
+
+#[test]
+#[ignore = "needs ffmpeg"]
+fn image_and_colour_inputs_render() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let png = dir.path().join("slide.png");
+    let o = ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=green:size=320x180:duration=1",
+        "-frames:v",
+        "1",
+        &png.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut ingest = Ingestor::new();
+    let body = format!(
+        r#"{{"stream_id":"slides","file_name":"slide.png","start":{BASE},"end":{},"download_url":"{}"}}"#,
+        BASE + 2_000,
+        png.display()
+    );
+    ingest.ingest(body.as_bytes(), 0).expect("valid");
+    let region = |input: &str, x, w, z| RegionSpec {
+        input: input.into(),
+        x: Length::Px(x),
+        y: Length::Px(0),
+        width: Length::Px(w),
+        height: Length::Px(180),
+        z,
+        crop: None,
+        fit: Fit::Stretch,
+    };
+    let req = PlanRequest {
+        canvas: Canvas { width: 320, height: 180, color: Rgb(0, 0, 0) },
+        fps: FPS,
+        inputs: vec![
+            Input { id: "slides".into(), kind: InputKind::Image, width: 320, height: 180 },
+            Input { id: "bg".into(), kind: InputKind::Color(Rgb(0, 0, 255)), width: 160, height: 180 },
+        ],
+        switches: vec![LayoutSwitch {
+            at: BASE,
+            template: Template::Custom(vec![region("slides", 0, 160, 0), region("bg", 160, 160, 1)]),
+        }],
+        fill: GapFill::RepeatLastFrame,
+        watermark: None,
+        outputs: vec![Output::Mp4],
+        limits: Limits::default(),
+    };
+    let p = plan(&req, ingest.timelines()).expect("a plan");
+    let out = dir.path().join("slides.mp4");
+    let job = render_job(&p, &Output::Mp4, &out).expect("a renderable plan");
+    run("ffmpeg", &job, &Arc::new(AtomicBool::new(false)), |_| {}).unwrap_or_else(|e| panic!("{e}\n{}", job.graph));
+    assert_eq!(frame_count(&out.display().to_string()), 50);
+    // Left half green (the slide), right half blue (the colour input), on the last frame too.
+    let o = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-i"])
+        .arg(&out)
+        .args(["-vf", "format=rgb24,scale=2:1:flags=area", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    let last = &o.stdout[o.stdout.len() - 6..];
+    assert!(last[1] > 100 && last[0] < 80 && last[2] < 80, "left is green: {last:?}\n{}", job.graph);
+    assert!(last[5] > 150 && last[3] < 80 && last[4] < 80, "right is blue: {last:?}");
 }
