@@ -18,7 +18,8 @@ struct Server {
 
 impl Server {
     fn start(port: Option<u16>) -> Server {
-        let port = port.unwrap_or_else(|| TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port());
+        let port =
+            port.unwrap_or_else(|| TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port());
         let dir = tempfile::tempdir().expect("temp dir");
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
