@@ -23,7 +23,7 @@ pub enum AuthError {
     /// The signature does not match: altered, or signed with another key.
     #[error("callback signature does not match")]
     BadSignature,
-    /// A signature that is not hex of the right length.
+    /// A signature that is not lowercase hex of the right length.
     #[error("callback signature is malformed")]
     MalformedSignature,
     /// Past its expiry (Tencent) or outside the replay window (HMAC).
@@ -66,8 +66,9 @@ fn from_hex(s: &str, out: &mut [u8]) -> Result<(), AuthError> {
     }
     let nibble = |c: u8| match c {
         b'0'..=b'9' => Ok(c - b'0'),
+        // Lowercase only: the signature text has one form, so any change to
+        // it, case included, is refused.
         b'a'..=b'f' => Ok(c - b'a' + 10),
-        b'A'..=b'F' => Ok(c - b'A' + 10),
         _ => Err(AuthError::MalformedSignature),
     };
     for (i, o) in out.iter_mut().enumerate() {

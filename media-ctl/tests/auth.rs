@@ -7,7 +7,7 @@ use room_media_ctl::auth::{AuthError, HmacAuth, Signed, TencentSign};
 const NOW: u64 = 1_800_000_000;
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(4096))]
 
     #[test]
     fn any_changed_byte_of_an_hmac_callback_is_refused(
@@ -67,7 +67,6 @@ proptest! {
         let i = at.index(bad.len());
         bad[i] ^= flip;
         let bad = String::from_utf8_lossy(&bad).into_owned();
-        prop_assume!(!bad.eq_ignore_ascii_case(&good));
         prop_assert!(sign.verify(t, &bad, NOW).is_err());
         prop_assert!(sign.verify(t + 1, &good, NOW).is_err());
     }
