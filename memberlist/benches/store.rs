@@ -21,13 +21,12 @@ use std::alloc::System;
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::io::Write as _;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use room_core::{BusinessId, Flag, Role, RoleSet, RoomId, RoomKey, Terminal, TerminalSet, Timestamp, Uin};
 use room_memberlist::{LocalStore, MemberStore, PageQuery, PageStart, StoreConfig, snapshot};
+use room_testkit::redis::RedisServer;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 #[global_allocator]
@@ -134,41 +133,8 @@ impl OldKv {
 
 // ---------- Redis ----------
 
-struct RedisServer {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_redis() -> Option<RedisServer> {
-    let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-    let dir = tempfile::tempdir().ok()?;
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let server = RedisServer { child, port, _dir: dir };
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
-    for _ in 0..100 {
-        if let Ok(mut c) = client.get_connection()
-            && redis::cmd("PING").query::<String>(&mut c).is_ok()
-        {
-            return Some(server);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
+    RedisServer::start(None).ok()
 }
 
 fn zkey(room: RoomKey, role: Role) -> String {
@@ -324,7 +290,7 @@ fn bench_store(c: &mut Criterion) {
     match start_redis() {
         None => println!("redis-server not found or did not start: Redis rows skipped"),
         Some(server) => {
-            let client = redis::Client::open(format!("redis://127.0.0.1:{}/", server.port)).unwrap();
+            let client = redis::Client::open(server.url()).unwrap();
             let mut con = client.get_connection().unwrap();
             let room = big_room();
             for chunk in (0..BIG).collect::<Vec<_>>().chunks(1_000) {

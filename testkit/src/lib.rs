@@ -43,6 +43,8 @@ mod clock;
 mod rng;
 mod sim;
 
+pub mod redis;
+
 pub use clock::VirtualClock;
 pub use rng::SimRng;
 pub use sim::{Addr, DropReason, LinkConfig, NetStats, Outbox, Sim, SimError, SimNode, TraceEvent, TraceKind};

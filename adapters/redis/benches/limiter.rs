@@ -5,8 +5,6 @@
 //! Run: `cargo bench -p room-redis --bench limiter`.
 #![allow(missing_docs)]
 
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,22 +39,12 @@ async fn batch(limiter: Arc<dyn GlobalLimiter>, quota: Quota) -> Vec<Duration> {
 }
 
 fn bench(c: &mut Criterion) {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    std::thread::sleep(Duration::from_millis(300));
+    let server = room_testkit::redis::RedisServer::start(None).expect("redis-server");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let quota = Quota::per_second(1_000).and_then(|q| q.with_burst(1_000)).unwrap();
     let redis: Arc<dyn GlobalLimiter> = {
         let _g = rt.enter();
-        let mut config = RedisLimiterConfig::new(format!("redis://127.0.0.1:{port}"));
+        let mut config = RedisLimiterConfig::new(server.url());
         config.timeout = Duration::from_secs(2);
         Arc::new(RedisLimiter::new(config).unwrap())
     };
@@ -78,8 +66,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("redis_lua_gcra_pipelined", |b| b.iter(|| rt.block_on(batch(redis.clone(), quota))));
     g.bench_function("local_in_memory", |b| b.iter(|| rt.block_on(batch(local.clone(), quota))));
     g.finish();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }
 
 criterion_group!(benches, bench);

@@ -2,62 +2,12 @@
 //! across nodes, keys always expire, and a Redis outage falls back to the
 //! local share and recovers.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use room_core::Timestamp;
 use room_push::{Decision, GlobalLimiter, Quota};
 use room_redis::{Health, RedisLimiter, RedisLimiterConfig};
-
-struct Server {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start(port: Option<u16>) -> Server {
-        let port =
-            port.unwrap_or_else(|| TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port());
-        let dir = tempfile::tempdir().expect("temp dir");
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts (apt-get install redis-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-                && let Ok(mut c) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut c).is_ok()
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Server { child, port, _dir: dir }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use room_testkit::redis::RedisServer as Server;
 
 fn now() -> Timestamp {
     Timestamp::from_millis(1_000)
@@ -66,7 +16,7 @@ fn now() -> Timestamp {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server"]
 async fn the_bound_holds_across_nodes_and_keys_expire() {
-    let server = Server::start(None);
+    let server = Server::start(None).expect("redis-server starts (apt-get install redis-server)");
     let quota = Quota::per_second(100).and_then(|q| q.with_burst(10)).expect("valid");
     let nodes: Vec<RedisLimiter> =
         (0..2).map(|_| RedisLimiter::new(RedisLimiterConfig::new(server.url())).expect("limiter")).collect();
@@ -107,7 +57,7 @@ async fn the_bound_holds_across_nodes_and_keys_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server"]
 async fn an_outage_falls_back_to_the_local_share_and_recovers() {
-    let mut server = Server::start(None);
+    let mut server = Server::start(None).expect("redis-server starts (apt-get install redis-server)");
     let mut config = RedisLimiterConfig::new(server.url());
     config.expected_nodes = 2;
     config.retry_every = Duration::from_millis(100);
@@ -115,7 +65,7 @@ async fn an_outage_falls_back_to_the_local_share_and_recovers() {
     let quota = Quota::per_second(1_000).and_then(|q| q.with_burst(5)).expect("valid");
     assert_eq!(limiter.check("k", quota, now(), 1).await, Ok(Decision::Allowed));
     assert_eq!(limiter.health(), Health::Up);
-    let port = server.port;
+    let port = server.port();
     server.stop();
     // Checks keep answering, from the local share, and say so.
     let t = Instant::now();
@@ -129,7 +79,7 @@ async fn an_outage_falls_back_to_the_local_share_and_recovers() {
     assert!(allowed >= 5, "the local share still admits traffic: {allowed}");
     assert!(t.elapsed() < Duration::from_secs(10), "never stuck");
     // Redis comes back on the same port: the limiter returns to it.
-    let _server = Server::start(Some(port));
+    let _server = Server::start(Some(port)).expect("redis-server restarts");
     let deadline = Instant::now() + Duration::from_secs(15);
     while limiter.health() != Health::Up {
         assert!(Instant::now() < deadline, "did not return to redis");
