@@ -245,6 +245,29 @@ impl Gate {
         Ok(epoch)
     }
 
+    /// Opens a room continuing a sequence that another gate numbered up to
+    /// `(epoch, head)` (read from a [`SharedCache`](crate::SharedCache)
+    /// after the room's owner changed), so clients see no restart. If the
+    /// room is already open here, its own epoch is kept and returned.
+    pub fn resume_room(
+        &mut self,
+        now: Timestamp,
+        room: RoomKey,
+        expected_learners: usize,
+        epoch: u64,
+        head: u64,
+    ) -> Result<u64, GateError> {
+        if let Some(r) = self.rooms.get(&room) {
+            return Ok(r.epoch);
+        }
+        self.open_room_for(now, room, expected_learners)?;
+        let r = self.rooms.get_mut(&room).expect("opened just above");
+        r.epoch = epoch;
+        r.next_seq = head.saturating_add(1).max(1);
+        self.last_epoch = self.last_epoch.max(epoch);
+        Ok(epoch)
+    }
+
     /// Closes a room, forgetting its sequence, plan and mutes.
     pub fn close_room(&mut self, room: RoomKey) -> Result<(), GateError> {
         let r = self.rooms.remove(&room).ok_or(GateError::UnknownRoom(room))?;

@@ -105,6 +105,7 @@ pub mod gate;
 pub mod limit;
 pub mod message;
 pub mod node;
+pub mod shared_cache;
 pub mod subclass;
 
 pub use bus::{Bus, BusError, InMemoryBus};
@@ -120,4 +121,5 @@ pub use node::{
     AckReply, CheckAnswer, ConnId, ConnSpec, Connected, DisconnectReason, NodeConfig, NodeError, NodeEvent, NodeStats,
     OverflowPolicy, PushNode, RecoveredFrame,
 };
+pub use shared_cache::{Appended, InMemorySharedCache, SharedCache, SharedCacheError};
 pub use subclass::{Move, SubclassError, SubclassPlanner};

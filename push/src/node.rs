@@ -745,6 +745,17 @@ impl PushNode {
         self.codecs.iter().map(|c| f(c.as_ref())).collect()
     }
 
+    /// The room's sequence as this node has it: its epoch and the newest
+    /// reliable number received (`None` for a room without connections
+    /// here, `Some((0, 0))` before the first reliable message). A host with
+    /// a [`SharedCache`](crate::SharedCache) compares an arriving envelope
+    /// with it to refill a gap the bus left.
+    pub fn reliable_head(&self, room: RoomKey) -> Option<(u64, u64)> {
+        let idx = *self.room_ids.get(&room)?;
+        let r = self.rooms[idx as usize].as_ref()?;
+        Some((r.epoch, r.cache.head()))
+    }
+
     /// Takes one envelope from the bus: caches it if reliable, resolves its
     /// target on this node's connections and queues it (or merges it, for
     /// chat and reactions). Returns how many connections it was queued for

@@ -224,6 +224,9 @@ pub struct ServiceStats {
     pub timed_out: u64,
     /// The push node's counters.
     pub push: room_push::NodeStats,
+    /// Reliable envelopes the bus lost that were refilled from the shared
+    /// cache (so no client was reset for them).
+    pub refilled: u64,
 }
 
 #[derive(Debug)]
@@ -737,6 +740,22 @@ impl RoomService {
         bus: Arc<dyn room_push::Bus>,
         node: room_core::NodeId,
     ) -> Result<(), room_push::BusError> {
+        self.attach_bus_with_cache(bus, node, None).await
+    }
+
+    /// [`attach_bus`](Self::attach_bus) with a shared recovery cache: every
+    /// reliable envelope the gate accepts is appended to `cache` before it
+    /// is published, and when the bus skips numbers of a room, the missing
+    /// envelopes are read back from `cache` (waiting at most
+    /// `refill_timeout`) and delivered in order, so clients are not reset
+    /// for what the bus lost. What the cache no longer holds is reported to
+    /// clients by a reset, as without a cache.
+    pub async fn attach_bus_with_cache(
+        self,
+        bus: Arc<dyn room_push::Bus>,
+        node: room_core::NodeId,
+        cache: Option<(Arc<dyn room_push::SharedCache>, Duration)>,
+    ) -> Result<(), room_push::BusError> {
         let mut incoming = bus.subscribe(node).await?;
         let (tx, mut rx) = mpsc::unbounded_channel();
         {
@@ -748,10 +767,18 @@ impl RoomService {
         }
         let outgoing = {
             let bus = bus.clone();
+            let cache = cache.clone();
             async move {
                 while let Some(cmd) = rx.recv().await {
                     let result = match cmd {
-                        BusCmd::Publish(env) => bus.publish(&env).await,
+                        BusCmd::Publish(env) => {
+                            if let Some((cache, _)) = cache.as_ref().filter(|_| env.seq > 0)
+                                && let Err(e) = cache.append(&env).await
+                            {
+                                tracing::warn!(error = %e, "shared cache refused a message");
+                            }
+                            bus.publish(&env).await
+                        }
                         BusCmd::Interest(room) => bus.set_interest(node, room, true).await,
                     };
                     if let Err(e) = result {
@@ -763,6 +790,9 @@ impl RoomService {
         let delivering = async {
             use futures::StreamExt;
             while let Some(env) = incoming.next().await {
+                if let Some((cache, timeout)) = &cache {
+                    self.refill_before(cache.as_ref(), *timeout, &env).await;
+                }
                 let mut s = self.state.lock();
                 let now = s.now();
                 if let Err(e) = s.node.handle_envelope(now, &env) {
@@ -773,6 +803,40 @@ impl RoomService {
         };
         tokio::join!(outgoing, delivering);
         Ok(())
+    }
+
+    /// Delivers, from `cache`, what the bus skipped before `env`.
+    async fn refill_before(&self, cache: &dyn room_push::SharedCache, timeout: Duration, env: &room_push::Envelope) {
+        if env.seq == 0 {
+            return;
+        }
+        let room = env.message.room;
+        let head = self.state.lock().node.reliable_head(room);
+        let Some((epoch, head)) = head else { return };
+        // Only a hole inside a sequence this node already follows: a node
+        // that just joined a room starts from what arrives.
+        if epoch != env.epoch || head == 0 || env.seq <= head + 1 {
+            return;
+        }
+        let missing = match tokio::time::timeout(timeout, cache.range(room, epoch, head, env.seq - 1)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not refill a bus gap");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("the shared cache did not answer in time to refill a bus gap");
+                return;
+            }
+        };
+        let mut s = self.state.lock();
+        let now = s.now();
+        for m in missing.iter().filter(|m| m.epoch == epoch) {
+            if s.node.handle_envelope(now, m).is_ok() {
+                s.stats.refilled += 1;
+                count!("roomkit_bus_refilled_total");
+            }
+        }
     }
 
     /// Runs one round of timers now (tests, or hosts with their own loop).

@@ -263,3 +263,72 @@ async fn messages_can_travel_over_a_bus() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A bus that loses the envelopes whose payload holds one of `lose`.
+struct LossyBus {
+    inner: roomkit::push::InMemoryBus,
+    lose: Vec<&'static str>,
+}
+
+#[async_trait::async_trait]
+impl roomkit::push::Bus for LossyBus {
+    async fn publish(&self, envelope: &roomkit::push::Envelope) -> Result<(), roomkit::push::BusError> {
+        let payload = String::from_utf8_lossy(&envelope.message.payload);
+        if self.lose.iter().any(|l| payload.contains(l)) {
+            return Ok(());
+        }
+        self.inner.publish(envelope).await
+    }
+    async fn subscribe(
+        &self,
+        node: room_core::NodeId,
+    ) -> Result<futures::stream::BoxStream<'static, roomkit::push::Envelope>, roomkit::push::BusError> {
+        self.inner.subscribe(node).await
+    }
+    async fn set_interest(
+        &self,
+        node: room_core::NodeId,
+        room: RoomKey,
+        interested: bool,
+    ) -> Result<(), roomkit::push::BusError> {
+        self.inner.set_interest(node, room, interested).await
+    }
+}
+
+/// Teacher messages said over a bus that loses some of them: what a
+/// student receives, in order, and the service's count of refills.
+async fn teacher_messages_over_lossy_bus(with_cache: bool) -> (Vec<String>, u64) {
+    use roomkit::push::{Bus, InMemorySharedCache, SharedCache};
+    use std::sync::Arc;
+    let svc = service();
+    let teacher = join(&svc, 1, Role::Teacher);
+    let mut alice = join(&svc, 100, Role::Student);
+    let lossy: Arc<dyn Bus> =
+        Arc::new(LossyBus { inner: roomkit::push::InMemoryBus::new(1024), lose: vec!["\"m2\"", "\"m3\""] });
+    let cache = with_cache
+        .then(|| (Arc::new(InMemorySharedCache::new(64, 16)) as Arc<dyn SharedCache>, Duration::from_secs(1)));
+    let _pump = tokio::spawn(svc.clone().attach_bus_with_cache(lossy, room_core::NodeId(1), cache));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 1..=5 {
+        svc.handle_text(teacher.id, &format!(r#"{{"t":"say","text":"m{i}"}}"#)).expect("say");
+    }
+    let mut said = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline && !said.iter().any(|t| t == "m5") {
+        let frames = drain(&mut alice);
+        said.extend(pushed(&frames, 2).iter().filter_map(|d| d["text"].as_str().map(String::from)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (said, svc.stats().refilled)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_cache_refills_what_the_bus_lost() {
+    let (said, refilled) = teacher_messages_over_lossy_bus(true).await;
+    assert_eq!(said, ["m1", "m2", "m3", "m4", "m5"], "every message, in order");
+    assert_eq!(refilled, 2);
+    // Without the cache the same loss leaves a hole the client must check for.
+    let (said, refilled) = teacher_messages_over_lossy_bus(false).await;
+    assert_eq!(said, ["m1", "m4", "m5"]);
+    assert_eq!(refilled, 0);
+}
