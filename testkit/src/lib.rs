@@ -43,6 +43,7 @@ mod clock;
 mod rng;
 mod sim;
 
+pub mod nats;
 pub mod redis;
 
 pub use clock::VirtualClock;
