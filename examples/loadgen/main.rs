@@ -8,11 +8,13 @@
 //!
 //! Over loopback websockets (`--ws N`): N clients connect to the classroom
 //! server (started in this process, or `--server HOST:PORT`) and the same
-//! traffic runs through real sockets.
+//! traffic runs through real sockets. `--server A,B,C` spreads the clients
+//! over several servers: the nodes of `examples/cluster`.
 //!
 //! ```text
 //! cargo run --release -p examples --example loadgen -- --members 60000 --seconds 30
 //! cargo run --release -p examples --example loadgen -- --ws 5000 --seconds 30
+//! cargo run --release -p examples --example loadgen -- --ws 3000 --server 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
 //! ```
 #![forbid(unsafe_code)]
 
@@ -296,17 +298,16 @@ mod parking_lot_free {
 fn over_websockets(a: &Args, clients: usize) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let (base, keys) = match &a.server {
-            Some(addr) => (addr.clone(), None),
+        let (bases, keys): (Vec<String>, _) = match &a.server {
+            Some(addrs) => (addrs.split(',').map(str::to_owned).collect(), None),
             None => {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 let config = ClassroomConfig { expected_learners: clients, ..ClassroomConfig::default() };
                 let running = serve(listener, config)?;
-                (running.addr.to_string(), Some(running.keys))
+                (vec![running.addr.to_string()], Some(running.keys))
             }
         };
-        let http = |path: String| {
-            let base = base.clone();
+        let http = |base: String, path: String| {
             async move {
                 // A minimal HTTP GET for the demo ticket endpoint.
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -327,9 +328,10 @@ fn over_websockets(a: &Args, clients: usize) -> Result<(), Box<dyn std::error::E
         let mut chatters: Vec<tokio::sync::mpsc::UnboundedSender<String>> = Vec::new();
         for n in 0..clients as u64 {
             let role = if n == 0 { "teacher" } else { "student" };
+            let base = bases[n as usize % bases.len()].clone();
             let ticket = match &keys {
                 Some(k) => demo_ticket(k, ROOM_ID, n + 1, role.parse()?, Terminal::Web),
-                None => http(format!("/ticket?room={ROOM_ID}&uin={}&role={role}", n + 1)).await?,
+                None => http(base.clone(), format!("/ticket?room={ROOM_ID}&uin={}&role={role}", n + 1)).await?,
             };
             let url = format!("ws://{base}/ws?room={ROOM_ID}&ticket={ticket}");
             let (ws, _) = tokio_tungstenite::connect_async(url).await?;
@@ -376,7 +378,9 @@ fn over_websockets(a: &Args, clients: usize) -> Result<(), Box<dyn std::error::E
                 // The teacher speaks through its own second connection.
                 let ticket = match &keys {
                     Some(k) => demo_ticket(k, ROOM_ID, 1, Role::Teacher, Terminal::Pc),
-                    None => http(format!("/ticket?room={ROOM_ID}&uin=1&role=teacher&terminal=pc")).await?,
+                    None => {
+                        http(base.clone(), format!("/ticket?room={ROOM_ID}&uin=1&role=teacher&terminal=pc")).await?
+                    }
                 };
                 let (ws, _) =
                     tokio_tungstenite::connect_async(format!("ws://{base}/ws?room={ROOM_ID}&ticket={ticket}")).await?;

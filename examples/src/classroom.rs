@@ -113,7 +113,7 @@ async fn index() -> Response {
 }
 
 #[derive(Debug, Deserialize)]
-struct TicketQuery {
+pub(crate) struct TicketQuery {
     room: u64,
     uin: u64,
     role: String,
@@ -124,11 +124,16 @@ struct TicketQuery {
 /// The demo's stand-in for a business backend: it would check the user's
 /// login and enrolment before issuing; here anyone may be anyone.
 async fn ticket(State(app): State<App>, Query(q): Query<TicketQuery>) -> Response {
+    ticket_response(&app.keys, q)
+}
+
+/// Issues the ticket a `/ticket` query asks for.
+pub(crate) fn ticket_response(keys: &KeyRing, q: TicketQuery) -> Response {
     let Ok(role) = q.role.parse::<Role>() else {
         return (StatusCode::BAD_REQUEST, "unknown role").into_response();
     };
     let terminal = q.terminal.as_deref().unwrap_or("web").parse::<Terminal>().unwrap_or(Terminal::Web);
-    let text = demo_ticket(&app.keys, q.room, q.uin, role, terminal);
+    let text = demo_ticket(keys, q.room, q.uin, role, terminal);
     ([(header::CONTENT_TYPE, "application/json")], format!("{{\"ticket\":\"{text}\"}}")).into_response()
 }
 

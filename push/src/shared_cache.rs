@@ -83,6 +83,18 @@ pub fn check_range(after: u64, upto: u64) -> Result<(), SharedCacheError> {
     Ok(())
 }
 
+/// The numbers a push node lacks before `env`, as `(after, upto)` for
+/// [`SharedCache::range`], given the node's [`reliable_head`] for the
+/// room. Only a hole inside a sequence the node already follows counts: a
+/// node that has just joined a room starts from what arrives, and a new
+/// epoch starts afresh.
+///
+/// [`reliable_head`]: crate::PushNode::reliable_head
+pub fn missing_before(head: Option<(u64, u64)>, env: &Envelope) -> Option<(u64, u64)> {
+    let (epoch, head) = head?;
+    (env.seq > 0 && epoch == env.epoch && head > 0 && env.seq > head.saturating_add(1)).then(|| (head, env.seq - 1))
+}
+
 /// Cuts `found` to one contiguous run after `after`: sorted, without
 /// duplicates, and ending before the first hole. An answer may start late
 /// (the oldest numbers were trimmed) but never skips a number in the

@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 use room_core::{BusinessId, RoomId, RoomKey, Timestamp};
-use room_push::shared_cache::contiguous_run;
+use room_push::shared_cache::{contiguous_run, missing_before};
 use room_push::{Appended, Class, Envelope, InMemorySharedCache, Kind, Message, SharedCache, SharedCacheError};
 
 const ROOM: RoomKey = RoomKey::new(BusinessId(1), RoomId(2));
@@ -89,4 +89,17 @@ fn the_room_written_least_recently_is_dropped_first() {
     }
     let head = |r| futures::executor::block_on(cache.head(room(r))).expect("head");
     assert_eq!((head(1), head(2), head(3)), (None, Some((1, 1)), Some((1, 1))));
+}
+
+#[test]
+fn only_holes_inside_a_followed_sequence_are_missing() {
+    let at = |seq| envelope(7, seq);
+    assert_eq!(missing_before(Some((7, 3)), &at(6)), Some((3, 5)));
+    assert_eq!(missing_before(Some((7, 3)), &at(4)), None, "the next number");
+    assert_eq!(missing_before(Some((7, 3)), &at(2)), None, "a duplicate");
+    assert_eq!(missing_before(Some((7, 3)), &at(0)), None, "chat is not numbered");
+    assert_eq!(missing_before(Some((7, 0)), &at(9)), None, "a room just joined starts from what arrives");
+    assert_eq!(missing_before(Some((6, 3)), &at(9)), None, "a new epoch starts afresh");
+    assert_eq!(missing_before(None, &at(9)), None, "no connections here");
+    assert_eq!(missing_before(Some((7, u64::MAX)), &at(5)), None, "no overflow");
 }

@@ -24,8 +24,8 @@ use room_core::{MemberKey, Role, RoleSet, RoomKey, Terminal, Timestamp, Uin};
 use room_heartbeat::tracker::{ConnId as BeatConn, SessionHint, Timing, Tracker, TrackerConfig};
 use room_memberlist::{Cursor, LocalStore, MemberStore, PageQuery, PageStart, StoreConfig};
 use room_push::{
-    AckReply, CheckAnswer, Class, ConnId, ConnSpec, Connector, Frame, Gate, GateConfig, GateError, Message, NodeConfig,
-    NodeError, NodeEvent, PushNode, SendError, Sender, Target,
+    Class, ConnId, ConnSpec, Connector, Frame, Gate, GateConfig, GateError, Message, NodeConfig, NodeError, NodeEvent,
+    PushNode, SendError, Sender, Target,
 };
 use tokio::sync::mpsc;
 
@@ -807,18 +807,10 @@ impl RoomService {
 
     /// Delivers, from `cache`, what the bus skipped before `env`.
     async fn refill_before(&self, cache: &dyn room_push::SharedCache, timeout: Duration, env: &room_push::Envelope) {
-        if env.seq == 0 {
-            return;
-        }
         let room = env.message.room;
         let head = self.state.lock().node.reliable_head(room);
-        let Some((epoch, head)) = head else { return };
-        // Only a hole inside a sequence this node already follows: a node
-        // that just joined a room starts from what arrives.
-        if epoch != env.epoch || head == 0 || env.seq <= head + 1 {
-            return;
-        }
-        let missing = match tokio::time::timeout(timeout, cache.range(room, epoch, head, env.seq - 1)).await {
+        let Some((after, upto)) = room_push::shared_cache::missing_before(head, env) else { return };
+        let missing = match tokio::time::timeout(timeout, cache.range(room, env.epoch, after, upto)).await {
             Ok(Ok(found)) => found,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "could not refill a bus gap");
@@ -831,7 +823,7 @@ impl RoomService {
         };
         let mut s = self.state.lock();
         let now = s.now();
-        for m in missing.iter().filter(|m| m.epoch == epoch) {
+        for m in missing.iter().filter(|m| m.epoch == env.epoch) {
             if s.node.handle_envelope(now, m).is_ok() {
                 s.stats.refilled += 1;
                 count!("roomkit_bus_refilled_total");
@@ -847,12 +839,7 @@ impl RoomService {
     }
 }
 
-fn text_payload(text: &str) -> String {
-    let mut data = String::from("{\"text\":");
-    json_string(&mut data, text);
-    data.push('}');
-    data
-}
+use crate::wire::text_payload;
 
 fn handle(s: &mut State, conn: ConnId, msg: ClientMsg) -> Result<(), FrameError> {
     let entry = s.conns.get(&conn).ok_or(FrameError::UnknownConnection)?;
@@ -982,35 +969,14 @@ fn handle(s: &mut State, conn: ConnId, msg: ClientMsg) -> Result<(), FrameError>
             s.signal(now, room, kinds::MUTED, Target::user(Uin(uin)), format!("{{\"on\":{on}}}"));
         }
         ClientMsg::Ack { epoch, seq } => {
-            let answer = s.node.handle_ack(conn, epoch, seq)?;
-            let text = match answer {
-                AckReply::Behind { last } => format!("{{\"t\":\"ack\",\"r\":\"behind\",\"last\":{last}}}"),
-                AckReply::Reset { epoch, head } => {
-                    format!("{{\"t\":\"ack\",\"r\":\"reset\",\"e\":{epoch},\"head\":{head}}}")
-                }
-                _ => "{\"t\":\"ack\",\"r\":\"ok\"}".to_owned(),
-            };
+            let text = crate::wire::ack_reply_text(&s.node.handle_ack(conn, epoch, seq)?);
             if let Some(e) = s.conns.get(&conn) {
                 reply(e, text);
             }
         }
         ClientMsg::Check { epoch, after } => {
             let answer = s.node.handle_check(now, conn, epoch, after)?;
-            let text = match answer {
-                CheckAnswer::Messages { epoch, upto, frames } => {
-                    let mut t = format!("{{\"t\":\"recover\",\"e\":{epoch},\"upto\":{upto},\"frames\":[");
-                    for (i, f) in frames.iter().enumerate() {
-                        if i > 0 {
-                            t.push(',');
-                        }
-                        t.push_str(std::str::from_utf8(&push_frame(&f.header, &f.body)).unwrap_or("null"));
-                    }
-                    t.push_str("]}");
-                    t
-                }
-                CheckAnswer::Reset { epoch, head } => format!("{{\"t\":\"reset\",\"e\":{epoch},\"head\":{head}}}"),
-                _ => return Ok(()),
-            };
+            let Some(text) = crate::wire::check_answer_text(&answer) else { return Ok(()) };
             if let Some(e) = s.conns.get(&conn) {
                 reply(e, text);
             }

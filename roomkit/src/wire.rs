@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use room_core::RoomKey;
-use room_push::{Codec, Envelope, FrameHeader, FrameKind, Kind};
+use room_push::{AckReply, CheckAnswer, Codec, Envelope, FrameHeader, FrameKind, Kind};
 use serde::{Deserialize, Serialize};
 
 /// Message kinds the room service uses on the push layer.
@@ -312,4 +312,43 @@ fn put_decimal(b: &mut BytesMut, mut n: u64) {
         }
     }
     b.put_slice(&digits[i..]);
+}
+
+/// The reply to a client's ack: `{"t":"ack","r":"ok"}`,
+/// `{"t":"ack","r":"behind","last"}` or `{"t":"ack","r":"reset","e","head"}`.
+pub fn ack_reply_text(answer: &AckReply) -> String {
+    match *answer {
+        AckReply::Behind { last } => format!("{{\"t\":\"ack\",\"r\":\"behind\",\"last\":{last}}}"),
+        AckReply::Reset { epoch, head } => format!("{{\"t\":\"ack\",\"r\":\"reset\",\"e\":{epoch},\"head\":{head}}}"),
+        _ => "{\"t\":\"ack\",\"r\":\"ok\"}".to_owned(),
+    }
+}
+
+/// The answer to a client's check: `{"t":"recover","e","upto","frames":[push frames]}`
+/// or `{"t":"reset","e","head"}` (`None` for an answer this protocol does
+/// not know).
+pub fn check_answer_text(answer: &CheckAnswer) -> Option<String> {
+    match answer {
+        CheckAnswer::Messages { epoch, upto, frames } => {
+            let mut t = format!("{{\"t\":\"recover\",\"e\":{epoch},\"upto\":{upto},\"frames\":[");
+            for (i, f) in frames.iter().enumerate() {
+                if i > 0 {
+                    t.push(',');
+                }
+                t.push_str(std::str::from_utf8(&push_frame(&f.header, &f.body)).unwrap_or("null"));
+            }
+            t.push_str("]}");
+            Some(t)
+        }
+        CheckAnswer::Reset { epoch, head } => Some(format!("{{\"t\":\"reset\",\"e\":{epoch},\"head\":{head}}}")),
+        _ => None,
+    }
+}
+
+/// The data of a chat line or a teacher's words: `{"text":TEXT}`.
+pub fn text_payload(text: &str) -> String {
+    let mut data = String::from("{\"text\":");
+    json_string(&mut data, text);
+    data.push('}');
+    data
 }

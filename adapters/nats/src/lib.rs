@@ -25,6 +25,7 @@
 //! | garbage on a subject | counted ([`NatsBus::garbage`], [`Mailbox`] per channel) and dropped, never a panic |
 //! | a registry entry in a wrong format | [`RegistryError::BadRecord`] in the watcher's error count; the entry is ignored |
 //! | clock skew between nodes | no effect on liveness (see above) |
+//! | this node cut off from NATS | no node is judged while the connection is down (silence is no evidence); after reconnecting, each has a whole ttl to re-put |
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;

@@ -166,7 +166,18 @@ impl Table {
         true
     }
 
-    fn expire(&mut self, ttl: Duration) -> bool {
+    /// Drops the nodes not heard from within `ttl`. While this node is
+    /// cut off from NATS (`connected` false) silence is no evidence, so
+    /// every node counts as heard from now: once NATS is back, each has a
+    /// whole ttl to re-put before it is judged.
+    fn expire(&mut self, ttl: Duration, connected: bool) -> bool {
+        if !connected {
+            let now = Instant::now();
+            for k in self.known.values_mut() {
+                k.seen = now;
+            }
+            return false;
+        }
         let stale: Vec<NodeId> = self.known.iter().filter(|(_, k)| k.seen.elapsed() > ttl).map(|(n, _)| *n).collect();
         let mut changed = false;
         for node in stale {
@@ -340,7 +351,7 @@ impl Registry {
                         // be heard from is out.
                         {
                             let mut t = table.lock();
-                            if t.expire(config.ttl) {
+                            if t.expire(config.ttl, conn.health() == crate::Health::Up) {
                                 publish(&t);
                             }
                         }
@@ -379,7 +390,7 @@ impl Registry {
                         }
                         _ = sweep.tick() => {
                             let mut t = table.lock();
-                            if t.expire(config.ttl) {
+                            if t.expire(config.ttl, conn.health() == crate::Health::Up) {
                                 publish(&t);
                             }
                         }
@@ -419,9 +430,12 @@ mod tests {
         assert!(t.remove(NodeId(1)));
         assert!(!t.remove(NodeId(1)));
         assert_eq!(t.view.routable().collect::<Vec<_>>(), [(NodeId(2), 10)]);
-        assert!(!t.expire(Duration::from_secs(60)));
+        assert!(!t.expire(Duration::from_secs(60), true));
         std::thread::sleep(Duration::from_millis(5));
-        assert!(t.expire(Duration::from_millis(1)));
+        assert!(!t.expire(Duration::from_millis(1), false), "no judgement while cut off");
+        assert!(!t.expire(Duration::from_millis(1), true), "a fresh grace after reconnecting");
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(t.expire(Duration::from_millis(1), true));
         assert_eq!(t.view.routable().count(), 0);
         assert!(t.upsert(rec(1, 5)), "a node may come back");
     }

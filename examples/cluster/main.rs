@@ -1,0 +1,211 @@
+//! Three Roomkit nodes as separate processes on loopback, over NATS
+//! (JetStream) and Redis.
+//!
+//! ```text
+//! cargo run --release -p examples --example cluster
+//! cargo run --release -p examples --example cluster -- --nats nats://127.0.0.1:4222 --redis redis://127.0.0.1:6379
+//! ```
+//!
+//! Without `--nats` / `--redis`, the example starts its own `nats-server -js`
+//! and `redis-server` on free ports (temporary directories, removed at exit).
+//! It then starts `--nodes` (3) node processes, each serving websockets on
+//! `--base-port` + i (7101, 7102, 7103), waits until every node sees the
+//! others in the registry, and prints the load generator's command. With
+//! `--loadgen N` it runs the load generator itself (N clients, spread over
+//! the nodes, for `--seconds`) and stops; otherwise it runs until Ctrl-C.
+//!
+//! Each node is a heartbeat server, a member-list replica, a push node and
+//! the gate of the rooms it owns (see `examples::cluster`).
+#![forbid(unsafe_code)]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use examples::classroom::random_key;
+use examples::cluster::{ClusterConfig, ClusterNode, serve};
+use room_core::NodeId;
+use roomkit::ticket::KeyRing;
+
+#[derive(Debug, Clone)]
+struct Args {
+    nodes: u64,
+    base_port: u16,
+    nats: Option<String>,
+    redis: Option<String>,
+    key: Option<String>,
+    node: Option<u64>,
+    loadgen: Option<usize>,
+    seconds: u64,
+}
+
+fn args() -> Args {
+    let mut a =
+        Args { nodes: 3, base_port: 7101, nats: None, redis: None, key: None, node: None, loadgen: None, seconds: 20 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--nodes" => a.nodes = value().parse().expect("--nodes N"),
+            "--base-port" => a.base_port = value().parse().expect("--base-port P"),
+            "--nats" => a.nats = Some(value()),
+            "--redis" => a.redis = Some(value()),
+            "--key" => a.key = Some(value()),
+            "--node" => a.node = Some(value().parse().expect("--node N")),
+            "--loadgen" => a.loadgen = Some(value().parse().expect("--loadgen N")),
+            "--seconds" => a.seconds = value().parse().expect("--seconds N"),
+            other => panic!("unknown option {other} (see the file's header)"),
+        }
+    }
+    a
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2).filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+}
+
+/// One node process.
+async fn run_node(a: &Args, id: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let nats = a.nats.clone().ok_or("--node needs --nats")?;
+    let redis = a.redis.clone().ok_or("--node needs --redis")?;
+    let keys = KeyRing::new("cluster", unhex(a.key.as_deref().ok_or("--node needs --key")?))?;
+    let port = a.base_port + (id - 1) as u16;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let mut config = ClusterConfig::new(NodeId(id), &nats, &redis, keys.clone());
+    config.addr = format!("127.0.0.1:{port}");
+    let node = ClusterNode::start(config).await?;
+    serve(listener, node.clone(), Arc::new(keys))?;
+    tracing::info!(node = id, %port, "serving");
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                let s = node.stats();
+                tracing::info!(
+                    node = id,
+                    view = ?node.view(),
+                    connections = s.connections,
+                    sessions = s.sessions,
+                    numbered = s.numbered,
+                    refilled = s.refilled,
+                    redis_up = s.redis_up,
+                    "status"
+                );
+            }
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+/// Kills the node processes when the parent ends.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn healthz(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    body.find('{').map(|i| body[i..].to_owned())
+}
+
+async fn run_cluster(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    // Engines: the given ones, or our own.
+    let own_nats = match &a.nats {
+        Some(_) => None,
+        None => Some(room_testkit::nats::NatsServer::start().map_err(|e| format!("cannot start nats-server: {e}"))?),
+    };
+    let own_redis = match &a.redis {
+        Some(_) => None,
+        None => {
+            Some(room_testkit::redis::RedisServer::start(None).map_err(|e| format!("cannot start redis-server: {e}"))?)
+        }
+    };
+    let nats = a.nats.clone().or_else(|| own_nats.as_ref().map(|n| n.url())).unwrap_or_default();
+    let redis = a.redis.clone().or_else(|| own_redis.as_ref().map(|r| r.url())).unwrap_or_default();
+    tracing::info!(%nats, %redis, "engines");
+    let key = hex(&random_key());
+    let exe = std::env::current_exe()?;
+    let mut children = Children(Vec::new());
+    for id in 1..=a.nodes {
+        let child = Command::new(&exe)
+            .args(["--node", &id.to_string(), "--nats", &nats, "--redis", &redis, "--key", &key])
+            .args(["--base-port", &a.base_port.to_string()])
+            .stdin(Stdio::null())
+            .spawn()?;
+        children.0.push(child);
+    }
+    let started = Instant::now();
+    let ports: Vec<u16> = (0..a.nodes as u16).map(|i| a.base_port + i).collect();
+    loop {
+        let mut whole = 0;
+        for &p in &ports {
+            if let Some(h) = healthz(p).await
+                && h.contains(&format!("\"view\":{:?}", (1..=a.nodes).collect::<Vec<_>>()))
+            {
+                whole += 1;
+            }
+        }
+        if whole == ports.len() {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err("the nodes did not form a cluster within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let servers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    println!("{} nodes up in {:.1} s: {servers}", a.nodes, started.elapsed().as_secs_f64());
+    let loadgen = |n: usize| {
+        format!(
+            "cargo run --release -p examples --example loadgen -- --ws {n} --seconds {} --server {servers}",
+            a.seconds
+        )
+    };
+    match a.loadgen {
+        Some(n) => {
+            // The load generator is another example: run it as its own process.
+            let status = Command::new("sh").args(["-c", &loadgen(n)]).status()?;
+            for &p in &ports {
+                println!("node on {p}: {}", healthz(p).await.unwrap_or_default());
+            }
+            if !status.success() {
+                return Err("the load generator failed".into());
+            }
+        }
+        None => {
+            println!("load it with:\n  {}", loadgen(3_000));
+            println!("Ctrl-C stops the nodes.");
+            tokio::signal::ctrl_c().await?;
+        }
+    }
+    drop(children);
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let a = args();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match a.node {
+            Some(id) => run_node(&a, id).await,
+            None => run_cluster(&a).await,
+        }
+    })
+}
