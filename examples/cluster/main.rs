@@ -12,7 +12,8 @@
 //! `--base-port` + i (7101, 7102, 7103), waits until every node sees the
 //! others in the registry, and prints the load generator's command. With
 //! `--loadgen N` it runs the load generator itself (N clients, spread over
-//! the nodes, for `--seconds`) and stops; otherwise it runs until Ctrl-C.
+//! the nodes, for `--seconds`, with `--chat-rate` lines/s, 100 by default)
+//! and stops; otherwise it runs until Ctrl-C.
 //!
 //! Each node is a heartbeat server, a member-list replica, a push node and
 //! the gate of the rooms it owns (see `examples::cluster`).
@@ -37,11 +38,21 @@ struct Args {
     node: Option<u64>,
     loadgen: Option<usize>,
     seconds: u64,
+    chat_rate: u32,
 }
 
 fn args() -> Args {
-    let mut a =
-        Args { nodes: 3, base_port: 7101, nats: None, redis: None, key: None, node: None, loadgen: None, seconds: 20 };
+    let mut a = Args {
+        nodes: 3,
+        base_port: 7101,
+        nats: None,
+        redis: None,
+        key: None,
+        node: None,
+        loadgen: None,
+        seconds: 20,
+        chat_rate: 100,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -54,6 +65,7 @@ fn args() -> Args {
             "--node" => a.node = Some(value().parse().expect("--node N")),
             "--loadgen" => a.loadgen = Some(value().parse().expect("--loadgen N")),
             "--seconds" => a.seconds = value().parse().expect("--seconds N"),
+            "--chat-rate" => a.chat_rate = value().parse().expect("--chat-rate N"),
             other => panic!("unknown option {other} (see the file's header)"),
         }
     }
@@ -171,8 +183,8 @@ async fn run_cluster(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     println!("{} nodes up in {:.1} s: {servers}", a.nodes, started.elapsed().as_secs_f64());
     let loadgen = |n: usize| {
         format!(
-            "cargo run --release -p examples --example loadgen -- --ws {n} --seconds {} --server {servers}",
-            a.seconds
+            "cargo run --release -p examples --example loadgen -- --ws {n} --seconds {} --chat-rate {} --server {servers}",
+            a.seconds, a.chat_rate
         )
     };
     match a.loadgen {

@@ -204,6 +204,7 @@ struct Counters {
     refilled: AtomicU64,
     garbage: AtomicU64,
     chat_limited: AtomicU64,
+    requests: AtomicU64,
 }
 
 /// Access node -> heartbeat owner.
@@ -217,6 +218,10 @@ enum BeatMsg {
 /// Access node -> room owner: something to number and publish.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct GateReq {
+    /// The asking node and its request number: a retried request is
+    /// recognised and numbered once.
+    from: NodeId,
+    id: u64,
     room: RoomKey,
     uin: Uin,
     role: Role,
@@ -526,7 +531,16 @@ impl ClusterNode {
         if !role.is_staff() {
             return Err(ClusterError::NotAllowed(role));
         }
-        let req = GateReq { room: member.room_key(), uin: member.uin, role, teacher: true, text: text.to_owned() };
+        let id = self.s.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let req = GateReq {
+            from: self.s.me,
+            id,
+            room: member.room_key(),
+            uin: member.uin,
+            role,
+            teacher: true,
+            text: text.to_owned(),
+        };
         let _ = self.s.gate_tx.send(GateCmd::Publish { req, reply: None, attempt: 0 });
         Ok(())
     }
@@ -534,7 +548,16 @@ impl ClusterNode {
     /// A chat line to the room.
     pub fn chat(&self, conn: ConnId, text: &str) -> Result<(), ClusterError> {
         let (member, role, _) = self.entry(conn)?;
-        let req = GateReq { room: member.room_key(), uin: member.uin, role, teacher: false, text: text.to_owned() };
+        let id = self.s.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let req = GateReq {
+            from: self.s.me,
+            id,
+            room: member.room_key(),
+            uin: member.uin,
+            role,
+            teacher: false,
+            text: text.to_owned(),
+        };
         let _ = self.s.gate_tx.send(GateCmd::Publish { req, reply: None, attempt: 0 });
         Ok(())
     }
@@ -750,10 +773,16 @@ async fn take_gate_requests(s: Arc<Shared>, mut requests: async_nats::Subscriber
 /// Sends a request to the room's owner and waits for its answer; without
 /// one, the request goes back into this node's gate queue, to be routed by
 /// the view of that moment (the owner may have died).
+/// Chat is not retried (it is the class that may be shed): it goes once,
+/// without waiting for an answer, so an overloaded owner is not sent more.
 fn forward_to_owner(s: &Arc<Shared>, owner: NodeId, req: GateReq, attempt: u32) {
     let s = s.clone();
     tokio::spawn(async move {
         let bytes = postcard::to_allocvec(&req).unwrap_or_default();
+        if !req.teacher {
+            let _ = s.nats.client().publish(gate_subject(s.nats.prefix(), owner), bytes.into()).await;
+            return;
+        }
         let ask = s.nats.client().request(gate_subject(s.nats.prefix(), owner), bytes.into());
         if let Ok(Ok(_)) = tokio::time::timeout(GATE_FORWARD_TIMEOUT, ask).await {
             return;
@@ -798,6 +827,9 @@ async fn answer_probes(s: Arc<Shared>, mut probes: async_nats::Subscriber) {
 async fn run_gate(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<GateCmd>) {
     let mut gate = Gate::new(GateConfig::default());
     let mut open: HashSet<RoomKey> = HashSet::new();
+    // Requests already numbered (bounded), so a retry is not numbered twice.
+    let mut seen: HashSet<(NodeId, u64)> = HashSet::new();
+    let mut seen_order: std::collections::VecDeque<(NodeId, u64)> = std::collections::VecDeque::new();
     while let Some(cmd) = rx.recv().await {
         let (req, reply, attempt) = match cmd {
             GateCmd::Publish { req, reply, attempt } => (req, reply, attempt),
@@ -833,6 +865,18 @@ async fn run_gate(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<GateCmd>) {
                 continue;
             }
         }
+        if !seen.insert((req.from, req.id)) {
+            if let Some(reply) = reply {
+                let _ = s.nats.client().publish(reply, Bytes::from_static(b"1")).await;
+            }
+            continue;
+        }
+        seen_order.push_back((req.from, req.id));
+        if seen_order.len() > 65_536
+            && let Some(old) = seen_order.pop_front()
+        {
+            seen.remove(&old);
+        }
         let sender = Sender { uin: req.uin, role: req.role };
         let (class, kind) = if req.teacher { (Class::Teacher, kinds::TEACHER_SAY) } else { (Class::Chat, kinds::CHAT) };
         let msg = Message::new(room, class, kind, text_payload(&req.text)).from_sender(sender);
@@ -840,7 +884,14 @@ async fn run_gate(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<GateCmd>) {
             if !open.contains(&room) {
                 let opened = match s.cache.head(room).await {
                     Ok(Some((epoch, head))) => gate.resume_room(now(), room, 0, epoch, head),
-                    _ => gate.open_room(now(), room),
+                    _ => {
+                        // A new sequence. Its epoch must exceed the one push
+                        // nodes follow (they ignore older epochs), whatever
+                        // this node's clock says: this node's push side knows
+                        // the room's current epoch if it has clients there.
+                        let floor = s.access.lock().push.reliable_head(room).map_or(0, |(e, _)| e + 1);
+                        gate.open_room(Timestamp::from_micros(now().as_micros().max(floor)), room)
+                    }
                 };
                 if let Err(e) = opened {
                     tracing::warn!(error = %e, %room, "room not opened");

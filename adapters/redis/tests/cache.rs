@@ -145,3 +145,26 @@ async fn an_outage_keeps_envelopes_locally_and_writes_them_back() {
     let found = seqs(&reader.range(ROOM, EPOCH, 2, seq - 1).await.expect("range"));
     assert_eq!(found, (3..seq).collect::<Vec<_>>(), "what was accepted during the outage reached redis");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server"]
+async fn redis_may_start_after_the_cache() {
+    // A port with nothing behind it yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let c = cache(format!("redis://127.0.0.1:{port}"), 100, Duration::from_secs(60));
+    let t = Instant::now();
+    assert_eq!(c.append(&envelope(EPOCH, 1)).await, Ok(Appended::Local));
+    assert!(matches!(c.health(), Health::Degraded { .. }));
+    assert_eq!(c.head(ROOM).await, Ok(Some((EPOCH, 1))), "the local fallback answers");
+    assert!(t.elapsed() < Duration::from_secs(5), "never stuck on a missing redis");
+    let _server = Server::start(Some(port)).expect("redis-server starts");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seq = 2;
+    while c.append(&envelope(EPOCH, seq)).await != Ok(Appended::Stored) {
+        assert!(Instant::now() < deadline, "did not reach redis");
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.health(), Health::Up);
+    assert_eq!(seqs(&c.range(ROOM, EPOCH, 0, seq).await.expect("range")), (1..=seq).collect::<Vec<_>>());
+}
