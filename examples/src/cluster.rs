@@ -192,6 +192,9 @@ pub struct ClusterStats {
     pub redis_up: bool,
     /// Times the NATS client reconnected.
     pub nats_reconnects: u64,
+    /// Reliable messages a check got from the shared cache because this
+    /// node's own cache did not hold them.
+    pub recovered_from_shared: u64,
 }
 
 #[derive(Debug, Default)]
@@ -205,6 +208,7 @@ struct Counters {
     garbage: AtomicU64,
     chat_limited: AtomicU64,
     requests: AtomicU64,
+    recovered_shared: AtomicU64,
 }
 
 /// Access node -> heartbeat owner.
@@ -460,6 +464,7 @@ impl ClusterNode {
             garbage: get(&c.garbage) + self.s.beats.garbage() + self.s.writes.garbage() + self.s.bus.garbage(),
             chat_limited: get(&c.chat_limited),
             nats_reconnects: self.s.nats.reconnects(),
+            recovered_from_shared: get(&c.recovered_shared),
             redis_up: self.s.cache.health() == room_redis::Health::Up
                 && self.s.limiter.health() == room_redis::Health::Up,
         }
@@ -569,10 +574,62 @@ impl ClusterNode {
     }
 
     /// The client asks for reliable messages after `after` (after a gap,
-    /// or after reconnecting here from a node that died).
-    pub fn check(&self, conn: ConnId, epoch: u64, after: u64) -> Result<CheckAnswer, ClusterError> {
-        let mut a = self.s.access.lock();
-        a.push.handle_check(now(), conn, epoch, after).map_err(|_| ClusterError::UnknownConnection)
+    /// or after reconnecting here from a node that died). This node's own
+    /// cache answers first; what it no longer (or never) held, because
+    /// this node restarted or has just joined the room, comes from the
+    /// shared cache, so a restart loses nothing inside the cache's window.
+    /// Only what neither holds is answered by a reset.
+    pub async fn check(&self, conn: ConnId, epoch: u64, after: u64) -> Result<CheckAnswer, ClusterError> {
+        let local = {
+            let mut a = self.s.access.lock();
+            a.push.handle_check(now(), conn, epoch, after)
+        };
+        let fallback = match local {
+            Ok(CheckAnswer::Reset { epoch: e, head }) => CheckAnswer::Reset { epoch: e, head },
+            Ok(answer) => return Ok(answer),
+            Err(room_push::NodeError::CheckFromFuture { last, .. }) => {
+                let e = self.s.access.lock().push.reliable_head(self.entry(conn)?.0.room_key()).map_or(0, |h| h.0);
+                CheckAnswer::Reset { epoch: e, head: last }
+            }
+            Err(_) => return Err(ClusterError::UnknownConnection),
+        };
+        let (member, role, terminal) = self.entry(conn)?;
+        let room = member.room_key();
+        let Ok(Some((head_epoch, head))) = self.s.cache.head(room).await else { return Ok(fallback) };
+        if head_epoch != epoch || head <= after {
+            return Ok(fallback);
+        }
+        let found = match tokio::time::timeout(
+            self.s.config.refill_timeout,
+            self.s.cache.range(room, epoch, after, head),
+        )
+        .await
+        {
+            Ok(Ok(found)) if found.first().is_some_and(|e| e.seq == after + 1) => found,
+            _ => return Ok(fallback),
+        };
+        let mut frames = Vec::new();
+        let mut prev = after;
+        for env in &found {
+            if !env.message.target.matches(member.uin, role, terminal, None) {
+                continue;
+            }
+            frames.push(room_push::RecoveredFrame {
+                header: room_push::FrameHeader {
+                    kind: room_push::FrameKind::Message,
+                    class: env.message.class,
+                    epoch,
+                    seq: env.seq,
+                    prev,
+                },
+                kind: env.message.kind,
+                body: room_push::Codec::encode_message(&JsonCodec, env),
+            });
+            prev = env.seq;
+        }
+        let upto = found.last().map_or(after, |e| e.seq);
+        self.s.counters.recovered_shared.fetch_add(frames.len() as u64, Ordering::Relaxed);
+        Ok(CheckAnswer::Messages { epoch, upto, frames })
     }
 
     /// The client closed.
@@ -593,7 +650,7 @@ impl ClusterNode {
     /// One JSON text frame from a websocket client (the classroom protocol's
     /// `beat`, `say`, `chat`, `ack` and `check`). Refusals are answered
     /// with an error frame.
-    pub fn handle_text(&self, conn: ConnId, text: &str) -> Result<(), ClusterError> {
+    pub async fn handle_text(&self, conn: ConnId, text: &str) -> Result<(), ClusterError> {
         let result = match serde_json::from_str::<ClientMsg>(text) {
             Ok(ClientMsg::Beat) => self.beat(conn),
             Ok(ClientMsg::Say { text }) => self.say(conn, &text),
@@ -601,7 +658,7 @@ impl ClusterNode {
             Ok(ClientMsg::Ack { epoch, seq }) => {
                 self.ack(conn, epoch, seq).map(|r| self.reply(conn, roomkit::wire::ack_reply_text(&r)))
             }
-            Ok(ClientMsg::Check { epoch, after }) => self.check(conn, epoch, after).map(|r| {
+            Ok(ClientMsg::Check { epoch, after }) => self.check(conn, epoch, after).await.map(|r| {
                 if let Some(text) = roomkit::wire::check_answer_text(&r) {
                     self.reply(conn, text);
                 }
@@ -1121,7 +1178,7 @@ async fn session(app: App, room: RoomKey, ticket: String, mut socket: WebSocket)
             },
             incoming = socket.recv() => match incoming {
                 Some(Ok(WsMessage::Text(text))) => {
-                    let _ = app.node.handle_text(conn.id, text.as_str());
+                    let _ = app.node.handle_text(conn.id, text.as_str()).await;
                 }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break,

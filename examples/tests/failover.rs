@@ -54,14 +54,14 @@ impl Client {
     }
 
     /// Handles what arrived; false if the connection is gone.
-    fn drain(&mut self, nodes: &[ClusterNode]) -> bool {
+    async fn drain(&mut self, nodes: &[ClusterNode]) -> bool {
         loop {
             match self.conn.outbound.try_recv() {
                 Ok(Outbound::Push { header, body }) => match self.rx.on_frame(&header) {
                     Received::Deliver if header.kind == FrameKind::Message => {
                         self.texts.extend(text_of(&body));
                     }
-                    Received::Check { epoch, after } => self.check(nodes, epoch, after),
+                    Received::Check { epoch, after } => self.check(nodes, epoch, after).await,
                     _ => {}
                 },
                 Ok(_) => {}
@@ -71,8 +71,8 @@ impl Client {
         }
     }
 
-    fn check(&mut self, nodes: &[ClusterNode], epoch: u64, after: u64) {
-        let Ok(answer) = nodes[self.node].check(self.conn.id, epoch, after) else { return };
+    async fn check(&mut self, nodes: &[ClusterNode], epoch: u64, after: u64) {
+        let Ok(answer) = nodes[self.node].check(self.conn.id, epoch, after).await else { return };
         let frames = match &answer {
             CheckAnswer::Messages { frames, .. } => frames.clone(),
             _ => Vec::new(),
@@ -91,7 +91,7 @@ impl Client {
 
     /// The node died: connect to the next live one and ask for what was
     /// missed since the last contiguous number.
-    fn reconnect(&mut self, nodes: &[ClusterNode], alive: &[bool]) {
+    async fn reconnect(&mut self, nodes: &[ClusterNode], alive: &[bool]) {
         let mut next = (self.node + 1) % nodes.len();
         while !alive[next] {
             next = (next + 1) % nodes.len();
@@ -100,7 +100,7 @@ impl Client {
         self.conn = Client::connect(nodes, next, self.uin, self.role);
         self.reconnects += 1;
         let (epoch, after) = self.rx.ack();
-        self.check(nodes, epoch, after);
+        self.check(nodes, epoch, after).await;
     }
 }
 
@@ -124,12 +124,12 @@ impl Class {
     async fn run(&mut self, d: Duration) {
         let end = Instant::now() + d;
         while Instant::now() < end {
-            self.step();
+            self.step().await;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    fn step(&mut self) {
+    async fn step(&mut self) {
         let now = Instant::now();
         if now >= self.next_say {
             self.next_say += Duration::from_millis(100);
@@ -156,8 +156,8 @@ impl Class {
                 }
                 continue;
             }
-            if !c.drain(nodes) {
-                c.reconnect(nodes, alive);
+            if !c.drain(nodes).await {
+                c.reconnect(nodes, alive).await;
             }
             if beat {
                 let _ = nodes[c.node].beat(c.conn.id);
@@ -193,7 +193,7 @@ impl Class {
         let t = Instant::now();
         while !cond(self) {
             assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
-            self.step();
+            self.step().await;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         t.elapsed()
@@ -359,7 +359,7 @@ async fn a_class_survives_a_node_kill_and_engine_restarts() {
     for i in 0..class.clients.len() {
         let (epoch, after) = class.clients[i].rx.ack();
         let nodes = &class.nodes;
-        class.clients[i].check(nodes, epoch, after);
+        class.clients[i].check(nodes, epoch, after).await;
     }
 
     let all: BTreeSet<String> = class.clients.iter().flat_map(|c| c.texts.iter().cloned()).collect();
@@ -384,4 +384,79 @@ async fn a_class_survives_a_node_kill_and_engine_restarts() {
     assert_eq!(exits, 0, "no false exits in the whole run");
     let listed = class.listed();
     assert!(listed.iter().all(|&n| n == MEMBERS as u32), "member lists on the survivors: {listed:?}");
+}
+
+/// A node restarts (the room's only node, so nobody else holds the room's
+/// messages): what its clients had not received is recovered from the
+/// shared cache, and the room's sequence continues in the same epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and nats-server"]
+async fn a_restarted_node_recovers_from_the_shared_cache() {
+    let redis = RedisServer::start(None).expect("redis-server starts (apt-get install redis-server)");
+    let nats = NatsServer::start().expect("nats-server starts (apt-get install nats-server)");
+    let config = || {
+        let mut c = ClusterConfig::new(NodeId(1), &nats.url(), &redis.url(), keys());
+        c.heartbeat = HEARTBEAT;
+        c.registry = RegistryConfig::new().with_interval(Duration::from_millis(200));
+        c
+    };
+    let up = |node: ClusterNode| async move {
+        let t = Instant::now();
+        while node.view() != [NodeId(1)] {
+            assert!(t.elapsed() < Duration::from_secs(10), "the node did not see itself");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        node
+    };
+    let nodes = vec![up(ClusterNode::start(config()).await.expect("starts")).await];
+    let connect = |nodes: &[ClusterNode], uin: u64, role: Role| {
+        let conn = Client::connect(nodes, 0, uin, role);
+        let rx = ReliableReceiver::resume(conn.epoch, conn.head);
+        Client { uin, role, node: 0, conn, rx, texts: BTreeSet::new(), resets: 0, recovered: 0, reconnects: 0 }
+    };
+    let mut teacher = connect(&nodes, 1, Role::Teacher);
+    let mut student = connect(&nodes, 2, Role::Student);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let said = |nodes: &[ClusterNode], teacher: &Client, text: &str| nodes[0].say(teacher.conn.id, text).expect("say");
+    for m in ["m1", "m2"] {
+        said(&nodes, &teacher, m);
+    }
+    let t = Instant::now();
+    while student.texts.len() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(10), "m1 and m2 not delivered");
+        student.drain(&nodes).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // m3..m5 are numbered and cached, but never reach the student.
+    for m in ["m3", "m4", "m5"] {
+        said(&nodes, &teacher, m);
+    }
+    let numbered = Instant::now();
+    while nodes[0].stats().numbered < 5 {
+        assert!(numbered.elapsed() < Duration::from_secs(10), "m3..m5 not numbered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let epoch_before = student.rx.epoch();
+    nodes[0].kill();
+    while student.conn.outbound.try_recv().is_ok() {}
+    while teacher.conn.outbound.try_recv().is_ok() {}
+
+    // The node comes back (same id, a new process in real life).
+    let nodes = vec![up(ClusterNode::start(config()).await.expect("restarts")).await];
+    student.reconnect(&nodes, &[true]).await;
+    teacher.conn = Client::connect(&nodes, 0, 1, Role::Teacher);
+    assert_eq!(student.texts, ["m1", "m2", "m3", "m4", "m5"].map(String::from).into(), "recovered after the restart");
+    assert_eq!((student.recovered, student.resets), (3, 0));
+    assert_eq!(nodes[0].stats().recovered_from_shared, 3);
+    // The sequence continues: same epoch, no reset.
+    said(&nodes, &teacher, "m6");
+    let t = Instant::now();
+    while !student.texts.contains("m6") {
+        assert!(t.elapsed() < Duration::from_secs(10), "m6 not delivered");
+        student.drain(&nodes).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(student.rx.epoch(), epoch_before, "the restarted gate resumed the room's sequence");
+    assert_eq!(student.resets, 0);
+    println!("after a restart: 3 messages recovered from the shared cache, m6 continued epoch {epoch_before}");
 }
