@@ -137,6 +137,14 @@ pub(crate) fn ticket_response(keys: &KeyRing, q: TicketQuery) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], format!("{{\"ticket\":\"{text}\"}}")).into_response()
 }
 
+/// The error frame for a refused entry: `{"t":"error","code":"entry_refused","message"}`.
+pub(crate) fn entry_refused(e: &dyn std::fmt::Display) -> String {
+    let mut text = String::from("{\"t\":\"error\",\"code\":\"entry_refused\",\"message\":");
+    roomkit::wire::json_string(&mut text, &e.to_string());
+    text.push('}');
+    text
+}
+
 #[derive(Debug, Deserialize)]
 struct WsQuery {
     room: u64,
@@ -153,10 +161,7 @@ async fn session(app: App, room: RoomKey, ticket: String, mut socket: WebSocket)
         Ok(c) => c,
         Err(e) => {
             // Nothing entered: tell the client why and close.
-            let mut text = String::from("{\"t\":\"error\",\"code\":\"entry_refused\",\"message\":");
-            roomkit::wire::json_string(&mut text, &e.to_string());
-            text.push('}');
-            let _ = socket.send(WsMessage::Text(text.into())).await;
+            let _ = socket.send(WsMessage::Text(entry_refused(&e).into())).await;
             let _ = socket.send(WsMessage::Close(None)).await;
             return;
         }

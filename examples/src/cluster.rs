@@ -17,7 +17,8 @@
 //!   before publishing it, and after an owner change resumes the room's
 //!   sequence from the cache's head, so clients see no restart. The
 //!   cache's append is the fence: a number another owner already took is
-//!   refused, and the room is renumbered from the new head.
+//!   refused, and the room is renumbered from the new head
+//!   ([`room_push::FencedGate`]).
 //!
 //! The router is rebuilt from the node registry on JetStream KV.
 //!
@@ -44,8 +45,8 @@ use room_heartbeat::tracker::{
 use room_memberlist::{MemberStore, Replica, ReplicaConfig, StoreError, WriteOp};
 use room_nats::{Connection, Mailbox, NatsBus, NatsConfig, NodeRecord, Registry, RegistryConfig};
 use room_push::{
-    AckReply, Appended, Bus, CheckAnswer, Class, ConnId, ConnSpec, Connector, Decision, Envelope, Frame, Gate,
-    GateConfig, GlobalLimiter, Message, NodeConfig, NodeEvent, PushNode, Quota, SendError, Sender, SharedCache,
+    AckReply, Bus, CheckAnswer, Class, ConnId, ConnSpec, Connector, Decision, Envelope, FencedGate, Frame, GateConfig,
+    GlobalLimiter, Message, NodeConfig, NodeEvent, Numbered, PushNode, Quota, SendError, Sender, SharedCache,
 };
 use room_redis::{RedisCache, RedisCacheConfig, RedisLimiter, RedisLimiterConfig};
 use roomkit::service::Outbound;
@@ -128,6 +129,14 @@ pub enum ClusterError {
     /// The bus could not subscribe.
     #[error(transparent)]
     Bus(#[from] room_push::BusError),
+    /// A NATS subscription was refused (the client is closed).
+    #[error("cannot subscribe to {subject}: {reason}")]
+    Subscribe {
+        /// The subject.
+        subject: String,
+        /// NATS's error.
+        reason: String,
+    },
     /// A setting out of range.
     #[error("invalid setting: {0}")]
     Config(String),
@@ -215,7 +224,7 @@ struct Counters {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum BeatMsg {
     Join { member: MemberKey, role: Role, terminal: Terminal, conn: u64 },
-    Beat { member: MemberKey, terminal: Terminal, conn: u64 },
+    Beat { member: MemberKey, role: Role, terminal: Terminal, conn: u64 },
     Leave { member: MemberKey, terminal: Terminal, conn: u64 },
 }
 
@@ -389,19 +398,9 @@ impl ClusterNode {
         let members = Mailbox::new(s.nats.clone(), me, "members")?;
         let deliveries = s.bus.subscribe(me).await?;
         let beats = s.beats.inbox().await?;
-        let gates = s
-            .nats
-            .client()
-            .subscribe(gate_subject(s.nats.prefix(), me))
-            .await
-            .map_err(|e| ClusterError::Config(e.to_string()))?;
+        let gates = subscribe(&s.nats, gate_subject(s.nats.prefix(), me)).await?;
         let writes = s.writes.inbox().await?;
-        let probes = s
-            .nats
-            .client()
-            .subscribe(probe_subject(s.nats.prefix(), me))
-            .await
-            .map_err(|e| ClusterError::Config(e.to_string()))?;
+        let probes = subscribe(&s.nats, probe_subject(s.nats.prefix(), me)).await?;
         let tasks = vec![
             tokio::spawn(follow_views(s.clone(), views.clone())),
             tokio::spawn(async move {
@@ -525,8 +524,8 @@ impl ClusterNode {
 
     /// A heartbeat from the client.
     pub fn beat(&self, conn: ConnId) -> Result<(), ClusterError> {
-        let (member, _, terminal) = self.entry(conn)?;
-        send_beat(&self.s, BeatMsg::Beat { member, terminal, conn: global_conn(self.s.me, conn) });
+        let (member, role, terminal) = self.entry(conn)?;
+        send_beat(&self.s, BeatMsg::Beat { member, role, terminal, conn: global_conn(self.s.me, conn) });
         Ok(())
     }
 
@@ -682,6 +681,13 @@ impl ClusterNode {
     }
 }
 
+async fn subscribe(nats: &Connection, subject: String) -> Result<async_nats::Subscriber, ClusterError> {
+    match nats.client().subscribe(subject.clone()).await {
+        Ok(sub) => Ok(sub),
+        Err(e) => Err(ClusterError::Subscribe { subject, reason: e.to_string() }),
+    }
+}
+
 fn gate_subject(prefix: &str, node: NodeId) -> String {
     format!("{prefix}.gate.{}", node.0)
 }
@@ -724,9 +730,11 @@ fn handle_beat(s: &Arc<Shared>, msg: BeatMsg) {
         match msg {
             BeatMsg::Join { member, role, terminal, conn } => {
                 let known = tracker.connection(&member, terminal).is_some();
-                if !known && s.replica.contains(member) {
-                    // Listed already: a session moving here (its owner or its
-                    // access node failed). Adopt it; no second *entered*.
+                let listed = s.replica.get(member).is_some_and(|row| row.terminals.contains(terminal));
+                if !known && listed {
+                    // Listed already on this terminal: a session moving here
+                    // (its owner or its access node failed). Adopt it; no
+                    // second *entered*.
                     if let Ok(r) = tracker.beat(t, member, terminal, BeatConn(conn), SessionHint::NONE)
                         && r.outcome == BeatOutcome::Adopted
                     {
@@ -736,11 +744,14 @@ fn handle_beat(s: &Arc<Shared>, msg: BeatMsg) {
                     writes.push((member, WriteOp::Enter { uin: member.uin, role, terminal, attrs: None }));
                 }
             }
-            BeatMsg::Beat { member, terminal, conn } => {
+            BeatMsg::Beat { member, role, terminal, conn } => {
                 if let Ok(r) = tracker.beat(t, member, terminal, BeatConn(conn), SessionHint::NONE)
                     && r.outcome == BeatOutcome::Adopted
                 {
                     s.counters.adopted.fetch_add(1, Ordering::Relaxed);
+                    // Heartbeat repair: a member-list write lost with a
+                    // failed node comes back (a no-op when listed).
+                    writes.push((member, WriteOp::Assert { uin: member.uin, role, terminal }));
                 }
             }
             BeatMsg::Leave { member, terminal, conn } => {
@@ -882,7 +893,7 @@ async fn answer_probes(s: Arc<Shared>, mut probes: async_nats::Subscriber) {
 
 /// The room owner's gate: numbers, caches, publishes.
 async fn run_gate(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<GateCmd>) {
-    let mut gate = Gate::new(GateConfig::default());
+    let mut gate = FencedGate::new(GateConfig::default());
     let mut open: HashSet<RoomKey> = HashSet::new();
     // Requests already numbered (bounded), so a retry is not numbered twice.
     let mut seen: HashSet<(NodeId, u64)> = HashSet::new();
@@ -895,7 +906,7 @@ async fn run_gate(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<GateCmd>) {
                 // that if they come back it resumes from the cache's head.
                 let gone: Vec<RoomKey> = open.iter().filter(|r| owner_of(&s, *r) != Some(s.me)).copied().collect();
                 for room in gone {
-                    let _ = gate.close_room(room);
+                    gate.release(room);
                     open.remove(&room);
                 }
                 continue;
@@ -912,20 +923,24 @@ async fn run_gate(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<GateCmd>) {
             }
             _ => {}
         }
+        let answer = |reply: Option<async_nats::Subject>| {
+            let s = s.clone();
+            async move {
+                if let Some(reply) = reply {
+                    let _ = s.nats.client().publish(reply, Bytes::from_static(b"1")).await;
+                }
+            }
+        };
         if !req.teacher {
             let key = format!("chat:{}", room.bid.0);
             if let Ok(Decision::Limited { .. }) = s.limiter.check(&key, s.config.business_chat, now(), 1).await {
                 s.counters.chat_limited.fetch_add(1, Ordering::Relaxed);
-                if let Some(reply) = reply {
-                    let _ = s.nats.client().publish(reply, Bytes::from_static(b"1")).await;
-                }
+                answer(reply).await;
                 continue;
             }
         }
         if !seen.insert((req.from, req.id)) {
-            if let Some(reply) = reply {
-                let _ = s.nats.client().publish(reply, Bytes::from_static(b"1")).await;
-            }
+            answer(reply).await;
             continue;
         }
         seen_order.push_back((req.from, req.id));
@@ -937,55 +952,26 @@ async fn run_gate(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<GateCmd>) {
         let sender = Sender { uin: req.uin, role: req.role };
         let (class, kind) = if req.teacher { (Class::Teacher, kinds::TEACHER_SAY) } else { (Class::Chat, kinds::CHAT) };
         let msg = Message::new(room, class, kind, text_payload(&req.text)).from_sender(sender);
-        for attempt in 0..3 {
-            if !open.contains(&room) {
-                let opened = match s.cache.head(room).await {
-                    Ok(Some((epoch, head))) => gate.resume_room(now(), room, 0, epoch, head),
-                    _ => {
-                        // A new sequence. Its epoch must exceed the one push
-                        // nodes follow (they ignore older epochs), whatever
-                        // this node's clock says: this node's push side knows
-                        // the room's current epoch if it has clients there.
-                        let floor = s.access.lock().push.reliable_head(room).map_or(0, |(e, _)| e + 1);
-                        gate.open_room(Timestamp::from_micros(now().as_micros().max(floor)), room)
-                    }
-                };
-                if let Err(e) = opened {
-                    tracing::warn!(error = %e, %room, "room not opened");
-                    break;
-                }
+        // A new sequence must start above the epoch this node's push side
+        // follows, whatever this node's clock says.
+        let floor = s.access.lock().push.reliable_head(room).map_or(0, |(e, _)| e + 1);
+        let renumbered_before = gate.renumbered();
+        match gate.number(&s.cache, now(), msg, floor).await {
+            Numbered::Publish(env) => {
                 open.insert(room);
-            }
-            let env = match gate.publish(now(), msg.clone()) {
-                Ok(env) => env,
-                Err(e) => {
-                    tracing::debug!(error = %e, %room, "gate refused");
-                    break;
+                if env.seq > 0 {
+                    s.counters.numbered.fetch_add(1, Ordering::Relaxed);
                 }
-            };
-            if env.seq > 0 {
-                match s.cache.append(&env).await {
-                    Ok(Appended::Duplicate) if attempt < 2 => {
-                        // Another owner took this number (a handover in
-                        // progress): renumber from the cache's head.
-                        s.counters.renumbered.fetch_add(1, Ordering::Relaxed);
-                        let _ = gate.close_room(room);
-                        open.remove(&room);
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "not cached"),
+                if let Err(e) = s.bus.publish(&env).await {
+                    tracing::warn!(error = %e, "not published");
                 }
-                s.counters.numbered.fetch_add(1, Ordering::Relaxed);
             }
-            if let Err(e) = s.bus.publish(&env).await {
-                tracing::warn!(error = %e, "not published");
-            }
-            break;
+            Numbered::Fenced => tracing::warn!(%room, "every number tried was taken by another owner: not published"),
+            Numbered::Refused(e) => tracing::debug!(error = %e, %room, "gate refused"),
+            _ => {}
         }
-        if let Some(reply) = reply {
-            let _ = s.nats.client().publish(reply, Bytes::from_static(b"1")).await;
-        }
+        s.counters.renumbered.fetch_add(gate.renumbered() - renumbered_before, Ordering::Relaxed);
+        answer(reply).await;
     }
 }
 
@@ -1158,10 +1144,7 @@ async fn session(app: App, room: RoomKey, ticket: String, mut socket: WebSocket)
     let mut conn = match app.node.connect(room, &ticket) {
         Ok(c) => c,
         Err(e) => {
-            let mut text = String::from("{\"t\":\"error\",\"code\":\"entry_refused\",\"message\":");
-            roomkit::wire::json_string(&mut text, &e.to_string());
-            text.push('}');
-            let _ = socket.send(WsMessage::Text(text.into())).await;
+            let _ = socket.send(WsMessage::Text(crate::classroom::entry_refused(&e).into())).await;
             return;
         }
     };

@@ -39,12 +39,15 @@ fn envelopes(n: usize) -> Vec<Envelope> {
 struct NatsSide {
     publisher: NatsBus,
     nodes: Vec<BoxStream<'static, Envelope>>,
+    /// The nodes' buses: their subscriptions live as long as they do.
+    _buses: Vec<NatsBus>,
 }
 
 impl NatsSide {
     async fn new(url: &str) -> NatsSide {
         let publisher = NatsBus::new(connect(&NatsConfig::new(url)).await.expect("nats"), 1 << 16);
         let mut nodes = Vec::new();
+        let mut buses = Vec::new();
         for n in 0..NODES {
             // Each node has its own connection, as separate processes would.
             let bus = NatsBus::new(connect(&NatsConfig::new(url)).await.expect("nats"), 1 << 16);
@@ -52,10 +55,9 @@ impl NatsSide {
             nodes.push(bus.subscribe(node).await.expect("subscribe"));
             bus.set_interest(node, ROOM, true).await.expect("interest");
             bus.connection().client().flush().await.expect("flush");
-            // The bus lives as long as its stream is read.
-            std::mem::forget(bus);
+            buses.push(bus);
         }
-        NatsSide { publisher, nodes }
+        NatsSide { publisher, nodes, _buses: buses }
     }
 
     async fn round(&mut self, batch: &[Envelope]) -> Duration {

@@ -405,6 +405,33 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the order of puts, re-puts, reweights and deletes, the
+        /// view routes exactly the nodes the model holds, with their
+        /// latest weights, and its epoch only grows.
+        #[test]
+        fn the_view_matches_a_model(ops in proptest::collection::vec((0u64..6, 0u32..4), 1..60)) {
+            let mut t = Table { known: BTreeMap::new(), view: ClusterView::new() };
+            let mut model: BTreeMap<u64, u32> = BTreeMap::new();
+            let mut epoch = t.view.epoch();
+            for (node, w) in ops {
+                if w == 0 {
+                    t.remove(NodeId(node));
+                    model.remove(&node);
+                } else {
+                    let weight = w * 10;
+                    t.upsert(NodeRecord { node: NodeId(node), weight, addr: String::new(), incarnation: 0 });
+                    model.insert(node, weight);
+                }
+                prop_assert!(t.view.epoch() >= epoch);
+                epoch = t.view.epoch();
+                let routed: Vec<(u64, u32)> = t.view.routable().map(|(n, w)| (n.0, w)).collect();
+                prop_assert_eq!(routed, model.iter().map(|(n, w)| (*n, *w)).collect::<Vec<_>>());
+            }
+        }
+    }
 
     #[test]
     fn records_are_checked() {
