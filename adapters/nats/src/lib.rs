@@ -54,6 +54,10 @@ pub struct NatsConfig {
     pub name: String,
     /// How long one connection attempt may take.
     pub connect_timeout: Duration,
+    /// Messages a subscription buffers before NATS counts it a slow
+    /// consumer and drops (a push node that stalls loses bus envelopes: it
+    /// sees a gap and refills it from the shared cache).
+    pub subscription_capacity: usize,
 }
 
 impl NatsConfig {
@@ -64,6 +68,7 @@ impl NatsConfig {
             prefix: "roomkit".into(),
             name: "roomkit".into(),
             connect_timeout: Duration::from_secs(2),
+            subscription_capacity: 65_536,
         }
     }
 }
@@ -139,6 +144,7 @@ pub async fn connect(config: &NatsConfig) -> Result<Connection, NatsError> {
     let client = async_nats::ConnectOptions::new()
         .name(&config.name)
         .connection_timeout(config.connect_timeout)
+        .subscription_capacity(config.subscription_capacity.max(1))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .reconnect_delay_callback(|attempts| {
@@ -165,6 +171,11 @@ pub async fn connect(config: &NatsConfig) -> Result<Connection, NatsError> {
                     async_nats::Event::Disconnected | async_nats::Event::Closed => {
                         *h.lock() = Health::Down;
                         tracing::warn!("lost the connection to NATS; reconnecting");
+                    }
+                    async_nats::Event::SlowConsumer(sid) => {
+                        tracing::warn!(subscription = sid, "slow consumer: NATS dropped messages");
+                        #[cfg(feature = "metrics")]
+                        metrics::counter!("roomkit_nats_slow_consumer_total").increment(1);
                     }
                     other => tracing::debug!(event = %other, "NATS event"),
                 }
