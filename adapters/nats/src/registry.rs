@@ -374,6 +374,17 @@ impl Registry {
                             let mut t = table.lock();
                             let changed = match entry.operation {
                                 kv::Operation::Put => match parse_record(&entry.key, &entry.value) {
+                                    Ok(record)
+                                        if t.known.len() >= room_core::router::MAX_NODES
+                                            && !t.known.contains_key(&record.node) =>
+                                    {
+                                        // A flood of records cannot grow the table.
+                                        record_error(&errors, &last, RegistryError::BadRecord {
+                                            key: entry.key.clone(),
+                                            reason: format!("the view already holds {} nodes", room_core::router::MAX_NODES),
+                                        });
+                                        false
+                                    }
                                     Ok(record) => t.upsert(record),
                                     Err(e) => {
                                         record_error(&errors, &last, e);

@@ -258,7 +258,27 @@ impl SharedCache for RedisCache {
         #[cfg(feature = "metrics")]
         metrics::counter!("roomkit_redis_cache_fallbacks_total").increment(1);
         self.local.append_now(envelope)?;
-        self.unsynced.lock().insert(room);
+        let crowded = {
+            let mut unsynced = self.unsynced.lock();
+            unsynced.insert(room);
+            unsynced.len() > self.config.local_rooms
+        };
+        if crowded {
+            // The local cache dropped its least recently written rooms: stop
+            // tracking them too, so a long outage over many rooms stays
+            // bounded.
+            let tracked: Vec<RoomKey> = self.unsynced.lock().iter().copied().collect();
+            let mut gone = Vec::new();
+            for r in tracked {
+                if matches!(self.local.head(r).await, Ok(None)) {
+                    gone.push(r);
+                }
+            }
+            let mut unsynced = self.unsynced.lock();
+            for r in gone {
+                unsynced.remove(&r);
+            }
+        }
         Ok(Appended::Local)
     }
 
