@@ -46,7 +46,8 @@ use room_memberlist::{MemberStore, Replica, ReplicaConfig, StoreError, WriteOp};
 use room_nats::{Connection, Mailbox, NatsBus, NatsConfig, NodeRecord, Registry, RegistryConfig};
 use room_push::{
     AckReply, Bus, CheckAnswer, Class, ConnId, ConnSpec, Connector, Decision, Envelope, FencedGate, Frame, GateConfig,
-    GlobalLimiter, Message, NodeConfig, NodeEvent, Numbered, PushNode, Quota, SendError, Sender, SharedCache,
+    GlobalLimiter, KeyedLimiter, Message, NodeConfig, NodeEvent, Numbered, PushNode, Quota, SendError, Sender,
+    SharedCache,
 };
 use room_redis::{RedisCache, RedisCacheConfig, RedisLimiter, RedisLimiterConfig};
 use roomkit::service::Outbound;
@@ -155,6 +156,12 @@ pub enum ClusterError {
     /// A frame that is not part of the cluster protocol.
     #[error("bad frame: {0}")]
     BadFrame(String),
+    /// The client sends faster than its quota.
+    #[error("rate limited: retry after {retry_after:?}")]
+    RateLimited {
+        /// When a message would be accepted.
+        retry_after: Duration,
+    },
 }
 
 /// A client connected to this node.
@@ -313,6 +320,9 @@ struct Shared {
     presence: Mutex<Tracker>,
     gate_tx: mpsc::UnboundedSender<GateCmd>,
     interest_tx: mpsc::UnboundedSender<RoomKey>,
+    /// Per member, before anything is forwarded to a room's owner: a flood
+    /// from one client cannot pile up requests (and their retries) here.
+    senders: Mutex<KeyedLimiter<MemberKey>>,
     counters: Counters,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -384,6 +394,7 @@ impl ClusterNode {
             registry: Mutex::new(Some(registry)),
             access: Mutex::new(Access { push, conns: HashMap::new(), rooms: HashSet::new() }),
             presence: Mutex::new(tracker),
+            senders: Mutex::new(KeyedLimiter::new(1 << 20)),
             counters: Counters::default(),
             tasks: Mutex::new(Vec::new()),
             replica: replica.clone(),
@@ -516,6 +527,22 @@ impl ClusterNode {
         Ok(ClientConn { id: connected.conn, member, epoch: connected.epoch, head: connected.head, outbound })
     }
 
+    /// Charges `member` one message against its quota (teachers speak at
+    /// most 20 a second, learners chat at the gate's per-user quota).
+    fn charge(&self, member: MemberKey, role: Role) -> Result<(), ClusterError> {
+        let quota = if role.is_staff() {
+            Quota::per_second(20).and_then(|q| q.with_burst(20)).unwrap_or(GateConfig::default().user_quota)
+        } else {
+            GateConfig::default().user_quota
+        };
+        match self.s.senders.lock().check(member, quota, now(), 1) {
+            Ok(Decision::Allowed) => Ok(()),
+            Ok(Decision::Limited { retry_after }) => Err(ClusterError::RateLimited { retry_after }),
+            // The limiter is full of other keys: refuse rather than grow.
+            Ok(_) | Err(_) => Err(ClusterError::RateLimited { retry_after: Duration::from_secs(1) }),
+        }
+    }
+
     fn entry(&self, conn: ConnId) -> Result<(MemberKey, Role, Terminal), ClusterError> {
         let a = self.s.access.lock();
         let e = a.conns.get(&conn).ok_or(ClusterError::UnknownConnection)?;
@@ -535,6 +562,7 @@ impl ClusterNode {
         if !role.is_staff() {
             return Err(ClusterError::NotAllowed(role));
         }
+        self.charge(member, role)?;
         let id = self.s.counters.requests.fetch_add(1, Ordering::Relaxed);
         let req = GateReq {
             from: self.s.me,
@@ -552,6 +580,7 @@ impl ClusterNode {
     /// A chat line to the room.
     pub fn chat(&self, conn: ConnId, text: &str) -> Result<(), ClusterError> {
         let (member, role, _) = self.entry(conn)?;
+        self.charge(member, role)?;
         let id = self.s.counters.requests.fetch_add(1, Ordering::Relaxed);
         let req = GateReq {
             from: self.s.me,

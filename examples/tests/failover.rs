@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use examples::classroom::{DEMO_BID, demo_ticket};
-use examples::cluster::{ClientConn, ClusterConfig, ClusterNode};
+use examples::cluster::{ClientConn, ClusterConfig, ClusterError, ClusterNode};
 use room_core::{MemberKey, NodeId, Role, RoomId, RoomKey, Terminal, Uin};
 use room_memberlist::MemberStore;
 use room_nats::RegistryConfig;
@@ -459,4 +459,11 @@ async fn a_restarted_node_recovers_from_the_shared_cache() {
     assert_eq!(student.rx.epoch(), epoch_before, "the restarted gate resumed the room's sequence");
     assert_eq!(student.resets, 0);
     println!("after a restart: 3 messages recovered from the shared cache, m6 continued epoch {epoch_before}");
+    // A flood from one client is refused at its access node (burst 20).
+    let refused = (0..100)
+        .filter(|i| {
+            matches!(nodes[0].say(teacher.conn.id, &format!("flood {i}")), Err(ClusterError::RateLimited { .. }))
+        })
+        .count();
+    assert!(refused >= 70, "only {refused} of 100 refused");
 }
