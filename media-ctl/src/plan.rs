@@ -174,6 +174,14 @@ pub enum PlanError {
     /// An output that cannot be made.
     #[error("bad output: {0}")]
     BadOutput(&'static str),
+    /// The recordings span less than one frame: nothing to render.
+    #[error("the recordings span {span_ms} ms, less than one frame at {fps} fps")]
+    TooShort {
+        /// From the first recording's start to the last one's end.
+        span_ms: Millis,
+        /// The requested frame rate.
+        fps: u32,
+    },
     /// A layout that does not validate.
     #[error("layout switch {index}: {error}")]
     Layout {
@@ -211,6 +219,9 @@ pub fn plan(req: &PlanRequest, timelines: &BTreeMap<String, Timeline>) -> Result
     let start = spans.iter().map(|s| s.from).min().ok_or(PlanError::NoRecordings)?;
     let end = spans.iter().map(|s| s.to).max().ok_or(PlanError::NoRecordings)?;
     let frames = ((end - start) as u64 * u64::from(req.fps)) / 1000;
+    if frames == 0 {
+        return Err(PlanError::TooShort { span_ms: end - start, fps: req.fps });
+    }
     let axis_end = (frames * 1000 / u64::from(req.fps)) as Millis;
 
     let mut inputs = Vec::with_capacity(req.inputs.len());

@@ -59,7 +59,18 @@ proptest! {
             }
         }
         let switches = switch_times.iter().map(|at| grid(streams.len(), base + at)).collect();
-        let p = plan(&request(streams.len(), switches), ing.timelines()).expect("plannable");
+        let span = ing.timelines().values().filter_map(|t| t.span()).fold(None, |acc: Option<Span>, s| {
+            Some(acc.map_or(s, |a| Span { from: a.from.min(s.from), to: a.to.max(s.to) }))
+        }).expect("recordings");
+        let p = match plan(&request(streams.len(), switches), ing.timelines()) {
+            Ok(p) => p,
+            // Shorter than one frame (40 ms at 25 fps): refused, never an empty plan.
+            Err(e) => {
+                prop_assert!(span.to - span.from < 40, "refused a {} ms span: {e}", span.to - span.from);
+                prop_assert_eq!(e, PlanError::TooShort { span_ms: span.to - span.from, fps: 25 });
+                return Ok(());
+            }
+        };
         let axis = p.duration_ms();
         prop_assert_eq!(p.frames, (axis as u64 * 25) / 1000);
         for input in &p.inputs {
@@ -142,4 +153,15 @@ fn a_colour_input_needs_no_recording_and_spans_the_axis() {
     assert_eq!((bg.first, bg.last, bg.pieces.len()), (0, 4_000, 0));
     let (_, graph, _) = room_media_ctl::ffmpeg::render_graph(&p).expect("renderable");
     assert!(graph.contains("color=c=0x0000FF:s=320x360"), "{graph}");
+}
+
+#[test]
+fn recordings_shorter_than_a_frame_are_refused() {
+    let mut ing = Ingestor::new();
+    ing.add(seg("s0", 0, 1_000, 1_039)).expect("valid");
+    let r = plan(&request(1, vec![grid(1, 1_000)]), ing.timelines());
+    assert_eq!(r.err(), Some(PlanError::TooShort { span_ms: 39, fps: 25 }));
+    ing.add(seg("s0", 1, 1_039, 1_040)).expect("valid");
+    let p = plan(&request(1, vec![grid(1, 1_000)]), ing.timelines()).expect("one frame");
+    assert_eq!(p.frames, 1);
 }
