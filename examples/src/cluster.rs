@@ -558,8 +558,19 @@ impl ClusterNode {
 
     /// The teacher (or an assistant) says something to the room: reliable.
     pub fn say(&self, conn: ConnId, text: &str) -> Result<(), ClusterError> {
+        self.send_to_gate(conn, text, true)
+    }
+
+    /// A chat line to the room.
+    pub fn chat(&self, conn: ConnId, text: &str) -> Result<(), ClusterError> {
+        self.send_to_gate(conn, text, false)
+    }
+
+    /// Charges the sender, then hands the message to this node's gate task,
+    /// which numbers it here or forwards it to the room's owner.
+    fn send_to_gate(&self, conn: ConnId, text: &str, teacher: bool) -> Result<(), ClusterError> {
         let (member, role, _) = self.entry(conn)?;
-        if !role.is_staff() {
+        if teacher && !role.is_staff() {
             return Err(ClusterError::NotAllowed(role));
         }
         self.charge(member, role)?;
@@ -570,25 +581,7 @@ impl ClusterNode {
             room: member.room_key(),
             uin: member.uin,
             role,
-            teacher: true,
-            text: text.to_owned(),
-        };
-        let _ = self.s.gate_tx.send(GateCmd::Publish { req, reply: None, attempt: 0 });
-        Ok(())
-    }
-
-    /// A chat line to the room.
-    pub fn chat(&self, conn: ConnId, text: &str) -> Result<(), ClusterError> {
-        let (member, role, _) = self.entry(conn)?;
-        self.charge(member, role)?;
-        let id = self.s.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let req = GateReq {
-            from: self.s.me,
-            id,
-            room: member.room_key(),
-            uin: member.uin,
-            role,
-            teacher: false,
+            teacher,
             text: text.to_owned(),
         };
         let _ = self.s.gate_tx.send(GateCmd::Publish { req, reply: None, attempt: 0 });
