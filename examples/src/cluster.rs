@@ -42,6 +42,7 @@ use room_core::{MemberKey, NodeId, Role, RoomKey, Router, RouterConfig, Terminal
 use room_heartbeat::tracker::{
     BeatOutcome, ConnId as BeatConn, LeaveOutcome, SessionHint, Timing, Tracker, TrackerConfig,
 };
+use room_heartbeat::{NoAnswer, ProbeAnswer, ReverseCheck, ReverseCheckConfig};
 use room_memberlist::{MemberStore, Replica, ReplicaConfig, StoreError, WriteOp};
 use room_nats::{Connection, Mailbox, NatsBus, NatsConfig, NodeRecord, Registry, RegistryConfig};
 use room_push::{
@@ -318,6 +319,7 @@ struct Shared {
     writes: Mailbox,
     access: Mutex<Access>,
     presence: Mutex<Tracker>,
+    reverse: Mutex<ReverseCheck>,
     gate_tx: mpsc::UnboundedSender<GateCmd>,
     interest_tx: mpsc::UnboundedSender<RoomKey>,
     /// Per member, before anything is forwarded to a room's owner: a flood
@@ -373,6 +375,10 @@ impl ClusterNode {
         tracker_config.default_timing =
             Timing::new(config.heartbeat, config.misses).map_err(|e| ClusterError::Config(e.to_string()))?;
         let tracker = Tracker::new(tracker_config).map_err(|e| ClusterError::Config(e.to_string()))?;
+        let mut reverse_config = ReverseCheckConfig::default();
+        reverse_config.on_no_answer = NoAnswer::AssumeAlive;
+        reverse_config.answer_timeout = Duration::from_secs(1);
+        let reverse = ReverseCheck::new(reverse_config).map_err(|e| ClusterError::Config(e.to_string()))?;
         let mut node_config = NodeConfig::default();
         node_config.cache_len = config.cache_len;
         let push = PushNode::with_codecs(node_config, vec![Arc::new(JsonCodec)]);
@@ -394,6 +400,7 @@ impl ClusterNode {
             registry: Mutex::new(Some(registry)),
             access: Mutex::new(Access { push, conns: HashMap::new(), rooms: HashSet::new() }),
             presence: Mutex::new(tracker),
+            reverse: Mutex::new(reverse),
             senders: Mutex::new(KeyedLimiter::new(1 << 20)),
             counters: Counters::default(),
             tasks: Mutex::new(Vec::new()),
@@ -767,9 +774,14 @@ fn handle_beat(s: &Arc<Shared>, msg: BeatMsg) {
                 }
             }
             BeatMsg::Beat { member, role, terminal, conn } => {
-                if let Ok(r) = tracker.beat(t, member, terminal, BeatConn(conn), SessionHint::NONE)
-                    && r.outcome == BeatOutcome::Adopted
-                {
+                let taken_over = match tracker.beat(t, member, terminal, BeatConn(conn), SessionHint::NONE) {
+                    Ok(r) => {
+                        matches!(r.outcome, BeatOutcome::Adopted)
+                            || r.outcome == BeatOutcome::Reconnected { previous: NO_CONNECTION }
+                    }
+                    Err(_) => false,
+                };
+                if taken_over {
                     s.counters.adopted.fetch_add(1, Ordering::Relaxed);
                     // Heartbeat repair: a member-list write lost with a
                     // failed node comes back (a no-op when listed).
@@ -824,7 +836,8 @@ async fn follow_views(s: Arc<Shared>, mut views: tokio::sync::watch::Receiver<ro
                         let router = s.router.read();
                         s.presence.lock().release_where(|m| router.route(m) == Ok(s.me))
                     };
-                    tracing::info!(node = %s.me, nodes = view.routable().count(), released, "view changed");
+                    let held = hold_listed_sessions(&s);
+                    tracing::info!(node = %s.me, nodes = view.routable().count(), released, held, "view changed");
                     let _ = s.gate_tx.send(GateCmd::ViewChanged);
                 }
                 Err(e) => tracing::warn!(error = %e, "the registry's view cannot route"),
@@ -834,6 +847,41 @@ async fn follow_views(s: Arc<Shared>, mut views: tokio::sync::watch::Receiver<ro
             return;
         }
     }
+}
+
+/// The connection id of a session held for a member the list shows but no
+/// beat has reached yet: its access node (0) is never in a view, so unless
+/// a real beat replaces it within the timeout, the reverse check ends it.
+const NO_CONNECTION: BeatConn = BeatConn(0);
+
+/// Starts tracking every listed member this node now owns that it does
+/// not track yet. When a node dies, the sessions it owned die with it; a
+/// member who is still there beats within one interval and the session
+/// follows the real connection, while one who left with the node (its
+/// client gone too) times out here and exits, instead of staying listed
+/// for ever. Returns how many sessions it started.
+fn hold_listed_sessions(s: &Arc<Shared>) -> usize {
+    let store = s.replica.store();
+    let router = s.router.read();
+    let mut tracker = s.presence.lock();
+    let t = now();
+    let mut held = 0;
+    for room in store.room_keys() {
+        for row in store.members(room) {
+            let member = room.member(row.uin);
+            if router.route(&member) != Ok(s.me) {
+                continue;
+            }
+            for terminal in row.terminals.iter() {
+                if tracker.connection(&member, terminal).is_none()
+                    && tracker.beat(t, member, terminal, NO_CONNECTION, SessionHint::NONE).is_ok()
+                {
+                    held += 1;
+                }
+            }
+        }
+    }
+    held
 }
 
 async fn take_beats(s: Arc<Shared>, mut inbox: futures::stream::BoxStream<'static, (NodeId, Bytes)>) {
@@ -1040,7 +1088,9 @@ fn flush(a: &mut Access, t: Timestamp) {
     }
 }
 
-/// Push timers, heartbeat expiry and the reverse check.
+/// Push timers, heartbeat expiry and the reverse check
+/// ([`room_heartbeat::ReverseCheck`]: rate-limited probes, retries with
+/// backoff, a decision when nobody answers).
 async fn timers(s: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1052,54 +1102,69 @@ async fn timers(s: Arc<Shared>) {
             a.push.handle_timeout(t);
             flush(&mut a, t);
         }
-        let suspects = {
+        let mut exits = Vec::new();
+        let mut probes = Vec::new();
+        {
             let mut tracker = s.presence.lock();
+            let mut reverse = s.reverse.lock();
             tracker.handle_timeout(t);
-            let mut out = Vec::new();
-            while let Some(x) = tracker.poll_suspect() {
-                out.push(x);
+            // A suspect the check cannot take yet stays in the tracker.
+            while reverse.has_capacity() {
+                let Some(suspect) = tracker.poll_suspect() else { break };
+                let _ = reverse.handle_suspect(t, suspect);
             }
             while tracker.poll_event().is_some() {}
-            out
-        };
-        for suspect in suspects {
-            let s = s.clone();
-            tokio::spawn(async move { reverse_check(&s, suspect).await });
+            reverse.handle_timeout(t);
+            while let Some(probe) = reverse.poll_probe(t) {
+                probes.push(probe);
+            }
+            while let Some(verdict) = reverse.poll_verdict() {
+                if !verdict.kind.is_gone() {
+                    tracker.confirm_alive(t, &verdict.suspect);
+                } else if tracker.confirm_gone(t, &verdict.suspect) {
+                    exits.push(verdict.suspect);
+                }
+            }
+        }
+        for suspect in exits {
+            s.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+            let member = suspect.member;
+            write_members(&s, member.room_key(), vec![WriteOp::Exit { uin: member.uin, terminal: suspect.terminal }]);
+        }
+        for probe in probes {
+            ask_access_node(&s, probe);
         }
     }
 }
 
 /// Asks the suspect's access node whether its connection is still open.
-/// Only a "gone" answer, or an access node that has left the view, ends the
-/// session: no answer (NATS away, a slow node) keeps it, to be checked
-/// again after another timeout. A false exit is worse than a late one.
-async fn reverse_check(s: &Arc<Shared>, suspect: room_heartbeat::Suspect) {
-    let access = NodeId(suspect.conn.0 >> 40);
-    let gone = if access == s.me {
-        Some(!s.access.lock().conns.contains_key(&ConnId(suspect.conn.0 & ((1 << 40) - 1))))
+/// This node, or a node that has left the view, is answered at once;
+/// otherwise the answer (or its absence) goes back to the reverse check,
+/// which retries and then keeps the session ([`NoAnswer::AssumeAlive`]): a
+/// false exit is worse than a late one.
+fn ask_access_node(s: &Arc<Shared>, probe: room_heartbeat::Probe) {
+    let conn = probe.suspect.conn.0;
+    let access = NodeId(conn >> 40);
+    let known = if access == s.me {
+        Some(s.access.lock().conns.contains_key(&ConnId(conn & ((1 << 40) - 1))))
     } else if !s.router.read().contains(access) {
-        Some(true)
+        Some(false)
     } else {
-        let ask = s
-            .nats
-            .client()
-            .request(probe_subject(s.nats.prefix(), access), suspect.conn.0.to_be_bytes().to_vec().into());
-        match tokio::time::timeout(Duration::from_secs(1), ask).await {
-            Ok(Ok(answer)) => Some(answer.payload.as_ref() == b"0"),
-            _ => None,
-        }
+        None
     };
-    let mut tracker = s.presence.lock();
-    if gone == Some(true) {
-        if tracker.confirm_gone(now(), &suspect) {
-            s.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-            drop(tracker);
-            let member = suspect.member;
-            write_members(s, member.room_key(), vec![WriteOp::Exit { uin: member.uin, terminal: suspect.terminal }]);
-        }
-    } else {
-        tracker.confirm_alive(now(), &suspect);
+    if let Some(alive) = known {
+        let answer = if alive { ProbeAnswer::Alive } else { ProbeAnswer::Gone };
+        let _ = s.reverse.lock().handle_answer(now(), probe.id, answer);
+        return;
     }
+    let s = s.clone();
+    tokio::spawn(async move {
+        let ask = s.nats.client().request(probe_subject(s.nats.prefix(), access), conn.to_be_bytes().to_vec().into());
+        if let Ok(answer) = ask.await {
+            let answer = if answer.payload.as_ref() == b"0" { ProbeAnswer::Gone } else { ProbeAnswer::Alive };
+            let _ = s.reverse.lock().handle_answer(now(), probe.id, answer);
+        }
+    });
 }
 
 #[derive(Clone)]

@@ -467,3 +467,68 @@ async fn a_restarted_node_recovers_from_the_shared_cache() {
         .count();
     assert!(refused >= 70, "only {refused} of 100 refused");
 }
+
+/// Members who leave with a dying node (their clients gone too) exit
+/// after the timeout, whoever owned their sessions; everyone else stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and nats-server"]
+async fn members_who_leave_with_a_dead_node_exit() {
+    let redis = RedisServer::start(None).expect("redis-server starts (apt-get install redis-server)");
+    let nats = NatsServer::start().expect("nats-server starts (apt-get install nats-server)");
+    let mut nodes = Vec::new();
+    for n in 1..=3 {
+        let mut config = ClusterConfig::new(NodeId(n), &nats.url(), &redis.url(), keys());
+        config.heartbeat = HEARTBEAT;
+        config.registry = RegistryConfig::new().with_interval(Duration::from_millis(200));
+        nodes.push(ClusterNode::start(config).await.expect("node starts"));
+    }
+    let t = Instant::now();
+    while !nodes.iter().all(|n| n.view().len() == 3) {
+        assert!(t.elapsed() < Duration::from_secs(10), "the cluster did not form");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    const N: u64 = 300;
+    let mut clients: Vec<(usize, ClientConn)> = (1..=N)
+        .map(|uin| {
+            let node = uin as usize % 3;
+            (node, Client::connect(&nodes, node, uin, if uin == 1 { Role::Teacher } else { Role::Student }))
+        })
+        .collect();
+    let listed = |nodes: &[ClusterNode], i: usize| nodes[i].members().counts(ROOM).map_or(0, |c| c.total());
+    let run = |nodes: &[ClusterNode], clients: &mut Vec<(usize, ClientConn)>, alive: &[bool]| {
+        for (node, c) in clients.iter_mut() {
+            while c.outbound.try_recv().is_ok() {}
+            if alive[*node] {
+                let _ = nodes[*node].beat(c.id);
+            }
+        }
+    };
+    let t = Instant::now();
+    while !(0..3).all(|i| listed(&nodes, i) == N as u32) {
+        assert!(t.elapsed() < Duration::from_secs(10), "member lists incomplete");
+        run(&nodes, &mut clients, &[true; 3]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Node 3 dies, and its clients with it: they never come back.
+    let gone = clients.iter().filter(|(n, _)| *n == 2).count() as u32;
+    nodes[2].kill();
+    let alive = [true, true, false];
+    let t = Instant::now();
+    while !(0..2).all(|i| listed(&nodes, i) == N as u32 - gone) {
+        assert!(t.elapsed() < Duration::from_secs(20), "lists: {} and {}", listed(&nodes, 0), listed(&nodes, 1));
+        run(&nodes, &mut clients, &alive);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exits: u64 = nodes[..2].iter().map(|n| n.stats().timed_out).sum();
+    println!("{gone} members left with the dead node: out of the lists {:?} after the kill", t.elapsed());
+    assert_eq!(exits, u64::from(gone), "exactly the members who left, each once");
+    // Everyone else is still there, a few timeouts later.
+    for _ in 0..20 {
+        run(&nodes, &mut clients, &alive);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!((0..2).all(|i| listed(&nodes, i) == N as u32 - gone));
+    for (node, c) in clients.iter().filter(|(n, _)| *n != 2) {
+        assert!(nodes[*node].members().contains(c.member), "{} taken out", c.member);
+    }
+}

@@ -261,7 +261,7 @@ impl Gate {
             return Ok(r.epoch);
         }
         self.open_room_for(now, room, expected_learners)?;
-        let r = self.rooms.get_mut(&room).expect("opened just above");
+        let r = self.rooms.get_mut(&room).ok_or(GateError::UnknownRoom(room))?;
         r.epoch = epoch;
         r.next_seq = head.saturating_add(1).max(1);
         self.last_epoch = self.last_epoch.max(epoch);

@@ -4,10 +4,12 @@
 //! machine's shared instance.
 
 use std::io::{self, Read};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::redis::free_port;
 
 /// A running (or stopped, until [`NatsServer::restart`]) `nats-server -js`.
 #[derive(Debug)]
@@ -15,10 +17,6 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
-}
-
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// The server greets every client with an `INFO` line.

@@ -16,7 +16,8 @@ pub struct RedisServer {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> io::Result<u16> {
+/// A port nothing listens on now (the OS's pick), for a server of a test's own.
+pub(crate) fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
