@@ -63,9 +63,9 @@ use room_core::{
     BusinessId, ExitReason, Flag, MemberChange, MemberEvent, MemberKey, RoomId, Terminal, TerminalSet, Timestamp, Uin,
 };
 
-/// A connection at the access layer (its id there).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ConnId(pub u64);
+/// A connection at the access layer: room-core's [`ConnId`](room_core::ConnId),
+/// the same id the push layer gives the connection.
+pub use room_core::ConnId;
 
 /// Where a session lives in the tracker. Echo it back with the next beat to
 /// skip a hash lookup; any value is safe to send (a wrong one is ignored).

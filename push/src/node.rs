@@ -17,23 +17,11 @@ use crate::degrade::Level;
 use crate::envelope::Envelope;
 use crate::message::{Class, Kind, Scope, SubclassId, Target};
 
-/// A connection on a push node. Ids are never reused for another connection
-/// of the same node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(transparent))]
-pub struct ConnId(pub u64);
-
-impl ConnId {
-    fn new(slot: u32, generation: u32) -> Self {
-        ConnId(u64::from(generation) << 32 | u64::from(slot))
-    }
-    fn slot(self) -> usize {
-        (self.0 & 0xFFFF_FFFF) as usize
-    }
-    fn generation(self) -> u32 {
-        (self.0 >> 32) as u32
-    }
-}
+/// A connection on a push node: room-core's [`ConnId`](room_core::ConnId),
+/// tagged with [`NodeConfig::conn_tag`]. A slot's generation changes with
+/// every connection it holds, so a stale id is refused rather than taken
+/// for a newer connection.
+pub use room_core::ConnId;
 
 /// What a slow connection gets when its reliable lane overflows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -90,6 +78,9 @@ pub struct NodeConfig {
     pub cache_age: Duration,
     /// Messages in one check answer; longer ranges are answered in parts.
     pub max_check_answer: usize,
+    /// The tag of every [`ConnId`] this node gives out (the room service
+    /// puts its node id here, so that an id names its node).
+    pub conn_tag: u16,
 }
 
 impl Default for NodeConfig {
@@ -110,6 +101,7 @@ impl Default for NodeConfig {
             cache_len: 1024,
             cache_age: Duration::from_secs(300),
             max_check_answer: 256,
+            conn_tag: 0,
         }
     }
 }
@@ -350,7 +342,7 @@ const ROLE_LISTS: usize = 64;
 
 #[derive(Debug)]
 struct Conn {
-    generation: u32,
+    generation: u16,
     live: bool,
     uin: Uin,
     room: u32,
@@ -508,8 +500,8 @@ impl PushNode {
     }
 
     fn conn(&self, id: ConnId) -> Result<&Conn, NodeError> {
-        match self.conns.get(id.slot()) {
-            Some(c) if c.live && c.generation == id.generation() => Ok(c),
+        match self.conns.get(id.slot() as usize) {
+            Some(c) if c.live && c.generation == id.generation() && id.tag() == self.config.conn_tag => Ok(c),
             _ => Err(NodeError::UnknownConnection(id)),
         }
     }
@@ -622,7 +614,7 @@ impl PushNode {
         c.pos_uin = same_user.len() as u32;
         same_user.push(slot);
         self.link_subclass(slot, subclass);
-        Ok(Connected { conn: ConnId::new(slot, generation), epoch, head })
+        Ok(Connected { conn: ConnId::new(self.config.conn_tag, generation, slot), epoch, head })
     }
 
     fn unlink_subclass(&mut self, slot: u32) {
@@ -658,7 +650,7 @@ impl PushNode {
     /// Removes a connection. Its queued frames are dropped.
     pub fn disconnect(&mut self, now: Timestamp, id: ConnId) -> Result<(), NodeError> {
         self.conn(id)?;
-        self.remove(now, id.slot() as u32);
+        self.remove(now, id.slot());
         Ok(())
     }
 
@@ -709,7 +701,7 @@ impl PushNode {
     /// The connection may take frames again (after [`SendError::WouldBlock`]).
     pub fn set_writable(&mut self, id: ConnId) -> Result<(), NodeError> {
         self.conn(id)?;
-        let slot = id.slot();
+        let slot = id.slot() as usize;
         let c = &mut self.conns[slot];
         c.blocked = false;
         if !c.ready && c.queued() > 0 {
@@ -733,7 +725,7 @@ impl PushNode {
                 for &slot in list {
                     let c = &self.conns[slot as usize];
                     if target.matches(c.uin, c.role, c.terminal, c.subclass) {
-                        out.push(ConnId::new(slot, c.generation));
+                        out.push(ConnId::new(self.config.conn_tag, c.generation, slot));
                     }
                 }
             }
@@ -909,7 +901,7 @@ impl PushNode {
         if !c.live {
             return;
         }
-        let (conn, uin) = (ConnId::new(slot, c.generation), c.uin);
+        let (conn, uin) = (ConnId::new(self.config.conn_tag, c.generation, slot), c.uin);
         let room = self.rooms[c.room as usize].as_ref().map(|r| r.key).expect("live room");
         self.remove(now, slot);
         self.lanes.stats.disconnects += 1;
@@ -1084,7 +1076,14 @@ impl PushNode {
                 continue;
             }
             let epoch = self.rooms[c.room as usize].as_ref().map_or(0, |r| r.epoch);
-            match drain(c, slot, epoch, connector, &self.empty, &mut self.lanes.stats) {
+            match drain(
+                c,
+                ConnId::new(self.config.conn_tag, c.generation, slot),
+                epoch,
+                connector,
+                &self.empty,
+                &mut self.lanes.stats,
+            ) {
                 Ok(n) => sent += n,
                 Err((n, reason)) => {
                     sent += n;
@@ -1117,7 +1116,7 @@ impl PushNode {
             return Err(NodeError::AckFromFuture { acked: seq, last: c.last_seq });
         }
         let (last, pending) = (c.last_seq, !c.reliable.is_empty() || c.resync);
-        let c = &mut self.conns[id.slot()];
+        let c = &mut self.conns[id.slot() as usize];
         c.acked = c.acked.max(seq);
         Ok(if seq == last || pending { AckReply::UpToDate } else { AckReply::Behind { last } })
     }
@@ -1298,13 +1297,12 @@ impl Lanes {
 /// returns the reason.
 fn drain<C: Connector>(
     c: &mut Conn,
-    slot: u32,
+    id: ConnId,
     epoch: u64,
     connector: &mut C,
     empty: &Bytes,
     stats: &mut NodeStats,
 ) -> Result<u64, (u64, DisconnectReason)> {
-    let id = ConnId::new(slot, c.generation);
     let mut sent = 0;
     loop {
         let result = if c.resync {

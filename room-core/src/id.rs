@@ -152,6 +152,50 @@ impl NodeId {
     }
 }
 
+/// A client connection at an access node: the one id that heartbeat
+/// sessions and push connections share.
+///
+/// The 64 bits are a `tag` (16 bits, chosen by the access layer; Roomkit's
+/// room service puts the id of the node that holds the connection there,
+/// so a connection names its node), a `generation` (16 bits, so an id is
+/// not mistaken for a later connection in the same slot) and a `slot` (32
+/// bits). [`ConnId::NONE`] names no connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(transparent))]
+pub struct ConnId(pub u64);
+
+impl ConnId {
+    /// No connection (a session known only from the member list, say).
+    pub const NONE: ConnId = ConnId(u64::MAX);
+
+    /// The id of `slot` in its `generation`, under `tag`.
+    pub const fn new(tag: u16, generation: u16, slot: u32) -> ConnId {
+        ConnId(((tag as u64) << 48) | ((generation as u64) << 32) | slot as u64)
+    }
+
+    /// The access layer's tag (the node that holds the connection, in
+    /// Roomkit's room service).
+    pub const fn tag(self) -> u16 {
+        (self.0 >> 48) as u16
+    }
+
+    /// The generation of the slot.
+    pub const fn generation(self) -> u16 {
+        (self.0 >> 32) as u16
+    }
+
+    /// The slot.
+    pub const fn slot(self) -> u32 {
+        self.0 as u32
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.tag(), self.generation(), self.slot())
+    }
+}
+
 /// Splits `s` on `/` into exactly `N` parts.
 fn split_parts<'a, const N: usize>(s: &'a str, what: &'static str) -> Result<[&'a str; N], ParseIdError> {
     let mut parts = [""; N];
@@ -287,5 +331,15 @@ mod tests {
     fn node_ids_from_names_are_stable_and_distinct() {
         assert_eq!(NodeId::from_name("hb-1"), NodeId::from_name("hb-1"));
         assert_ne!(NodeId::from_name("hb-1"), NodeId::from_name("hb-2"));
+    }
+
+    #[test]
+    fn connection_ids_keep_their_parts() {
+        for (tag, generation, slot) in [(0, 0, 0), (7, 1, 42), (u16::MAX, u16::MAX, u32::MAX - 1), (1, u16::MAX, 0)] {
+            let id = ConnId::new(tag, generation, slot);
+            assert_eq!((id.tag(), id.generation(), id.slot()), (tag, generation, slot));
+            assert_ne!(id, ConnId::NONE);
+        }
+        assert_eq!(ConnId::new(3, 2, 1).to_string(), "3.2.1");
     }
 }

@@ -39,7 +39,7 @@ pub use cluster::{ClusterError, ClusterView, Epoch, NodeChange, NodeEvent, NodeI
 pub use event::{ExitReason, MemberChange, MemberEvent};
 pub use flags::{Flag, FlagSet};
 pub use hash::{PreHashed, RouteKey, stable_hash};
-pub use id::{BusinessId, MemberKey, NodeId, ParseIdError, RoomId, RoomKey, Uin};
+pub use id::{BusinessId, ConnId, MemberKey, NodeId, ParseIdError, RoomId, RoomKey, Uin};
 pub use role::{CustomRole, ParseRoleError, Role, RoleSet};
 pub use router::{Router, RouterConfig, RouterError, SlotMove};
 pub use terminal::{ParseTerminalError, Terminal, TerminalSet};
