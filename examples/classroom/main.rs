@@ -21,7 +21,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let heartbeat = std::env::var("ROOMKIT_HEARTBEAT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     let config = ClassroomConfig { heartbeat: Duration::from_secs(heartbeat), ..ClassroomConfig::default() };
-    let running = serve(listener, config)?;
+    let running = serve(listener, config).await?;
     tracing::info!("classroom at http://{} (teacher view: http://{}/?role=teacher&uin=1)", running.addr, running.addr);
     let mut every = tokio::time::interval(Duration::from_secs(30));
     loop {
@@ -29,7 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ = tokio::signal::ctrl_c() => break,
             _ = every.tick() => {
                 let s = running.service.stats();
-                tracing::info!(rooms = s.rooms, members = s.members, connections = s.connections, frames_sent = s.push.frames_sent, "status");
+                tracing::info!(rooms = s.rooms, sessions = s.sessions, connections = s.connections, frames_sent = s.push.frames_sent, "status");
             }
         }
     }

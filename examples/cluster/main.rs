@@ -15,8 +15,10 @@
 //! the nodes, for `--seconds`, with `--chat-rate` lines/s, 100 by default)
 //! and stops; otherwise it runs until Ctrl-C.
 //!
-//! Each node is a heartbeat server, a member-list replica, a push node and
-//! the gate of the rooms it owns (see `examples::cluster`).
+//! Each node is roomkit's room service (the one the quickstart runs in
+//! memory) over NATS and Redis: an access and push node, the heartbeat
+//! owner of the sessions the router gives it, a member-list replica, and
+//! the owner of the rooms the router gives it (see `examples::cluster`).
 #![forbid(unsafe_code)]
 
 use std::process::{Child, Command, Stdio};
@@ -90,21 +92,21 @@ async fn run_node(a: &Args, id: u64) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = ClusterConfig::new(NodeId(id), &nats, &redis, keys.clone());
     config.addr = format!("127.0.0.1:{port}");
     let node = ClusterNode::start(config).await?;
-    serve(listener, node.clone(), Arc::new(keys))?;
+    serve(listener, &node, Arc::new(keys))?;
     tracing::info!(node = id, %port, "serving");
     let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = every.tick() => {
-                let s = node.stats();
+                let s = node.service.stats();
                 tracing::info!(
                     node = id,
-                    view = ?node.view(),
+                    view = ?node.service.view(),
                     connections = s.connections,
                     sessions = s.sessions,
-                    numbered = s.numbered,
+                    rooms = s.rooms,
                     refilled = s.refilled,
-                    redis_up = s.redis_up,
+                    redis_up = node.redis_up(),
                     "status"
                 );
             }

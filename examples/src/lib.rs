@@ -4,3 +4,4 @@
 
 pub mod classroom;
 pub mod cluster;
+pub mod edge;

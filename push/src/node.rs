@@ -711,6 +711,38 @@ impl PushNode {
         Ok(())
     }
 
+    /// Holds a connection's frames in its lanes until
+    /// [`PushNode::set_writable`] (a host that must send something else
+    /// first, a welcome say, before any pushed frame).
+    pub fn set_blocked(&mut self, id: ConnId) -> Result<(), NodeError> {
+        self.conn(id)?;
+        self.conns[id.slot() as usize].blocked = true;
+        Ok(())
+    }
+
+    /// Moves one connection to `subclass` (where [`PushNode::set_subclass`]
+    /// moves every connection of a user).
+    pub fn set_connection_subclass(&mut self, id: ConnId, subclass: Option<SubclassId>) -> Result<(), NodeError> {
+        let c = self.conn(id)?;
+        if c.subclass != subclass {
+            let slot = id.slot();
+            self.unlink_subclass(slot);
+            self.link_subclass(slot, subclass);
+        }
+        Ok(())
+    }
+
+    /// A connection's sub-class.
+    pub fn connection_subclass(&self, id: ConnId) -> Result<Option<SubclassId>, NodeError> {
+        Ok(self.conn(id)?.subclass)
+    }
+
+    /// Counts a check its host answered with a reset (from a shared cache
+    /// that did not hold the range either).
+    pub fn count_reset(&mut self) {
+        self.lanes.stats.resets += 1;
+    }
+
     /// Connections of `room` on this node.
     pub fn room_connections(&self, room: RoomKey) -> usize {
         self.room_ids.get(&room).map_or(0, |&r| self.rooms[r as usize].as_ref().map_or(0, |r| r.all.len()))

@@ -7,12 +7,15 @@
 //!   `memberlist`, `push`, `media-ctl`): the parts, for hosts that wire
 //!   them themselves.
 //! * [`ticket`]: signed, expiring room entry tickets (always).
-//! * [`classroom`]: raised hands, reactions, answer cards and red packets
-//!   (always; sans-IO).
-//! * `service` (feature `service`, on by default): [`service::RoomService`], a tokio
-//!   room service a host calls from its own transport (connect with a
-//!   ticket, hand it client frames, write what it gives back), and
-//!   [`wire`], the JSON protocol it speaks (docs/PROTOCOL.md).
+//! * [`classroom`], [`wire`], [`node`] (the room service's sans-IO core,
+//!   `room-service`): raised hands, reactions, answer cards and red
+//!   packets; the JSON protocol clients speak (docs/PROTOCOL.md); one node
+//!   of a room service and the transports it runs over.
+//! * `service` (feature `service`, on by default): [`service::RoomService`],
+//!   that node on tokio, for a single process (in memory) or a node of a
+//!   cluster (NATS and Redis transports from `room-nats` and `room-redis`):
+//!   a host calls it from its own transport (connect with a ticket, hand it
+//!   client frames, write what it gives back).
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -26,9 +29,14 @@ pub use room_memberlist as memberlist;
 #[cfg(feature = "push")]
 pub use room_push as push;
 
-pub mod classroom;
+pub use room_service::{classroom, peer, transport, wire};
+/// The room service's sans-IO core ([`room_service`]).
+pub mod node {
+    pub use room_service::{
+        Admission, CacheAnswer, CacheOp, ClientSink, ConfigError, EntryError, FrameError, NodeStats, Outbound, Output,
+        RoomNode, RoomNodeConfig,
+    };
+}
 #[cfg(feature = "service")]
 pub mod service;
 pub mod ticket;
-#[cfg(feature = "service")]
-pub mod wire;

@@ -14,6 +14,9 @@
 //! * [`Mailbox`]: node-to-node messages (`<prefix>.node.<id>.<channel>`),
 //!   and [`replicate`], which drives a member-list
 //!   [`Replica`](room_memberlist::Replica) over it.
+//! * The room service's transports: [`NatsPeers`] (its node-to-node
+//!   messages) and the [`Registry`] as its cluster view
+//!   ([`Membership`](room_service::transport::Membership)).
 //!
 //! # Faults
 //!
@@ -36,8 +39,10 @@ use parking_lot::Mutex;
 mod bus;
 mod mailbox;
 mod registry;
+mod transport;
 
 pub use bus::NatsBus;
+pub use transport::NatsPeers;
 pub use mailbox::{Mailbox, MailboxError, replicate};
 pub use registry::{NodeRecord, Registry, RegistryConfig, RegistryError, ensure_bucket};
 

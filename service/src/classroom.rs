@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use hashbrown::{HashMap, HashSet};
 use room_core::{Role, Timestamp, Uin};
+use serde::{Deserialize, Serialize};
 
 /// Who is acting, as the room service authenticated them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,7 +214,7 @@ struct OpenCard {
 }
 
 /// A closed card's results.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CardResult {
     /// The card.
     pub id: u64,
@@ -380,12 +381,7 @@ impl Classroom {
     /// Anyone present but observers sends `count` flowers or likes.
     /// Returns the room's new total for that reaction.
     pub fn react(&mut self, actor: Actor, reaction: Reaction, count: u32) -> Result<u64, ActionError> {
-        if actor.role == Role::Observer {
-            return Err(not_allowed(actor, Action::React));
-        }
-        if count == 0 || count > self.config.max_reaction_count {
-            return Err(ActionError::BadReactionCount { count, max: self.config.max_reaction_count });
-        }
+        self.check_react(actor, count)?;
         let i = reaction.index();
         self.reaction_totals[i] += u64::from(count);
         let keep = self.reactions_by_sender.len() < self.config.max_reaction_senders;
@@ -397,6 +393,18 @@ impl Classroom {
             self.reactions_by_sender.insert(actor.uin, mine);
         }
         Ok(self.reaction_totals[i])
+    }
+
+    /// Whether `actor` may send `count` flowers or likes (what
+    /// [`Classroom::react`] would refuse), without counting them.
+    pub fn check_react(&self, actor: Actor, count: u32) -> Result<(), ActionError> {
+        if actor.role == Role::Observer {
+            return Err(not_allowed(actor, Action::React));
+        }
+        if count == 0 || count > self.config.max_reaction_count {
+            return Err(ActionError::BadReactionCount { count, max: self.config.max_reaction_count });
+        }
+        Ok(())
     }
 
     /// The room's total of a reaction.
@@ -563,4 +571,183 @@ impl Classroom {
             taken: p.grabbed.values().sum(),
         })
     }
+}
+
+/// The open answer card as the room sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenCardView {
+    /// The card.
+    pub id: u64,
+    /// Options A, B, C...
+    pub options: u8,
+    /// When answers stop being taken.
+    pub deadline: Option<Timestamp>,
+    /// Answers per option so far.
+    pub tally: Vec<u32>,
+    /// Learners who answered so far.
+    pub answered: u32,
+}
+
+impl Classroom {
+    /// The open card, if any.
+    pub fn open_card_view(&self) -> Option<OpenCardView> {
+        self.card.as_ref().map(|c| OpenCardView {
+            id: c.id,
+            options: c.spec.options,
+            deadline: c.spec.deadline,
+            tally: c.tally.clone(),
+            answered: c.answered.len() as u32,
+        })
+    }
+
+    /// What `uin` answered on the open card.
+    pub fn answer_of(&self, uin: Uin) -> Option<u8> {
+        self.card.as_ref().and_then(|c| c.answered.get(&uin).copied())
+    }
+
+    /// What `uin` took from packet `id`.
+    pub fn grab_of(&self, id: u64, uin: Uin) -> Option<u64> {
+        self.packets.get(&id).and_then(|p| p.grabbed.get(&uin).copied())
+    }
+
+    /// Packets still held (open or emptied), by id.
+    pub fn packets(&self) -> impl Iterator<Item = (u64, PacketState)> + '_ {
+        self.packets.keys().filter_map(|&id| self.packet(id).map(|p| (id, p)))
+    }
+
+    /// Everything the room's interactions hold, for its next owner. Per
+    /// sender reaction counts are left out (only the room's totals are
+    /// kept): they are unbounded in number and reactions are the class
+    /// that may be shed.
+    pub fn snapshot(&self) -> ClassroomSnapshot {
+        let mut packets: Vec<PacketSnapshot> = self
+            .packets
+            .iter()
+            .map(|(&id, p)| {
+                let mut grabbed: Vec<(Uin, u64)> = p.grabbed.iter().map(|(u, a)| (*u, *a)).collect();
+                grabbed.sort_unstable();
+                PacketSnapshot { id, total: p.total, count: p.count, shares: p.shares.clone(), grabbed }
+            })
+            .collect();
+        packets.sort_unstable_by_key(|p| p.id);
+        ClassroomSnapshot {
+            hands: self.hands.iter().copied().collect(),
+            reaction_totals: self.reaction_totals,
+            card: self.card.as_ref().map(|c| {
+                let mut answers: Vec<(Uin, u8)> = c.answered.iter().map(|(u, o)| (*u, *o)).collect();
+                answers.sort_unstable();
+                CardSnapshot { id: c.id, options: c.spec.options, correct: c.spec.correct, deadline: c.spec.deadline, answers }
+            }),
+            results: self.results.iter().cloned().collect(),
+            next_card: self.next_card,
+            packets,
+            next_packet: self.next_packet,
+            rng: self.rng,
+        }
+    }
+
+    /// A room's interactions as `snapshot` left them. The snapshot comes
+    /// from a shared cache, so it is checked as input: every bound of
+    /// `config` holds, tallies agree with the answers, and every packet's
+    /// shares and grabs add up to its total.
+    pub fn restore(config: ClassroomConfig, snapshot: ClassroomSnapshot) -> Result<Classroom, RestoreError> {
+        let bad = RestoreError;
+        let ClassroomSnapshot { hands, reaction_totals, card, results, next_card, packets, next_packet, rng } = snapshot;
+        if hands.len() > config.max_hands {
+            return Err(bad("more raised hands than the queue holds"));
+        }
+        let mut room = Classroom::new(config, rng);
+        for uin in hands {
+            if !room.raised.insert(uin) {
+                return Err(bad("a hand raised twice"));
+            }
+            room.hands.push_back(uin);
+        }
+        room.reaction_totals = reaction_totals;
+        if let Some(c) = card {
+            if !(2..=26).contains(&c.options) || c.correct.is_some_and(|x| x >= c.options) || c.id >= next_card {
+                return Err(bad("an answer card out of range"));
+            }
+            let mut tally = vec![0u32; usize::from(c.options)];
+            let mut answered = HashMap::with_capacity_and_hasher(c.answers.len(), ahash::RandomState::new());
+            for (uin, option) in c.answers {
+                if option >= c.options || answered.insert(uin, option).is_some() {
+                    return Err(bad("an answer out of range or given twice"));
+                }
+                tally[usize::from(option)] += 1;
+            }
+            let spec = CardSpec { options: c.options, correct: c.correct, deadline: c.deadline };
+            room.card = Some(OpenCard { id: c.id, spec, tally, answered });
+        }
+        if results.len() > room.config.card_history {
+            return Err(bad("more card results than the history holds"));
+        }
+        room.results = results.into();
+        room.next_card = next_card.max(1);
+        if packets.len() > room.config.max_open_packets {
+            return Err(bad("more red packets than may be open"));
+        }
+        for p in packets {
+            let shares_left: Option<u64> = p.shares.iter().try_fold(0u64, |a, &s| a.checked_add(s));
+            let taken: Option<u64> = p.grabbed.iter().try_fold(0u64, |a, &(_, s)| a.checked_add(s));
+            let conserved = matches!((shares_left, taken), (Some(l), Some(t)) if l.checked_add(t) == Some(p.total));
+            if p.id >= next_packet
+                || p.count == 0
+                || p.count > room.config.max_packet_shares
+                || p.total > room.config.max_packet_amount
+                || p.shares.len() + p.grabbed.len() != p.count as usize
+                || p.shares.contains(&0)
+                || !conserved
+            {
+                return Err(bad("a red packet whose shares do not add up"));
+            }
+            let mut grabbed = HashMap::with_capacity_and_hasher(p.grabbed.len(), ahash::RandomState::new());
+            for (uin, share) in p.grabbed {
+                if grabbed.insert(uin, share).is_some() {
+                    return Err(bad("a red packet grabbed twice by one learner"));
+                }
+            }
+            room.packets.insert(p.id, Packet { shares: p.shares, total: p.total, count: p.count, grabbed });
+        }
+        room.next_packet = next_packet.max(1);
+        Ok(room)
+    }
+}
+
+/// A classroom snapshot that cannot be restored: it says which rule the
+/// data broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("classroom snapshot refused: {0}")]
+pub struct RestoreError(pub &'static str);
+
+/// Everything a room's interactions hold ([`Classroom::snapshot`]), in a
+/// form that serialises; [`Classroom::restore`] checks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassroomSnapshot {
+    hands: Vec<Uin>,
+    reaction_totals: [u64; 2],
+    card: Option<CardSnapshot>,
+    results: Vec<CardResult>,
+    next_card: u64,
+    packets: Vec<PacketSnapshot>,
+    next_packet: u64,
+    rng: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct CardSnapshot {
+    id: u64,
+    options: u8,
+    correct: Option<u8>,
+    deadline: Option<Timestamp>,
+    answers: Vec<(Uin, u8)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PacketSnapshot {
+    id: u64,
+    total: u64,
+    count: u32,
+    shares: Vec<u64>,
+    grabbed: Vec<(Uin, u64)>,
 }

@@ -1,0 +1,184 @@
+//! The HTTP edge every example server shares: axum routes in front of a
+//! [`RoomService`]. It holds no room logic: a websocket's text frames go to
+//! the service, and what the service writes goes to the socket.
+//!
+//! * `GET /`: the classroom page (when the server has one);
+//! * `GET /ticket?room=&uin=&role=&terminal=`: the demo's stand-in for a
+//!   business backend (it trusts anyone);
+//! * `GET /ws?room=&ticket=`: the classroom protocol (docs/PROTOCOL.md);
+//! * `GET /healthz`: the node's counters as JSON.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use room_core::{BusinessId, Role, RoomId, RoomKey, Terminal, Uin};
+use roomkit::service::{Outbound, RoomService};
+use roomkit::ticket::{JoinTicket, KeyRing};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+/// The business id the demo uses.
+pub const DEMO_BID: BusinessId = BusinessId(1);
+
+/// The largest websocket message accepted from a client.
+pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+/// Issues a demo ticket, valid for an hour.
+pub fn demo_ticket(keys: &KeyRing, room: u64, uin: u64, role: Role, terminal: Terminal) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    keys.issue(&JoinTicket {
+        room: RoomKey::new(DEMO_BID, RoomId(room)),
+        uin: Uin(uin),
+        role,
+        terminal,
+        expires_at: now + 3_600,
+    })
+}
+
+#[derive(Clone)]
+struct App {
+    service: RoomService,
+    keys: Arc<KeyRing>,
+    page: Option<&'static str>,
+}
+
+/// Serves `service` on `listener` (returns at once). `page`: the HTML
+/// served at `/`, if any.
+pub fn serve(
+    listener: TcpListener,
+    service: RoomService,
+    keys: Arc<KeyRing>,
+    page: Option<&'static str>,
+) -> std::io::Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    let app = App { service, keys, page };
+    let router = Router::new()
+        .route("/", get(index))
+        .route("/ticket", get(ticket))
+        .route("/ws", get(ws))
+        .route("/healthz", get(health))
+        .with_state(app);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "server stopped");
+        }
+    });
+    Ok(addr)
+}
+
+async fn index(State(app): State<App>) -> Response {
+    match app.page {
+        Some(page) => ([(header::CACHE_CONTROL, "no-store")], Html(page)).into_response(),
+        None => (StatusCode::NOT_FOUND, "no page here").into_response(),
+    }
+}
+
+async fn health(State(app): State<App>) -> Response {
+    let s = app.service.stats();
+    let body = serde_json::json!({
+        "node": app.service.id().0,
+        "view": app.service.view().iter().map(|n| n.0).collect::<Vec<_>>(),
+        "connections": s.connections,
+        "sessions": s.sessions,
+        "rooms": s.rooms,
+        "refilled": s.refilled,
+        "restored": s.restored,
+        "timed_out": s.timed_out,
+    });
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// A `/ticket` query.
+#[derive(Debug, Deserialize)]
+pub struct TicketQuery {
+    room: u64,
+    uin: u64,
+    role: String,
+    #[serde(default)]
+    terminal: Option<String>,
+}
+
+/// The demo's stand-in for a business backend: it would check the user's
+/// login and enrolment before issuing; here anyone may be anyone.
+async fn ticket(State(app): State<App>, Query(q): Query<TicketQuery>) -> Response {
+    let Ok(role) = q.role.parse::<Role>() else {
+        return (StatusCode::BAD_REQUEST, "unknown role").into_response();
+    };
+    let terminal = match q.terminal.as_deref().unwrap_or("web").parse::<Terminal>() {
+        Ok(t) => t,
+        Err(_) => return (StatusCode::BAD_REQUEST, "unknown terminal").into_response(),
+    };
+    let text = demo_ticket(&app.keys, q.room, q.uin, role, terminal);
+    let body = serde_json::json!({ "ticket": text });
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct WsQuery {
+    room: u64,
+    ticket: String,
+}
+
+async fn ws(State(app): State<App>, Query(q): Query<WsQuery>, upgrade: WebSocketUpgrade) -> Response {
+    let room = RoomKey::new(DEMO_BID, RoomId(q.room));
+    upgrade.max_message_size(MAX_CLIENT_MESSAGE).on_upgrade(move |socket| session(app, room, q.ticket, socket))
+}
+
+/// A close frame with the service's code and reason.
+fn close(code: u16, reason: &str) -> WsMessage {
+    WsMessage::Close(Some(CloseFrame { code, reason: reason.to_owned().into() }))
+}
+
+async fn session(app: App, room: RoomKey, ticket: String, mut socket: WebSocket) {
+    let mut conn = match app.service.connect(room, &ticket) {
+        Ok(c) => c,
+        Err(e) => {
+            // Nothing entered: tell the client why and close.
+            let frame = roomkit::wire::error_frame("entry_refused", &e.to_string());
+            let text = String::from_utf8_lossy(&frame).into_owned();
+            let _ = socket.send(WsMessage::Text(text.into())).await;
+            let _ = socket.send(close(4001, "entry refused")).await;
+            return;
+        }
+    };
+    tracing::debug!(member = %conn.member, role = %conn.role, "connected");
+    loop {
+        tokio::select! {
+            out = conn.outbound.recv() => match out {
+                Some(Outbound::Close(reason)) => {
+                    let _ = socket.send(close(reason.close_code(), reason.as_str())).await;
+                    break;
+                }
+                Some(frame) => {
+                    let Ok(text) = String::from_utf8(frame.into_text().to_vec()) else { continue };
+                    if socket.send(WsMessage::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                // The service let the connection go.
+                None => break,
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(WsMessage::Text(text))) => {
+                    let _ = app.service.handle_text(conn.id, text.as_str());
+                }
+                Some(Ok(WsMessage::Binary(_))) => {
+                    let _ = app.service.handle_text(conn.id, "binary frames are not part of the protocol");
+                }
+                Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    app.service.disconnect(conn.id);
+    // Let a close frame we sent reach the client before the socket drops.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    tracing::debug!(member = %conn.member, "left");
+}

@@ -1,0 +1,666 @@
+//! The access side: client connections, their frames, requests forwarded to
+//! rooms' owners, acks and checks, and the bus.
+
+use std::collections::VecDeque;
+
+use room_core::{ConnId, MemberKey, NodeId, Role, RoomKey, Terminal, Timestamp, Uin};
+use room_heartbeat::SessionHint;
+use room_push::{
+    CheckAnswer, Codec, ConnSpec, Connector, Decision, Envelope, Frame, FrameHeader, FrameKind, GateError,
+    NodeError, NodeEvent, RecoveredFrame, SendError, SubclassId,
+};
+
+use super::owner::Purpose;
+use super::{Admission, CacheOp, ClientSink, EntryError, Outbound, RoomNode};
+use crate::classroom::ActionError;
+use crate::peer::{Act, ActReply, CloseReason, PeerMsg};
+use crate::wire::{ClientMsg, JsonCodec, MemberRowWire, ServerFrame, Welcome};
+
+/// Why a client frame was refused. The client gets an error frame with
+/// [`FrameError::code`]; nothing else changes and the connection stays open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// Over the configured `max_frame`.
+    #[error("frame of {size} bytes exceeds {max}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Not JSON, not a known message (`t`), or fields that do not fit.
+    #[error("bad frame: {0}")]
+    Malformed(String),
+    /// Text over the configured `max_text`.
+    #[error("text of {len} characters exceeds {max}")]
+    TextTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The interaction is not allowed.
+    #[error(transparent)]
+    Action(#[from] ActionError),
+    /// Push refused it (mute, rate limit, degradation).
+    #[error(transparent)]
+    Push(#[from] GateError),
+    /// The member sends faster than its quota at its access node.
+    #[error("rate limited: retry after {retry_after_ms} ms")]
+    RateLimited {
+        /// When a message would be accepted.
+        retry_after_ms: u64,
+    },
+    /// An ack or check that does not fit what was sent.
+    #[error(transparent)]
+    Recovery(#[from] NodeError),
+    /// The connection has not entered yet (its welcome has not come).
+    #[error("the connection has not entered yet")]
+    NotEntered,
+    /// The connection is gone.
+    #[error("unknown connection")]
+    UnknownConnection,
+}
+
+impl FrameError {
+    /// A short stable code for clients (PROTOCOL.md lists them).
+    pub fn code(&self) -> &'static str {
+        match self {
+            FrameError::TooLarge { .. } => "too_large",
+            FrameError::Malformed(_) => "malformed",
+            FrameError::TextTooLong { .. } => "text_too_long",
+            FrameError::Action(e) => action_code(e),
+            FrameError::Push(e) => gate_code(e),
+            FrameError::RateLimited { .. } => "rate_limited",
+            FrameError::Recovery(_) => "bad_recovery",
+            FrameError::NotEntered => "not_entered",
+            FrameError::UnknownConnection => "gone",
+        }
+    }
+}
+
+/// The code of a refused interaction.
+pub(super) fn action_code(e: &ActionError) -> &'static str {
+    match e {
+        ActionError::NotAllowed { .. } => "not_allowed",
+        _ => "refused",
+    }
+}
+
+/// The code of a message push refused.
+pub(super) fn gate_code(e: &GateError) -> &'static str {
+    match e {
+        GateError::NotAllowed { .. } => "not_allowed",
+        GateError::RateLimited { .. } => "rate_limited",
+        GateError::RoomMuted | GateError::UserMuted(_) => "muted",
+        _ => "refused",
+    }
+}
+
+/// A client connection at this node.
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub(super) member: MemberKey,
+    pub(super) role: Role,
+    pub(super) terminal: Terminal,
+    /// The entry request while the room's owner has not answered.
+    pub(super) entering: Option<u64>,
+    pub(super) hint: SessionHint,
+}
+
+/// A request waiting for its room owner's answer.
+#[derive(Debug)]
+pub(super) struct Forward {
+    pub(super) conn: ConnId,
+    pub(super) room: RoomKey,
+    pub(super) msg: PeerMsg,
+    pub(super) attempts: u32,
+    pub(super) deadline: Timestamp,
+}
+
+/// Envelopes of a room held while a gap before them is refilled from the
+/// shared cache.
+#[derive(Debug)]
+pub(super) struct Parked {
+    pub(super) envelopes: VecDeque<Envelope>,
+    pub(super) deadline: Timestamp,
+}
+
+/// Envelopes parked per room at most (past it the refill is given up and
+/// the gap reported to clients by a resync).
+const MAX_PARKED: usize = 4096;
+
+/// The adapter from the push node's connector to the host's sink.
+struct Sink<'a, S: ClientSink> {
+    sink: &'a mut S,
+}
+
+impl<S: ClientSink> Connector for Sink<'_, S> {
+    fn send(&mut self, frame: &Frame<'_>) -> Result<(), SendError> {
+        self.sink.send(frame.conn, Outbound::Push { header: frame.header, body: frame.body.clone() })
+    }
+}
+
+impl RoomNode {
+    /// A client whose ticket the host verified connects here. The
+    /// connection starts entering: the room's owner admits it (then its
+    /// first frame is the welcome) or refuses it (an error frame, then a
+    /// close). Until then its frames are held.
+    pub fn connect(&mut self, now: Timestamp, who: Admission) -> Result<ConnId, EntryError> {
+        let owner = self.room_owner(who.room).ok_or(EntryError::NotReady)?;
+        let spec = ConnSpec::new(who.room, who.uin, who.role, who.terminal);
+        let connected = self.push.connect(spec).map_err(|e| {
+            self.stats.refused_entries += 1;
+            EntryError::Full(e.to_string())
+        })?;
+        let conn = connected.conn;
+        // Frames wait in the lanes until the welcome is out.
+        let _ = self.push.set_blocked(conn);
+        let member = who.room.member(who.uin);
+        let req = self.new_req();
+        self.conns.insert(
+            conn,
+            Conn { member, role: who.role, terminal: who.terminal, entering: Some(req), hint: SessionHint::NONE },
+        );
+        self.add_room_ref(who.room);
+        let msg = PeerMsg::Enter { req, member, role: who.role, terminal: who.terminal, conn };
+        self.forward(now, owner, req, conn, who.room, msg);
+        self.drain_loopback(now);
+        Ok(conn)
+    }
+
+    fn new_req(&mut self) -> u64 {
+        self.next_req = self.next_req.wrapping_add(1);
+        (u64::from(self.tag) << 48) | ((self.config.incarnation & 0xFFFF) << 32) | (self.next_req & 0xFFFF_FFFF)
+    }
+
+    fn add_room_ref(&mut self, room: RoomKey) {
+        let refs = self.room_refs.entry(room).or_insert(0);
+        *refs += 1;
+        if *refs == 1 {
+            self.outputs.push_back(super::Output::Interest { room, on: true });
+        }
+    }
+
+    fn drop_room_ref(&mut self, room: RoomKey) {
+        if let Some(refs) = self.room_refs.get_mut(&room) {
+            *refs -= 1;
+            if *refs == 0 {
+                self.room_refs.remove(&room);
+                self.parked.remove(&room);
+                self.outputs.push_back(super::Output::Interest { room, on: false });
+            }
+        }
+    }
+
+    /// Sends a request to a room's owner and remembers it for retries.
+    fn forward(&mut self, now: Timestamp, owner: NodeId, req: u64, conn: ConnId, room: RoomKey, msg: PeerMsg) {
+        let deadline = now.saturating_add(self.config.forward_timeout);
+        self.forwards.insert(req, Forward { conn, room, msg: msg.clone(), attempts: 1, deadline });
+        self.forward_deadlines.insert(deadline, req);
+        self.send_peer(owner, msg);
+    }
+
+    pub(super) fn forwards_timeout(&mut self, now: Timestamp) {
+        for req in self.forward_deadlines.due(now) {
+            self.retry_forward(now, req);
+        }
+    }
+
+    /// Sends a request again, to the owner of the view now, or gives up.
+    fn retry_forward(&mut self, now: Timestamp, req: u64) {
+        let Some(f) = self.forwards.get_mut(&req) else { return };
+        self.forward_deadlines.remove(f.deadline, req);
+        if f.attempts >= self.config.forward_attempts {
+            let f = self.forwards.remove(&req);
+            self.stats.forward_failures += 1;
+            if let Some(f) = f {
+                self.give_up(now, f);
+            }
+            return;
+        }
+        f.attempts += 1;
+        f.deadline = now.saturating_add(self.config.forward_timeout);
+        let (deadline, room, msg) = (f.deadline, f.room, f.msg.clone());
+        self.forward_deadlines.insert(deadline, req);
+        self.stats.forward_retries += 1;
+        if let Some(owner) = self.room_owner(room) {
+            self.send_peer(owner, msg);
+        }
+    }
+
+    /// No owner answered a request in time.
+    fn give_up(&mut self, now: Timestamp, f: Forward) {
+        let error = ServerFrame::error("unavailable", "the room's owner did not answer; try again");
+        match f.msg {
+            PeerMsg::Enter { .. } => {
+                self.stats.refused_entries += 1;
+                self.reply(f.conn, error);
+                self.close_conn(now, f.conn, CloseReason::Refused, true);
+            }
+            _ => self.reply(f.conn, error),
+        }
+    }
+
+    /// The owner does not own the room in its view: ask again soon (the
+    /// views are converging).
+    pub(super) fn access_not_owner(&mut self, now: Timestamp, req: u64) {
+        if let Some(f) = self.forwards.get_mut(&req) {
+            self.forward_deadlines.remove(f.deadline, req);
+            // A short wait, so two nodes with different views do not bounce
+            // a request between them as fast as the network allows.
+            f.deadline = now.saturating_add(self.config.forward_timeout / 6);
+            self.forward_deadlines.insert(f.deadline, req);
+        }
+    }
+
+    /// The room's owner admitted a connection.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn access_entered(
+        &mut self,
+        now: Timestamp,
+        req: u64,
+        conn: ConnId,
+        subclass: Option<u16>,
+        epoch: u64,
+        head: u64,
+        muted: bool,
+        self_muted: bool,
+    ) {
+        if let Some(f) = self.forwards.remove(&req) {
+            self.forward_deadlines.remove(f.deadline, req);
+        }
+        let Some(c) = self.conns.get_mut(&conn).filter(|c| c.entering == Some(req)) else {
+            // Gone before the answer came (its leave went to the session
+            // owner then), or a duplicate answer: nothing to do.
+            return;
+        };
+        c.entering = None;
+        let (member, role, terminal) = (c.member, c.role, c.terminal);
+        let _ = self.push.set_connection_subclass(conn, subclass.map(SubclassId));
+        let welcome = Welcome {
+            uin: member.uin.0,
+            role,
+            terminal,
+            epoch,
+            head,
+            subclass,
+            heartbeat_ms: u64::try_from(self.config.heartbeat.as_millis()).unwrap_or(u64::MAX),
+            muted,
+            self_muted,
+            node: self.me.0,
+        };
+        self.reply(conn, ServerFrame::Welcome(welcome));
+        let _ = self.push.set_writable(conn);
+    }
+
+    /// The room's owner finished a request.
+    pub(super) fn access_done(&mut self, now: Timestamp, req: u64, conn: ConnId, reply: Option<ActReply>) {
+        if let Some(f) = self.forwards.remove(&req) {
+            self.forward_deadlines.remove(f.deadline, req);
+        }
+        let Some(reply) = reply else { return };
+        let frame = match reply {
+            ActReply::Answered { option } => ServerFrame::Answered { option },
+            ActReply::Grabbed { id, amount } => ServerFrame::Grabbed { id, amount },
+            ActReply::Members { rows, next } => ServerFrame::Members {
+                rows: rows
+                    .into_iter()
+                    .map(|(uin, role, bits)| MemberRowWire {
+                        uin: uin.0,
+                        role,
+                        terminals: room_core::TerminalSet::from_bits(bits)
+                            .map(|set| set.iter().map(|t| t.to_string()).collect())
+                            .unwrap_or_default(),
+                    })
+                    .collect(),
+                next: next.map(|c| c.iter().map(|b| format!("{b:02x}")).collect()),
+            },
+            ActReply::Refused { code, message } => {
+                self.stats.refused_frames += 1;
+                ServerFrame::Error { code, message }
+            }
+            _ => return,
+        };
+        self.reply(conn, frame);
+        let _ = now;
+    }
+
+    /// Queues a direct reply for a connection.
+    pub(super) fn reply(&mut self, conn: ConnId, frame: ServerFrame) {
+        if self.conns.contains_key(&conn) {
+            self.replies.push_back((conn, Outbound::Text(frame.to_bytes())));
+        }
+    }
+
+    /// One text frame from a client. Refusals are also sent to the client
+    /// as an error frame.
+    pub fn handle_text(&mut self, now: Timestamp, conn: ConnId, text: &str) -> Result<(), FrameError> {
+        let result = if text.len() > self.config.max_frame {
+            Err(FrameError::TooLarge { size: text.len(), max: self.config.max_frame })
+        } else {
+            match serde_json::from_str::<ClientMsg>(text) {
+                Ok(msg) => return self.handle_client(now, conn, msg),
+                Err(e) => Err(FrameError::Malformed(e.to_string())),
+            }
+        };
+        if let Err(e) = &result {
+            self.refuse(conn, e);
+        }
+        result
+    }
+
+    fn refuse(&mut self, conn: ConnId, e: &FrameError) {
+        self.stats.refused_frames += 1;
+        self.reply(conn, ServerFrame::error(e.code(), e.to_string()));
+    }
+
+    /// One parsed message from a client (for hosts with their own codec).
+    pub fn handle_client(&mut self, now: Timestamp, conn: ConnId, msg: ClientMsg) -> Result<(), FrameError> {
+        let result = self.client_msg(now, conn, msg);
+        if let Err(e) = &result {
+            self.refuse(conn, e);
+        }
+        self.drain_loopback(now);
+        result
+    }
+
+    fn client_msg(&mut self, now: Timestamp, conn: ConnId, msg: ClientMsg) -> Result<(), FrameError> {
+        let c = self.conns.get(&conn).ok_or(FrameError::UnknownConnection)?;
+        if c.entering.is_some() {
+            return Err(FrameError::NotEntered);
+        }
+        let (member, role, terminal) = (c.member, c.role, c.terminal);
+        let max_text = self.config.max_text;
+        let check_text = |text: &str| {
+            let len = text.chars().count();
+            if len > max_text { Err(FrameError::TextTooLong { len, max: max_text }) } else { Ok(()) }
+        };
+        let act = match msg {
+            ClientMsg::Beat => {
+                let owner = self.session_owner_of(&member);
+                self.send_peer(owner, PeerMsg::Beat { member, role, terminal, conn });
+                return Ok(());
+            }
+            ClientMsg::Ack { epoch, seq } => {
+                let answer = self.push.handle_ack(conn, epoch, seq)?;
+                self.reply(conn, ServerFrame::ack(&answer));
+                return Ok(());
+            }
+            ClientMsg::Check { epoch, after } => return self.check(now, conn, member, epoch, after),
+            ClientMsg::Chat { text } => {
+                check_text(&text)?;
+                Act::Chat { text }
+            }
+            ClientMsg::Say { text } => {
+                check_text(&text)?;
+                Act::Say { text }
+            }
+            ClientMsg::Hand { op, uin } => Act::Hand { op, uin: uin.map(Uin) },
+            ClientMsg::React { kind, n } => Act::React { kind, n },
+            ClientMsg::CardOpen { options, correct, seconds } => Act::CardOpen { options, correct, seconds },
+            ClientMsg::CardAnswer { option } => Act::CardAnswer { option },
+            ClientMsg::CardClose => Act::CardClose,
+            ClientMsg::PacketSend { amount, count } => Act::PacketSend { amount, count },
+            ClientMsg::PacketGrab { id } => Act::PacketGrab { id },
+            ClientMsg::MuteAll { on } => Act::MuteAll { on },
+            ClientMsg::Mute { uin, on } => Act::Mute { uin: Uin(uin), on },
+            ClientMsg::Members { limit, after } => {
+                let after = match after {
+                    None => None,
+                    Some(hex) => Some(parse_cursor(&hex)?),
+                };
+                Act::Members { limit: limit.clamp(1, 100), after }
+            }
+            _ => return Err(FrameError::Malformed("this message is not served".into())),
+        };
+        self.charge(now, member, role)?;
+        let room = member.room_key();
+        let owner = self.room_owner(room).ok_or(FrameError::NotEntered)?;
+        let req = self.new_req();
+        let msg = PeerMsg::Act { req, member, role, conn, act: act.clone() };
+        if act.is_reliable() {
+            self.forward(now, owner, req, conn, room, msg);
+        } else {
+            // Chat and reactions may be shed: sent once, never retried, so
+            // an overloaded owner is not sent more.
+            self.send_peer(owner, msg);
+        }
+        Ok(())
+    }
+
+    /// Charges a member one request against its quota at this node, before
+    /// anything is forwarded: a flood cannot pile up requests (and their
+    /// retries) on the way to the room's owner.
+    fn charge(&mut self, now: Timestamp, member: MemberKey, role: Role) -> Result<(), FrameError> {
+        let quota = if role.is_staff() { self.config.staff_quota } else { self.config.gate.user_quota };
+        match self.senders.check(member, quota, now, 1) {
+            Ok(Decision::Allowed) => Ok(()),
+            Ok(Decision::Limited { retry_after }) => {
+                Err(FrameError::RateLimited { retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX) })
+            }
+            // The limiter is full of other senders: refuse rather than grow.
+            Ok(_) | Err(_) => Err(FrameError::RateLimited { retry_after_ms: 1_000 }),
+        }
+    }
+
+    /// A check: this node's cache answers; what it does not hold comes
+    /// from the shared cache; only what neither holds is a reset.
+    fn check(&mut self, now: Timestamp, conn: ConnId, member: MemberKey, epoch: u64, after: u64) -> Result<(), FrameError> {
+        let room = member.room_key();
+        match self.push.handle_check(now, conn, epoch, after) {
+            Ok(CheckAnswer::Reset { .. }) | Err(NodeError::CheckFromFuture { .. }) => {}
+            Ok(answer) => {
+                if let Some(frame) = ServerFrame::check(&answer) {
+                    self.reply(conn, frame);
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let upto = after.saturating_add(self.config.push.max_check_answer.max(1) as u64);
+        if after >= upto {
+            return Err(FrameError::Malformed("check after the largest sequence number".into()));
+        }
+        self.cache(now, CacheOp::Range { room, epoch, after, upto }, Purpose::CheckRange { conn, epoch, after });
+        Ok(())
+    }
+
+    /// The shared cache's range for a check.
+    pub(super) fn check_range_answered(
+        &mut self,
+        now: Timestamp,
+        conn: ConnId,
+        epoch: u64,
+        after: u64,
+        found: Result<Vec<Envelope>, room_push::SharedCacheError>,
+    ) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let (member, role, terminal) = (c.member, c.role, c.terminal);
+        let room = member.room_key();
+        let found = found.unwrap_or_default();
+        if found.first().is_some_and(|e| e.seq == after + 1 && e.epoch == epoch) {
+            let subclass = self.push.connection_subclass(conn).ok().flatten();
+            let mut frames = Vec::new();
+            let mut prev = after;
+            for env in &found {
+                if !env.message.target.matches(member.uin, role, terminal, subclass) {
+                    continue;
+                }
+                frames.push(RecoveredFrame {
+                    header: FrameHeader { kind: FrameKind::Message, class: env.message.class, epoch, seq: env.seq, prev },
+                    kind: env.message.kind,
+                    body: JsonCodec.encode_message(env),
+                });
+                prev = env.seq;
+            }
+            let upto = found.last().map_or(after, |e| e.seq);
+            self.stats.recovered_from_shared += frames.len() as u64;
+            let answer = CheckAnswer::Messages { epoch, upto, frames };
+            if let Some(frame) = ServerFrame::check(&answer) {
+                self.reply(conn, frame);
+            }
+            return;
+        }
+        // Nothing after `after` in the shared cache: up to date if the
+        // cache's head is exactly there, else a reset.
+        self.cache(now, CacheOp::Head(room), Purpose::CheckHead { conn, epoch, after });
+    }
+
+    /// The shared cache's head for a check it had nothing for.
+    pub(super) fn check_head_answered(
+        &mut self,
+        conn: ConnId,
+        epoch: u64,
+        after: u64,
+        head: Result<Option<(u64, u64)>, room_push::SharedCacheError>,
+    ) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let room = c.member.room_key();
+        let answer = match head {
+            Ok(Some((e, h))) if e == epoch && h == after => CheckAnswer::Messages { epoch, upto: after, frames: Vec::new() },
+            _ => {
+                let (e, h) = self.push.reliable_head(room).filter(|(e, _)| *e != 0).unwrap_or((epoch, after));
+                self.push.count_reset();
+                CheckAnswer::Reset { epoch: e, head: h }
+            }
+        };
+        if let Some(frame) = ServerFrame::check(&answer) {
+            self.reply(conn, frame);
+        }
+    }
+
+    /// The client closed its connection.
+    pub fn disconnect(&mut self, now: Timestamp, conn: ConnId) {
+        self.drop_conn(now, conn);
+        self.drain_loopback(now);
+    }
+
+    /// Removes a connection; its session owner is told.
+    fn drop_conn(&mut self, now: Timestamp, conn: ConnId) -> bool {
+        let Some(c) = self.conns.remove(&conn) else { return false };
+        let _ = self.push.disconnect(now, conn);
+        let room = c.member.room_key();
+        if let Some(req) = c.entering
+            && let Some(f) = self.forwards.remove(&req)
+        {
+            self.forward_deadlines.remove(f.deadline, req);
+        }
+        // Also sent while entering: the owner may have started the session.
+        let owner = self.session_owner_of(&c.member);
+        self.send_peer(owner, PeerMsg::Leave { member: c.member, terminal: c.terminal, conn });
+        self.drop_room_ref(room);
+        true
+    }
+
+    /// Closes a connection the service gave up on: the client is told why.
+    pub(super) fn close_conn(&mut self, now: Timestamp, conn: ConnId, reason: CloseReason, tell_session: bool) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        if tell_session {
+            self.drop_conn(now, conn);
+        } else if let Some(c) = self.conns.remove(&conn) {
+            let _ = self.push.disconnect(now, conn);
+            self.drop_room_ref(c.member.room_key());
+        }
+        self.closes.push_back((conn, reason));
+    }
+
+    /// The host's writer for `conn` can take frames again.
+    pub fn set_writable(&mut self, conn: ConnId) {
+        let _ = self.push.set_writable(conn);
+    }
+
+    /// Hands every frame ready for clients to `sink`: direct replies first,
+    /// in order, then the push lanes; then the connections the node closed.
+    pub fn flush<S: ClientSink>(&mut self, now: Timestamp, sink: &mut S) {
+        while let Some((conn, frame)) = self.replies.pop_front() {
+            if sink.send(conn, frame).is_err() {
+                self.stats.replies_dropped += 1;
+            }
+        }
+        self.push.flush(now, &mut Sink { sink });
+        while let Some(event) = self.push.poll_event() {
+            if let NodeEvent::Disconnected { conn, reason, .. } = event {
+                let why = match reason {
+                    room_push::DisconnectReason::SlowConsumer => CloseReason::SlowConsumer,
+                    _ => CloseReason::TimedOut,
+                };
+                // The push node already let it go; the session owner is told.
+                if self.drop_conn(now, conn) {
+                    self.closes.push_back((conn, why));
+                }
+            }
+        }
+        while let Some((conn, reason)) = self.closes.pop_front() {
+            sink.close(conn, reason);
+        }
+        self.drain_loopback(now);
+    }
+
+    /// An envelope from the bus. A hole before it in the room's sequence is
+    /// refilled from the shared cache first.
+    pub fn handle_envelope(&mut self, now: Timestamp, env: Envelope) {
+        let room = env.message.room;
+        if let Some(p) = self.parked.get_mut(&room) {
+            if p.envelopes.len() < MAX_PARKED {
+                p.envelopes.push_back(env);
+                return;
+            }
+            // Too much waits: give up the refill; clients get a resync.
+            let parked = self.parked.remove(&room).map(|p| p.envelopes).unwrap_or_default();
+            for e in parked {
+                let _ = self.push.handle_envelope(now, &e);
+            }
+        } else if let Some((after, upto)) = room_push::shared_cache::missing_before(self.push.reliable_head(room), &env)
+        {
+            let epoch = env.epoch;
+            let deadline = now.saturating_add(self.config.cache_timeout);
+            self.parked.insert(room, Parked { envelopes: VecDeque::from([env]), deadline });
+            self.cache(now, CacheOp::Range { room, epoch, after, upto }, Purpose::Refill(room));
+            return;
+        }
+        let _ = self.push.handle_envelope(now, &env);
+    }
+
+    /// The shared cache's answer for a refill.
+    pub(super) fn refill_answered(
+        &mut self,
+        now: Timestamp,
+        room: RoomKey,
+        found: Result<Vec<Envelope>, room_push::SharedCacheError>,
+    ) {
+        let Some(parked) = self.parked.remove(&room) else { return };
+        let epoch = parked.envelopes.front().map(|e| e.epoch);
+        for env in found.unwrap_or_default().iter().filter(|e| Some(e.epoch) == epoch) {
+            if self.push.handle_envelope(now, env).is_ok() {
+                self.stats.refilled += 1;
+            }
+        }
+        for env in parked.envelopes {
+            let _ = self.push.handle_envelope(now, &env);
+        }
+    }
+
+    pub(super) fn parked_timeout(&mut self, now: Timestamp) {
+        let due: Vec<RoomKey> = self.parked.iter().filter(|(_, p)| p.deadline <= now).map(|(r, _)| *r).collect();
+        for room in due {
+            self.refill_answered(now, room, Ok(Vec::new()));
+        }
+    }
+}
+
+/// A member-list cursor from its hex form.
+fn parse_cursor(hex: &str) -> Result<[u8; 17], FrameError> {
+    let bad = || FrameError::Malformed("bad cursor".into());
+    if hex.len() != 34 || !hex.is_ascii() {
+        return Err(bad());
+    }
+    let mut bits = [0u8; 17];
+    for (i, b) in bits.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(bits)
+}

@@ -1,0 +1,1173 @@
+//! The room-owner side: the rooms the router gives this node, restored
+//! from the shared cache when ownership moves here, and run by their one
+//! owner (gate, classroom, sub-class plan, member list, roster).
+//!
+//! # What survives the owner
+//!
+//! * Reliable messages: appended to the shared cache before they are
+//!   published (the fence); each carries the request it answers
+//!   (`origin`), so the next owner knows what was numbered.
+//! * Membership: the member list is replicated to the room's other owners.
+//! * Interactions, the sub-class plan and mutes: a state blob saved beside
+//!   the room's messages, at most every `save_interval`. What a client is
+//!   told about an interaction (its answer taken, its share grabbed, a
+//!   card opened) is said only once the save holding it is stored, so the
+//!   next owner never forgets what a client was told.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+use room_core::{ConnId, ExitReason, MemberKey, NodeId, Role, RoleSet, RoomKey, Terminal, Timestamp, Uin};
+use room_memberlist::{Cursor, MemberStore, PageQuery, PageStart, WriteOp};
+use room_push::{Class, Decision, Envelope, FenceOutput, LimiterError, Message, Sender, SharedCacheError, Target};
+use serde::{Deserialize, Serialize};
+
+use super::access::{action_code, gate_code};
+use super::{CacheAnswer, CacheOp, Output, RoomNode};
+use crate::classroom::{Action, ActionError, Actor, CardResult, CardSpec, Classroom, ClassroomSnapshot, Reaction};
+use crate::peer::{Act, ActReply, PeerMsg};
+use crate::wire::{HandOp, ReactKind, data, kinds, text_payload};
+
+/// Requests remembered per room (a retry of one of them is answered, not
+/// done again).
+const SEEN_PER_ROOM: usize = 4096;
+
+/// Why the node waits for the shared cache or the limiter.
+#[derive(Debug)]
+pub(super) enum Purpose {
+    Append { room: RoomKey, epoch: u64, seq: u64 },
+    FenceHead(RoomKey),
+    RestoreHead(RoomKey),
+    RestoreState(RoomKey),
+    RestoreTail(RoomKey),
+    Save { room: RoomKey },
+    Refill(RoomKey),
+    CheckRange { conn: ConnId, epoch: u64, after: u64 },
+    CheckHead { conn: ConnId, epoch: u64, after: u64 },
+    Chat { from: NodeId, req: u64, conn: ConnId, message: Message },
+}
+
+#[derive(Debug)]
+pub(super) struct Waiter {
+    pub(super) purpose: Purpose,
+    pub(super) deadline: Timestamp,
+}
+
+/// The answer a request gets when it is done.
+#[derive(Debug, Clone)]
+struct Done {
+    to: NodeId,
+    req: u64,
+    conn: ConnId,
+    reply: Option<ActReply>,
+}
+
+/// Something a request does once the save holding its state change is stored.
+#[derive(Debug)]
+enum Effect {
+    /// Publish; the request is done when the first one is published.
+    Publish { messages: Vec<Message>, done: Option<Done> },
+    /// Switch the gate's mute-all (its signal follows), then done.
+    MuteAll { on: bool, done: Done },
+    /// Answer the request.
+    Done(Done),
+}
+
+/// Recently done requests of a room, with what they were answered.
+#[derive(Debug, Default)]
+struct Seen {
+    order: VecDeque<u64>,
+    answers: HashMap<u64, Option<PeerMsg>, ahash::RandomState>,
+}
+
+impl Seen {
+    fn insert(&mut self, req: u64, answer: Option<PeerMsg>) {
+        if self.answers.insert(req, answer).is_none() {
+            self.order.push_back(req);
+            if self.order.len() > SEEN_PER_ROOM
+                && let Some(old) = self.order.pop_front()
+            {
+                self.answers.remove(&old);
+            }
+        }
+    }
+}
+
+/// What a new owner is still waiting for.
+#[derive(Debug, Default)]
+struct Restore {
+    head: Option<Option<(u64, u64)>>,
+    state: Option<Option<(u64, Bytes)>>,
+    tail: Option<Vec<u64>>,
+    queued: VecDeque<(NodeId, PeerMsg)>,
+}
+
+/// The room's state saved in the shared cache.
+#[derive(Debug, Serialize, Deserialize)]
+struct RoomSnapshot {
+    classroom: ClassroomSnapshot,
+    members: Vec<(Uin, Role, Option<u16>)>,
+    mute_all: bool,
+    muted: Vec<Uin>,
+}
+
+/// A room this node owns.
+#[derive(Debug)]
+pub(super) struct OwnedRoom {
+    restore: Option<Restore>,
+    classroom: Option<Classroom>,
+    pub(super) mute_all: bool,
+    muted: BTreeSet<Uin>,
+    version: u64,
+    dirty: bool,
+    urgent: bool,
+    saving: bool,
+    last_save: Timestamp,
+    held: VecDeque<(u64, Effect)>,
+    awaiting: HashMap<u64, Done, ahash::RandomState>,
+    seen: Seen,
+    roster_dirty: bool,
+    tally_dirty: bool,
+    packets_dirty: BTreeSet<u64>,
+    next_roster: Timestamp,
+    next_tally: Timestamp,
+    empty_since: Option<Timestamp>,
+    timer: Option<Timestamp>,
+}
+
+impl OwnedRoom {
+    fn restoring() -> OwnedRoom {
+        OwnedRoom {
+            restore: Some(Restore::default()),
+            classroom: None,
+            mute_all: false,
+            muted: BTreeSet::new(),
+            version: 0,
+            dirty: false,
+            urgent: false,
+            saving: false,
+            last_save: Timestamp::ZERO,
+            held: VecDeque::new(),
+            awaiting: HashMap::with_hasher(ahash::RandomState::new()),
+            seen: Seen::default(),
+            roster_dirty: true,
+            tally_dirty: false,
+            packets_dirty: BTreeSet::new(),
+            next_roster: Timestamp::ZERO,
+            next_tally: Timestamp::ZERO,
+            empty_since: None,
+            timer: None,
+        }
+    }
+
+    pub(super) fn is_ready(&self) -> bool {
+        self.restore.is_none()
+    }
+
+    pub(super) fn classroom(&self) -> Option<&Classroom> {
+        self.classroom.as_ref()
+    }
+
+    /// The version a change made now will be stored in.
+    fn next_version(&self) -> u64 {
+        self.version + 1 + u64::from(self.saving)
+    }
+
+    /// A change that must be stored before `effect` happens.
+    fn hold(&mut self, effect: Effect) {
+        let need = self.next_version();
+        self.dirty = true;
+        self.urgent = true;
+        self.held.push_back((need, effect));
+    }
+}
+
+fn refused(e: &ActionError) -> ActReply {
+    ActReply::Refused { code: action_code(e).to_owned(), message: e.to_string() }
+}
+
+fn refused_gate(e: &room_push::GateError) -> ActReply {
+    ActReply::Refused { code: gate_code(e).to_owned(), message: e.to_string() }
+}
+
+/// A seed for a room's red packets that differs between rooms.
+fn room_seed(room: RoomKey) -> u64 {
+    room_core::stable_hash(&[u64::from(room.bid.0).to_le_bytes(), room.room.0.to_le_bytes()].concat())
+}
+
+impl RoomNode {
+    fn owns(&self, room: RoomKey) -> bool {
+        self.room_owner(room) == Some(self.me)
+    }
+
+    /// The room, restoring it first if this node has just become its owner.
+    fn ensure_room(&mut self, now: Timestamp, room: RoomKey) {
+        if self.rooms.contains_key(&room) {
+            return;
+        }
+        self.rooms.insert(room, OwnedRoom::restoring());
+        self.cache(now, CacheOp::LoadState(room), Purpose::RestoreState(room));
+        self.cache(now, CacheOp::Head(room), Purpose::RestoreHead(room));
+    }
+
+    /// Holds `msg` while `room` is restored; true if it was held (or
+    /// refused because too much waits).
+    fn hold_while_restoring(&mut self, from: NodeId, room: RoomKey, msg: PeerMsg) -> Option<PeerMsg> {
+        let max = self.config.max_queued_per_room;
+        let Some(restore) = self.rooms.get_mut(&room).and_then(|r| r.restore.as_mut()) else { return Some(msg) };
+        if restore.queued.len() < max {
+            restore.queued.push_back((from, msg));
+        } else if let PeerMsg::Act { req, conn, .. } | PeerMsg::Enter { req, conn, .. } = msg {
+            let reply = ActReply::Refused { code: "busy".into(), message: "the room is being restored".into() };
+            self.send_peer(from, PeerMsg::Done { req, conn, reply: Some(reply) });
+        }
+        None
+    }
+
+    /// Answers a retried request from what it was answered before.
+    fn answer_seen(&mut self, from: NodeId, room: RoomKey, req: u64, conn: ConnId) -> bool {
+        let Some(r) = self.rooms.get(&room) else { return false };
+        if r.awaiting.contains_key(&req) || r.held.iter().any(|(_, e)| effect_req(e) == Some(req)) {
+            // Still being done: the answer will come.
+            self.stats.deduplicated += 1;
+            return true;
+        }
+        let Some(answer) = r.seen.answers.get(&req) else { return false };
+        self.stats.deduplicated += 1;
+        let msg = answer.clone().unwrap_or(PeerMsg::Done { req, conn, reply: None });
+        self.send_peer(from, msg);
+        true
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn owner_enter(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        req: u64,
+        member: MemberKey,
+        role: Role,
+        terminal: Terminal,
+        conn: ConnId,
+    ) {
+        let room = member.room_key();
+        if !self.owns(room) {
+            return self.send_peer(from, PeerMsg::NotOwner { req });
+        }
+        self.ensure_room(now, room);
+        let Some(msg) = self.hold_while_restoring(from, room, PeerMsg::Enter { req, member, role, terminal, conn })
+        else {
+            return;
+        };
+        drop(msg);
+        if self.answer_seen(from, room, req, conn) {
+            return;
+        }
+        let refuse = |node: &mut RoomNode, message: String| {
+            node.stats.refused_entries += 1;
+            let reply = ActReply::Refused { code: "entry_refused".into(), message };
+            let done = PeerMsg::Done { req, conn, reply: Some(reply) };
+            node.send_peer(from, done);
+        };
+        let enter = WriteOp::Enter { uin: member.uin, role, terminal, attrs: None };
+        match self.replica.apply(now, room, std::slice::from_ref(&enter)) {
+            Ok(results) => {
+                if let Some(Err(e)) = results.into_iter().next() {
+                    return refuse(self, e.to_string());
+                }
+            }
+            Err(e) => return refuse(self, e.to_string()),
+        }
+        self.drain_replica();
+        let joined = match self.gate.join(now, room, member.uin, role) {
+            Ok(j) => j,
+            Err(e) => {
+                let exit = WriteOp::Exit { uin: member.uin, terminal };
+                let _ = self.replica.apply(now, room, std::slice::from_ref(&exit));
+                self.drain_replica();
+                return refuse(self, e.to_string());
+            }
+        };
+        let self_muted = self.rooms.get(&room).is_some_and(|r| r.muted.contains(&member.uin));
+        if self_muted {
+            let _ = self.gate.mute_user(room, member.uin, true);
+        }
+        let session_owner = self.session_owner_of(&member);
+        self.send_peer(session_owner, PeerMsg::Join { member, terminal, conn });
+        let (epoch, head) = self.gate.gate().sequence(room).unwrap_or((0, 0));
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        r.roster_dirty = true;
+        r.dirty = true;
+        r.empty_since = None;
+        let entered = PeerMsg::Entered {
+            req,
+            conn,
+            subclass: joined.map(|s| s.0),
+            epoch,
+            head,
+            muted: r.mute_all,
+            self_muted,
+        };
+        r.seen.insert(req, Some(entered.clone()));
+        let late = r.classroom.as_ref().is_some_and(has_open_state);
+        self.send_peer(from, entered);
+        if late {
+            // What is open now, for a member who came in after it opened.
+            self.publish_state(now, room, Target::user(member.uin));
+        }
+        self.reschedule(now, room);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn owner_act(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        req: u64,
+        member: MemberKey,
+        role: Role,
+        conn: ConnId,
+        act: Act,
+    ) {
+        let room = member.room_key();
+        if !self.owns(room) {
+            return self.send_peer(from, PeerMsg::NotOwner { req });
+        }
+        self.ensure_room(now, room);
+        let Some(msg) = self.hold_while_restoring(from, room, PeerMsg::Act { req, member, role, conn, act }) else {
+            return;
+        };
+        let PeerMsg::Act { act, .. } = msg else { return };
+        if self.answer_seen(from, room, req, conn) {
+            return;
+        }
+        let done = Done { to: from, req, conn, reply: None };
+        let actor = Actor { uin: member.uin, role };
+        let sender = Sender { uin: member.uin, role };
+        match act {
+            Act::Chat { text } => {
+                let message =
+                    Message::new(room, Class::Chat, kinds::CHAT, text_payload(&text)).from_sender(sender);
+                let id = self.next_id();
+                let deadline = now.saturating_add(self.config.cache_timeout);
+                self.waiting.insert(id, Waiter { purpose: Purpose::Chat { from, req, conn, message }, deadline });
+                self.waiting_deadlines.insert(deadline, id);
+                self.outputs.push_back(Output::Limit {
+                    id,
+                    key: format!("chat:{}", room.bid.0),
+                    quota: self.config.business_chat,
+                    cost: 1,
+                });
+            }
+            Act::Say { text } => {
+                let message = Message::new(room, Class::Teacher, kinds::TEACHER_SAY, text_payload(&text))
+                    .from_sender(sender)
+                    .with_origin(req);
+                match self.gate.publish(now, message) {
+                    Ok(()) => self.await_publish(room, req, done),
+                    Err(e) => self.finish(room, Done { reply: Some(refused_gate(&e)), ..done }),
+                }
+            }
+            Act::React { kind, n } => {
+                let (reaction, k) = match kind {
+                    ReactKind::Flower => (Reaction::Flower, kinds::FLOWER),
+                    ReactKind::Like => (Reaction::Like, kinds::LIKE),
+                    _ => return,
+                };
+                let checked = self.with_classroom(room, |c| c.check_react(actor, n));
+                if let Some(Err(e)) = checked {
+                    return self.finish(room, Done { reply: Some(refused(&e)), ..done });
+                }
+                match self.gate.publish(now, Message::reaction(room, k, sender, n)) {
+                    Ok(()) => {
+                        let _ = self.with_classroom(room, |c| c.react(actor, reaction, n));
+                        if let Some(r) = self.rooms.get_mut(&room) {
+                            // Totals may be lost with the owner: saved lazily.
+                            r.dirty = true;
+                        }
+                    }
+                    Err(e) => self.finish(room, Done { reply: Some(refused_gate(&e)), ..done }),
+                }
+            }
+            Act::Hand { op, uin } => self.act_hand(now, room, actor, op, uin, done),
+            Act::CardOpen { options, correct, seconds } => {
+                let deadline = seconds.map(|s| now.saturating_add(std::time::Duration::from_secs(u64::from(s))));
+                let spec = CardSpec { options, correct, deadline };
+                match self.with_classroom(room, |c| c.open_card(actor, now, spec)) {
+                    Some(Ok(id)) => {
+                        let data = data::encode(&data::Card::Open { id, options, seconds });
+                        let message = Message::new(room, Class::Signal, kinds::CARD, data).with_origin(req);
+                        self.hold_effect(room, Effect::Publish { messages: vec![message], done: Some(done) });
+                    }
+                    Some(Err(e)) => self.finish(room, Done { reply: Some(refused(&e)), ..done }),
+                    None => {}
+                }
+            }
+            Act::CardAnswer { option } => {
+                let result = self.with_classroom(room, |c| match c.answer_card(actor, now, option) {
+                    // A retry of an answer already taken is the same answer.
+                    Err(ActionError::AlreadyAnswered) if c.answer_of(actor.uin) == Some(option) => Ok(()),
+                    other => other,
+                });
+                match result {
+                    Some(Ok(())) => {
+                        if let Some(r) = self.rooms.get_mut(&room) {
+                            r.tally_dirty = true;
+                        }
+                        let reply = Some(ActReply::Answered { option });
+                        self.hold_effect(room, Effect::Done(Done { reply, ..done }));
+                    }
+                    Some(Err(e)) => self.finish(room, Done { reply: Some(refused(&e)), ..done }),
+                    None => {}
+                }
+            }
+            Act::CardClose => match self.with_classroom(room, |c| c.close_card(actor)) {
+                Some(Ok(result)) => {
+                    let message = card_result_message(room, &result).with_origin(req);
+                    self.hold_effect(room, Effect::Publish { messages: vec![message], done: Some(done) });
+                }
+                Some(Err(e)) => self.finish(room, Done { reply: Some(refused(&e)), ..done }),
+                None => {}
+            },
+            Act::PacketSend { amount, count } => match self.with_classroom(room, |c| c.send_packet(actor, amount, count)) {
+                Some(Ok(id)) => {
+                    let data = data::encode(&data::Packet::Open { id, amount, count });
+                    let message = Message::new(room, Class::Signal, kinds::PACKET, data).with_origin(req);
+                    self.hold_effect(room, Effect::Publish { messages: vec![message], done: Some(done) });
+                }
+                Some(Err(e)) => self.finish(room, Done { reply: Some(refused(&e)), ..done }),
+                None => {}
+            },
+            Act::PacketGrab { id } => {
+                let result = self.with_classroom(room, |c| match c.grab_packet(actor, id) {
+                    // A retry of a grab already taken gets the same share.
+                    Err(ActionError::AlreadyGrabbed(_)) => c.grab_of(id, actor.uin).ok_or(ActionError::AlreadyGrabbed(id)),
+                    other => other,
+                });
+                match result {
+                    Some(Ok(amount)) => {
+                        if let Some(r) = self.rooms.get_mut(&room) {
+                            r.packets_dirty.insert(id);
+                        }
+                        let reply = Some(ActReply::Grabbed { id, amount });
+                        self.hold_effect(room, Effect::Done(Done { reply, ..done }));
+                    }
+                    Some(Err(e)) => self.finish(room, Done { reply: Some(refused(&e)), ..done }),
+                    None => {}
+                }
+            }
+            Act::MuteAll { on } => {
+                if !role.is_staff() {
+                    let e = ActionError::NotAllowed { role, action: Action::Mute };
+                    return self.finish(room, Done { reply: Some(refused(&e)), ..done });
+                }
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.mute_all = on;
+                }
+                self.hold_effect(room, Effect::MuteAll { on, done });
+            }
+            Act::Mute { uin, on } => {
+                if !role.is_staff() {
+                    let e = ActionError::NotAllowed { role, action: Action::Mute };
+                    return self.finish(room, Done { reply: Some(refused(&e)), ..done });
+                }
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    if on {
+                        r.muted.insert(uin);
+                    } else {
+                        r.muted.remove(&uin);
+                    }
+                }
+                let _ = self.gate.mute_user(room, uin, on);
+                let data = data::encode(&data::Muted { on });
+                let message = Message::new(room, Class::Signal, kinds::MUTED, data).to(Target::user(uin)).with_origin(req);
+                self.hold_effect(room, Effect::Publish { messages: vec![message], done: Some(done) });
+            }
+            Act::Members { limit, after } => {
+                let start = after.map_or(PageStart::First, |bits| PageStart::After(Cursor::from_bits(bits)));
+                let query = PageQuery::first(limit.clamp(1, 100) as usize).start(start);
+                let mut rows = Vec::new();
+                let reply = match self.replica.page(room, &query, &mut rows) {
+                    Ok(info) => ActReply::Members {
+                        rows: rows.iter().map(|r| (r.uin, r.role, r.terminals.bits())).collect(),
+                        next: info.next.map(|c| c.to_bits()),
+                    },
+                    Err(e) => ActReply::Refused { code: "malformed".into(), message: e.to_string() },
+                };
+                self.finish(room, Done { reply: Some(reply), ..done });
+            }
+            _ => {}
+        }
+        self.reschedule(now, room);
+    }
+
+    fn act_hand(&mut self, now: Timestamp, room: RoomKey, actor: Actor, op: HandOp, uin: Option<Uin>, done: Done) {
+        let result = self.with_classroom(room, |c| {
+            let target = match op {
+                HandOp::Raise => c.raise_hand(actor).map(|()| actor.uin),
+                HandOp::Lower => c.lower_hand(actor).map(|()| actor.uin),
+                HandOp::Invite | HandOp::Dismiss => {
+                    let Some(who) = uin else { return Err(None) };
+                    let r = if op == HandOp::Invite { c.invite_hand(actor, who) } else { c.dismiss_hand(actor, who) };
+                    r.map(|()| who)
+                }
+                _ => return Err(None),
+            };
+            target.map_err(Some).map(|t| (t, c.hands().take(50).map(|u| u.0).collect::<Vec<u64>>()))
+        });
+        let (target, queue) = match result {
+            Some(Ok(v)) => v,
+            Some(Err(Some(e))) => return self.finish(room, Done { reply: Some(refused(&e)), ..done }),
+            Some(Err(None)) => {
+                let reply = ActReply::Refused { code: "malformed".into(), message: "invite and dismiss need a uin".into() };
+                return self.finish(room, Done { reply: Some(reply), ..done });
+            }
+            None => return,
+        };
+        let op_name = match op {
+            HandOp::Raise => "raise",
+            HandOp::Lower => "lower",
+            HandOp::Invite => "invite",
+            _ => "dismiss",
+        };
+        let payload = data::encode(&data::Hand { op: op_name, uin: target.0, queue: &queue });
+        // Staff see the queue; the member whose hand it is sees the outcome.
+        let mut messages = vec![
+            Message::new(room, Class::Signal, kinds::HAND, payload.clone())
+                .to(Target::room().roles(RoleSet::staff()))
+                .with_origin(done.req),
+        ];
+        if !actor.role.is_staff() || target != actor.uin {
+            messages.push(Message::new(room, Class::Signal, kinds::HAND, payload).to(Target::user(target)));
+        }
+        self.hold_effect(room, Effect::Publish { messages, done: Some(done) });
+        let _ = now;
+    }
+
+    fn with_classroom<T>(&mut self, room: RoomKey, f: impl FnOnce(&mut Classroom) -> T) -> Option<T> {
+        self.rooms.get_mut(&room).and_then(|r| r.classroom.as_mut()).map(f)
+    }
+
+    fn hold_effect(&mut self, room: RoomKey, effect: Effect) {
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.hold(effect);
+        }
+    }
+
+    /// The request is done: its access node is told, and a retry gets the
+    /// same answer.
+    fn finish(&mut self, room: RoomKey, done: Done) {
+        let msg = PeerMsg::Done { req: done.req, conn: done.conn, reply: done.reply };
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.seen.insert(done.req, Some(msg.clone()));
+        }
+        self.send_peer(done.to, msg);
+    }
+
+    /// The request is done once the message numbered for it is published.
+    fn await_publish(&mut self, room: RoomKey, req: u64, done: Done) {
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.awaiting.insert(req, done);
+        }
+    }
+
+    /// A message of the room's own (signals, rosters, tallies): numbered
+    /// without the room's rate limits, which apply to the requests that
+    /// caused them.
+    fn publish_system(&mut self, now: Timestamp, message: Message) {
+        let _ = self.gate.publish_system(now, message);
+    }
+
+    fn publish_state(&mut self, now: Timestamp, room: RoomKey, target: Target) {
+        let Some(r) = self.rooms.get(&room) else { return };
+        let Some(c) = r.classroom.as_ref() else { return };
+        let hands: Vec<u64> = c.hands().take(50).map(|u| u.0).collect();
+        let card_view = c.open_card_view();
+        let card = card_view.as_ref().map(|v| data::Card::Open {
+            id: v.id,
+            options: v.options,
+            seconds: v.deadline.map(|d| (d.as_micros().saturating_sub(now.as_micros()) / 1_000_000) as u32),
+        });
+        let packets = c
+            .packets()
+            .map(|(id, p)| data::Packet::State { id, total: p.total, count: p.count, grabbed: p.grabbed, taken: p.taken })
+            .collect();
+        let state = data::State {
+            hands: &hands,
+            card,
+            packets,
+            muted: r.mute_all,
+            flowers: c.reaction_total(Reaction::Flower),
+            likes: c.reaction_total(Reaction::Like),
+        };
+        let message = Message::new(room, Class::Signal, kinds::STATE, data::encode(&state)).to(target);
+        self.publish_system(now, message);
+    }
+
+    /// A session ended (its session owner decided).
+    pub(super) fn owner_ended(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        member: MemberKey,
+        terminal: Terminal,
+        reason: ExitReason,
+        last: bool,
+    ) {
+        let room = member.room_key();
+        if !self.owns(room) {
+            // Views differ for a moment: pass it on once, never back.
+            if let Some(owner) = self.room_owner(room).filter(|o| *o != from) {
+                self.send_peer(owner, PeerMsg::Ended { member, terminal, reason, last });
+            }
+            return;
+        }
+        self.ensure_room(now, room);
+        let Some(_) = self.hold_while_restoring(from, room, PeerMsg::Ended { member, terminal, reason, last }) else {
+            return;
+        };
+        let exit = WriteOp::Exit { uin: member.uin, terminal };
+        let _ = self.replica.apply(now, room, std::slice::from_ref(&exit));
+        self.drain_replica();
+        let still_listed = self.replica.get(member).is_some();
+        if last || !still_listed {
+            let _ = self.gate.leave(now, room, member.uin);
+            let hand_was_up = self.with_classroom(room, |c| {
+                let up = c.hands().any(|u| u == member.uin);
+                c.left(member.uin);
+                up
+            });
+            if let Some(r) = self.rooms.get_mut(&room) {
+                r.dirty = true;
+                if hand_was_up == Some(true) {
+                    r.urgent = true;
+                }
+            }
+        }
+        self.room_changed(now, room);
+    }
+
+    /// A session moved to a new session owner without an entry: heartbeat
+    /// repair of the member list, and a place in the plan if it has none.
+    pub(super) fn owner_adopted(&mut self, now: Timestamp, from: NodeId, member: MemberKey, role: Role, terminal: Terminal) {
+        let room = member.room_key();
+        if !self.owns(room) {
+            if let Some(owner) = self.room_owner(room).filter(|o| *o != from) {
+                self.send_peer(owner, PeerMsg::Adopted { member, role, terminal });
+            }
+            return;
+        }
+        self.ensure_room(now, room);
+        let Some(_) = self.hold_while_restoring(from, room, PeerMsg::Adopted { member, role, terminal }) else {
+            return;
+        };
+        let assert = WriteOp::Assert { uin: member.uin, role, terminal };
+        let _ = self.replica.apply(now, room, std::slice::from_ref(&assert));
+        self.drain_replica();
+        if self.gate.gate().subclass_of(room, member.uin).is_none() && !role.is_staff() {
+            let _ = self.gate.join(now, room, member.uin, role);
+            let _ = self.gate.announce_subclass(now, room, member.uin);
+            if let Some(r) = self.rooms.get_mut(&room) {
+                r.dirty = true;
+            }
+        }
+        self.room_changed(now, room);
+    }
+
+    fn room_changed(&mut self, now: Timestamp, room: RoomKey) {
+        let empty = self.replica.counts(room).is_none_or(|c| c.total() == 0);
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.roster_dirty = true;
+            if empty {
+                r.empty_since.get_or_insert(now);
+            } else {
+                r.empty_since = None;
+            }
+        }
+        self.reschedule(now, room);
+    }
+
+    /// The view changed: rooms no longer owned go; rooms now owned that this
+    /// node's member list knows are restored; sessions whose owner moved
+    /// are handed to their new owners.
+    pub(super) fn owner_view_changed(&mut self, now: Timestamp) {
+        let lost: Vec<RoomKey> = self.rooms.keys().filter(|r| !self.owns(**r)).copied().collect();
+        for room in lost {
+            self.release_room(now, room);
+        }
+        for room in self.replica.store().room_keys() {
+            if self.owns(room) && !self.rooms.contains_key(&room) {
+                self.ensure_room(now, room);
+            }
+        }
+        let ready: Vec<RoomKey> = self.rooms.iter().filter(|(_, r)| r.is_ready()).map(|(k, _)| *k).collect();
+        for room in ready {
+            self.hand_over_sessions(room, true);
+        }
+    }
+
+    /// Tells the session owners of `room`'s listed members to keep their
+    /// sessions: all of them (`only_moved` false: a room just restored
+    /// here), or those whose session owner changed with the view.
+    fn hand_over_sessions(&mut self, room: RoomKey, only_moved: bool) {
+        let Some(router) = self.router.as_ref() else { return };
+        let mut by_node: BTreeMap<NodeId, Vec<(MemberKey, Terminal)>> = BTreeMap::new();
+        for row in self.replica.store().members(room) {
+            let member = room.member(row.uin);
+            let Ok(owner) = router.route(&member) else { continue };
+            let moved = self.previous_router.as_ref().is_none_or(|p| p.route(&member) != Ok(owner));
+            if only_moved && !moved {
+                continue;
+            }
+            for t in row.terminals.iter() {
+                by_node.entry(owner).or_default().push((member, t));
+            }
+        }
+        for (node, sessions) in by_node {
+            for chunk in sessions.chunks(10_000) {
+                self.send_peer(node, PeerMsg::Hold { sessions: chunk.to_vec() });
+            }
+        }
+    }
+
+    /// This node lets `room` go (another node owns it, or another owner
+    /// fenced it out). Requests in flight are answered "not the owner":
+    /// their access nodes retry at the owner they see.
+    fn release_room(&mut self, now: Timestamp, room: RoomKey) {
+        let Some(r) = self.rooms.remove(&room) else { return };
+        if let Some(at) = r.timer {
+            self.room_timers.remove(at, room);
+        }
+        let _ = self.gate.release(room);
+        let mut reqs: Vec<(NodeId, u64)> = r.awaiting.values().map(|d| (d.to, d.req)).collect();
+        reqs.extend(r.held.iter().filter_map(|(_, e)| effect_done(e).map(|d| (d.to, d.req))));
+        if let Some(restore) = r.restore {
+            for (from, msg) in restore.queued {
+                if let PeerMsg::Act { req, .. } | PeerMsg::Enter { req, .. } = msg {
+                    reqs.push((from, req));
+                }
+            }
+        }
+        for (to, req) in reqs {
+            self.send_peer(to, PeerMsg::NotOwner { req });
+        }
+        let _ = now;
+    }
+
+    /// The shared cache answered.
+    pub(super) fn cache_answered(&mut self, now: Timestamp, waiter: Waiter, answer: CacheAnswer) {
+        let unavailable = || SharedCacheError::Unavailable("unexpected answer".into());
+        match (waiter.purpose, answer) {
+            (Purpose::Append { room, epoch, seq }, CacheAnswer::Appended(result)) => {
+                self.gate.handle_appended(now, room, epoch, seq, result);
+            }
+            (Purpose::FenceHead(room), CacheAnswer::Head(result)) => self.gate.handle_head(now, room, result),
+            (Purpose::RestoreHead(room), CacheAnswer::Head(result)) => {
+                let head = result.ok().flatten();
+                let tail_from = head.filter(|(_, h)| *h > 0).map(|(e, h)| (e, h.saturating_sub(self.config.dedupe_tail), h));
+                if let Some(restore) = self.rooms.get_mut(&room).and_then(|r| r.restore.as_mut()) {
+                    restore.head = Some(head);
+                    if tail_from.is_none() {
+                        restore.tail = Some(Vec::new());
+                    }
+                }
+                if let Some((epoch, after, upto)) = tail_from {
+                    self.cache(now, CacheOp::Range { room, epoch, after, upto }, Purpose::RestoreTail(room));
+                }
+                self.try_finish_restore(now, room);
+            }
+            (Purpose::RestoreState(room), CacheAnswer::State(result)) => {
+                if let Some(restore) = self.rooms.get_mut(&room).and_then(|r| r.restore.as_mut()) {
+                    restore.state = Some(result.ok().flatten());
+                }
+                self.try_finish_restore(now, room);
+            }
+            (Purpose::RestoreTail(room), CacheAnswer::Range(result)) => {
+                let origins = result.unwrap_or_default().iter().map(|e| e.message.origin).filter(|o| *o != 0).collect();
+                if let Some(restore) = self.rooms.get_mut(&room).and_then(|r| r.restore.as_mut()) {
+                    restore.tail = Some(origins);
+                }
+                self.try_finish_restore(now, room);
+            }
+            (Purpose::Save { room }, CacheAnswer::Saved(result)) => self.save_answered(now, room, result),
+            (Purpose::Refill(room), CacheAnswer::Range(result)) => self.refill_answered(now, room, result),
+            (Purpose::CheckRange { conn, epoch, after }, CacheAnswer::Range(result)) => {
+                self.check_range_answered(now, conn, epoch, after, result);
+            }
+            (Purpose::CheckHead { conn, epoch, after }, CacheAnswer::Head(result)) => {
+                self.check_head_answered(conn, epoch, after, result);
+            }
+            // An answer of the wrong kind is a broken driver: treat it as no answer.
+            (purpose, _) => {
+                let waiter = Waiter { purpose, deadline: now };
+                let answer = match &waiter.purpose {
+                    Purpose::Append { .. } => CacheAnswer::Appended(Err(unavailable())),
+                    Purpose::Save { .. } => CacheAnswer::Saved(Err(unavailable())),
+                    Purpose::RestoreState(_) => CacheAnswer::State(Err(unavailable())),
+                    Purpose::FenceHead(_) | Purpose::RestoreHead(_) | Purpose::CheckHead { .. } => {
+                        CacheAnswer::Head(Err(unavailable()))
+                    }
+                    _ => CacheAnswer::Range(Err(unavailable())),
+                };
+                if !matches!(waiter.purpose, Purpose::Chat { .. }) {
+                    self.cache_answered(now, waiter, answer);
+                }
+            }
+        }
+        self.drain_gate(now);
+    }
+
+    /// The limiter answered for a chat line.
+    pub(super) fn limit_answered(&mut self, now: Timestamp, waiter: Waiter, answer: Result<Decision, LimiterError>) {
+        let Purpose::Chat { from, req, conn, message } = waiter.purpose else { return };
+        let room = message.room;
+        let done = Done { to: from, req, conn, reply: None };
+        if let Ok(Decision::Limited { retry_after }) = answer {
+            let reply = ActReply::Refused {
+                code: "rate_limited".into(),
+                message: format!("the business's chat is over its quota; retry after {retry_after:?}"),
+            };
+            return self.finish(room, Done { reply: Some(reply), ..done });
+        }
+        // Allowed, or the limiter could not answer (its own fallback decided).
+        if !self.rooms.get(&room).is_some_and(OwnedRoom::is_ready) {
+            return;
+        }
+        if let Err(e) = self.gate.publish(now, message) {
+            self.finish(room, Done { reply: Some(refused_gate(&e)), ..done });
+        }
+        self.drain_gate(now);
+    }
+
+    fn try_finish_restore(&mut self, now: Timestamp, room: RoomKey) {
+        let complete = self
+            .rooms
+            .get(&room)
+            .and_then(|r| r.restore.as_ref())
+            .is_some_and(|x| x.head.is_some() && x.state.is_some() && x.tail.is_some());
+        if !complete {
+            return;
+        }
+        let Some(restore) = self.rooms.get_mut(&room).and_then(|r| r.restore.take()) else { return };
+        let Restore { head, state, tail, queued } = restore;
+        let head = head.flatten();
+        let state = state.flatten();
+        let floor = self.push.reliable_head(room).map_or(0, |(e, _)| e.saturating_add(1));
+        if let Err(e) = self.gate.open(now, room, head, floor, self.config.expected_learners) {
+            super::tracing_warn(&format!("room {room} not opened: {e}"));
+            self.rooms.remove(&room);
+            for (from, msg) in queued {
+                if let PeerMsg::Act { req, conn, .. } | PeerMsg::Enter { req, conn, .. } = msg {
+                    let reply = ActReply::Refused { code: "refused".into(), message: e.to_string() };
+                    self.send_peer(from, PeerMsg::Done { req, conn, reply: Some(reply) });
+                }
+            }
+            return;
+        }
+        let listed: BTreeMap<Uin, Role> =
+            self.replica.store().members(room).into_iter().map(|row| (row.uin, row.role)).collect();
+        let snapshot = state.as_ref().and_then(|(_, bytes)| postcard::from_bytes::<RoomSnapshot>(bytes).ok());
+        let version = state.as_ref().map_or(0, |(v, _)| *v);
+        let seed = room_seed(room);
+        let (classroom, mut plan, mute_all, muted) = match snapshot {
+            Some(s) => {
+                let classroom = Classroom::restore(self.config.classroom.clone(), s.classroom)
+                    .unwrap_or_else(|_| Classroom::new(self.config.classroom.clone(), seed));
+                // The member list is the record of who is present; the plan
+                // only remembers where they sit.
+                let plan: Vec<(Uin, Role, Option<room_push::SubclassId>)> = s
+                    .members
+                    .into_iter()
+                    .filter(|(uin, _, _)| listed.contains_key(uin))
+                    .map(|(uin, role, sub)| (uin, role, sub.map(room_push::SubclassId)))
+                    .collect();
+                (classroom, plan, s.mute_all, s.muted.into_iter().collect::<BTreeSet<Uin>>())
+            }
+            None => (Classroom::new(self.config.classroom.clone(), seed), Vec::new(), false, BTreeSet::new()),
+        };
+        let placed: BTreeSet<Uin> = plan.iter().map(|(u, _, _)| *u).collect();
+        plan.extend(listed.iter().filter(|(u, _)| !placed.contains(u)).map(|(u, r)| (*u, *r, None)));
+        let muted_list: Vec<Uin> = muted.iter().copied().collect();
+        if let Err(e) = self.gate.restore_members(now, room, &plan, mute_all, &muted_list) {
+            super::tracing_warn(&format!("room {room}: sub-class plan not restored: {e}"));
+        }
+        let open = has_open_state(&classroom) || mute_all;
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        r.classroom = Some(classroom);
+        r.mute_all = mute_all;
+        r.muted = muted;
+        r.version = version;
+        r.dirty = head.is_some() || state.is_some();
+        r.roster_dirty = true;
+        r.tally_dirty = true;
+        for origin in tail.unwrap_or_default() {
+            r.seen.insert(origin, None);
+        }
+        if listed.is_empty() {
+            r.empty_since = Some(now);
+        }
+        if head.is_some() || state.is_some() {
+            self.stats.restored += 1;
+        }
+        if open {
+            // Clients of the room may have missed what the last owner
+            // announced before it died: what is open now.
+            self.publish_state(now, room, Target::room());
+        }
+        self.hand_over_sessions(room, false);
+        for (from, msg) in queued {
+            self.dispatch(now, from, msg);
+        }
+        self.reschedule(now, room);
+    }
+
+    /// Carries out the gate's outputs.
+    pub(super) fn drain_gate(&mut self, now: Timestamp) {
+        while let Some(output) = self.gate.poll_output() {
+            match output {
+                FenceOutput::Append(env) => {
+                    let (room, epoch, seq) = (env.message.room, env.epoch, env.seq);
+                    self.cache(now, CacheOp::Append(env), Purpose::Append { room, epoch, seq });
+                }
+                FenceOutput::Publish(env) => self.published(env),
+                FenceOutput::ReadHead(room) => self.cache(now, CacheOp::Head(room), Purpose::FenceHead(room)),
+                FenceOutput::Fenced { room, .. } => {
+                    self.stats.fenced += 1;
+                    self.release_room(now, room);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn published(&mut self, env: Envelope) {
+        let origin = env.message.origin;
+        let room = env.message.room;
+        self.outputs.push_back(Output::Publish(env));
+        if origin == 0 {
+            return;
+        }
+        let Some(done) = self.rooms.get_mut(&room).and_then(|r| r.awaiting.remove(&origin)) else { return };
+        self.finish(room, done);
+    }
+
+    fn save_answered(&mut self, now: Timestamp, room: RoomKey, result: Result<room_push::Saved, SharedCacheError>) {
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        r.saving = false;
+        let version = match result {
+            Ok(room_push::Saved::Stored { version } | room_push::Saved::Local { version }) => version,
+            Ok(room_push::Saved::Conflict { .. }) => {
+                // Another owner saved this room beyond us: it is theirs.
+                self.stats.fenced += 1;
+                return self.release_room(now, room);
+            }
+            Ok(_) | Err(_) => {
+                // Not stored: try again at the next save.
+                r.dirty = true;
+                r.urgent = r.urgent || !r.held.is_empty();
+                return self.reschedule(now, room);
+            }
+        };
+        self.stats.saves += 1;
+        r.version = version;
+        let mut ready = Vec::new();
+        while r.held.front().is_some_and(|(need, _)| *need <= version) {
+            if let Some((_, effect)) = r.held.pop_front() {
+                ready.push(effect);
+            }
+        }
+        for effect in ready {
+            self.apply_effect(now, room, effect);
+        }
+        self.reschedule(now, room);
+    }
+
+    fn apply_effect(&mut self, now: Timestamp, room: RoomKey, effect: Effect) {
+        match effect {
+            Effect::Publish { messages, done } => {
+                let mut first = true;
+                for message in messages {
+                    let origin = message.origin;
+                    let published = self.gate.publish_system(now, message);
+                    if first && let Some(d) = done.clone() {
+                        match published {
+                            Ok(()) if origin != 0 => self.await_publish(room, origin, d),
+                            Ok(()) => self.finish(room, d),
+                            Err(e) => self.finish(room, Done { reply: Some(refused_gate(&e)), ..d }),
+                        }
+                    }
+                    first = false;
+                }
+            }
+            Effect::MuteAll { on, done } => {
+                let _ = self.gate.set_mute_all(now, room, on);
+                self.finish(room, done);
+            }
+            Effect::Done(done) => self.finish(room, done),
+        }
+    }
+
+    /// Runs a room's due timers: card deadline, tallies, roster, saves,
+    /// and forgetting a room left empty.
+    pub(super) fn room_timer(&mut self, now: Timestamp, room: RoomKey) {
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        r.timer = None;
+        if !r.is_ready() {
+            return;
+        }
+        let deadline_passed = r.classroom.as_ref().and_then(Classroom::card_deadline).is_some_and(|d| d <= now);
+        if deadline_passed && let Some(result) = r.classroom.as_mut().and_then(Classroom::close_card_now) {
+            let message = card_result_message(room, &result);
+            r.hold(Effect::Publish { messages: vec![message], done: None });
+        }
+        if now >= r.next_tally {
+            r.next_tally = now.saturating_add(self.config.tally_interval);
+            self.push_tallies(now, room);
+        }
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        if r.roster_dirty && now >= r.next_roster {
+            r.next_roster = now.saturating_add(self.config.roster_interval);
+            r.roster_dirty = false;
+            self.push_roster(now, room);
+        }
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        if r.dirty && !r.saving && now >= r.last_save.saturating_add(self.config.save_interval) {
+            self.save(now, room);
+        }
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        let idle = r.empty_since.is_some_and(|t| t.saturating_add(self.config.room_idle) <= now);
+        if idle && !r.dirty && !r.saving && r.held.is_empty() && r.awaiting.is_empty() && self.gate.is_idle(room) {
+            self.rooms.remove(&room);
+            let _ = self.gate.release(room);
+            return;
+        }
+        self.reschedule(now, room);
+    }
+
+    fn save(&mut self, now: Timestamp, room: RoomKey) {
+        let members = self.gate.gate().members_of(room).unwrap_or_default();
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        let Some(classroom) = r.classroom.as_ref() else { return };
+        let snapshot = RoomSnapshot {
+            classroom: classroom.snapshot(),
+            members: members.into_iter().map(|(u, role, s)| (u, role, s.map(|s| s.0))).collect(),
+            mute_all: r.mute_all,
+            muted: r.muted.iter().copied().collect(),
+        };
+        let state = match postcard::to_allocvec(&snapshot) {
+            Ok(v) => Bytes::from(v),
+            Err(_) => return,
+        };
+        r.saving = true;
+        r.dirty = false;
+        r.urgent = false;
+        r.last_save = now;
+        let after = r.version;
+        self.cache(now, CacheOp::SaveState { room, after, state }, Purpose::Save { room });
+    }
+
+    fn push_tallies(&mut self, now: Timestamp, room: RoomKey) {
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        let mut messages = Vec::new();
+        if std::mem::take(&mut r.tally_dirty)
+            && let Some((id, tally)) = r.classroom.as_ref().and_then(Classroom::card_tally)
+        {
+            let data = data::encode(&data::Card::Tally { id, tally });
+            messages.push(Message::new(room, Class::Signal, kinds::CARD, data).to(Target::room().roles(RoleSet::staff())));
+        }
+        for id in std::mem::take(&mut r.packets_dirty) {
+            if let Some(p) = r.classroom.as_ref().and_then(|c| c.packet(id)) {
+                let data = data::encode(&data::Packet::State {
+                    id,
+                    total: p.total,
+                    count: p.count,
+                    grabbed: p.grabbed,
+                    taken: p.taken,
+                });
+                messages.push(Message::new(room, Class::Signal, kinds::PACKET, data));
+            }
+        }
+        for message in messages {
+            self.publish_system(now, message);
+        }
+    }
+
+    fn push_roster(&mut self, now: Timestamp, room: RoomKey) {
+        let counts = self.replica.counts(room);
+        let count = |role| counts.as_ref().map_or(0, |c| c.role(role));
+        let total = counts.as_ref().map_or(0, |c| c.total());
+        let list = ((total as usize) <= self.config.roster_list_max).then(|| {
+            let mut rows = Vec::new();
+            let _ = self.replica.page(room, &PageQuery::first(self.config.roster_list_max.max(1)), &mut rows);
+            rows.iter().map(|row| data::RosterEntry { uin: row.uin.0, role: row.role }).collect()
+        });
+        let roster = data::Roster {
+            total,
+            teacher: count(Role::Teacher),
+            assistant: count(Role::Assistant),
+            student: count(Role::Student),
+            observer: count(Role::Observer),
+            list,
+        };
+        self.publish_system(now, Message::new(room, Class::Signal, kinds::ROSTER, data::encode(&roster)));
+    }
+
+    /// Sets the room's next wake-up.
+    pub(super) fn reschedule(&mut self, now: Timestamp, room: RoomKey) {
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        if let Some(at) = r.timer.take() {
+            self.room_timers.remove(at, room);
+        }
+        if !r.is_ready() {
+            return;
+        }
+        let mut next: Option<Timestamp> = None;
+        let mut at = |t: Timestamp| next = Some(next.map_or(t, |n| n.min(t)));
+        if let Some(d) = r.classroom.as_ref().and_then(Classroom::card_deadline) {
+            at(d);
+        }
+        if r.tally_dirty || !r.packets_dirty.is_empty() {
+            at(r.next_tally.max(now));
+        }
+        if r.roster_dirty {
+            at(r.next_roster.max(now));
+        }
+        if r.dirty && !r.saving {
+            at(r.last_save.saturating_add(self.config.save_interval).max(now));
+        }
+        if let Some(t) = r.empty_since {
+            at(t.saturating_add(self.config.room_idle).max(now));
+        }
+        if let Some(t) = next {
+            r.timer = Some(t);
+            self.room_timers.insert(t, room);
+        }
+    }
+}
+
+fn has_open_state(c: &Classroom) -> bool {
+    c.open_card_view().is_some() || c.packets().next().is_some() || c.hands().next().is_some()
+}
+
+fn card_result_message(room: RoomKey, r: &CardResult) -> Message {
+    let data = data::encode(&data::Card::Result {
+        id: r.id,
+        tally: &r.tally,
+        correct: r.correct,
+        answered: r.answered,
+        right: r.right,
+    });
+    Message::new(room, Class::Signal, kinds::CARD, data)
+}
+
+fn effect_done(e: &Effect) -> Option<&Done> {
+    match e {
+        Effect::Publish { done, .. } => done.as_ref(),
+        Effect::MuteAll { done, .. } | Effect::Done(done) => Some(done),
+    }
+}
+
+fn effect_req(e: &Effect) -> Option<u64> {
+    effect_done(e).map(|d| d.req)
+}

@@ -1,0 +1,126 @@
+//! The session-owner side: heartbeat sessions of the members the router
+//! gives this node ([`SessionOwner`](room_heartbeat::SessionOwner)), and
+//! what they tell the rooms' owners.
+
+use room_core::{ConnId, ExitReason, MemberKey, NodeId, Role, Terminal, Timestamp};
+use room_heartbeat::{OwnerOutput, ProbeAnswer};
+
+use super::RoomNode;
+use crate::peer::{CloseReason, PeerMsg};
+
+impl RoomNode {
+    /// The room's owner admitted a member: its session starts here.
+    pub(super) fn session_join(&mut self, now: Timestamp, member: MemberKey, terminal: Terminal, conn: ConnId) {
+        if let Err(e) = self.sessions.join(now, member, terminal, conn) {
+            super::tracing_warn(&format!("session of {member} not started: {e}"));
+        }
+        self.drain_sessions(now, None);
+    }
+
+    /// Sessions the member list shows that are this node's now.
+    pub(super) fn session_hold(&mut self, now: Timestamp, sessions: Vec<(MemberKey, Terminal)>) {
+        for (member, terminal) in sessions {
+            if !self.sessions.owns(&member) {
+                continue;
+            }
+            if self.sessions.hold(now, member, terminal).is_err() {
+                break;
+            }
+        }
+        self.drain_sessions(now, None);
+    }
+
+    pub(super) fn session_beat(&mut self, now: Timestamp, member: MemberKey, role: Role, terminal: Terminal, conn: ConnId) {
+        let hint = self.conns.get(&conn).map_or(room_heartbeat::SessionHint::NONE, |c| c.hint);
+        if let Ok(reply) = self.sessions.beat(now, member, terminal, conn, hint)
+            && let Some(c) = self.conns.get_mut(&conn)
+        {
+            // The hint is a slot in this node's tracker: only a local
+            // session owner can use it.
+            c.hint = reply.hint;
+        }
+        self.drain_sessions(now, Some(role));
+    }
+
+    pub(super) fn session_leave(&mut self, now: Timestamp, member: MemberKey, terminal: Terminal, conn: ConnId) {
+        let _ = self.sessions.leave(now, member, terminal, conn);
+        self.drain_sessions(now, None);
+    }
+
+    pub(super) fn session_probe_answer(&mut self, now: Timestamp, from: NodeId, id: u64, alive: bool) {
+        let Some((asked, probe)) = self.probes.remove(&id) else { return };
+        if asked != from {
+            // An answer from a node that was not asked: ignored.
+            self.probes.insert(id, (asked, probe));
+            return;
+        }
+        let answer = if alive { ProbeAnswer::Alive } else { ProbeAnswer::Gone };
+        let _ = self.sessions.handle_probe_answer(now, probe, answer);
+        self.drain_sessions(now, None);
+    }
+
+    pub(super) fn sessions_timeout(&mut self, now: Timestamp) {
+        self.sessions.handle_timeout(now);
+        self.drain_sessions(now, None);
+    }
+
+    /// Carries out what the session owner decided. `role`: the role of the
+    /// beat just handled (an adopted session is re-asserted with it).
+    fn drain_sessions(&mut self, now: Timestamp, role: Option<Role>) {
+        while let Some(output) = self.sessions.poll_output(now) {
+            match output {
+                OwnerOutput::Probe(probe) => {
+                    let access = Self::access_node_of(probe.suspect.conn);
+                    if access == self.me || !self.in_view(access) {
+                        // Known here: this node's own connection, or one on
+                        // a node that has left the view (gone with it).
+                        let alive = access == self.me && self.conns.contains_key(&probe.suspect.conn);
+                        let answer = if alive { ProbeAnswer::Alive } else { ProbeAnswer::Gone };
+                        let _ = self.sessions.handle_probe_answer(now, probe.id, answer);
+                    } else {
+                        let id = self.next_id();
+                        self.probes.insert(id, (access, probe.id));
+                        self.send_peer(access, PeerMsg::Probe { id, conn: probe.suspect.conn });
+                    }
+                }
+                OwnerOutput::Ended { member, terminal, conn, reason, last, .. } => {
+                    if reason == ExitReason::TimedOut {
+                        self.stats.timed_out += 1;
+                        // A silent client whose connection is still open is closed.
+                        if conn != ConnId::NONE {
+                            let access = Self::access_node_of(conn);
+                            if self.in_view(access) || access == self.me {
+                                self.send_peer(access, PeerMsg::Close { conn, reason: CloseReason::TimedOut });
+                            }
+                        }
+                    }
+                    let owner = self.room_owner(member.room_key()).unwrap_or(self.me);
+                    self.send_peer(owner, PeerMsg::Ended { member, terminal, reason, last });
+                }
+                OwnerOutput::Adopted { member, terminal, .. } => {
+                    self.stats.adopted += 1;
+                    let role = role.or_else(|| self.replica_role(member)).unwrap_or(Role::Student);
+                    let owner = self.room_owner(member.room_key()).unwrap_or(self.me);
+                    self.send_peer(owner, PeerMsg::Adopted { member, role, terminal });
+                }
+                OwnerOutput::Replaced { previous, .. } => {
+                    if previous != ConnId::NONE {
+                        let access = Self::access_node_of(previous);
+                        self.send_peer(access, PeerMsg::Close { conn: previous, reason: CloseReason::Replaced });
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Probes whose answers never come are retried and decided by the
+        // reverse check itself; forget ids it no longer waits for.
+        if self.probes.len() > 65_536 {
+            self.probes.clear();
+        }
+    }
+
+    fn replica_role(&self, member: MemberKey) -> Option<Role> {
+        use room_memberlist::MemberStore;
+        self.replica.get(member).map(|row| row.role)
+    }
+}

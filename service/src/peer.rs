@@ -1,0 +1,359 @@
+//! What the nodes of a cluster say to each other.
+//!
+//! A [`RoomNode`](crate::RoomNode) plays three parts for three kinds of
+//! key: the **access** node holds a client's connection, the **room owner**
+//! (`router.route(room)`) runs the room (its gate, classroom and roster),
+//! and the **session owner** (`router.route(member)`) keeps the member's
+//! heartbeat session. On one node all three are the same node and these
+//! messages never leave it; in a cluster they travel over a
+//! [`PeerLink`](crate::transport::PeerLink) as postcard bytes
+//! ([`PeerMsg::encode`], [`PeerMsg::decode`]).
+
+use bytes::Bytes;
+use room_core::{ConnId, ExitReason, MemberKey, Role, Terminal, Uin};
+use room_memberlist::ReplMsg;
+use serde::{Deserialize, Serialize};
+
+/// The largest peer message accepted (a `Hold` of a 60,000-member room's
+/// moved sessions fits comfortably).
+pub const MAX_PEER_MESSAGE: usize = 4 * 1024 * 1024;
+
+/// A message between two nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum PeerMsg {
+    /// Access -> room owner: admit this connection.
+    Enter {
+        /// The request (retried with the same id until answered).
+        req: u64,
+        /// Who.
+        member: MemberKey,
+        /// Their role (from the ticket).
+        role: Role,
+        /// Their terminal (from the ticket).
+        terminal: Terminal,
+        /// The connection at the access node.
+        conn: ConnId,
+    },
+    /// Room owner -> access: the connection entered.
+    Entered {
+        /// The request.
+        req: u64,
+        /// The connection.
+        conn: ConnId,
+        /// The member's sub-class.
+        subclass: Option<u16>,
+        /// The room's sequence epoch when the member entered.
+        epoch: u64,
+        /// The room's newest reliable number then: the client starts here.
+        head: u64,
+        /// Whether the room is muted.
+        muted: bool,
+        /// Whether this member is muted.
+        self_muted: bool,
+    },
+    /// Access -> room owner: something a member does in the room.
+    Act {
+        /// The request (reliable requests are retried with the same id
+        /// until answered; chat and reactions are sent once).
+        req: u64,
+        /// Who.
+        member: MemberKey,
+        /// Their role.
+        role: Role,
+        /// The connection to answer.
+        conn: ConnId,
+        /// What.
+        act: Act,
+    },
+    /// Room owner -> access: the request is done; `reply` goes to the client.
+    Done {
+        /// The request.
+        req: u64,
+        /// The connection to answer.
+        conn: ConnId,
+        /// What the client is told, if anything.
+        reply: Option<ActReply>,
+    },
+    /// Room owner -> access: this node does not own the room (any more);
+    /// ask the owner in your view.
+    NotOwner {
+        /// The request.
+        req: u64,
+    },
+    /// Room owner -> session owner: a member's session starts (the room
+    /// owner admitted it).
+    Join {
+        /// Who.
+        member: MemberKey,
+        /// Their terminal.
+        terminal: Terminal,
+        /// Their connection.
+        conn: ConnId,
+    },
+    /// Room owner -> session owner: sessions the member list shows that are
+    /// now this node's to keep (the view changed); each times out unless
+    /// its client beats.
+    Hold {
+        /// The sessions.
+        sessions: Vec<(MemberKey, Terminal)>,
+    },
+    /// Access -> session owner: a heartbeat.
+    Beat {
+        /// Who.
+        member: MemberKey,
+        /// Their role (for heartbeat repair at the room owner).
+        role: Role,
+        /// Their terminal.
+        terminal: Terminal,
+        /// Their connection.
+        conn: ConnId,
+    },
+    /// Access -> session owner: the client closed its connection.
+    Leave {
+        /// Who.
+        member: MemberKey,
+        /// Their terminal.
+        terminal: Terminal,
+        /// The connection that closed.
+        conn: ConnId,
+    },
+    /// Session owner -> room owner: a session ended.
+    Ended {
+        /// Who.
+        member: MemberKey,
+        /// The terminal that ended.
+        terminal: Terminal,
+        /// Why.
+        reason: ExitReason,
+        /// Whether it was the member's last terminal.
+        last: bool,
+    },
+    /// Session owner -> room owner: a session came to this session owner
+    /// without an entry (a failover): re-assert the member.
+    Adopted {
+        /// Who.
+        member: MemberKey,
+        /// Their role.
+        role: Role,
+        /// Their terminal.
+        terminal: Terminal,
+    },
+    /// Session owner -> access: is this connection still open?
+    Probe {
+        /// The probe, for the answer.
+        id: u64,
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Access -> session owner: the answer to a probe.
+    ProbeAnswer {
+        /// The probe.
+        id: u64,
+        /// Whether the connection is open.
+        alive: bool,
+    },
+    /// Session owner -> access: close a connection (a newer one of the
+    /// same member and terminal replaced it, or its session timed out).
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// Member-list replication between the replicas of a room.
+    Repl(ReplMsg),
+}
+
+impl PeerMsg {
+    /// The message's bytes.
+    pub fn encode(&self) -> Bytes {
+        // Every field serialises (postcard fails only on unsupported serde
+        // features, none of which these types use).
+        Bytes::from(postcard::to_allocvec(self).unwrap_or_default())
+    }
+
+    /// A message from bytes a peer sent.
+    pub fn decode(bytes: &[u8]) -> Result<PeerMsg, PeerDecodeError> {
+        if bytes.len() > MAX_PEER_MESSAGE {
+            return Err(PeerDecodeError::TooLarge { size: bytes.len(), max: MAX_PEER_MESSAGE });
+        }
+        postcard::from_bytes(bytes).map_err(|e| PeerDecodeError::Malformed(e.to_string()))
+    }
+}
+
+/// Bytes from a peer that are not a [`PeerMsg`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerDecodeError {
+    /// Over [`MAX_PEER_MESSAGE`].
+    #[error("peer message of {size} bytes exceeds {max}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Not a peer message.
+    #[error("malformed peer message: {0}")]
+    Malformed(String),
+}
+
+/// What a member does in a room, as the room owner receives it (the
+/// client's frame, parsed and checked for size at its access node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Act {
+    /// A chat line.
+    Chat {
+        /// The text.
+        text: String,
+    },
+    /// A teacher message.
+    Say {
+        /// The text.
+        text: String,
+    },
+    /// Raise, lower, invite or dismiss a hand.
+    Hand {
+        /// The operation.
+        op: crate::wire::HandOp,
+        /// Whose hand (invite and dismiss).
+        uin: Option<Uin>,
+    },
+    /// Flowers or likes.
+    React {
+        /// Which.
+        kind: crate::wire::ReactKind,
+        /// How many.
+        n: u32,
+    },
+    /// Open an answer card.
+    CardOpen {
+        /// Options.
+        options: u8,
+        /// The correct option.
+        correct: Option<u8>,
+        /// Seconds to answer.
+        seconds: Option<u32>,
+    },
+    /// Answer the open card.
+    CardAnswer {
+        /// The option.
+        option: u8,
+    },
+    /// Close the open card.
+    CardClose,
+    /// Send a red packet.
+    PacketSend {
+        /// Units.
+        amount: u64,
+        /// Shares.
+        count: u32,
+    },
+    /// Grab a share of a red packet.
+    PacketGrab {
+        /// The packet.
+        id: u64,
+    },
+    /// Switch the room's mute-all.
+    MuteAll {
+        /// On or off.
+        on: bool,
+    },
+    /// Mute or unmute one member's chat.
+    Mute {
+        /// The member.
+        uin: Uin,
+        /// On or off.
+        on: bool,
+    },
+    /// A page of the member list.
+    Members {
+        /// Rows (1..=100).
+        limit: u32,
+        /// The cursor from the previous page.
+        after: Option<[u8; 17]>,
+    },
+}
+
+impl Act {
+    /// Whether the access node retries the request until the owner answers
+    /// (chat and reactions may be shed: they are sent once).
+    pub fn is_reliable(&self) -> bool {
+        !matches!(self, Act::Chat { .. } | Act::React { .. })
+    }
+}
+
+/// The owner's answer for the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ActReply {
+    /// The card answer was taken.
+    Answered {
+        /// The option.
+        option: u8,
+    },
+    /// A red packet share was taken.
+    Grabbed {
+        /// The packet.
+        id: u64,
+        /// Units.
+        amount: u64,
+    },
+    /// A page of the member list: `(uin, role, terminal bits)`.
+    Members {
+        /// The rows.
+        rows: Vec<(Uin, Role, u64)>,
+        /// The cursor for the next page.
+        next: Option<[u8; 17]>,
+    },
+    /// Refused: the client gets an error frame with this code.
+    Refused {
+        /// The stable code (see PROTOCOL.md).
+        code: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// Why the service closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// Its entry was refused (the error frame says why).
+    Refused,
+    /// A newer connection of the same member on the same terminal replaced it.
+    Replaced,
+    /// Its heartbeats stopped.
+    TimedOut,
+    /// It could not keep up with its reliable messages.
+    SlowConsumer,
+    /// The host closed it (a kick).
+    Kicked,
+}
+
+impl CloseReason {
+    /// The websocket close code a host should send (4000-4999 are the
+    /// application's; PROTOCOL.md lists them).
+    pub fn close_code(self) -> u16 {
+        match self {
+            CloseReason::Refused => 4001,
+            CloseReason::Replaced => 4002,
+            CloseReason::TimedOut => 4003,
+            CloseReason::SlowConsumer => 4004,
+            CloseReason::Kicked => 4005,
+        }
+    }
+
+    /// A short reason for the close frame.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Refused => "entry refused",
+            CloseReason::Replaced => "replaced by a newer connection",
+            CloseReason::TimedOut => "heartbeats stopped",
+            CloseReason::SlowConsumer => "too slow to keep up",
+            CloseReason::Kicked => "removed",
+        }
+    }
+}
