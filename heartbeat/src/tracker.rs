@@ -237,6 +237,12 @@ pub enum TrackError {
         /// The configured maximum.
         max: usize,
     },
+    /// A client's join or beat named [`ConnId::NONE`], which is no
+    /// connection. Returned by [`SessionOwner`](crate::SessionOwner), where
+    /// only [`SessionOwner::hold`](crate::SessionOwner::hold) tracks a
+    /// session without one; the tracker itself takes any id.
+    #[error("ConnId::NONE names no connection; a client's join or beat must name its connection")]
+    NoConnection,
 }
 
 /// What a join did.
