@@ -213,8 +213,10 @@ pub struct OwnerStats {
 ///   connection to ask about).
 /// * **A silent session is asked about.** Any other suspect is probed
 ///   ([`OwnerOutput::Probe`]), at most as many at once as the reverse
-///   check's capacity (the rest wait in the tracker): alive counts as a beat,
-///   gone ends it [`ExitReason::TimedOut`].
+///   check's capacity: the rest wait in the tracker's queue, in order (a
+///   held suspect behind them too, until a wake-up finds room), so a mass
+///   timeout neither floods the access layer nor grows memory. Alive counts
+///   as a beat, gone ends it [`ExitReason::TimedOut`].
 ///
 /// # Bad input
 ///
