@@ -63,7 +63,7 @@ use room_core::{
     BusinessId, ExitReason, Flag, MemberChange, MemberEvent, MemberKey, RoomId, Terminal, TerminalSet, Timestamp, Uin,
 };
 
-/// A connection at the access layer: room-core's [`ConnId`](room_core::ConnId),
+/// A connection at the access layer: room-core's [`ConnId`],
 /// the same id the push layer gives the connection.
 pub use room_core::ConnId;
 
