@@ -226,7 +226,7 @@ pub struct OwnerStats {
 /// | a leave naming [`ConnId::NONE`] | [`LeaveOutcome::Unknown`], nothing changes: no connection closed |
 /// | a leave from a connection the session no longer follows (reordered after a reconnect), or for a held session | [`LeaveOutcome::StaleConnection`], nothing changes, no output |
 /// | a leave for an unknown session, a repeated leave | [`LeaveOutcome::Unknown`], no output |
-/// | a beat delayed past its own leave | ignored ([`BeatOutcome::ClosedConnection`]), no output |
+/// | a beat delayed past its own leave or [`SessionOwner::remove`] | ignored ([`BeatOutcome::ClosedConnection`]), no output |
 /// | a join or beat for a member the view gives to another node | tracked (the sender's view may be newer); if it is still not ours when it falls silent, released without an exit |
 /// | [`SessionOwner::hold`] of a tracked session, of a member another node owns, or while not in the view | `Ok(false)`, nothing changes |
 /// | more sessions than [`TrackerConfig::max_sessions`] | [`TrackError::Full`], nothing changes |
@@ -473,26 +473,28 @@ impl SessionOwner {
     /// [`OwnerOutput::Ended`] with `reason` per terminal, in
     /// [`Terminal::ALL`] order, `last` on the final one. Returns whether
     /// the member had a session here.
+    ///
+    /// As after a leave, a beat from a removed connection that was already
+    /// on its way is ignored ([`BeatOutcome::ClosedConnection`]) rather
+    /// than adopted, so it cannot bring a kicked member back; refusing the
+    /// member's new connections is the room owner's decision.
     pub fn remove(&mut self, now: Timestamp, member: MemberKey, reason: ExitReason) -> bool {
         self.observe(now);
-        let mut sessions = [(Terminal::Web, ConnId::NONE); Terminal::ALL.len()];
-        let mut count = 0;
+        let mut ended = false;
         for terminal in Terminal::ALL {
-            if let Some(conn) = self.tracker.connection(&member, terminal) {
-                sessions[count] = (terminal, conn);
-                count += 1;
+            let Some(conn) = self.tracker.connection(&member, terminal) else { continue };
+            if conn == ConnId::NONE {
+                self.tracker.release(&member, terminal);
+            } else {
+                // A leave, for the tracker: it remembers the closed connection.
+                self.tracker.leave(now, member, terminal, conn);
             }
+            self.stats.removed += 1;
+            self.ended(member, terminal, conn, reason);
+            ended = true;
         }
-        if count == 0 {
-            return false;
-        }
-        self.tracker.remove_member(now, member, reason);
         self.drop_tracker_events();
-        self.stats.removed += count as u64;
-        for (i, &(terminal, conn)) in sessions[..count].iter().enumerate() {
-            self.push(OwnerOutput::Ended { member, terminal, conn, reason, last: i + 1 == count, at: self.now });
-        }
-        true
+        ended
     }
 
     /// The access layer answered probe `id`. A refused answer (the probe is

@@ -299,6 +299,12 @@ fn remove_ends_every_terminal_in_order() {
     assert!(drain(&mut owner, secs(3)).is_empty());
     assert!(owner.is_empty());
     assert_eq!(owner.stats().removed, 3);
+    // A beat the kicked connection sent before it was closed does not bring
+    // the member back; a new connection is the room owner's to refuse.
+    let late = owner.beat(secs(4), m, Terminal::Web, conn(2, 2), SessionHint::NONE).unwrap();
+    assert_eq!(late.outcome, BeatOutcome::ClosedConnection);
+    assert!(drain(&mut owner, secs(4)).is_empty());
+    assert!(owner.is_empty());
 }
 
 #[test]

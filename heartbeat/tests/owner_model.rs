@@ -348,12 +348,16 @@ proptest! {
                     let reason = if kicked { ExitReason::Kicked } else { ExitReason::Moved };
                     let removed = owner.remove(now, member(m), reason);
                     prop_assert_eq!(removed, model.present(m));
-                    (0..TERMINALS.len())
-                        .filter(|&t| model.sessions.contains_key(&(m, t)))
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .map(|t| model.end((m, t), reason))
-                        .collect()
+                    let terminals: Vec<usize> = (0..TERMINALS.len()).filter(|&t| model.sessions.contains_key(&(m, t))).collect();
+                    let mut outputs = Vec::new();
+                    for t in terminals {
+                        let conn = model.sessions[&(m, t)].conn;
+                        if conn != ConnId::NONE {
+                            model.closed.push(((m, t, conn), model.now));
+                        }
+                        outputs.push(model.end((m, t), reason));
+                    }
+                    outputs
                 }
                 Op::Advance { ms } => {
                     for _ in 0..ms {
