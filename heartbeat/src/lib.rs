@@ -13,6 +13,13 @@
 //! and exiting come out as [`room_core::MemberEvent`]s, which a
 //! [`Notifier`] routes to subscribers per business.
 //!
+//! Where the cluster's membership comes from outside (a registry's
+//! [`ClusterView`](room_core::ClusterView), as in Roomkit's room service,
+//! where a single node is a cluster of one), every node runs a
+//! [`SessionOwner`] instead: the sessions the view's router gives it, the
+//! reverse check, silent release when a view moves sessions away, adoption
+//! by beat, and sessions held from the member list after an owner died.
+//!
 //! Everything is sans-IO: inputs take `now`, outputs are polled, and each
 //! component's `poll_timeout` says when to call back. The `tokio` feature
 //! adds [`driver`]s that run a server and a proxy on real timers.
@@ -30,6 +37,7 @@
 //! | a mass timeout | sweeps are bounded per call and pause while the bounded suspect queue is full |
 //! | a probe that hangs | answer timeout, retries with backoff, then the configured [`NoAnswer`] decision; probes are rate-limited |
 //! | answers to unknown or finished probes | [`ReverseError::UnknownProbe`] |
+//! | a client's join or beat naming [`ConnId::NONE`] at a [`SessionOwner`] | [`TrackError::NoConnection`] |
 //!
 //! The tracker's module docs list the session-level cases in detail.
 #![deny(unsafe_code)]
@@ -39,12 +47,14 @@ pub mod detector;
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod driver;
 pub mod notify;
+mod owner;
 pub mod reverse;
 pub mod server;
 pub mod tracker;
 
 pub use detector::{DetectorConfig, DetectorConfigError, FailureDetector, PeerEvent};
 pub use notify::{Drained, Notifier, NotifyError, Scope, SubscriberId};
+pub use owner::{OwnerConfig, OwnerError, OwnerOutput, OwnerStats, SessionOwner, ViewApplied};
 pub use reverse::{
     NoAnswer, Probe, ProbeAnswer, ProbeId, ReverseCheck, ReverseCheckConfig, ReverseError, Verdict, VerdictKind,
 };

@@ -370,4 +370,45 @@ impl ReverseCheck {
     pub fn poll_verdict(&mut self) -> Option<Verdict> {
         self.verdicts.pop_front()
     }
+
+    /// Withdraws, without a verdict, every held suspect that `keep`
+    /// rejects, wherever it is (queued, waiting to retry, or in flight):
+    /// what a host does when the sessions stopped being its own (a view
+    /// change gave them to another server). An answer to a withdrawn probe
+    /// is then refused as [`ReverseError::UnknownProbe`]. Returns how many
+    /// suspects were withdrawn. O(suspects held).
+    pub fn retain(&mut self, mut keep: impl FnMut(&Suspect) -> bool) -> usize {
+        let before = self.held.len();
+        let held = &mut self.held;
+        let mut judge = |suspect: &Suspect| {
+            let kept = keep(suspect);
+            if !kept {
+                held.remove(&key_of(suspect));
+            }
+            kept
+        };
+        self.ready.retain(|(suspect, _)| judge(suspect));
+        self.retries.retain(|_, (suspect, _)| judge(suspect));
+        let deadlines = &mut self.deadlines;
+        self.in_flight.retain(|&id, flight| {
+            let kept = judge(&flight.suspect);
+            if !kept {
+                deadlines.remove(&(flight.deadline, id));
+            }
+            kept
+        });
+        before - self.held.len()
+    }
+
+    /// Withdraws the probe `id`, in flight, without a verdict: its question
+    /// no longer matters (the session ended or moved to another connection
+    /// before the probe was sent). Returns the suspect it was about, or
+    /// `None` (changing nothing) if no such probe is in flight. The rate
+    /// token it took is not given back.
+    pub fn withdraw(&mut self, id: ProbeId) -> Option<Suspect> {
+        let flight = self.in_flight.remove(&id)?;
+        self.deadlines.remove(&(flight.deadline, id));
+        self.held.remove(&key_of(&flight.suspect));
+        Some(flight.suspect)
+    }
 }

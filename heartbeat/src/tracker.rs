@@ -63,7 +63,7 @@ use room_core::{
     BusinessId, ExitReason, Flag, MemberChange, MemberEvent, MemberKey, RoomId, Terminal, TerminalSet, Timestamp, Uin,
 };
 
-/// A connection at the access layer: room-core's [`ConnId`](room_core::ConnId),
+/// A connection at the access layer: room-core's [`ConnId`],
 /// the same id the push layer gives the connection.
 pub use room_core::ConnId;
 
@@ -237,6 +237,12 @@ pub enum TrackError {
         /// The configured maximum.
         max: usize,
     },
+    /// A client's join or beat named [`ConnId::NONE`], which is no
+    /// connection. Returned by [`SessionOwner`](crate::SessionOwner), where
+    /// only [`SessionOwner::hold`](crate::SessionOwner::hold) tracks a
+    /// session without one; the tracker itself takes any id.
+    #[error("ConnId::NONE names no connection; a client's join or beat must name its connection")]
+    NoConnection,
 }
 
 /// What a join did.
@@ -477,7 +483,11 @@ pub struct Tracker {
     /// The tick `now` falls in, cached by [`Tracker::observe`].
     clock: TickClock,
     live: usize,
-    suspects: VecDeque<(u32, ConnId)>,
+    /// Slots of suspects not yet handed out. An entry goes stale when its
+    /// session beats again or ends; it is valid again if the session falls
+    /// silent once more before the entry is reached (it is not queued twice,
+    /// and a queued slot is never reused).
+    suspects: VecDeque<u32>,
     events: VecDeque<MemberEvent>,
     /// Recently closed connections, oldest first, and the same as a set.
     closed: VecDeque<(Timestamp, ClosedKey)>,
@@ -1089,7 +1099,7 @@ impl Tracker {
                 r.flags |= SUSPECT;
                 if r.flags & QUEUED == 0 {
                     r.flags |= QUEUED;
-                    self.suspects.push_back((slot, rec.conn()));
+                    self.suspects.push_back(slot);
                 }
             }
         }
@@ -1099,11 +1109,14 @@ impl Tracker {
     /// The next suspect to check with the access layer.
     #[must_use]
     pub fn poll_suspect(&mut self) -> Option<Suspect> {
-        while let Some((slot, conn)) = self.suspects.pop_front() {
+        while let Some(slot) = self.suspects.pop_front() {
             let Some(rec) = self.slab.get_mut(slot) else { continue };
             rec.flags &= !QUEUED;
             let rec = *rec;
-            if rec.flags & (LIVE | SUSPECT) == LIVE | SUSPECT && rec.conn() == conn {
+            // Suspect now, whatever connection it followed when queued: a
+            // session that reconnected and fell silent again while queued
+            // was not queued a second time.
+            if rec.flags & (LIVE | SUSPECT) == LIVE | SUSPECT {
                 return Some(self.suspect_of(&rec));
             }
             self.reclaim_if_unreferenced(slot);
@@ -1121,9 +1134,9 @@ impl Tracker {
     /// The next suspect, without taking it. Skips stale queue entries, so it
     /// may scan the queue.
     pub fn poll_suspect_peek(&self) -> Option<Suspect> {
-        self.suspects.iter().find_map(|&(slot, conn)| {
+        self.suspects.iter().find_map(|&slot| {
             let rec = self.slab.get(slot)?;
-            (rec.flags & (LIVE | SUSPECT) == LIVE | SUSPECT && rec.conn() == conn).then(|| self.suspect_of(rec))
+            (rec.flags & (LIVE | SUSPECT) == LIVE | SUSPECT).then(|| self.suspect_of(rec))
         })
     }
 

@@ -119,6 +119,84 @@ fn capacity_and_duplicates() {
     assert!(ReverseCheck::new(c).is_err());
 }
 
+#[test]
+fn retain_withdraws_suspects_wherever_they_are_without_a_verdict() {
+    let mut check = ReverseCheck::new(config(1_000, 2)).unwrap();
+    for i in 0..6 {
+        check.handle_suspect(ms(0), suspect(i)).unwrap();
+    }
+    // 0 and 1 go out (the burst) and go unanswered: both wait to retry;
+    // then 2 goes out and stays in flight, 3..6 wait for tokens.
+    let a = check.poll_probe(ms(0)).unwrap();
+    let b = check.poll_probe(ms(0)).unwrap();
+    assert_eq!((a.suspect, b.suspect), (suspect(0), suspect(1)));
+    check.handle_timeout(ms(2_000));
+    assert_eq!(check.handle_answer(ms(2_000), b.id, ProbeAnswer::Alive), Err(ReverseError::UnknownProbe(b.id)));
+    let c = check.poll_probe(ms(2_000)).unwrap();
+    assert_eq!(c.suspect, suspect(2));
+    // Keep the odd ones: 0 (retrying) and 2 (in flight) and 4 (queued) go.
+    let withdrawn = check.retain(|s| s.member.uin.0 % 2 == 1);
+    assert_eq!(withdrawn, 3);
+    assert_eq!(check.len(), 3);
+    assert_eq!(check.handle_answer(ms(2_001), c.id, ProbeAnswer::Gone), Err(ReverseError::UnknownProbe(c.id)));
+    // The rest run to their verdicts; the withdrawn never get one.
+    let mut now = ms(2_001);
+    for _ in 0..1_000 {
+        while let Some(p) = check.poll_probe(now) {
+            assert_eq!(p.suspect.member.uin.0 % 2, 1, "a withdrawn suspect was probed");
+            check.handle_answer(now, p.id, ProbeAnswer::Gone).unwrap();
+        }
+        match check.poll_timeout() {
+            Some(t) => {
+                now = t.max(now);
+                check.handle_timeout(now);
+            }
+            None => break,
+        }
+    }
+    let mut decided: Vec<u64> = std::iter::from_fn(|| check.poll_verdict()).map(|v| v.suspect.member.uin.0).collect();
+    decided.sort();
+    assert_eq!(decided, vec![1, 3, 5]);
+    assert!(check.is_empty());
+    // A withdrawn suspect may be handed in again.
+    check.handle_suspect(now, suspect(0)).unwrap();
+    assert_eq!(check.len(), 1);
+}
+
+#[test]
+fn withdraw_forgets_one_probe_in_flight() {
+    let mut check = ReverseCheck::new(ReverseCheckConfig::default()).unwrap();
+    check.handle_suspect(ms(0), suspect(1)).unwrap();
+    check.handle_suspect(ms(0), suspect(2)).unwrap();
+    let a = check.poll_probe(ms(0)).unwrap();
+    assert_eq!(check.poll_probe(ms(0)).map(|p| p.suspect), Some(suspect(2)));
+    assert_eq!(check.withdraw(a.id), Some(suspect(1)));
+    assert_eq!(check.withdraw(a.id), None, "only once");
+    assert_eq!(check.withdraw(ProbeId(12_345)), None);
+    assert_eq!(check.len(), 1);
+    assert_eq!(check.handle_answer(ms(1), a.id, ProbeAnswer::Gone), Err(ReverseError::UnknownProbe(a.id)));
+    // Its deadline is gone too: no retry, no verdict, ever; b is retried
+    // until the no-answer decision.
+    let mut now = ms(1);
+    let mut retried = Vec::new();
+    for _ in 0..100 {
+        while let Some(p) = check.poll_probe(now) {
+            retried.push((p.suspect, p.attempt));
+        }
+        match check.poll_timeout() {
+            Some(t) => {
+                now = t.max(now);
+                check.handle_timeout(now);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(retried, vec![(suspect(2), 2), (suspect(2), 3)]);
+    let verdicts: Vec<_> = std::iter::from_fn(|| check.poll_verdict()).collect();
+    assert_eq!(verdicts.len(), 1);
+    assert_eq!(verdicts[0].suspect, suspect(2));
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Reply {
     Alive,

@@ -386,3 +386,30 @@ fn a_storm_of_60k_joins_in_one_second_is_absorbed() {
     assert_eq!(tracker.len(), 60_000);
     assert_eq!(std::iter::from_fn(|| tracker.poll_event()).count(), 60_000);
 }
+
+/// A suspect left in the queue (its host had no room to check it), then
+/// reconnected and fell silent again before the queue reached it: it is
+/// still handed out, on its new connection, instead of staying suspect
+/// forever with no check to end it.
+#[test]
+fn a_suspect_that_reconnects_while_queued_and_falls_silent_again_is_still_handed_out() {
+    let mut tracker = Tracker::new(config()).unwrap();
+    let m = member(0);
+    tracker.join(Timestamp::from_millis(0), m, Terminal::Web, ConnId(1)).unwrap();
+    let mut now = Timestamp::from_millis(30);
+    drive(&mut tracker, now);
+    assert_eq!(tracker.queued_suspects(), 1, "suspect after the 30 ms timeout, not taken yet");
+    // The client reconnects: no longer suspect, on connection 2.
+    tracker.beat(now, m, Terminal::Web, ConnId(2), SessionHint::NONE).unwrap();
+    assert_eq!(tracker.poll_suspect_peek(), None, "not a suspect any more");
+    // Silent again for a whole timeout, and the queue still not drained.
+    now = now + Duration::from_millis(30);
+    drive(&mut tracker, now);
+    let expected =
+        Suspect { member: m, terminal: Terminal::Web, conn: ConnId(2), last_seen: Timestamp::from_millis(30) };
+    assert_eq!(tracker.poll_suspect_peek(), Some(expected));
+    assert_eq!(tracker.poll_suspect(), Some(expected));
+    assert_eq!(tracker.poll_suspect(), None, "handed out once");
+    assert!(tracker.confirm_gone(now, &expected));
+    assert!(tracker.is_empty());
+}
