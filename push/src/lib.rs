@@ -123,5 +123,5 @@ pub use node::{
     AckReply, CheckAnswer, ConnId, ConnSpec, Connected, DisconnectReason, NodeConfig, NodeError, NodeEvent, NodeStats,
     OverflowPolicy, PushNode, RecoveredFrame,
 };
-pub use shared_cache::{Appended, InMemorySharedCache, SharedCache, SharedCacheError};
+pub use shared_cache::{Appended, InMemorySharedCache, Saved, SharedCache, SharedCacheError};
 pub use subclass::{Move, SubclassError, SubclassPlanner};
