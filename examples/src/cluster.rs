@@ -46,8 +46,8 @@ use room_heartbeat::{NoAnswer, ProbeAnswer, ReverseCheck, ReverseCheckConfig};
 use room_memberlist::{MemberStore, Replica, ReplicaConfig, StoreError, WriteOp};
 use room_nats::{Connection, Mailbox, NatsBus, NatsConfig, NodeRecord, Registry, RegistryConfig};
 use room_push::{
-    AckReply, Bus, CheckAnswer, Class, ConnId, ConnSpec, Connector, Decision, Envelope, FencedGate, Frame, GateConfig,
-    GlobalLimiter, KeyedLimiter, Message, NodeConfig, NodeEvent, Numbered, PushNode, Quota, SendError, Sender,
+    AckReply, Bus, CheckAnswer, Class, ConnId, ConnSpec, Connector, Decision, Envelope, FenceOutput, FencedGate, Frame,
+    GateConfig, GlobalLimiter, KeyedLimiter, Message, NodeConfig, NodeEvent, PushNode, Quota, SendError, Sender,
     SharedCache,
 };
 use room_redis::{RedisCache, RedisCacheConfig, RedisLimiter, RedisLimiterConfig};
@@ -961,6 +961,36 @@ async fn answer_probes(s: Arc<Shared>, mut probes: async_nats::Subscriber) {
     }
 }
 
+/// Carries out what the fenced gate asks for (cache appends and head
+/// reads, answered before the next request is taken; publishing) until it
+/// has nothing left.
+async fn drive_gate(s: &Shared, gate: &mut FencedGate) {
+    while let Some(out) = gate.poll_output() {
+        match out {
+            FenceOutput::Append(env) => {
+                let result = s.cache.append(&env).await;
+                gate.handle_appended(now(), env.message.room, env.epoch, env.seq, result);
+            }
+            FenceOutput::ReadHead(room) => {
+                let head = s.cache.head(room).await;
+                gate.handle_head(now(), room, head);
+            }
+            FenceOutput::Publish(env) => {
+                if env.seq > 0 {
+                    s.counters.numbered.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Err(e) = s.bus.publish(&env).await {
+                    tracing::warn!(error = %e, "not published");
+                }
+            }
+            FenceOutput::Fenced { room, dropped } => {
+                tracing::warn!(%room, dropped = dropped.len(), "every number tried was taken by another owner: not published");
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The room owner's gate: numbers, caches, publishes.
 async fn run_gate(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<GateCmd>) {
     let mut gate = FencedGate::new(GateConfig::default());
@@ -976,7 +1006,12 @@ async fn run_gate(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<GateCmd>) {
                 // that if they come back it resumes from the cache's head.
                 let gone: Vec<RoomKey> = open.iter().filter(|r| owner_of(&s, *r) != Some(s.me)).copied().collect();
                 for room in gone {
-                    gate.release(room);
+                    // Requests are driven to the end one at a time, so
+                    // nothing is waiting here.
+                    let waiting = gate.release(room);
+                    if !waiting.is_empty() {
+                        tracing::warn!(%room, dropped = waiting.len(), "released with numbered messages waiting");
+                    }
                     open.remove(&room);
                 }
                 continue;
@@ -1022,23 +1057,30 @@ async fn run_gate(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<GateCmd>) {
         let sender = Sender { uin: req.uin, role: req.role };
         let (class, kind) = if req.teacher { (Class::Teacher, kinds::TEACHER_SAY) } else { (Class::Chat, kinds::CHAT) };
         let msg = Message::new(room, class, kind, text_payload(&req.text)).from_sender(sender);
-        // A new sequence must start above the epoch this node's push side
-        // follows, whatever this node's clock says.
-        let floor = s.access.lock().push.reliable_head(room).map_or(0, |(e, _)| e + 1);
-        let renumbered_before = gate.renumbered();
-        match gate.number(&s.cache, now(), msg, floor).await {
-            Numbered::Publish(env) => {
-                open.insert(room);
-                if env.seq > 0 {
-                    s.counters.numbered.fetch_add(1, Ordering::Relaxed);
-                }
-                if let Err(e) = s.bus.publish(&env).await {
-                    tracing::warn!(error = %e, "not published");
-                }
+        if !gate.is_open(room) {
+            // A new sequence must start above the epoch this node's push
+            // side follows, whatever this node's clock says. Nothing
+            // cached, or the cache unreachable: a new epoch.
+            let floor = s.access.lock().push.reliable_head(room).map_or(0, |(e, _)| e + 1);
+            let head = s.cache.head(room).await.ok().flatten();
+            let opened = match gate.open(now(), room, head, floor, 0) {
+                Err(room_push::GateError::BadHead { .. }) => gate.open(now(), room, None, floor, 0),
+                other => other,
+            };
+            if let Err(e) = opened {
+                tracing::warn!(error = %e, %room, "room not opened");
+                answer(reply).await;
+                continue;
             }
-            Numbered::Fenced => tracing::warn!(%room, "every number tried was taken by another owner: not published"),
-            Numbered::Refused(e) => tracing::debug!(error = %e, %room, "gate refused"),
-            _ => {}
+            open.insert(room);
+        }
+        let renumbered_before = gate.renumbered();
+        match gate.publish(now(), msg) {
+            Ok(()) => drive_gate(&s, &mut gate).await,
+            Err(e) => tracing::debug!(error = %e, %room, "gate refused"),
+        }
+        if !gate.is_open(room) {
+            open.remove(&room);
         }
         s.counters.renumbered.fetch_add(gate.renumbered() - renumbered_before, Ordering::Relaxed);
         answer(reply).await;

@@ -415,7 +415,7 @@ impl Gate {
     ///
     /// [`GateError::UnknownRoom`] if the room is not open, and
     /// [`GateError::Subclass`] if a saved sub-class is not below
-    /// [`MAX_SUBCLASSES`](crate::subclass::MAX_SUBCLASSES) or the learners
+    /// [`MAX_SUBCLASSES`] or the learners
     /// would not fit the room; nothing changed.
     pub fn restore_members(
         &mut self,

@@ -115,7 +115,7 @@ pub use codec::{BinaryCodec, Codec, FrameHeader, FrameKind};
 pub use connector::{ByTerminal, Connector, Frame, SendError};
 pub use degrade::{Governor, GovernorConfig, Level, Load, Thresholds};
 pub use envelope::{DecodeError, Envelope};
-pub use fenced::{FencedGate, Numbered};
+pub use fenced::{FENCE_ATTEMPTS, FenceOutput, FencedGate};
 pub use gate::{Gate, GateConfig, GateError, Joined, LimitScope};
 pub use limit::{Decision, GlobalLimiter, KeyedLimiter, LimiterError, LocalGlobalLimiter, Quota, QuotaError};
 pub use message::{Class, Kind, Message, Scope, Sender, SubclassId, Target, TargetError};
