@@ -15,6 +15,12 @@
 //!   room's sequence; assigns learners to balanced sub-classes
 //!   ([`SubclassPlanner`]); turns mute-all, level switches and sub-class
 //!   moves into signal messages. Out comes an [`Envelope`] for the [`Bus`].
+//! * [`FencedGate`] (logic side, in a cluster): a room owner's gate
+//!   fenced by the [`SharedCache`], sans-IO: every numbered envelope is
+//!   appended to the cache before it is published, so of two owners
+//!   numbering a room during a handover, one is refused and renumbers
+//!   after the other. The cache also keeps each room owner's state
+//!   ([`SharedCache::save_state`]) for the room's next owner.
 //! * [`PushNode`] (push side): a connection index per room (by user, role,
 //!   terminal, sub-class) so narrow targets never scan the room; every
 //!   message encoded once per wire format ([`Codec`]) and shared by every
