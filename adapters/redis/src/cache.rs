@@ -90,7 +90,8 @@ redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return {1, ARGV[2]}
 ";
 
-/// The error code [`SAVE_STATE`] answers garbage with.
+/// Error codes by which Redis answers that a room's keys hold garbage:
+/// [`SAVE_STATE`]'s own, and a key of another type.
 const GARBAGE_CODES: [&str; 2] = ["ROOMKIT_STATE", "WRONGTYPE"];
 
 /// How the cache talks to Redis and what it keeps.
