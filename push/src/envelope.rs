@@ -56,6 +56,11 @@ const HAS_ROLES: u8 = 2;
 const HAS_TERMINALS: u8 = 4;
 const HAS_SUBCLASS: u8 = 8;
 const HAS_EXCLUDE: u8 = 16;
+/// An origin (a u64 after `exclude`). Added within version 1: bytes
+/// without it decode as before, and an older reader refuses it as an
+/// unknown flag rather than misreading it.
+const HAS_ORIGIN: u8 = 32;
+const KNOWN_FLAGS: u8 = HAS_SENDER | HAS_ROLES | HAS_TERMINALS | HAS_SUBCLASS | HAS_EXCLUDE | HAS_ORIGIN;
 const SCOPE_ROOM: u8 = 0;
 const SCOPE_USER: u8 = 1;
 const SCOPE_USERS: u8 = 2;
@@ -67,6 +72,9 @@ fn role_bit(role: Role) -> u8 {
 
 impl Envelope {
     /// The binary form (version 1, little-endian), for buses that carry bytes.
+    /// A message's [`origin`](Message::origin) is written only when it is
+    /// set (flag bit 32, a u64 after `exclude`), so messages without one
+    /// encode as they did before origins existed.
     pub fn encode(&self) -> Bytes {
         let m = &self.message;
         let mut b = BytesMut::with_capacity(64 + m.payload.len());
@@ -86,6 +94,7 @@ impl Envelope {
             (t.terminals.is_some(), HAS_TERMINALS),
             (t.subclass.is_some(), HAS_SUBCLASS),
             (t.exclude.is_some(), HAS_EXCLUDE),
+            (m.origin != 0, HAS_ORIGIN),
         ] {
             if set {
                 flags |= bit;
@@ -122,6 +131,9 @@ impl Envelope {
         if let Some(x) = t.exclude {
             b.put_u64_le(x.0);
         }
+        if m.origin != 0 {
+            b.put_u64_le(m.origin);
+        }
         b.put_u32_le(m.count);
         b.put_u32_le(m.payload.len() as u32);
         b.put_slice(&m.payload);
@@ -144,7 +156,7 @@ impl Envelope {
             Class::from_code(class_code).ok_or(DecodeError::Invalid { field: "class", value: class_code.into() })?;
         let kind = Kind(r.u16("kind")?);
         let flags = r.u8("flags")?;
-        if flags & !(HAS_SENDER | HAS_ROLES | HAS_TERMINALS | HAS_SUBCLASS | HAS_EXCLUDE) != 0 {
+        if flags & !KNOWN_FLAGS != 0 {
             return Err(DecodeError::Invalid { field: "flags", value: flags.into() });
         }
         let sender = if flags & HAS_SENDER != 0 {
@@ -186,6 +198,15 @@ impl Envelope {
         };
         let subclass = if flags & HAS_SUBCLASS != 0 { Some(SubclassId(r.u16("subclass")?)) } else { None };
         let exclude = if flags & HAS_EXCLUDE != 0 { Some(Uin(r.u64("exclude")?)) } else { None };
+        let origin = if flags & HAS_ORIGIN != 0 {
+            // 0 is written as no flag: one envelope, one encoding.
+            match r.u64("origin")? {
+                0 => return Err(DecodeError::Invalid { field: "origin", value: 0 }),
+                o => o,
+            }
+        } else {
+            0
+        };
         let count = r.u32("count")?;
         let len = r.u32("payload.len")? as usize;
         let payload = r.take("payload", len)?;
@@ -193,7 +214,12 @@ impl Envelope {
             return Err(DecodeError::Trailing(r.buf.len()));
         }
         let target = Target { scope, roles, terminals, subclass, exclude };
-        Ok(Envelope { epoch, seq, accepted_at, message: Message { room, class, kind, sender, target, count, payload } })
+        Ok(Envelope {
+            epoch,
+            seq,
+            accepted_at,
+            message: Message { room, class, kind, sender, target, count, payload, origin },
+        })
     }
 }
 

@@ -7,55 +7,168 @@
 //!
 //! * a room is opened at the shared cache's head, in the same epoch, so a
 //!   new owner continues the sequence and clients see no restart;
-//! * every reliable envelope is appended to the cache before it may be
+//! * every numbered envelope is appended to the cache before it may be
 //!   published, and the cache refuses a number at or below its newest: of
-//!   two owners numbering at once, one is refused, reopens the room at the
-//!   new head and numbers again. A number is never published for two
-//!   different messages.
+//!   two owners numbering at once, one is refused, continues at the new
+//!   head and numbers its waiting envelopes again. A number is never
+//!   published for two different messages.
 //!
 //! Chat and reactions are not numbered and pass straight through. A cache
 //! that is unreachable cannot fence: the gate then numbers on its own
 //! (what a cache's local fallback reports as [`Appended::Local`]), which is
 //! correct while one node owns the room.
+//!
+//! The gate is sans-IO: it never awaits the cache. It asks for appends and
+//! head reads through [`FencedGate::poll_output`], and its host feeds the
+//! answers back ([`FencedGate::handle_appended`],
+//! [`FencedGate::handle_head`]). Each room has one append in flight and a
+//! bounded queue of numbered envelopes behind it, so its numbers reach the
+//! cache, and then the bus, in order.
 
-use std::collections::HashSet;
+use std::collections::VecDeque;
 
-use room_core::{RoomKey, Timestamp};
+use hashbrown::HashMap;
+use room_core::{Role, RoomKey, Timestamp, Uin};
 
+use crate::degrade::Level;
 use crate::envelope::Envelope;
 use crate::gate::{Gate, GateConfig, GateError};
-use crate::message::Message;
-use crate::shared_cache::{Appended, SharedCache};
+use crate::message::{Message, SubclassId};
+use crate::shared_cache::{Appended, SharedCacheError};
 
-/// How many times a message refused by the fence is numbered again before
-/// the gate gives up on it.
+/// How many times in a row the cache may refuse a room's numbers (or fail
+/// to tell its head) before the gate gives the room up
+/// ([`FenceOutput::Fenced`]).
 pub const FENCE_ATTEMPTS: u32 = 3;
 
-/// What became of a message.
+/// What the host of a [`FencedGate`] must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Numbered {
-    /// Numbered (if reliable) and cached: publish it on the bus.
+pub enum FenceOutput {
+    /// Append the envelope to the shared cache
+    /// ([`SharedCache::append`](crate::SharedCache::append)), then give the
+    /// answer to [`FencedGate::handle_appended`]. Never publish it before.
+    Append(Envelope),
+    /// Publish the envelope on the bus: the cache took it (or could not
+    /// fence it), or it is chat or a reaction.
     Publish(Envelope),
-    /// The gate refused it (rate limits, mute, bad input).
-    Refused(GateError),
-    /// Another owner took every number this gate tried: it was not
-    /// published. The caller may retry later (the view is settling).
-    Fenced,
+    /// Read the room's head ([`SharedCache::head`](crate::SharedCache::head))
+    /// and give the answer to [`FencedGate::handle_head`]: another gate
+    /// numbered the room, and this one must continue after it.
+    ReadHead(RoomKey),
+    /// Another gate kept taking the room's numbers ([`FENCE_ATTEMPTS`]
+    /// refusals in a row, or as many head reads that failed): the room is
+    /// released, and `dropped` were numbered but never published (the
+    /// host may hand them to the room's owner).
+    Fenced {
+        /// The room given up.
+        room: RoomKey,
+        /// Its numbered envelopes, in order, none of them published.
+        dropped: Vec<Envelope>,
+    },
 }
 
-/// A gate for the rooms one node owns. See the [module docs](self).
+#[derive(Debug, Default)]
+struct FencedRoom {
+    /// The lowest epoch a fresh sequence of this room may take.
+    floor: u64,
+    /// Appended, its answer awaited (or refused, while `reading`).
+    in_flight: Option<Envelope>,
+    /// Numbered, waiting for the append in flight.
+    queue: VecDeque<Envelope>,
+    /// A head read is awaited: nothing is appended until it comes.
+    reading: bool,
+    /// Refusals in a row.
+    refusals: u32,
+    /// Failed head reads in a row.
+    failed_reads: u32,
+}
+
+/// The gate of the rooms one node owns, fenced by the shared cache. See
+/// the [module docs](self).
+///
+/// # Call order
+///
+/// 1. Read the room's head from the shared cache and
+///    [`open`](Self::open) the room with it (or with `None` if the cache
+///    holds nothing or cannot answer).
+/// 2. Feed the room's traffic: [`publish`](Self::publish),
+///    [`join`](Self::join), [`leave`](Self::leave),
+///    [`set_mute_all`](Self::set_mute_all), [`set_level`](Self::set_level),
+///    [`restore_members`](Self::restore_members).
+/// 3. After every call, drain [`poll_output`](Self::poll_output) until it
+///    answers `None`: [`Append`](FenceOutput::Append) to the cache and
+///    answer exactly once with [`handle_appended`](Self::handle_appended)
+///    (a timeout is an answer: `Err`);
+///    [`ReadHead`](FenceOutput::ReadHead) and answer with
+///    [`handle_head`](Self::handle_head); [`Publish`](FenceOutput::Publish)
+///    on the bus, in the order given; [`Fenced`](FenceOutput::Fenced): the
+///    room is released. Answers may come late and interleaved with new
+///    traffic; answers for a room released or renumbered since are
+///    ignored.
+/// 4. When the node no longer owns a room, [`release`](Self::release) it.
+///
+/// ```
+/// use room_core::{BusinessId, RoomId, RoomKey, Timestamp};
+/// use room_push::{Class, FenceOutput, FencedGate, GateConfig, InMemorySharedCache, Kind, Message};
+///
+/// let room = RoomKey::new(BusinessId(1), RoomId(2));
+/// let now = Timestamp::from_millis(1_000);
+/// let cache = InMemorySharedCache::default();
+/// let mut gate = FencedGate::new(GateConfig::default());
+/// gate.open(now, room, cache.head_now(room), 0, 0)?;
+/// gate.publish(now, Message::new(room, Class::Signal, Kind(1), &b"page 3"[..]))?;
+/// let mut published = Vec::new();
+/// while let Some(out) = gate.poll_output() {
+///     match out {
+///         FenceOutput::Append(env) => {
+///             let answer = cache.append_now(&env); // awaited, in a real host
+///             gate.handle_appended(now, room, env.epoch, env.seq, answer);
+///         }
+///         FenceOutput::ReadHead(room) => gate.handle_head(now, room, Ok(cache.head_now(room))),
+///         FenceOutput::Publish(env) => published.push(env), // on the bus
+///         _ => {}
+///     }
+/// }
+/// assert_eq!(published[0].seq, 1);
+/// # Ok::<(), room_push::GateError>(())
+/// ```
 #[derive(Debug)]
 pub struct FencedGate {
     gate: Gate,
-    open: HashSet<RoomKey>,
+    rooms: HashMap<RoomKey, FencedRoom, ahash::RandomState>,
+    /// The append that was in flight when a room was released, until its
+    /// answer comes: a reopened room appends nothing before that, so an
+    /// answer always names one envelope.
+    unanswered: HashMap<RoomKey, (u64, u64), ahash::RandomState>,
+    out: VecDeque<FenceOutput>,
+    max_queued: usize,
     renumbered: u64,
 }
 
 impl FencedGate {
+    /// Numbered envelopes a room may have waiting behind its append in
+    /// flight unless [`with_max_queued`](Self::with_max_queued) says
+    /// otherwise.
+    pub const DEFAULT_MAX_QUEUED: usize = 256;
+
     /// A gate with `config`.
     pub fn new(config: GateConfig) -> Self {
-        FencedGate { gate: Gate::new(config), open: HashSet::new(), renumbered: 0 }
+        FencedGate {
+            gate: Gate::new(config),
+            rooms: HashMap::with_hasher(ahash::RandomState::new()),
+            unanswered: HashMap::with_hasher(ahash::RandomState::new()),
+            out: VecDeque::new(),
+            max_queued: Self::DEFAULT_MAX_QUEUED,
+            renumbered: 0,
+        }
+    }
+
+    /// With at most `max` numbered envelopes waiting per room (at least
+    /// one) before [`publish`](Self::publish) refuses more.
+    pub fn with_max_queued(mut self, max: usize) -> Self {
+        self.max_queued = max.max(1);
+        self
     }
 
     /// The inner gate.
@@ -63,78 +176,371 @@ impl FencedGate {
         &self.gate
     }
 
-    /// Messages numbered again after the fence refused their first number.
-    pub fn renumbered(&self) -> u64 {
-        self.renumbered
+    /// The inner gate, for reads and quiet changes (mutes of one user).
+    /// Anything that numbers must go through the fenced gate's own
+    /// methods: a number taken on the inner gate directly is never
+    /// appended, and rooms opened on it directly are not fenced.
+    pub fn gate_mut(&mut self) -> &mut Gate {
+        &mut self.gate
     }
 
     /// Whether `room` is open here.
     pub fn is_open(&self, room: RoomKey) -> bool {
-        self.open.contains(&room)
+        self.rooms.contains_key(&room)
+    }
+
+    /// Numbered envelopes of `room` waiting behind its append in flight.
+    pub fn queued(&self, room: RoomKey) -> usize {
+        self.rooms.get(&room).map_or(0, |r| r.queue.len())
+    }
+
+    /// Envelopes numbered again after the cache refused their number.
+    pub fn renumbered(&self) -> u64 {
+        self.renumbered
+    }
+
+    /// Opens `room` where the shared cache says its sequence is.
+    ///
+    /// * `head`: the cache's newest `(epoch, seq)` for the room. The room
+    ///   continues it: same epoch, next number `seq + 1`.
+    /// * With no head (a new room, an expired one, an unreachable cache),
+    ///   or a head in an epoch older than the one the push side follows
+    ///   (`epoch_floor - 1`; push nodes ignore older epochs), a fresh epoch
+    ///   of at least `epoch_floor` and `now`.
+    /// * `expected_learners`: sub-classes are opened for that many up front.
+    ///
+    /// A room already open keeps its sequence. Returns the room's epoch.
+    ///
+    /// # Errors
+    ///
+    /// [`GateError::TooManyRooms`], [`GateError::Subclass`] for too many
+    /// expected learners, [`GateError::BadHead`] for a head over
+    /// `u64::MAX / 2` (garbage: open with `None` instead); nothing opened.
+    pub fn open(
+        &mut self,
+        now: Timestamp,
+        room: RoomKey,
+        head: Option<(u64, u64)>,
+        epoch_floor: u64,
+        expected_learners: usize,
+    ) -> Result<u64, GateError> {
+        if self.rooms.contains_key(&room) {
+            return self.gate.sequence(room).map(|(epoch, _)| epoch);
+        }
+        let epoch = match head.filter(|&(epoch, _)| epoch.saturating_add(1) >= epoch_floor) {
+            Some((epoch, seq)) => self.gate.resume_room(now, room, expected_learners, epoch, seq)?,
+            None => {
+                let start = Timestamp::from_micros(now.as_micros().max(epoch_floor));
+                self.gate.open_room_for(start, room, expected_learners)?
+            }
+        };
+        self.rooms.insert(room, FencedRoom { floor: epoch_floor, ..FencedRoom::default() });
+        Ok(epoch)
     }
 
     /// Forgets `room` (this node no longer owns it): if it comes back, it
-    /// reopens at the cache's head.
-    pub fn release(&mut self, room: RoomKey) {
-        if self.open.remove(&room) {
-            let _ = self.gate.close_room(room);
+    /// is opened at the cache's head again. Outputs not yet polled that
+    /// ask for the room's append or head are withdrawn; what the cache
+    /// already took stays to be published.
+    ///
+    /// Returns the room's numbered envelopes that were never published, in
+    /// order. The first may have been in flight: if the cache took it, its
+    /// number is its own (push nodes refill it from the cache), so a host
+    /// that hands these on to the room's next owner should keep their
+    /// [`origin`](Message::origin), by which the next owner can recognise
+    /// it in the cache's tail.
+    pub fn release(&mut self, room: RoomKey) -> Vec<Envelope> {
+        let Some(r) = self.rooms.remove(&room) else { return Vec::new() };
+        let _ = self.gate.close_room(room);
+        let before = self.out.len();
+        self.out.retain(|o| match o {
+            FenceOutput::Append(e) => e.message.room != room,
+            FenceOutput::ReadHead(r) => *r != room,
+            _ => true,
+        });
+        let withdrawn = self.out.len() != before;
+        if let Some(e) = &r.in_flight
+            && !r.reading
+            && !withdrawn
+        {
+            self.unanswered.insert(room, (e.epoch, e.seq));
         }
+        r.in_flight.into_iter().chain(r.queue).collect()
     }
 
-    async fn open(
-        &mut self,
-        cache: &dyn SharedCache,
-        now: Timestamp,
-        room: RoomKey,
-        epoch_floor: u64,
-    ) -> Result<(), GateError> {
-        if self.open.contains(&room) {
-            return Ok(());
+    /// Checks a message as [`Gate::publish`] does. Chat and reactions come
+    /// out as [`FenceOutput::Publish`] at once; signal and teacher
+    /// messages are numbered and queued, and come out as
+    /// [`FenceOutput::Append`] when their turn comes.
+    ///
+    /// # Errors
+    ///
+    /// [`GateError::UnknownRoom`] if the room is not open here,
+    /// [`GateError::Backlogged`] for a numbered message while the room has
+    /// its maximum waiting, and every refusal of [`Gate::publish`]. Nothing
+    /// is numbered or counted against a limit when a message is refused.
+    pub fn publish(&mut self, now: Timestamp, message: Message) -> Result<(), GateError> {
+        let room = message.room;
+        let r = self.rooms.get(&room).ok_or(GateError::UnknownRoom(room))?;
+        if message.class.is_reliable() && r.queue.len() >= self.max_queued {
+            return Err(GateError::Backlogged { max: self.max_queued });
         }
-        match cache.head(room).await {
-            Ok(Some((epoch, head))) => self.gate.resume_room(now, room, 0, epoch, head)?,
-            // Nothing cached (a new room, or the cache unreachable): a new
-            // epoch, above any the push side follows whatever this clock
-            // says (push nodes ignore older epochs).
-            _ => self.gate.open_room(Timestamp::from_micros(now.as_micros().max(epoch_floor)), room)?,
-        };
-        self.open.insert(room);
+        let env = self.gate.publish(now, message)?;
+        self.route(env);
         Ok(())
     }
 
-    /// Numbers `message` (opening its room at the cache's head if needed)
-    /// and appends it to `cache`. `epoch_floor`: an epoch a new sequence
-    /// must exceed (the one this node's push side follows, plus one).
-    pub async fn number(
+    /// A member entered, as [`Gate::join`]; the signals for members moved
+    /// to keep the balance go through the room's queue. Never refused for
+    /// the backlog: the member is here, and its signals must follow.
+    /// Returns the member's sub-class (`None` for staff).
+    ///
+    /// # Errors
+    ///
+    /// [`GateError::UnknownRoom`] if the room is not open here, and
+    /// [`GateError::Subclass`] when the room cannot place another learner;
+    /// nothing changed.
+    pub fn join(
         &mut self,
-        cache: &dyn SharedCache,
         now: Timestamp,
-        message: Message,
-        epoch_floor: u64,
-    ) -> Numbered {
-        let room = message.room;
-        for _ in 0..FENCE_ATTEMPTS {
-            if let Err(e) = self.open(cache, now, room, epoch_floor).await {
-                return Numbered::Refused(e);
-            }
-            let env = match self.gate.publish(now, message.clone()) {
-                Ok(env) => env,
-                Err(e) => return Numbered::Refused(e),
-            };
-            if env.seq == 0 {
-                return Numbered::Publish(env);
-            }
-            match cache.append(&env).await {
-                Ok(Appended::Duplicate) => {
-                    // Another owner has this number: reopen at its head.
-                    self.renumbered += 1;
-                    self.release(room);
+        room: RoomKey,
+        uin: Uin,
+        role: Role,
+    ) -> Result<Option<SubclassId>, GateError> {
+        self.check_open(room)?;
+        let joined = self.gate.join(now, room, uin, role)?;
+        self.route_all(joined.moves);
+        Ok(joined.subclass)
+    }
+
+    /// A member left, as [`Gate::leave`]; the signals for moves go through
+    /// the room's queue.
+    ///
+    /// # Errors
+    ///
+    /// [`GateError::UnknownRoom`] if the room is not open here.
+    pub fn leave(&mut self, now: Timestamp, room: RoomKey, uin: Uin) -> Result<(), GateError> {
+        self.check_open(room)?;
+        let moves = self.gate.leave(now, room, uin)?;
+        self.route_all(moves);
+        Ok(())
+    }
+
+    /// Switches the room's mute-all, as [`Gate::set_mute_all`]; the signal
+    /// goes through the room's queue.
+    ///
+    /// # Errors
+    ///
+    /// [`GateError::UnknownRoom`] if the room is not open here, and
+    /// [`GateError::Backlogged`] while the room has its maximum waiting;
+    /// nothing changed.
+    pub fn set_mute_all(&mut self, now: Timestamp, room: RoomKey, on: bool) -> Result<(), GateError> {
+        let r = self.rooms.get(&room).ok_or(GateError::UnknownRoom(room))?;
+        if r.queue.len() >= self.max_queued {
+            return Err(GateError::Backlogged { max: self.max_queued });
+        }
+        let signal = self.gate.set_mute_all(now, room, on)?;
+        self.route(signal);
+        Ok(())
+    }
+
+    /// Mutes or unmutes one user's chat in a room, as [`Gate::mute_user`]
+    /// (no signal).
+    ///
+    /// # Errors
+    ///
+    /// [`GateError::UnknownRoom`] if the room is not open here.
+    pub fn mute_user(&mut self, room: RoomKey, uin: Uin, on: bool) -> Result<(), GateError> {
+        self.check_open(room)?;
+        self.gate.mute_user(room, uin, on)
+    }
+
+    /// Switches the degradation level, as [`Gate::set_level`]; each room's
+    /// signal goes through its queue.
+    pub fn set_level(&mut self, now: Timestamp, level: Level) {
+        let signals = self.gate.set_level(now, level);
+        self.route_all(signals);
+    }
+
+    /// Restores the room's membership side from its previous owner's
+    /// snapshot, as [`Gate::restore_members`]; the signals for members
+    /// whose sub-class changed go through the room's queue.
+    ///
+    /// # Errors
+    ///
+    /// As [`Gate::restore_members`]; nothing changed.
+    pub fn restore_members(
+        &mut self,
+        now: Timestamp,
+        room: RoomKey,
+        members: &[(Uin, Role, Option<SubclassId>)],
+        mute_all: bool,
+        muted: &[Uin],
+    ) -> Result<(), GateError> {
+        self.check_open(room)?;
+        let signals = self.gate.restore_members(now, room, members, mute_all, muted)?;
+        self.route_all(signals);
+        Ok(())
+    }
+
+    /// The cache's answer to [`FenceOutput::Append`] of the envelope
+    /// numbered `(epoch, seq)` in `room`:
+    ///
+    /// * stored, held locally, or an error (an unreachable cache cannot
+    ///   fence: the gate numbers on its own): the envelope comes out as
+    ///   [`FenceOutput::Publish`], and the room's next one as
+    ///   [`FenceOutput::Append`];
+    /// * [`Appended::Duplicate`]: another gate numbered the room. The room
+    ///   holds its queue and asks for its head ([`FenceOutput::ReadHead`]),
+    ///   or after [`FENCE_ATTEMPTS`] refusals in a row gives the room up
+    ///   ([`FenceOutput::Fenced`]).
+    ///
+    /// An answer for an envelope that is not the room's append in flight
+    /// (the room was released or renumbered since) is ignored.
+    pub fn handle_appended(
+        &mut self,
+        _now: Timestamp,
+        room: RoomKey,
+        epoch: u64,
+        seq: u64,
+        result: Result<Appended, SharedCacheError>,
+    ) {
+        if self.unanswered.get(&room) == Some(&(epoch, seq)) {
+            // The last append of an earlier opening: the room may go on.
+            self.unanswered.remove(&room);
+            self.pump(room);
+            return;
+        }
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        if r.reading || r.in_flight.as_ref().is_none_or(|e| (e.epoch, e.seq) != (epoch, seq)) {
+            return;
+        }
+        match result {
+            Ok(Appended::Duplicate) => {
+                r.refusals += 1;
+                if r.refusals >= FENCE_ATTEMPTS {
+                    self.fence(room);
+                } else {
+                    r.reading = true;
+                    r.failed_reads = 0;
+                    self.out.push_back(FenceOutput::ReadHead(room));
                 }
-                // Stored, or held locally by a cache that cannot reach its
-                // engine; an error is an unreachable cache too.
-                Ok(_) | Err(_) => return Numbered::Publish(env),
+            }
+            Ok(_) | Err(_) => {
+                r.refusals = 0;
+                if let Some(env) = r.in_flight.take() {
+                    self.out.push_back(FenceOutput::Publish(env));
+                }
+                self.pump(room);
             }
         }
-        Numbered::Fenced
+    }
+
+    /// The cache's answer to [`FenceOutput::ReadHead`]. The room continues
+    /// after the head ([`Gate::continue_at`]), numbers its envelope in
+    /// flight and its queue again in order ([`Gate::renumber`]), and
+    /// resumes appending. A head that does not cover the refused number
+    /// (none, or older: the cache lost what it held) cannot be continued
+    /// safely, so the room takes a fresh epoch above every one it saw.
+    /// A read that failed is asked again, up to [`FENCE_ATTEMPTS`] in a
+    /// row, then the room is given up ([`FenceOutput::Fenced`]).
+    ///
+    /// Ignored unless the room is waiting for its head.
+    pub fn handle_head(&mut self, now: Timestamp, room: RoomKey, head: Result<Option<(u64, u64)>, SharedCacheError>) {
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        if !r.reading {
+            return;
+        }
+        let head = match head {
+            Ok(head) => head,
+            Err(_) => {
+                r.failed_reads += 1;
+                if r.failed_reads >= FENCE_ATTEMPTS {
+                    self.fence(room);
+                } else {
+                    self.out.push_back(FenceOutput::ReadHead(room));
+                }
+                return;
+            }
+        };
+        r.reading = false;
+        r.failed_reads = 0;
+        let mut waiting: VecDeque<Envelope> = r.in_flight.take().into_iter().chain(r.queue.drain(..)).collect();
+        let refused = waiting.front().map_or((0, 0), |e| (e.epoch, e.seq));
+        let covered = head.filter(|&h| h >= refused);
+        let continued = covered.is_some_and(|(epoch, seq)| self.gate.continue_at(room, epoch, seq).is_ok());
+        if !continued {
+            let current = self.gate.sequence(room).map_or(0, |(epoch, _)| epoch);
+            let fresh = now
+                .as_micros()
+                .max(current.saturating_add(1))
+                .max(head.map_or(0, |(epoch, _)| epoch.saturating_add(1)))
+                .max(r.floor);
+            if self.gate.continue_at(room, fresh, 0).is_err() {
+                // Unreachable while the room is open: give it up rather
+                // than publish a number the cache did not take.
+                r.queue = waiting;
+                self.fence(room);
+                return;
+            }
+        }
+        for env in &mut waiting {
+            // Cannot fail: the room is open and only numbered envelopes wait.
+            let _ = self.gate.renumber(env);
+        }
+        self.renumbered += waiting.len() as u64;
+        r.queue = waiting;
+        self.pump(room);
+    }
+
+    /// The next thing the host must do, if any. Drain it after every call.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<FenceOutput> {
+        self.out.pop_front()
+    }
+
+    fn check_open(&self, room: RoomKey) -> Result<(), GateError> {
+        if self.rooms.contains_key(&room) { Ok(()) } else { Err(GateError::UnknownRoom(room)) }
+    }
+
+    fn route_all(&mut self, envelopes: Vec<Envelope>) {
+        for env in envelopes {
+            self.route(env);
+        }
+    }
+
+    /// Chat straight out; numbered envelopes behind the room's append.
+    fn route(&mut self, env: Envelope) {
+        let room = env.message.room;
+        match self.rooms.get_mut(&room) {
+            Some(r) if env.seq > 0 => {
+                r.queue.push_back(env);
+                self.pump(room);
+            }
+            // Chat, or a room opened on the inner gate directly (not fenced).
+            _ => self.out.push_back(FenceOutput::Publish(env)),
+        }
+    }
+
+    /// Appends the room's next envelope if nothing holds it.
+    fn pump(&mut self, room: RoomKey) {
+        if self.unanswered.contains_key(&room) {
+            return;
+        }
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        if r.in_flight.is_some() || r.reading {
+            return;
+        }
+        if let Some(env) = r.queue.pop_front() {
+            r.in_flight = Some(env.clone());
+            self.out.push_back(FenceOutput::Append(env));
+        }
+    }
+
+    fn fence(&mut self, room: RoomKey) {
+        let Some(r) = self.rooms.remove(&room) else { return };
+        let _ = self.gate.close_room(room);
+        let dropped = r.in_flight.into_iter().chain(r.queue).collect();
+        self.out.push_back(FenceOutput::Fenced { room, dropped });
     }
 }

@@ -13,7 +13,7 @@ use crate::degrade::Level;
 use crate::envelope::Envelope;
 use crate::limit::{Decision, KeyedLimiter, LimiterError, Quota};
 use crate::message::{Class, Kind, Message, SubclassId, Target, TargetError};
-use crate::subclass::{SubclassError, SubclassPlanner};
+use crate::subclass::{MAX_SUBCLASSES, SubclassError, SubclassPlanner};
 
 /// What the gate enforces.
 #[derive(Debug, Clone)]
@@ -144,6 +144,34 @@ pub enum GateError {
     /// The room cannot place another learner.
     #[error(transparent)]
     Subclass(#[from] SubclassError),
+    /// A sequence head no real room reaches (over `u64::MAX / 2`): garbage
+    /// read from a cache, refused so numbering can never overflow.
+    #[error("sequence head {head} is out of range")]
+    BadHead {
+        /// The head given.
+        head: u64,
+    },
+    /// Only signal and teacher messages are numbered.
+    #[error("{0:?} messages are not numbered")]
+    NotSequenced(Class),
+    /// A [`FencedGate`](crate::FencedGate) room already has this many
+    /// numbered envelopes waiting for the shared cache.
+    #[error("{max} numbered messages of the room are waiting for the shared cache")]
+    Backlogged {
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Heads above this are garbage: no room numbers 2^63 messages, and
+/// refusing them keeps `next_seq + 1` from overflowing.
+const MAX_HEAD: u64 = u64::MAX / 2;
+
+fn check_head(head: u64) -> Result<(), GateError> {
+    if head > MAX_HEAD {
+        return Err(GateError::BadHead { head });
+    }
+    Ok(())
 }
 
 #[derive(Debug)]
@@ -249,6 +277,11 @@ impl Gate {
     /// `(epoch, head)` (read from a [`SharedCache`](crate::SharedCache)
     /// after the room's owner changed), so clients see no restart. If the
     /// room is already open here, its own epoch is kept and returned.
+    ///
+    /// # Errors
+    ///
+    /// As [`Gate::open_room_for`], and [`GateError::BadHead`] for a head
+    /// over `u64::MAX / 2`; nothing is opened.
     pub fn resume_room(
         &mut self,
         now: Timestamp,
@@ -260,12 +293,50 @@ impl Gate {
         if let Some(r) = self.rooms.get(&room) {
             return Ok(r.epoch);
         }
+        check_head(head)?;
         self.open_room_for(now, room, expected_learners)?;
-        let r = self.rooms.get_mut(&room).ok_or(GateError::UnknownRoom(room))?;
-        r.epoch = epoch;
-        r.next_seq = head.saturating_add(1).max(1);
-        self.last_epoch = self.last_epoch.max(epoch);
+        self.continue_at(room, epoch, head)?;
         Ok(epoch)
+    }
+
+    /// Continues an open room's sequence at `(epoch, head)`: its next number
+    /// is `head + 1` in `epoch`. A room's owner does this when the shared
+    /// cache shows that another gate numbered the room past it. The room's
+    /// plan, members and mutes are kept.
+    ///
+    /// # Errors
+    ///
+    /// [`GateError::UnknownRoom`] if the room is not open, and
+    /// [`GateError::BadHead`] for a head over `u64::MAX / 2`; nothing
+    /// changed.
+    pub fn continue_at(&mut self, room: RoomKey, epoch: u64, head: u64) -> Result<(), GateError> {
+        let r = self.rooms.get_mut(&room).ok_or(GateError::UnknownRoom(room))?;
+        check_head(head)?;
+        r.epoch = epoch;
+        r.next_seq = head + 1;
+        self.last_epoch = self.last_epoch.max(epoch);
+        Ok(())
+    }
+
+    /// Gives a numbered envelope the room's next number in the room's
+    /// current epoch (after [`Gate::continue_at`]): the message and the
+    /// time it was accepted are kept.
+    ///
+    /// # Errors
+    ///
+    /// [`GateError::UnknownRoom`] if the envelope's room is not open, and
+    /// [`GateError::NotSequenced`] for chat and reactions; the envelope is
+    /// unchanged.
+    pub fn renumber(&mut self, env: &mut Envelope) -> Result<(), GateError> {
+        let room = env.message.room;
+        let r = self.rooms.get_mut(&room).ok_or(GateError::UnknownRoom(room))?;
+        if !env.message.class.is_reliable() {
+            return Err(GateError::NotSequenced(env.message.class));
+        }
+        env.epoch = r.epoch;
+        env.seq = r.next_seq;
+        r.next_seq += 1;
+        Ok(())
     }
 
     /// Closes a room, forgetting its sequence, plan and mutes.
@@ -291,6 +362,131 @@ impl Gate {
     /// The sub-class sizes of a room, by id.
     pub fn subclass_sizes(&self, room: RoomKey) -> Result<Vec<u32>, GateError> {
         Ok(self.rooms.get(&room).ok_or(GateError::UnknownRoom(room))?.planner.sizes())
+    }
+
+    /// The members of a room with their roles and sub-classes, by uin: with
+    /// [`Gate::muted_users`] and [`Gate::is_muted`], what a room's next
+    /// owner needs for [`Gate::restore_members`].
+    ///
+    /// # Errors
+    ///
+    /// [`GateError::UnknownRoom`] if the room is not open.
+    pub fn members_of(&self, room: RoomKey) -> Result<Vec<(Uin, Role, Option<SubclassId>)>, GateError> {
+        let r = self.rooms.get(&room).ok_or(GateError::UnknownRoom(room))?;
+        let mut out: Vec<_> = r.members.iter().map(|(&uin, &role)| (uin, role, r.planner.subclass_of(uin))).collect();
+        out.sort_unstable_by_key(|m| m.0);
+        Ok(out)
+    }
+
+    /// The users muted one by one in a room, by uin.
+    ///
+    /// # Errors
+    ///
+    /// [`GateError::UnknownRoom`] if the room is not open.
+    pub fn muted_users(&self, room: RoomKey) -> Result<Vec<Uin>, GateError> {
+        let r = self.rooms.get(&room).ok_or(GateError::UnknownRoom(room))?;
+        let mut out: Vec<Uin> = r.muted.iter().copied().collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// The sub-class of `uin` in `room`; `None` for staff, strangers and
+    /// rooms that are not open.
+    pub fn subclass_of(&self, room: RoomKey, uin: Uin) -> Option<SubclassId> {
+        self.rooms.get(&room)?.planner.subclass_of(uin)
+    }
+
+    /// Restores a room's membership side from a snapshot taken by its
+    /// previous owner ([`Gate::members_of`], [`Gate::is_muted`],
+    /// [`Gate::muted_users`]): staff are placed in no sub-class, learners
+    /// at their saved sub-class (opening sub-classes as needed), then the
+    /// plan is levelled; learners saved without a sub-class join as usual.
+    /// Mute-all and the muted users are set quietly (no signal: the
+    /// previous owner announced them). Members already here and not listed
+    /// stay.
+    ///
+    /// Returns the sub-class signals for every member whose sub-class now
+    /// differs from what they had: the one they hold here if they were
+    /// already a member here, else the saved one. For a snapshot of a
+    /// balanced plan restored into a room opened for no more learners than
+    /// it holds, that is none.
+    ///
+    /// # Errors
+    ///
+    /// [`GateError::UnknownRoom`] if the room is not open, and
+    /// [`GateError::Subclass`] if a saved sub-class is not below
+    /// [`MAX_SUBCLASSES`] or the learners
+    /// would not fit the room; nothing changed.
+    pub fn restore_members(
+        &mut self,
+        now: Timestamp,
+        room: RoomKey,
+        members: &[(Uin, Role, Option<SubclassId>)],
+        mute_all: bool,
+        muted: &[Uin],
+    ) -> Result<Vec<Envelope>, GateError> {
+        let size = u64::from(self.config.subclass_size);
+        let r = self.rooms.get_mut(&room).ok_or(GateError::UnknownRoom(room))?;
+        // The last entry of a member listed twice wins.
+        let mut listed: HashMap<Uin, (Role, Option<SubclassId>), ahash::RandomState> =
+            HashMap::with_capacity_and_hasher(members.len(), ahash::RandomState::new());
+        for &(uin, role, saved) in members {
+            listed.insert(uin, (role, saved));
+        }
+        // Checked before anything changes, so an error leaves the room as it was.
+        let mut learners = r.planner.len() as u64;
+        for (uin, &(role, saved)) in &listed {
+            if let (false, Some(s)) = (role.is_staff(), saved)
+                && usize::from(s.0) >= MAX_SUBCLASSES
+            {
+                return Err(SubclassError::TooMany { max: MAX_SUBCLASSES }.into());
+            }
+            match (role.is_staff(), r.planner.subclass_of(*uin).is_some()) {
+                (true, true) => learners -= 1,
+                (false, false) => learners += 1,
+                _ => {}
+            }
+        }
+        if learners > MAX_SUBCLASSES as u64 * size {
+            return Err(SubclassError::TooMany { max: MAX_SUBCLASSES }.into());
+        }
+        let mut had: HashMap<Uin, Option<SubclassId>, ahash::RandomState> =
+            HashMap::with_capacity_and_hasher(r.members.len() + listed.len(), ahash::RandomState::new());
+        for uin in r.members.keys() {
+            had.insert(*uin, r.planner.subclass_of(*uin));
+        }
+        for (uin, &(_, saved)) in &listed {
+            had.entry(*uin).or_insert(saved);
+        }
+        let mut unplaced = Vec::new();
+        for (&uin, &(role, saved)) in &listed {
+            r.members.insert(uin, role);
+            match (role.is_staff(), saved) {
+                (true, _) => {
+                    r.planner.leave(uin);
+                }
+                (false, Some(s)) => r.planner.place(uin, s)?,
+                (false, None) => unplaced.push(uin),
+            }
+        }
+        r.planner.level();
+        // Joined in uin order, so the same snapshot gives the same plan on
+        // any machine.
+        unplaced.sort_unstable();
+        for uin in unplaced {
+            r.planner.join(uin)?;
+        }
+        r.mute_all = mute_all;
+        r.muted = muted.iter().copied().collect();
+        let mut moved: Vec<(Uin, Option<SubclassId>)> = had
+            .into_iter()
+            .filter_map(|(uin, before)| {
+                let now_in = r.planner.subclass_of(uin);
+                (now_in != before).then_some((uin, now_in))
+            })
+            .collect();
+        moved.sort_unstable_by_key(|m| m.0);
+        Ok(self.subclass_signals(now, room, moved))
     }
 
     /// A member entered: learners are placed in a sub-class; teachers and

@@ -15,6 +15,12 @@
 //!   room's sequence; assigns learners to balanced sub-classes
 //!   ([`SubclassPlanner`]); turns mute-all, level switches and sub-class
 //!   moves into signal messages. Out comes an [`Envelope`] for the [`Bus`].
+//! * [`FencedGate`] (logic side, in a cluster): a room owner's gate
+//!   fenced by the [`SharedCache`], sans-IO: every numbered envelope is
+//!   appended to the cache before it is published, so of two owners
+//!   numbering a room during a handover, one is refused and renumbers
+//!   after the other. The cache also keeps each room owner's state
+//!   ([`SharedCache::save_state`]) for the room's next owner.
 //! * [`PushNode`] (push side): a connection index per room (by user, role,
 //!   terminal, sub-class) so narrow targets never scan the room; every
 //!   message encoded once per wire format ([`Codec`]) and shared by every
@@ -115,7 +121,7 @@ pub use codec::{BinaryCodec, Codec, FrameHeader, FrameKind};
 pub use connector::{ByTerminal, Connector, Frame, SendError};
 pub use degrade::{Governor, GovernorConfig, Level, Load, Thresholds};
 pub use envelope::{DecodeError, Envelope};
-pub use fenced::{FencedGate, Numbered};
+pub use fenced::{FENCE_ATTEMPTS, FenceOutput, FencedGate};
 pub use gate::{Gate, GateConfig, GateError, Joined, LimitScope};
 pub use limit::{Decision, GlobalLimiter, KeyedLimiter, LimiterError, LocalGlobalLimiter, Quota, QuotaError};
 pub use message::{Class, Kind, Message, Scope, Sender, SubclassId, Target, TargetError};
@@ -123,5 +129,5 @@ pub use node::{
     AckReply, CheckAnswer, ConnId, ConnSpec, Connected, DisconnectReason, NodeConfig, NodeError, NodeEvent, NodeStats,
     OverflowPolicy, PushNode, RecoveredFrame,
 };
-pub use shared_cache::{Appended, InMemorySharedCache, SharedCache, SharedCacheError};
+pub use shared_cache::{Appended, InMemorySharedCache, Saved, SharedCache, SharedCacheError};
 pub use subclass::{Move, SubclassError, SubclassPlanner};

@@ -296,12 +296,27 @@ pub struct Message {
     pub count: u32,
     /// The bytes, opaque to push.
     pub payload: Bytes,
+    /// The id of the client request this message answers, or 0 for none.
+    /// Push does not read it: it travels with the message (and in the
+    /// shared cache's log) so that a room's next owner, reading the log's
+    /// tail, can recognise a retried request its predecessor already
+    /// numbered.
+    pub origin: u64,
 }
 
 impl Message {
     /// A message of `class` and `kind` to the whole room, sent by the system.
     pub fn new(room: RoomKey, class: Class, kind: Kind, payload: impl Into<Bytes>) -> Self {
-        Message { room, class, kind, sender: None, target: Target::room(), count: 1, payload: payload.into() }
+        Message {
+            room,
+            class,
+            kind,
+            sender: None,
+            target: Target::room(),
+            count: 1,
+            payload: payload.into(),
+            origin: 0,
+        }
     }
 
     /// A reaction: `count` of `kind` from `sender` (payload empty).
@@ -314,6 +329,7 @@ impl Message {
             target: Target::room(),
             count,
             payload: Bytes::new(),
+            origin: 0,
         }
     }
 
@@ -326,6 +342,12 @@ impl Message {
     /// With a target.
     pub fn to(mut self, target: Target) -> Self {
         self.target = target;
+        self
+    }
+
+    /// Answering client request `origin` (0: none). See [`Message::origin`].
+    pub fn with_origin(mut self, origin: u64) -> Self {
+        self.origin = origin;
         self
     }
 }

@@ -17,7 +17,7 @@ use crate::degrade::Level;
 use crate::envelope::Envelope;
 use crate::message::{Class, Kind, Scope, SubclassId, Target};
 
-/// A connection on a push node: room-core's [`ConnId`](room_core::ConnId),
+/// A connection on a push node: room-core's [`ConnId`],
 /// tagged with [`NodeConfig::conn_tag`]. A slot's generation changes with
 /// every connection it holds, so a stale id is refused rather than taken
 /// for a newer connection.

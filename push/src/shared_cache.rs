@@ -7,6 +7,12 @@
 //! every client of the room, and a gate that restarts continues the room's
 //! sequence from its head instead of opening a new epoch.
 //!
+//! Beside each room's log, the cache keeps the room owner's state: an
+//! opaque, versioned blob (the classroom's hands, cards, packets,
+//! sub-class plan and mutes) that the room's next owner loads to carry on
+//! where the last one stopped. Saves are compare-and-set on the version,
+//! so of two owners saving at once, one learns that the other exists.
+//!
 //! [`InMemorySharedCache`] is the single-process version (tests, and a
 //! cluster simulated in one process); `room-redis` has one on Redis
 //! Streams.
@@ -15,6 +21,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use room_core::RoomKey;
 
 use crate::envelope::{DecodeError, Envelope};
@@ -41,6 +48,24 @@ pub enum SharedCacheError {
     /// Bytes in the cache that are not an envelope.
     #[error("undecodable envelope in the shared cache: {0}")]
     Decode(#[from] DecodeError),
+    /// A room state over the cache's limit; nothing was saved.
+    #[error("a room state of {size} bytes exceeds the limit of {max}")]
+    StateTooLarge {
+        /// Bytes given.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A save after version `u64::MAX`: no version follows it.
+    #[error("no state version follows {after}")]
+    BadVersion {
+        /// The version given.
+        after: u64,
+    },
+    /// What the engine holds for a room's state is not a version and a
+    /// state (written by something else).
+    #[error("undecodable room state in the shared cache: {0}")]
+    BadState(String),
 }
 
 /// What [`SharedCache::append`] did.
@@ -56,9 +81,33 @@ pub enum Appended {
     Local,
 }
 
+/// What [`SharedCache::save_state`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Saved {
+    /// Stored in the shared engine as `version`.
+    Stored {
+        /// The state's version now (`after + 1`).
+        version: u64,
+    },
+    /// Not saved: the stored version is beyond `after`, so another owner
+    /// saved since this one loaded. Load it before saving again.
+    Conflict {
+        /// The version stored.
+        version: u64,
+    },
+    /// The engine was unavailable: held by this process only, as
+    /// `version`, until a save reaches the engine again (see the
+    /// implementation's fallback).
+    Local {
+        /// The state's version in this process (`after + 1`).
+        version: u64,
+    },
+}
+
 /// Reliable envelopes of every room, bounded in count and age, keyed by
-/// `(room, epoch, seq)`. Object-safe, so a host can pick an engine at run
-/// time.
+/// `(room, epoch, seq)`, and beside them each room owner's state.
+/// Object-safe, so a host can pick an engine at run time.
 #[async_trait]
 pub trait SharedCache: Send + Sync {
     /// Stores a reliable envelope. Appending the same `(epoch, seq)` again
@@ -73,6 +122,25 @@ pub trait SharedCache: Send + Sync {
 
     /// The room's newest `(epoch, seq)`, if anything is held.
     async fn head(&self, room: RoomKey) -> Result<Option<(u64, u64)>, SharedCacheError>;
+
+    /// The room's state and its version, if one is held. A room's state
+    /// lives as long as its log: both are dropped together.
+    async fn load_state(&self, room: RoomKey) -> Result<Option<(u64, Bytes)>, SharedCacheError>;
+
+    /// Saves the room's state as version `after + 1` if the version stored
+    /// is at most `after` (no state counts as version 0): a compare-and-set
+    /// that tells an owner when another one saved since it loaded
+    /// ([`Saved::Conflict`]). A version above the stored one is accepted,
+    /// so a state saved locally during an outage ([`Saved::Local`]) is
+    /// followed by the next save once the engine is back.
+    ///
+    /// # Errors
+    ///
+    /// [`SharedCacheError::StateTooLarge`] for a state over the cache's
+    /// limit, [`SharedCacheError::BadVersion`] for `after == u64::MAX`,
+    /// [`SharedCacheError::BadState`] if the engine holds garbage for the
+    /// room; nothing saved.
+    async fn save_state(&self, room: RoomKey, after: u64, state: Bytes) -> Result<Saved, SharedCacheError>;
 }
 
 /// Checks a range request.
@@ -108,52 +176,89 @@ pub fn contiguous_run(mut found: Vec<Envelope>, after: u64) -> Vec<Envelope> {
     found
 }
 
-/// Every room's log, with the write clock that orders rooms by last write.
+/// Every room's log and state, with the write clock that orders rooms by
+/// last write.
 #[derive(Debug, Default)]
 struct Rooms {
     clock: u64,
     logs: BTreeMap<RoomKey, (u64, RoomLog)>,
 }
 
+impl Rooms {
+    /// The room's entry, marked as written now; the room written least
+    /// recently is dropped first if a new room would be one too many.
+    fn touch(&mut self, room: RoomKey, max_rooms: usize) -> &mut RoomLog {
+        self.clock += 1;
+        let tick = self.clock;
+        if !self.logs.contains_key(&room) && self.logs.len() >= max_rooms {
+            let oldest = self.logs.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.logs.remove(&k);
+            }
+        }
+        let (touched, log) = self.logs.entry(room).or_default();
+        *touched = tick;
+        log
+    }
+}
+
 #[derive(Debug, Default)]
 struct RoomLog {
     epoch: u64,
     entries: VecDeque<Envelope>,
+    state: Option<(u64, Bytes)>,
 }
 
 /// The in-process shared cache: per room, the newest epoch's envelopes,
-/// at most `max_len`, and at most `max_rooms` rooms (the room written
-/// least recently is dropped first).
+/// at most `max_len`, and the owner's state, at most `max_state` bytes,
+/// for at most `max_rooms` rooms (the room written least recently, log
+/// and state, is dropped first).
+///
+/// Every call has a synchronous `*_now` form, so a sans-IO simulation can
+/// use it without an executor.
 #[derive(Debug, Clone)]
 pub struct InMemorySharedCache {
     max_len: usize,
     max_rooms: usize,
+    max_state: usize,
     rooms: Arc<parking_lot::Mutex<Rooms>>,
 }
 
 impl InMemorySharedCache {
+    /// The largest state a room may save unless [`with_max_state`] says
+    /// otherwise: 1 MiB.
+    ///
+    /// [`with_max_state`]: InMemorySharedCache::with_max_state
+    pub const DEFAULT_MAX_STATE: usize = 1 << 20;
+
     /// A cache holding `max_len` envelopes per room for `max_rooms` rooms.
     pub fn new(max_len: usize, max_rooms: usize) -> Self {
-        InMemorySharedCache { max_len: max_len.max(1), max_rooms: max_rooms.max(1), rooms: Arc::default() }
+        InMemorySharedCache {
+            max_len: max_len.max(1),
+            max_rooms: max_rooms.max(1),
+            max_state: Self::DEFAULT_MAX_STATE,
+            rooms: Arc::default(),
+        }
     }
 
-    /// Appends without awaiting (the in-memory cache never blocks).
+    /// With room states of at most `max_state` bytes.
+    pub fn with_max_state(mut self, max_state: usize) -> Self {
+        self.max_state = max_state;
+        self
+    }
+
+    /// [`SharedCache::append`] without awaiting (the in-memory cache never
+    /// blocks).
+    ///
+    /// # Errors
+    ///
+    /// [`SharedCacheError::NotReliable`] for an envelope with `seq` 0.
     pub fn append_now(&self, envelope: &Envelope) -> Result<Appended, SharedCacheError> {
         if envelope.seq == 0 {
             return Err(SharedCacheError::NotReliable);
         }
-        let mut guard = self.rooms.lock();
-        let Rooms { clock, logs: rooms } = &mut *guard;
-        *clock += 1;
-        let tick = *clock;
-        if !rooms.contains_key(&envelope.message.room) && rooms.len() >= self.max_rooms {
-            let oldest = rooms.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| *k);
-            if let Some(k) = oldest {
-                rooms.remove(&k);
-            }
-        }
-        let (touched, log) = rooms.entry(envelope.message.room).or_default();
-        *touched = tick;
+        let mut rooms = self.rooms.lock();
+        let log = rooms.touch(envelope.message.room, self.max_rooms);
         if envelope.epoch < log.epoch {
             return Ok(Appended::Duplicate);
         }
@@ -171,14 +276,69 @@ impl InMemorySharedCache {
         Ok(Appended::Stored)
     }
 
-    fn range_now(&self, room: RoomKey, epoch: u64, after: u64, upto: u64) -> Vec<Envelope> {
+    /// [`SharedCache::range`] without awaiting.
+    ///
+    /// # Errors
+    ///
+    /// [`SharedCacheError::BadRange`] unless `after < upto`.
+    pub fn range_now(
+        &self,
+        room: RoomKey,
+        epoch: u64,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<Envelope>, SharedCacheError> {
+        check_range(after, upto)?;
         let guard = self.rooms.lock();
-        let Some((_, log)) = guard.logs.get(&room) else { return Vec::new() };
+        let Some((_, log)) = guard.logs.get(&room) else { return Ok(Vec::new()) };
         if log.epoch != epoch {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let found = log.entries.iter().filter(|e| e.seq > after && e.seq <= upto).cloned().collect();
-        contiguous_run(found, after)
+        Ok(contiguous_run(found, after))
+    }
+
+    /// [`SharedCache::head`] without awaiting.
+    pub fn head_now(&self, room: RoomKey) -> Option<(u64, u64)> {
+        let guard = self.rooms.lock();
+        guard.logs.get(&room).and_then(|(_, log)| log.entries.back().map(|e| (log.epoch, e.seq)))
+    }
+
+    /// [`SharedCache::load_state`] without awaiting.
+    pub fn load_state_now(&self, room: RoomKey) -> Option<(u64, Bytes)> {
+        self.rooms.lock().logs.get(&room).and_then(|(_, log)| log.state.clone())
+    }
+
+    /// Forgets a room's state, keeping its log: for a fallback whose copy
+    /// has been superseded in the engine it stands in for.
+    pub fn drop_state_now(&self, room: RoomKey) {
+        if let Some((_, log)) = self.rooms.lock().logs.get_mut(&room) {
+            log.state = None;
+        }
+    }
+
+    /// [`SharedCache::save_state`] without awaiting. Never answers
+    /// [`Saved::Local`].
+    ///
+    /// # Errors
+    ///
+    /// [`SharedCacheError::StateTooLarge`] for a state over `max_state`
+    /// bytes, [`SharedCacheError::BadVersion`] for `after == u64::MAX`;
+    /// nothing saved.
+    pub fn save_state_now(&self, room: RoomKey, after: u64, state: Bytes) -> Result<Saved, SharedCacheError> {
+        if state.len() > self.max_state {
+            return Err(SharedCacheError::StateTooLarge { size: state.len(), max: self.max_state });
+        }
+        let version = after.checked_add(1).ok_or(SharedCacheError::BadVersion { after })?;
+        let mut rooms = self.rooms.lock();
+        let log = rooms.touch(room, self.max_rooms);
+        match &log.state {
+            Some((stored, _)) if *stored > after => Ok(Saved::Conflict { version: *stored }),
+            _ => {
+                log.state = Some((version, state));
+                Ok(Saved::Stored { version })
+            }
+        }
     }
 }
 
@@ -195,12 +355,18 @@ impl SharedCache for InMemorySharedCache {
     }
 
     async fn range(&self, room: RoomKey, epoch: u64, after: u64, upto: u64) -> Result<Vec<Envelope>, SharedCacheError> {
-        check_range(after, upto)?;
-        Ok(self.range_now(room, epoch, after, upto))
+        self.range_now(room, epoch, after, upto)
     }
 
     async fn head(&self, room: RoomKey) -> Result<Option<(u64, u64)>, SharedCacheError> {
-        let guard = self.rooms.lock();
-        Ok(guard.logs.get(&room).and_then(|(_, log)| log.entries.back().map(|e| (log.epoch, e.seq))))
+        Ok(self.head_now(room))
+    }
+
+    async fn load_state(&self, room: RoomKey) -> Result<Option<(u64, Bytes)>, SharedCacheError> {
+        Ok(self.load_state_now(room))
+    }
+
+    async fn save_state(&self, room: RoomKey, after: u64, state: Bytes) -> Result<Saved, SharedCacheError> {
+        self.save_state_now(room, after, state)
     }
 }

@@ -137,6 +137,58 @@ impl SubclassPlanner {
     /// Removes `uin`; returns the move that fills its place, if one is
     /// needed to keep the balance. Unknown members are ignored.
     pub fn leave(&mut self, uin: Uin) -> Option<Move> {
+        self.take(uin)?;
+        self.level_once()
+    }
+
+    /// Puts `uin` in `subclass` as it is, without levelling: for restoring
+    /// a saved plan member by member, then [`level`](Self::level) once.
+    /// Sub-classes up to `subclass` are opened as needed; a member already
+    /// placed elsewhere is taken out of its sub-class first.
+    ///
+    /// # Errors
+    ///
+    /// [`SubclassError::TooMany`] if `subclass` is not below
+    /// [`MAX_SUBCLASSES`]; nothing changed.
+    pub fn place(&mut self, uin: Uin, subclass: SubclassId) -> Result<(), SubclassError> {
+        let g = subclass.0;
+        if usize::from(g) >= MAX_SUBCLASSES {
+            return Err(SubclassError::TooMany { max: MAX_SUBCLASSES });
+        }
+        match self.members.get(&uin) {
+            Some(&(at, _)) if at == g => return Ok(()),
+            Some(_) => {
+                self.take(uin);
+            }
+            None => {}
+        }
+        while self.groups.len() <= usize::from(g) {
+            self.open_group();
+        }
+        self.insert(uin, g);
+        Ok(())
+    }
+
+    /// Restores the planner's rules after [`place`](Self::place): opens
+    /// sub-classes until every member fits within the size (up to
+    /// [`MAX_SUBCLASSES`]), then moves members until sizes differ by at
+    /// most one. Returns the moves, in the order made (a member may move
+    /// more than once).
+    pub fn level(&mut self) -> Vec<Move> {
+        while (self.members.len() as u64) > self.groups.len() as u64 * u64::from(self.size)
+            && self.groups.len() < MAX_SUBCLASSES
+        {
+            self.open_group();
+        }
+        let mut moves = Vec::new();
+        while let Some(m) = self.level_once() {
+            moves.push(m);
+        }
+        moves
+    }
+
+    /// Takes `uin` out of its sub-class without levelling.
+    fn take(&mut self, uin: Uin) -> Option<u16> {
         let (g, pos) = self.members.remove(&uin)?;
         let group = &mut self.groups[usize::from(g)];
         let before = group.len() as u32;
@@ -146,7 +198,7 @@ impl SubclassPlanner {
         }
         self.by_size.remove(&(before, g));
         self.by_size.insert((before - 1, g));
-        self.level_once()
+        Some(g)
     }
 
     fn insert(&mut self, uin: Uin, g: u16) {

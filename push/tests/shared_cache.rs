@@ -1,9 +1,11 @@
 //! The shared-cache helpers and the in-memory cache against simple models.
 
+use bytes::Bytes;
+use futures::executor::block_on;
 use proptest::prelude::*;
 use room_core::{BusinessId, RoomId, RoomKey, Timestamp};
 use room_push::shared_cache::{contiguous_run, missing_before};
-use room_push::{Appended, Class, Envelope, InMemorySharedCache, Kind, Message, SharedCache, SharedCacheError};
+use room_push::{Appended, Class, Envelope, InMemorySharedCache, Kind, Message, Saved, SharedCache, SharedCacheError};
 
 const ROOM: RoomKey = RoomKey::new(BusinessId(1), RoomId(2));
 
@@ -68,6 +70,70 @@ proptest! {
         let head = futures::executor::block_on(cache.head(ROOM)).expect("head");
         prop_assert_eq!(head, model.last().map(|&l| (model_epoch, l)));
     }
+
+    /// Saves against a model of the compare-and-set rule: accepted iff the
+    /// stored version (0 for none) is at most `after`, then stored as
+    /// `after + 1`; a refused or oversized save changes nothing.
+    #[test]
+    fn state_saves_follow_the_compare_and_set_rule(
+        ops in proptest::collection::vec((any::<bool>(), 0u64..8, 0usize..12), 1..60),
+    ) {
+        const MAX: usize = 10;
+        let cache = InMemorySharedCache::new(4, 4).with_max_state(MAX);
+        let mut model: Option<(u64, Bytes)> = None;
+        for (i, (load, after, len)) in ops.into_iter().enumerate() {
+            if load {
+                prop_assert_eq!(block_on(cache.load_state(ROOM)), Ok(model.clone()));
+                continue;
+            }
+            let state = Bytes::from(vec![i as u8; len]);
+            let got = block_on(cache.save_state(ROOM, after, state.clone()));
+            let stored = model.as_ref().map_or(0, |m| m.0);
+            if len > MAX {
+                prop_assert_eq!(got, Err(SharedCacheError::StateTooLarge { size: len, max: MAX }));
+            } else if stored <= after {
+                prop_assert_eq!(got, Ok(Saved::Stored { version: after + 1 }));
+                model = Some((after + 1, state));
+            } else {
+                prop_assert_eq!(got, Ok(Saved::Conflict { version: stored }));
+            }
+            prop_assert_eq!(cache.load_state_now(ROOM), model.clone());
+        }
+    }
+}
+
+#[test]
+fn two_owners_saving_at_once_learn_of_each_other() {
+    let cache = InMemorySharedCache::default();
+    assert_eq!(cache.load_state_now(ROOM), None);
+    // Both loaded nothing (version 0); the first save wins.
+    assert_eq!(cache.save_state_now(ROOM, 0, Bytes::from_static(b"a")), Ok(Saved::Stored { version: 1 }));
+    assert_eq!(cache.save_state_now(ROOM, 0, Bytes::from_static(b"b")), Ok(Saved::Conflict { version: 1 }));
+    assert_eq!(cache.load_state_now(ROOM), Some((1, Bytes::from_static(b"a"))));
+    // A version above the stored one (saved locally during an outage) is accepted.
+    assert_eq!(cache.save_state_now(ROOM, 5, Bytes::from_static(b"c")), Ok(Saved::Stored { version: 6 }));
+    assert_eq!(
+        cache.save_state_now(ROOM, u64::MAX, Bytes::new()),
+        Err(SharedCacheError::BadVersion { after: u64::MAX })
+    );
+    assert_eq!(cache.load_state_now(ROOM), Some((6, Bytes::from_static(b"c"))));
+}
+
+#[test]
+fn states_share_the_rooms_bound_with_the_logs() {
+    let cache = InMemorySharedCache::new(4, 2);
+    let room = |r: u64| RoomKey::new(BusinessId(1), RoomId(r));
+    let mut e = envelope(1, 1);
+    e.message.room = room(1);
+    cache.append_now(&e).expect("append");
+    cache.save_state_now(room(2), 0, Bytes::from_static(b"two")).expect("saves");
+    // Room 1 was written least recently: a third room drops its log and state.
+    cache.save_state_now(room(1), 0, Bytes::from_static(b"one")).expect("saves");
+    cache.save_state_now(room(3), 0, Bytes::from_static(b"three")).expect("saves");
+    assert_eq!(cache.load_state_now(room(2)), None, "room 2 was written least recently");
+    assert_eq!(cache.head_now(room(1)), Some((1, 1)));
+    assert_eq!(cache.load_state_now(room(1)).map(|s| s.0), Some(1));
+    assert_eq!(cache.load_state_now(room(3)).map(|s| s.0), Some(1));
 }
 
 #[test]
@@ -76,6 +142,7 @@ fn bad_requests_get_typed_errors() {
     assert_eq!(cache.append_now(&envelope(1, 0)), Err(SharedCacheError::NotReliable));
     let r = futures::executor::block_on(cache.range(ROOM, 1, 5, 5));
     assert_eq!(r, Err(SharedCacheError::BadRange { after: 5, upto: 5 }));
+    assert_eq!(cache.range_now(ROOM, 1, 6, 5), Err(SharedCacheError::BadRange { after: 6, upto: 5 }));
 }
 
 #[test]

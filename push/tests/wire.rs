@@ -20,7 +20,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
         (0u8..4, any::<u16>(), proptest::option::of((any::<u64>(), 0u8..8))),
         (scope, proptest::option::of(any::<u64>()), proptest::option::of(0u64..128)),
         (proptest::option::of(any::<u16>()), proptest::option::of(any::<u64>()), any::<u32>()),
-        proptest::collection::vec(any::<u8>(), 0..300),
+        (proptest::collection::vec(any::<u8>(), 0..300), prop_oneof![Just(0u64), any::<u64>()]),
     )
         .prop_map(
             |(
@@ -28,7 +28,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
                 (class, kind, sender),
                 (scope, roles, terms),
                 (sub, excl, count),
-                payload,
+                (payload, origin),
             )| {
                 let target = Target {
                     scope,
@@ -49,6 +49,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
                         target,
                         count,
                         payload: Bytes::from(payload),
+                        origin,
                     },
                 }
             },
@@ -92,6 +93,38 @@ fn named_decode_errors() {
     bytes.pop();
     bytes[37] = 7; // the class byte
     assert_eq!(Envelope::decode(&Bytes::from(bytes)), Err(DecodeError::Invalid { field: "class", value: 7 }));
+}
+
+#[test]
+fn an_origin_is_an_optional_field_of_version_1() {
+    let plain = Envelope {
+        epoch: 1,
+        seq: 1,
+        accepted_at: Timestamp::ZERO,
+        message: Message::new(ROOM, Class::Teacher, Kind(1), &b"x"[..]),
+    };
+    let with = Envelope { message: plain.message.clone().with_origin(0xABCD), ..plain.clone() };
+    let (a, b) = (plain.encode(), with.encode());
+    // The origin adds its flag and 8 bytes; nothing else changes.
+    const FLAGS: usize = 40;
+    assert_eq!(a[FLAGS], 0, "no flag without an origin: the bytes are what they were before origins");
+    assert_eq!(b[FLAGS], 32);
+    assert_eq!(b.len(), a.len() + 8);
+    assert_eq!(Envelope::decode(&b).map(|e| e.message.origin), Ok(0xABCD));
+    assert_eq!(Envelope::decode(&a).map(|e| e.message.origin), Ok(0));
+
+    // An origin of 0 has one encoding: no flag.
+    let mut zero = b.to_vec();
+    zero[FLAGS + 2..FLAGS + 10].fill(0); // scope byte, then the origin
+    assert_eq!(Envelope::decode(&Bytes::from(zero)), Err(DecodeError::Invalid { field: "origin", value: 0 }));
+    // Flag bits beyond the known ones are still refused.
+    let mut unknown = a.to_vec();
+    unknown[FLAGS] = 64;
+    assert_eq!(Envelope::decode(&Bytes::from(unknown)), Err(DecodeError::Invalid { field: "flags", value: 64 }));
+    // The flag without its u64 is a truncation.
+    let mut cut = a.to_vec();
+    cut[FLAGS] = 32;
+    assert!(matches!(Envelope::decode(&Bytes::from(cut)), Err(DecodeError::Truncated { .. })));
 }
 
 #[test]

@@ -8,16 +8,18 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
+use redis::{ErrorKind, RedisError};
 use room_core::RoomKey;
-use room_push::{Appended, Envelope, InMemorySharedCache, SharedCache, SharedCacheError, shared_cache};
+use room_push::{Appended, Envelope, InMemorySharedCache, Saved, SharedCache, SharedCacheError, shared_cache};
 
 use crate::breaker::{Breaker, Health, connect, within};
 
-/// Appends entries in order. KEYS[1]: the room's stream. ARGV: max length,
-/// max age (ms), then (id, envelope) pairs. An id at or below the stream's
-/// newest is a retry (or a late envelope of an older epoch) and is skipped.
-/// Returns {how many were added, whether the last one was}. Length and expiry are set in the same
-/// script, so no stream outlives its window.
+/// Appends entries in order. KEYS[1]: the room's stream, KEYS[2]: its
+/// state hash. ARGV: max length, max age (ms), then (id, envelope) pairs.
+/// An id at or below the stream's newest is a retry (or a late envelope of
+/// an older epoch) and is skipped. Returns {how many were added, whether
+/// the last one was}. Length and expiry are set in the same script, so no
+/// stream outlives its window; the room's state lives as long as its log.
 const APPEND: &str = r"
 local t = redis.call('TIME')
 local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
@@ -34,6 +36,7 @@ for i = 3, #ARGV, 2 do
   end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return {added, last}
 ";
 
@@ -62,6 +65,35 @@ if #r == 0 then return false end
 return r[1][1]
 ";
 
+/// Saves a room's state if the stored version is at most `after`.
+/// KEYS[1]: the room's state hash (`v` version, `s` state), KEYS[2]: its
+/// stream. ARGV: after, the new version (after + 1), the state, max age
+/// (ms). Versions are compared as decimal strings, since Lua's numbers
+/// are doubles and lose u64s above 2^53. Returns {1, new version} or
+/// {0, stored version}; a stored version that is not a number is an
+/// error reply coded ROOMKIT_STATE.
+const SAVE_STATE: &str = r"
+local v = redis.call('HGET', KEYS[1], 'v')
+if v then
+  if not string.match(v, '^%d+$') then
+    return redis.error_reply('ROOMKIT_STATE the stored state version is not a number')
+  end
+  v = string.gsub(v, '^0+(%d)', '%1')
+  local after = ARGV[1]
+  if #v > #after or (#v == #after and v > after) then
+    return {0, v}
+  end
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return {1, ARGV[2]}
+";
+
+/// Error codes by which Redis answers that a room's keys hold garbage:
+/// [`SAVE_STATE`]'s own, and a key of another type.
+const GARBAGE_CODES: [&str; 2] = ["ROOMKIT_STATE", "WRONGTYPE"];
+
 /// How the cache talks to Redis and what it keeps.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -79,12 +111,16 @@ pub struct RedisCacheConfig {
     pub timeout: Duration,
     /// While degraded, how often Redis is tried again.
     pub retry_every: Duration,
-    /// Rooms the local fallback holds (`max_len` envelopes each).
+    /// Rooms the local fallback holds (`max_len` envelopes and a state
+    /// each).
     pub local_rooms: usize,
+    /// The largest room state saved, in bytes.
+    pub max_state: usize,
 }
 
 impl RedisCacheConfig {
-    /// Defaults for `url`: 1,024 envelopes and 5 minutes per room.
+    /// Defaults for `url`: 1,024 envelopes and 5 minutes per room, states
+    /// of at most 1 MiB.
     pub fn new(url: impl Into<String>) -> Self {
         RedisCacheConfig {
             url: url.into(),
@@ -94,6 +130,7 @@ impl RedisCacheConfig {
             timeout: Duration::from_millis(50),
             retry_every: Duration::from_millis(500),
             local_rooms: 10_000,
+            max_state: InMemorySharedCache::DEFAULT_MAX_STATE,
         }
     }
 }
@@ -119,10 +156,49 @@ pub struct RedisCache {
     append: Arc<redis::Script>,
     range: Arc<redis::Script>,
     head: Arc<redis::Script>,
+    save_state: Arc<redis::Script>,
     breaker: Arc<Breaker>,
     local: InMemorySharedCache,
     /// Rooms with envelopes held only locally, to write back.
     unsynced: Arc<Mutex<BTreeSet<RoomKey>>>,
+    /// Rooms whose state was saved only locally: the local copy is newer
+    /// than Redis's until the room's next save reaches Redis.
+    unsynced_states: Arc<Mutex<BTreeSet<RoomKey>>>,
+}
+
+/// Why a call to Redis gave no usable answer.
+enum Failure {
+    /// Redis did not answer (in time): the local fallback answers.
+    Unreachable(String),
+    /// Redis answered, but what it holds for the room is garbage.
+    Garbage(String),
+}
+
+/// Runs a Redis call with a deadline, telling an unreachable Redis from
+/// garbage in the keys it answers about.
+async fn call<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) if is_garbage(&e) => Err(Failure::Garbage(e.to_string())),
+        Ok(Err(e)) => Err(Failure::Unreachable(e.to_string())),
+        Err(_) => Err(Failure::Unreachable(format!("no answer within {timeout:?}"))),
+    }
+}
+
+fn is_garbage(e: &RedisError) -> bool {
+    matches!(e.kind(), ErrorKind::UnexpectedReturnType | ErrorKind::Parse)
+        || (e.kind() == ErrorKind::Extension && e.code().is_some_and(|c| GARBAGE_CODES.contains(&c)))
+}
+
+/// A stored version, or garbage.
+fn parse_version(raw: &[u8]) -> Result<u64, SharedCacheError> {
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| SharedCacheError::BadState(format!("state version {:?}", String::from_utf8_lossy(raw))))
 }
 
 impl std::fmt::Debug for RedisCache {
@@ -153,14 +229,16 @@ impl RedisCache {
         }
         let conn = connect(&config.url, config.timeout)?;
         Ok(RedisCache {
-            local: InMemorySharedCache::new(config.max_len, config.local_rooms),
+            local: InMemorySharedCache::new(config.max_len, config.local_rooms).with_max_state(config.max_state),
             breaker: Arc::new(Breaker::new("cache", config.retry_every)),
             config: Arc::new(config),
             conn,
             append: Arc::new(redis::Script::new(APPEND)),
             range: Arc::new(redis::Script::new(RANGE)),
             head: Arc::new(redis::Script::new(HEAD)),
+            save_state: Arc::new(redis::Script::new(SAVE_STATE)),
             unsynced: Arc::default(),
+            unsynced_states: Arc::default(),
         })
     }
 
@@ -173,11 +251,16 @@ impl RedisCache {
         format!("{}{}:{}", self.config.prefix, room.bid.0, room.room.0)
     }
 
+    /// The room's state hash, beside its stream.
+    fn state_key(&self, room: RoomKey) -> String {
+        format!("{}{}:{}:state", self.config.prefix, room.bid.0, room.room.0)
+    }
+
     /// Writes `envelopes` (in order) to the room's stream; returns whether
     /// the last one was new.
     async fn remote_append(&self, room: RoomKey, envelopes: &[Envelope]) -> Result<bool, String> {
         let mut invocation = self.append.key(self.key(room));
-        invocation.arg(self.config.max_len).arg(self.config.max_age.as_millis() as u64);
+        invocation.key(self.state_key(room)).arg(self.config.max_len).arg(self.config.max_age.as_millis() as u64);
         for e in envelopes {
             invocation.arg(entry_id(e.epoch, e.seq)).arg(e.encode().as_ref());
         }
@@ -212,6 +295,65 @@ impl RedisCache {
         let id: Option<String> =
             within(self.config.timeout, self.head.key(self.key(room)).invoke_async(&mut conn)).await?;
         Ok(id.as_deref().and_then(parse_id))
+    }
+
+    async fn remote_load_state(&self, room: RoomKey) -> Result<Option<(u64, Bytes)>, Failure> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.state_key(room)).arg("v").arg("s");
+        let (v, s): (Option<Vec<u8>>, Option<Vec<u8>>) = call(self.config.timeout, cmd.query_async(&mut conn)).await?;
+        match (v, s) {
+            (None, None) => Ok(None),
+            (Some(v), Some(s)) => match parse_version(&v) {
+                Ok(v) => Ok(Some((v, Bytes::from(s)))),
+                Err(e) => Err(Failure::Garbage(e.to_string())),
+            },
+            (Some(_), None) => Err(Failure::Garbage("a state version without a state".into())),
+            (None, Some(_)) => Err(Failure::Garbage("a state without a version".into())),
+        }
+    }
+
+    /// Compare-and-set in one script: `Ok(Ok(version))` if saved,
+    /// `Ok(Err(stored))` if the stored version is beyond `after`.
+    async fn remote_save_state(
+        &self,
+        room: RoomKey,
+        after: u64,
+        version: u64,
+        state: &Bytes,
+    ) -> Result<Result<u64, u64>, Failure> {
+        let mut invocation = self.save_state.key(self.state_key(room));
+        invocation
+            .key(self.key(room))
+            .arg(after.to_string())
+            .arg(version.to_string())
+            .arg(state.as_ref())
+            .arg(self.config.max_age.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        let (saved, v): (u8, Vec<u8>) = call(self.config.timeout, invocation.invoke_async(&mut conn)).await?;
+        let v = parse_version(&v).map_err(|e| Failure::Garbage(e.to_string()))?;
+        Ok(if saved == 1 { Ok(v) } else { Err(v) })
+    }
+
+    /// Keeps a state in the local fallback while Redis is unreachable.
+    fn save_state_locally(&self, room: RoomKey, after: u64, state: Bytes) -> Result<Saved, SharedCacheError> {
+        #[cfg(feature = "metrics")]
+        metrics::counter!("roomkit_redis_cache_state_fallbacks_total").increment(1);
+        let version = match self.local.save_state_now(room, after, state)? {
+            Saved::Stored { version } => version,
+            other => return Ok(other),
+        };
+        let crowded = {
+            let mut unsynced = self.unsynced_states.lock();
+            unsynced.insert(room);
+            unsynced.len() > self.config.local_rooms
+        };
+        if crowded {
+            // The local cache dropped its least recently written rooms:
+            // stop tracking their states too.
+            self.unsynced_states.lock().retain(|r| self.local.load_state_now(*r).is_some());
+        }
+        Ok(Saved::Local { version })
     }
 
     /// What the local fallback holds of `room` that Redis has not got yet.
@@ -311,6 +453,72 @@ impl SharedCache for RedisCache {
             }
         }
         Ok(local)
+    }
+
+    /// Redis's state, unless this process holds a newer one saved while
+    /// Redis was unreachable. With Redis unreachable, only such a local
+    /// state answers: any other copy here could be older than Redis's.
+    async fn load_state(&self, room: RoomKey) -> Result<Option<(u64, Bytes)>, SharedCacheError> {
+        let local = if self.unsynced_states.lock().contains(&room) { self.local.load_state_now(room) } else { None };
+        let mut error = "redis is unavailable (retrying)".to_owned();
+        if self.breaker.should_try() {
+            match self.remote_load_state(room).await {
+                Ok(remote) => {
+                    self.breaker.succeeded();
+                    return Ok(match (remote, local) {
+                        (Some(r), Some(l)) if l.0 > r.0 => Some(l),
+                        (None, l) => l,
+                        (r, _) => r,
+                    });
+                }
+                Err(Failure::Garbage(e)) => {
+                    self.breaker.succeeded();
+                    return Err(SharedCacheError::BadState(e));
+                }
+                Err(Failure::Unreachable(e)) => {
+                    error.clone_from(&e);
+                    self.breaker.failed(e);
+                }
+            }
+        }
+        match local {
+            Some(l) => Ok(Some(l)),
+            None => Err(SharedCacheError::Unavailable(error)),
+        }
+    }
+
+    /// Compare-and-set in one script on the room's hash, which expires
+    /// with the room's stream. If Redis does not answer in time, the state
+    /// is held locally ([`Saved::Local`]); the room's next save that
+    /// reaches Redis supersedes it there.
+    async fn save_state(&self, room: RoomKey, after: u64, state: Bytes) -> Result<Saved, SharedCacheError> {
+        if state.len() > self.config.max_state {
+            return Err(SharedCacheError::StateTooLarge { size: state.len(), max: self.config.max_state });
+        }
+        let version = after.checked_add(1).ok_or(SharedCacheError::BadVersion { after })?;
+        if self.breaker.should_try() {
+            match self.remote_save_state(room, after, version, &state).await {
+                Ok(answer) => {
+                    self.breaker.succeeded();
+                    return Ok(match answer {
+                        Ok(version) => {
+                            if self.unsynced_states.lock().remove(&room) {
+                                tracing::info!(%room, version, "a room state held while redis was down is superseded there");
+                                self.local.drop_state_now(room);
+                            }
+                            Saved::Stored { version }
+                        }
+                        Err(stored) => Saved::Conflict { version: stored },
+                    });
+                }
+                Err(Failure::Garbage(e)) => {
+                    self.breaker.succeeded();
+                    return Err(SharedCacheError::BadState(e));
+                }
+                Err(Failure::Unreachable(e)) => self.breaker.failed(e),
+            }
+        }
+        self.save_state_locally(room, after, state)
     }
 }
 

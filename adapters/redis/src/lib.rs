@@ -19,6 +19,13 @@
 //! script. While Redis is down, it keeps the room's envelopes in a bounded
 //! local cache, writes them back before the room's next envelope once
 //! Redis answers, and merges both when asked for a range.
+//!
+//! Beside each room's stream, a hash (`<prefix><bid>:<room>:state`: field
+//! `v` the version, `s` the state) holds the room owner's state, saved by
+//! compare-and-set on the version in one script and expiring with the
+//! stream. While Redis is down, a save is held by the local fallback
+//! ([`Saved::Local`](room_push::Saved::Local)) and answers this process's
+//! loads; the room's next save that reaches Redis supersedes it there.
 #![forbid(unsafe_code)]
 
 mod breaker;

@@ -1,12 +1,14 @@
 //! The Redis Streams recovery cache against a redis-server of its own:
 //! ranges, duplicates, bounds in length and age, epochs, garbage in a
 //! stream, and an outage that falls back to a local cache and writes it
-//! back.
+//! back; room states beside the streams: compare-and-set, the size bound,
+//! expiry, garbage in the hash, and an outage.
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use room_core::{BusinessId, RoomId, RoomKey, Timestamp};
-use room_push::{Appended, Class, Envelope, Kind, Message, SharedCache, SharedCacheError};
+use room_push::{Appended, Class, Envelope, Kind, Message, Saved, SharedCache, SharedCacheError};
 use room_redis::{Health, RedisCache, RedisCacheConfig};
 use room_testkit::redis::RedisServer as Server;
 
@@ -167,4 +169,145 @@ async fn redis_may_start_after_the_cache() {
     }
     assert_eq!(c.health(), Health::Up);
     assert_eq!(seqs(&c.range(ROOM, EPOCH, 0, seq).await.expect("range")), (1..=seq).collect::<Vec<_>>());
+}
+
+const STATE_KEY: &str = "roomkit:cache:3:77:state";
+
+fn state(text: &'static str) -> Bytes {
+    Bytes::from_static(text.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server"]
+async fn room_states_are_saved_by_compare_and_set() {
+    let server = Server::start(None).expect("redis-server starts (apt-get install redis-server)");
+    let mut config = RedisCacheConfig::new(server.url());
+    config.max_state = 16;
+    config.max_age = Duration::from_secs(60);
+    let a = RedisCache::new(config.clone()).expect("cache");
+    // Another owner, on another node.
+    let b = RedisCache::new(config).expect("cache");
+    assert_eq!(a.load_state(ROOM).await, Ok(None));
+    assert_eq!(a.save_state(ROOM, 0, state("one")).await, Ok(Saved::Stored { version: 1 }));
+    // b loaded nothing too: refused, and told the version to load.
+    assert_eq!(b.save_state(ROOM, 0, state("rival")).await, Ok(Saved::Conflict { version: 1 }));
+    assert_eq!(b.load_state(ROOM).await, Ok(Some((1, state("one")))));
+    assert_eq!(b.save_state(ROOM, 1, state("two")).await, Ok(Saved::Stored { version: 2 }));
+    assert_eq!(a.save_state(ROOM, 1, state("stale")).await, Ok(Saved::Conflict { version: 2 }));
+    // A version above the stored one is accepted (a state held locally
+    // during an outage, followed by the next save).
+    assert_eq!(a.save_state(ROOM, 7, state("eight")).await, Ok(Saved::Stored { version: 8 }));
+    assert_eq!(b.load_state(ROOM).await, Ok(Some((8, state("eight")))));
+    // Versions beyond Lua's exact doubles compare as numbers still.
+    let big = (1u64 << 60) + 1;
+    assert_eq!(a.save_state(ROOM, big, state("big")).await, Ok(Saved::Stored { version: big + 1 }));
+    assert_eq!(a.save_state(ROOM, big - 1, state("x")).await, Ok(Saved::Conflict { version: big + 1 }));
+    assert_eq!(a.save_state(ROOM, u64::MAX - 1, state("last")).await, Ok(Saved::Stored { version: u64::MAX }));
+    assert_eq!(
+        a.save_state(ROOM, u64::MAX, state("none")).await,
+        Err(SharedCacheError::BadVersion { after: u64::MAX })
+    );
+
+    // The size bound: nothing saved.
+    let large = Bytes::from(vec![7u8; 17]);
+    assert_eq!(
+        a.save_state(ROOM, u64::MAX - 1, large).await,
+        Err(SharedCacheError::StateTooLarge { size: 17, max: 16 })
+    );
+    assert_eq!(b.load_state(ROOM).await, Ok(Some((u64::MAX, state("last")))));
+
+    // The hash expires with the room's stream, and an append keeps both.
+    let mut c = redis::Client::open(server.url()).expect("url").get_connection().expect("connects");
+    let ttl: i64 = redis::cmd("PTTL").arg(STATE_KEY).query(&mut c).expect("pttl");
+    assert!(ttl > 0 && ttl <= 60_000, "state expiry {ttl}");
+    let _: i64 = redis::cmd("PERSIST").arg(STATE_KEY).query(&mut c).expect("persist");
+    a.append(&envelope(EPOCH, 1)).await.expect("append");
+    let ttl: i64 = redis::cmd("PTTL").arg(STATE_KEY).query(&mut c).expect("pttl");
+    assert!(ttl > 0 && ttl <= 60_000, "an append sets the state's expiry: {ttl}");
+    assert_eq!(a.health(), Health::Up);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server"]
+async fn garbage_in_a_state_hash_is_a_typed_error() {
+    let server = Server::start(None).expect("redis-server starts (apt-get install redis-server)");
+    let cache = cache(server.url(), 10, Duration::from_secs(60));
+    let mut c = redis::Client::open(server.url()).expect("url").get_connection().expect("connects");
+    fn bad<T>(r: Result<T, SharedCacheError>) -> bool {
+        matches!(r, Err(SharedCacheError::BadState(_)))
+    }
+    let hset = |c: &mut redis::Connection, field: &str, value: &str| {
+        let _: i64 = redis::cmd("HSET").arg(STATE_KEY).arg(field).arg(value).query(c).expect("hset");
+    };
+    // A version that is not a number.
+    hset(&mut c, "v", "seven");
+    hset(&mut c, "s", "x");
+    assert!(bad(cache.load_state(ROOM).await), "{:?}", cache.load_state(ROOM).await);
+    assert!(bad(cache.save_state(ROOM, 9, state("x")).await));
+    // A version without a state.
+    let _: i64 = redis::cmd("HDEL").arg(STATE_KEY).arg("s").query(&mut c).expect("hdel");
+    hset(&mut c, "v", "3");
+    assert!(bad(cache.load_state(ROOM).await));
+    // A state without a version.
+    let _: i64 = redis::cmd("DEL").arg(STATE_KEY).query(&mut c).expect("del");
+    hset(&mut c, "s", "x");
+    assert!(bad(cache.load_state(ROOM).await));
+    // A version too large for a u64.
+    hset(&mut c, "v", "99999999999999999999999");
+    assert!(bad(cache.load_state(ROOM).await));
+    assert!(bad(cache.save_state(ROOM, 9, state("x")).await));
+    // Not a hash at all.
+    let _: i64 = redis::cmd("DEL").arg(STATE_KEY).query(&mut c).expect("del");
+    let _: String = redis::cmd("SET").arg(STATE_KEY).arg("junk").query(&mut c).expect("set");
+    assert!(bad(cache.load_state(ROOM).await));
+    assert!(bad(cache.save_state(ROOM, 9, state("x")).await));
+    // Garbage is not an outage: Redis answered.
+    assert_eq!(cache.health(), Health::Up);
+    // Leading zeros are still a number.
+    let _: i64 = redis::cmd("DEL").arg(STATE_KEY).query(&mut c).expect("del");
+    hset(&mut c, "v", "0005");
+    hset(&mut c, "s", "five");
+    assert_eq!(cache.save_state(ROOM, 4, state("x")).await, Ok(Saved::Conflict { version: 5 }));
+    assert_eq!(cache.save_state(ROOM, 5, state("six")).await, Ok(Saved::Stored { version: 6 }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server"]
+async fn an_outage_keeps_the_state_locally_until_the_next_save_reaches_redis() {
+    let mut server = Server::start(None).expect("redis-server starts (apt-get install redis-server)");
+    let url = server.url();
+    let writer = cache(url.clone(), 100, Duration::from_secs(60));
+    let reader = cache(url.clone(), 100, Duration::from_secs(60));
+    assert_eq!(writer.save_state(ROOM, 0, state("one")).await, Ok(Saved::Stored { version: 1 }));
+    let port = server.port();
+    server.stop();
+    let t = Instant::now();
+    assert_eq!(writer.save_state(ROOM, 1, state("two")).await, Ok(Saved::Local { version: 2 }));
+    assert!(matches!(writer.health(), Health::Degraded { .. }));
+    // The writer answers its own newer state; the local copy is
+    // compare-and-set too.
+    assert_eq!(writer.load_state(ROOM).await, Ok(Some((2, state("two")))));
+    assert_eq!(writer.save_state(ROOM, 1, state("stale")).await, Ok(Saved::Conflict { version: 2 }));
+    assert_eq!(writer.save_state(ROOM, 2, state("three")).await, Ok(Saved::Local { version: 3 }));
+    // A node holding nothing of its own cannot answer.
+    assert!(matches!(reader.load_state(ROOM).await, Err(SharedCacheError::Unavailable(_))));
+    assert!(t.elapsed() < Duration::from_secs(5), "never stuck on a dead redis");
+
+    // Redis restarts empty. Until the next save, this process still
+    // answers its newer local state.
+    let _server = Server::start(Some(port)).expect("redis-server restarts");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while writer.load_state(ROOM).await != Ok(Some((3, state("three")))) || writer.health() != Health::Up {
+        assert!(Instant::now() < deadline, "did not return to redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The next save is accepted above what Redis holds (nothing), and
+    // every node sees it.
+    assert_eq!(writer.save_state(ROOM, 3, state("four")).await, Ok(Saved::Stored { version: 4 }));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while reader.load_state(ROOM).await != Ok(Some((4, state("four")))) {
+        assert!(Instant::now() < deadline, "the reader did not return to redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(writer.load_state(ROOM).await, Ok(Some((4, state("four")))));
 }
