@@ -290,6 +290,42 @@ impl FencedGate {
         Ok(())
     }
 
+    /// Numbers a message of the room's own, as [`Gate::publish_system`]
+    /// (no rate limit, mute or level), behind the room's queue. Never
+    /// refused for the backlog: the change it announces has happened.
+    ///
+    /// # Errors
+    ///
+    /// [`GateError::UnknownRoom`] if the room is not open here, and the
+    /// refusals of [`Gate::publish_system`]; nothing was numbered.
+    pub fn publish_system(&mut self, now: Timestamp, message: Message) -> Result<(), GateError> {
+        self.check_open(message.room)?;
+        let env = self.gate.publish_system(now, message)?;
+        self.route(env);
+        Ok(())
+    }
+
+    /// Tells `uin` its sub-class again ([`Gate::subclass_signal`]), behind
+    /// the room's queue.
+    ///
+    /// # Errors
+    ///
+    /// [`GateError::UnknownRoom`] if the room is not open here.
+    pub fn announce_subclass(&mut self, now: Timestamp, room: RoomKey, uin: Uin) -> Result<(), GateError> {
+        self.check_open(room)?;
+        let env = self.gate.subclass_signal(now, room, uin)?;
+        self.route(env);
+        Ok(())
+    }
+
+    /// Whether nothing of `room` waits for the cache (no append or head
+    /// read in flight, nothing queued): it can be let go without losing a
+    /// numbered message.
+    pub fn is_idle(&self, room: RoomKey) -> bool {
+        !self.unanswered.contains_key(&room)
+            && self.rooms.get(&room).is_none_or(|r| r.in_flight.is_none() && r.queue.is_empty() && !r.reading)
+    }
+
     /// A member entered, as [`Gate::join`]; the signals for members moved
     /// to keep the balance go through the room's queue. Never refused for
     /// the backlog: the member is here, and its signals must follow.

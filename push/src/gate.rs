@@ -587,6 +587,36 @@ impl Gate {
             .collect()
     }
 
+    /// Numbers a message of the room's own (a signal the logic sends after a
+    /// request it already checked and charged: a card opened, a roster): its
+    /// target, size and kind are checked, but no rate limit, mute or level
+    /// applies, so a flood of requests cannot silence what the room says.
+    pub fn publish_system(&mut self, now: Timestamp, message: Message) -> Result<Envelope, GateError> {
+        let room = message.room;
+        if !self.rooms.contains_key(&room) {
+            return Err(GateError::UnknownRoom(room));
+        }
+        message.target.validate()?;
+        if message.payload.len() > self.config.max_payload {
+            return Err(GateError::PayloadTooLarge { size: message.payload.len(), max: self.config.max_payload });
+        }
+        if message.kind.is_reserved() {
+            return Err(GateError::ReservedKind(message.kind.0));
+        }
+        if message.class == Class::Reaction {
+            return Err(GateError::NotSequenced(message.class));
+        }
+        Ok(self.sequence_unchecked(now, message))
+    }
+
+    /// The signal telling `uin` (and every push node) its sub-class now (a
+    /// member a room's new owner placed afresh).
+    pub fn subclass_signal(&mut self, now: Timestamp, room: RoomKey, uin: Uin) -> Result<Envelope, GateError> {
+        let r = self.rooms.get(&room).ok_or(GateError::UnknownRoom(room))?;
+        let to = r.planner.subclass_of(uin);
+        Ok(self.subclass_signals(now, room, vec![(uin, to)]).remove(0))
+    }
+
     /// Checks a message and, if it passes, numbers it: the envelope to
     /// publish on the bus.
     pub fn publish(&mut self, now: Timestamp, mut message: Message) -> Result<Envelope, GateError> {

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use hashbrown::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use parking_lot::Mutex;
 use room_core::{ConnId, MemberKey, NodeId, Role, RoomKey, Terminal, Timestamp};
 use room_push::SendError;

@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use room_core::{BusinessId, ClusterView, ConnId, NodeChange, NodeId, NodeState, Role, RoomId, RoomKey, Terminal, Timestamp, Uin};
-use room_push::{Class, Envelope, FrameKind, InMemorySharedCache, LocalGlobalLimiter};
+use room_push::{Envelope, FrameKind, InMemorySharedCache, LocalGlobalLimiter};
 use room_service::peer::{CloseReason, PeerMsg};
 use room_service::transport::run_cache;
 use room_service::{Admission, CacheAnswer, CacheOp, ClientSink, Outbound, Output, RoomNode, RoomNodeConfig};
-use room_testkit::sim::{Addr, LinkConfig, Outbox, Sim, SimNode};
+use room_testkit::{Addr, LinkConfig, Outbox, Sim, SimNode};
 use serde_json::Value;
 
 const ROOM: RoomKey = RoomKey::new(BusinessId(1), RoomId(7));
@@ -393,13 +393,6 @@ impl ClientHost {
             _ => {}
         }
     }
-
-    fn move_to(&mut self, node: Addr, out: &mut Outbox<M>) {
-        self.node = node;
-        self.entered = false;
-        self.closed = None;
-        out.send(node, M::Connect { uin: self.uin, role: self.role });
-    }
 }
 
 impl SimNode<M> for ClientHost {
@@ -649,9 +642,13 @@ fn classroom(seed: u64, nodes: usize, kill: bool, bus: LinkConfig) -> Outcome {
     }
     class.run(Duration::from_millis(30));
     class.teacher_says(3);
+    let mut killed = None;
     if kill {
         let owner = class.owner();
+        let before = class.node(owner).map(|h| h.node.stats()).expect("the owner");
+        assert!(before.saves > 0, "seed {seed}: the owner saved the room before it died");
         class.kill(owner, Duration::from_millis(700));
+        killed = Some(owner);
     }
     class.teacher_says(5);
     for (i, &s) in students.iter().enumerate().skip(STUDENTS as usize / 2) {
@@ -663,6 +660,10 @@ fn classroom(seed: u64, nodes: usize, kill: bool, bus: LinkConfig) -> Outcome {
     class.run(Duration::from_secs(2));
     let owner = class.owner();
     let room = class.node(owner).expect("the owner is alive");
+    if let Some(dead) = killed {
+        assert_ne!(owner, dead, "seed {seed}: the room moved");
+        assert!(room.node.stats().restored >= 1, "seed {seed}: the new owner restored the room");
+    }
     let classroom = room.node.classroom(ROOM).expect("the owner runs the room");
     let mut out = Outcome {
         tally_answered: classroom.open_card_view().map_or(0, |c| c.answered),

@@ -259,7 +259,7 @@ impl RoomNode {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn access_entered(
         &mut self,
-        now: Timestamp,
+        _now: Timestamp,
         req: u64,
         conn: ConnId,
         subclass: Option<u16>,
@@ -300,6 +300,16 @@ impl RoomNode {
         if let Some(f) = self.forwards.remove(&req) {
             self.forward_deadlines.remove(f.deadline, req);
         }
+        if self.conns.get(&conn).is_some_and(|c| c.entering == Some(req)) {
+            // The room's owner refused the entry: nothing was entered.
+            let (code, message) = match reply {
+                Some(ActReply::Refused { code, message }) => (code, message),
+                _ => ("entry_refused".to_owned(), "the room refused the entry".to_owned()),
+            };
+            self.stats.refused_entries += 1;
+            self.reply(conn, ServerFrame::Error { code, message });
+            return self.close_conn(now, conn, CloseReason::Refused, true);
+        }
         let Some(reply) = reply else { return };
         let frame = match reply {
             ActReply::Answered { option } => ServerFrame::Answered { option },
@@ -321,10 +331,8 @@ impl RoomNode {
                 self.stats.refused_frames += 1;
                 ServerFrame::Error { code, message }
             }
-            _ => return,
         };
         self.reply(conn, frame);
-        let _ = now;
     }
 
     /// Queues a direct reply for a connection.
@@ -413,7 +421,6 @@ impl RoomNode {
                 };
                 Act::Members { limit: limit.clamp(1, 100), after }
             }
-            _ => return Err(FrameError::Malformed("this message is not served".into())),
         };
         self.charge(now, member, role)?;
         let room = member.room_key();
@@ -612,7 +619,7 @@ impl RoomNode {
             // Too much waits: give up the refill; clients get a resync.
             let parked = self.parked.remove(&room).map(|p| p.envelopes).unwrap_or_default();
             for e in parked {
-                let _ = self.push.handle_envelope(now, &e);
+                self.deliver_envelope(now, &e);
             }
         } else if let Some((after, upto)) = room_push::shared_cache::missing_before(self.push.reliable_head(room), &env)
         {
@@ -622,7 +629,58 @@ impl RoomNode {
             self.cache(now, CacheOp::Range { room, epoch, after, upto }, Purpose::Refill(room));
             return;
         }
-        let _ = self.push.handle_envelope(now, &env);
+        self.deliver_envelope(now, &env);
+    }
+
+    /// Hands an envelope to the push node, and watches the room's tail.
+    fn deliver_envelope(&mut self, now: Timestamp, env: &Envelope) {
+        if self.push.handle_envelope(now, env).is_ok() && env.seq > 0 {
+            let room = env.message.room;
+            let at = now.saturating_add(self.config.tail_check);
+            if let Some(old) = self.tail_checks.insert(room, at) {
+                self.tail_deadlines.remove(old, room);
+            }
+            self.tail_deadlines.insert(at, room);
+        }
+    }
+
+    pub(super) fn tails_timeout(&mut self, now: Timestamp) {
+        for room in self.tail_deadlines.due(now) {
+            self.tail_checks.remove(&room);
+            if self.room_refs.contains_key(&room) && !self.parked.contains_key(&room) {
+                self.cache(now, CacheOp::Head(room), Purpose::TailHead(room));
+            }
+        }
+    }
+
+    /// The shared cache's head of a room gone quiet: what the bus lost at
+    /// the end is refilled.
+    pub(super) fn tail_head_answered(
+        &mut self,
+        now: Timestamp,
+        room: RoomKey,
+        head: Result<Option<(u64, u64)>, room_push::SharedCacheError>,
+    ) {
+        let Ok(Some((epoch, upto))) = head else { return };
+        let Some((e, mine)) = self.push.reliable_head(room) else { return };
+        if e == epoch && mine > 0 && upto > mine && !self.parked.contains_key(&room) {
+            self.cache(now, CacheOp::Range { room, epoch, after: mine, upto }, Purpose::TailRefill(room));
+        }
+    }
+
+    pub(super) fn tail_refill_answered(
+        &mut self,
+        now: Timestamp,
+        room: RoomKey,
+        found: Result<Vec<Envelope>, room_push::SharedCacheError>,
+    ) {
+        for env in found.unwrap_or_default() {
+            if self.push.reliable_head(room).is_some_and(|(e, h)| e == env.epoch && env.seq == h + 1)
+                && self.push.handle_envelope(now, &env).is_ok()
+            {
+                self.stats.refilled += 1;
+            }
+        }
     }
 
     /// The shared cache's answer for a refill.
@@ -640,7 +698,7 @@ impl RoomNode {
             }
         }
         for env in parked.envelopes {
-            let _ = self.push.handle_envelope(now, &env);
+            self.deliver_envelope(now, &env);
         }
     }
 

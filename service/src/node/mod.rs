@@ -83,6 +83,11 @@ pub struct RoomNodeConfig {
     pub dedupe_tail: u64,
     /// A room with nobody in it is forgotten by its owner after this long.
     pub room_idle: Duration,
+    /// This long after a room's last reliable message reached this node,
+    /// the node asks the shared cache for the room's head once: a message
+    /// the bus lost at the end of a burst, with nothing after it to show
+    /// the gap, is refilled then.
+    pub tail_check: Duration,
 }
 
 impl RoomNodeConfig {
@@ -117,6 +122,7 @@ impl RoomNodeConfig {
             business_chat: quota(10_000, 2_000).unwrap_or(GateConfig::default().room_chat_quota),
             dedupe_tail: 1024,
             room_idle: Duration::from_secs(60),
+            tail_check: Duration::from_millis(500),
         }
     }
 }
@@ -415,6 +421,8 @@ pub struct RoomNode {
     parked: HashMap<RoomKey, access::Parked, ahash::RandomState>,
     forwards: HashMap<u64, access::Forward, ahash::RandomState>,
     forward_deadlines: Deadlines<u64>,
+    tail_checks: HashMap<RoomKey, Timestamp, ahash::RandomState>,
+    tail_deadlines: Deadlines<RoomKey>,
     senders: KeyedLimiter<MemberKey>,
     replies: VecDeque<(ConnId, Outbound)>,
     closes: VecDeque<(ConnId, CloseReason)>,
@@ -475,6 +483,8 @@ impl RoomNode {
             parked: HashMap::with_hasher(ahash::RandomState::new()),
             forwards: HashMap::with_hasher(ahash::RandomState::new()),
             forward_deadlines: Deadlines::default(),
+            tail_checks: HashMap::with_hasher(ahash::RandomState::new()),
+            tail_deadlines: Deadlines::default(),
             senders: KeyedLimiter::new(1 << 20),
             replies: VecDeque::new(),
             closes: VecDeque::new(),
@@ -577,6 +587,7 @@ impl RoomNode {
             self.replica.poll_timeout(),
             self.room_timers.first(),
             self.forward_deadlines.first(),
+            self.tail_deadlines.first(),
             self.waiting_deadlines.first(),
             self.parked.values().map(|p| p.deadline).min(),
         ]
@@ -594,6 +605,7 @@ impl RoomNode {
         self.forwards_timeout(now);
         self.waiting_timeout(now);
         self.parked_timeout(now);
+        self.tails_timeout(now);
         for room in self.room_timers.due(now) {
             self.room_timer(now, room);
         }
@@ -685,13 +697,15 @@ impl RoomNode {
                 owner::Purpose::FenceHead(_) | owner::Purpose::RestoreHead(_) | owner::Purpose::CheckHead { .. } => {
                     CacheAnswer::Head(Err(timed_out))
                 }
-                owner::Purpose::RestoreTail(_) | owner::Purpose::Refill(_) | owner::Purpose::CheckRange { .. } => {
-                    CacheAnswer::Range(Err(timed_out))
-                }
+                owner::Purpose::RestoreTail(_)
+                | owner::Purpose::Refill(_)
+                | owner::Purpose::TailRefill(_)
+                | owner::Purpose::CheckRange { .. } => CacheAnswer::Range(Err(timed_out)),
+                owner::Purpose::TailHead(_) => CacheAnswer::Head(Err(timed_out)),
                 owner::Purpose::RestoreState(_) => CacheAnswer::State(Err(timed_out)),
                 owner::Purpose::Save { .. } => CacheAnswer::Saved(Err(timed_out)),
                 owner::Purpose::Chat { .. } => {
-                    self.limit_answered(now, waiter, Err(LimiterError::Full { max: 0 }));
+                    self.limit_answered(now, waiter, Err(LimiterError::Full { max_keys: 0 }));
                     continue;
                 }
             };
@@ -747,7 +761,6 @@ impl RoomNode {
                 self.replica.handle_message(now, from, m);
                 self.drain_replica();
             }
-            _ => {}
         }
     }
 

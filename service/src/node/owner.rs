@@ -43,6 +43,8 @@ pub(super) enum Purpose {
     RestoreTail(RoomKey),
     Save { room: RoomKey },
     Refill(RoomKey),
+    TailHead(RoomKey),
+    TailRefill(RoomKey),
     CheckRange { conn: ConnId, epoch: u64, after: u64 },
     CheckHead { conn: ConnId, epoch: u64, after: u64 },
     Chat { from: NodeId, req: u64, conn: ConnId, message: Message },
@@ -373,7 +375,6 @@ impl RoomNode {
                 let (reaction, k) = match kind {
                     ReactKind::Flower => (Reaction::Flower, kinds::FLOWER),
                     ReactKind::Like => (Reaction::Like, kinds::LIKE),
-                    _ => return,
                 };
                 let checked = self.with_classroom(room, |c| c.check_react(actor, n));
                 if let Some(Err(e)) = checked {
@@ -497,7 +498,6 @@ impl RoomNode {
                 };
                 self.finish(room, Done { reply: Some(reply), ..done });
             }
-            _ => {}
         }
         self.reschedule(now, room);
     }
@@ -512,7 +512,6 @@ impl RoomNode {
                     let r = if op == HandOp::Invite { c.invite_hand(actor, who) } else { c.dismiss_hand(actor, who) };
                     r.map(|()| who)
                 }
-                _ => return Err(None),
             };
             target.map_err(Some).map(|t| (t, c.hands().take(50).map(|u| u.0).collect::<Vec<u64>>()))
         });
@@ -529,7 +528,7 @@ impl RoomNode {
             HandOp::Raise => "raise",
             HandOp::Lower => "lower",
             HandOp::Invite => "invite",
-            _ => "dismiss",
+            HandOp::Dismiss => "dismiss",
         };
         let payload = data::encode(&data::Hand { op: op_name, uin: target.0, queue: &queue });
         // Staff see the queue; the member whose hand it is sees the outcome.
@@ -792,6 +791,8 @@ impl RoomNode {
             }
             (Purpose::Save { room }, CacheAnswer::Saved(result)) => self.save_answered(now, room, result),
             (Purpose::Refill(room), CacheAnswer::Range(result)) => self.refill_answered(now, room, result),
+            (Purpose::TailHead(room), CacheAnswer::Head(result)) => self.tail_head_answered(now, room, result),
+            (Purpose::TailRefill(room), CacheAnswer::Range(result)) => self.tail_refill_answered(now, room, result),
             (Purpose::CheckRange { conn, epoch, after }, CacheAnswer::Range(result)) => {
                 self.check_range_answered(now, conn, epoch, after, result);
             }
@@ -805,9 +806,10 @@ impl RoomNode {
                     Purpose::Append { .. } => CacheAnswer::Appended(Err(unavailable())),
                     Purpose::Save { .. } => CacheAnswer::Saved(Err(unavailable())),
                     Purpose::RestoreState(_) => CacheAnswer::State(Err(unavailable())),
-                    Purpose::FenceHead(_) | Purpose::RestoreHead(_) | Purpose::CheckHead { .. } => {
-                        CacheAnswer::Head(Err(unavailable()))
-                    }
+                    Purpose::FenceHead(_)
+                    | Purpose::RestoreHead(_)
+                    | Purpose::CheckHead { .. }
+                    | Purpose::TailHead(_) => CacheAnswer::Head(Err(unavailable())),
                     _ => CacheAnswer::Range(Err(unavailable())),
                 };
                 if !matches!(waiter.purpose, Purpose::Chat { .. }) {
