@@ -240,6 +240,7 @@ struct ClientHost {
     next_ack: Timestamp,
     beating: bool,
     texts: BTreeSet<String>,
+    twice: u64,
     resets: u64,
     welcomes: u64,
     answered: Option<u8>,
@@ -266,6 +267,7 @@ impl ClientHost {
             next_ack: Timestamp::ZERO,
             beating: true,
             texts: BTreeSet::new(),
+            twice: 0,
             resets: 0,
             welcomes: 0,
             answered: None,
@@ -300,8 +302,10 @@ impl ClientHost {
     fn deliver(&mut self, body: &Value) {
         match body["kind"].as_u64() {
             Some(2) => {
-                if let Some(t) = body["data"]["text"].as_str() {
-                    self.texts.insert(t.to_owned());
+                if let Some(t) = body["data"]["text"].as_str()
+                    && !self.texts.insert(t.to_owned())
+                {
+                    self.twice += 1;
                 }
             }
             Some(6) if body["data"]["op"] == "open" => self.card = body["data"]["id"].as_u64(),
@@ -498,10 +502,17 @@ impl Class {
         for &(_, a) in &node_addrs {
             sim.send(a, a, M::View(ids.clone()));
         }
+        // The teacher is not on the room's owner: the failover scenario
+        // kills the owner, and what a teacher's own node dies with is the
+        // teacher's to say again.
+        let router = room_core::Router::with_nodes(room_core::RouterConfig::new(), ids.iter().map(|n| (*n, 100)))
+            .expect("a router");
+        let owner = router.route(&ROOM).expect("an owner");
+        let teacher_home = node_addrs.iter().find(|(n, _)| *n != owner || nodes == 1).expect("a node").1;
         let mut clients = Vec::new();
         for uin in std::iter::once(TEACHER).chain(100..100 + students) {
             let role = if uin == TEACHER { Role::Teacher } else { Role::Student };
-            let home = node_addrs[(uin as usize) % node_addrs.len()].1;
+            let home = if uin == TEACHER { teacher_home } else { node_addrs[(uin as usize) % node_addrs.len()].1 };
             let addr = sim.add_node(format!("client-{uin}"), ClientHost::new(uin, role, home));
             clients.push(addr);
         }
@@ -608,10 +619,15 @@ struct Outcome {
     answered: u32,
     tally_answered: u32,
     paid: u64,
+    packet_taken: u64,
+    packet_grabbed: u32,
+    told_grabbed: u32,
     paid_twice: usize,
     hands: Vec<u64>,
     muted: bool,
     missing: usize,
+    twice: u64,
+    packets: usize,
     resets: u64,
     false_exits: u64,
     listed: u32,
@@ -626,9 +642,9 @@ fn classroom(seed: u64, nodes: usize, kill: bool, bus: LinkConfig) -> Outcome {
     let teacher = class.teacher();
     let students = class.students();
     class.teacher_says(5);
-    class.client_mut(teacher).request(r#"{"t":"mute_all","on":true}"#.into());
-    class.client_mut(teacher).request(r#"{"t":"card_open","options":4,"correct":2}"#.into());
-    class.client_mut(teacher).request(r#"{"t":"packet_send","amount":1000,"count":20}"#.into());
+    class.client_mut(teacher).say(r#"{"t":"mute_all","on":true}"#.into());
+    class.client_mut(teacher).say(r#"{"t":"card_open","options":4,"correct":2}"#.into());
+    class.client_mut(teacher).say(r#"{"t":"packet_send","amount":1000,"count":20}"#.into());
     class.run(Duration::from_millis(300));
     // Three hands, in order; half the class answers and grabs.
     for (i, &s) in students.iter().take(3).enumerate() {
@@ -640,8 +656,17 @@ fn classroom(seed: u64, nodes: usize, kill: bool, bus: LinkConfig) -> Outcome {
         class.client_mut(s).request(format!(r#"{{"t":"card_answer","option":{}}}"#, i % 4));
         class.client_mut(s).request(format!(r#"{{"t":"packet_grab","id":{packet}}}"#));
     }
-    class.run(Duration::from_millis(30));
     class.teacher_says(3);
+    // The second half's requests go out; the owner dies a moment later,
+    // with some of them answered and some still on their way.
+    for (i, &s) in students.iter().enumerate().skip(STUDENTS as usize / 2) {
+        class.client_mut(s).request(format!(r#"{{"t":"card_answer","option":{}}}"#, i % 4));
+        class.client_mut(s).request(format!(r#"{{"t":"packet_grab","id":{packet}}}"#));
+    }
+    let text = format!("m{}", class.said.len() + 1);
+    class.said.push(text.clone());
+    class.client_mut(teacher).say(format!(r#"{{"t":"say","text":"{text}"}}"#));
+    class.run(Duration::from_micros(500 + seed * 997 % 20_000));
     let mut killed = None;
     if kill {
         let owner = class.owner();
@@ -651,9 +676,10 @@ fn classroom(seed: u64, nodes: usize, kill: bool, bus: LinkConfig) -> Outcome {
         killed = Some(owner);
     }
     class.teacher_says(5);
-    for (i, &s) in students.iter().enumerate().skip(STUDENTS as usize / 2) {
-        class.client_mut(s).request(format!(r#"{{"t":"card_answer","option":{}}}"#, i % 4));
-        class.client_mut(s).request(format!(r#"{{"t":"packet_grab","id":{packet}}}"#));
+    // Students who already have their share try again (a buggy client):
+    // never a second share.
+    for &s in students.iter().take(STUDENTS as usize / 2) {
+        class.client_mut(s).say(format!(r#"{{"t":"packet_grab","id":{packet}}}"#));
     }
     class.run(Duration::from_millis(800));
     class.teacher_says(5);
@@ -667,6 +693,9 @@ fn classroom(seed: u64, nodes: usize, kill: bool, bus: LinkConfig) -> Outcome {
     let classroom = room.node.classroom(ROOM).expect("the owner runs the room");
     let mut out = Outcome {
         tally_answered: classroom.open_card_view().map_or(0, |c| c.answered),
+        packet_taken: classroom.packet(packet).map_or(0, |p| p.taken),
+        packet_grabbed: classroom.packet(packet).map_or(0, |p| p.grabbed),
+        packets: classroom.packets().count(),
         hands: classroom.hands().map(|u| u.0).collect(),
         muted: room.node.room_muted(ROOM).unwrap_or(false),
         false_exits: class.timed_out(),
@@ -681,8 +710,10 @@ fn classroom(seed: u64, nodes: usize, kill: bool, bus: LinkConfig) -> Outcome {
         let distinct: BTreeSet<u64> = grabs.iter().copied().collect();
         out.paid_twice += usize::from(distinct.len() > 1);
         out.paid += distinct.iter().sum::<u64>();
+        out.told_grabbed += u32::from(!distinct.is_empty());
         out.missing += class.said.iter().filter(|t| !h.texts.contains(*t)).count();
         out.resets += h.resets;
+        out.twice += h.twice;
     }
     out
 }
@@ -690,10 +721,17 @@ fn classroom(seed: u64, nodes: usize, kill: bool, bus: LinkConfig) -> Outcome {
 fn check(seed: u64, o: &Outcome) {
     assert_eq!(o.tally_answered, o.answered, "seed {seed}: the tally counts every answer a student was told was taken: {o:?}");
     assert!(o.paid <= 1000, "seed {seed}: the packet paid out more than its total: {o:?}");
+    assert_eq!(
+        (o.packet_taken, o.packet_grabbed),
+        (o.paid, o.told_grabbed),
+        "seed {seed}: the packet holds every share a student was told it got: {o:?}"
+    );
     assert_eq!(o.paid_twice, 0, "seed {seed}: a student was paid twice: {o:?}");
     assert_eq!(o.hands, [100, 101, 102], "seed {seed}: the hands keep their order: {o:?}");
     assert!(o.muted, "seed {seed}: mute-all stays on: {o:?}");
     assert_eq!(o.missing, 0, "seed {seed}: every teacher message at every member: {o:?}");
+    assert_eq!(o.twice, 0, "seed {seed}: no teacher message was numbered twice: {o:?}");
+    assert_eq!(o.packets, 1, "seed {seed}: one packet sent, one packet held: {o:?}");
     assert_eq!(o.resets, 0, "seed {seed}: no client was reset: {o:?}");
     assert_eq!(o.false_exits, 0, "seed {seed}: nobody was taken out: {o:?}");
     assert_eq!(o.listed, o.members, "seed {seed}: the member list holds the class: {o:?}");
