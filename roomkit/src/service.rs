@@ -31,6 +31,7 @@
 //! ```
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -161,6 +162,9 @@ struct Inner {
     transports: Mutex<Option<Transports>>,
     outputs: mpsc::UnboundedSender<Output>,
     wake: Notify,
+    /// When the timer task will wake next (Unix micros): an input that
+    /// brings the node's next timeout earlier wakes it.
+    armed: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -199,10 +203,16 @@ impl RoomService {
             config.node.incarnation = now().as_micros();
         }
         let me = config.node.node;
-        let core = RoomNode::new(config.node.clone())?;
+        let mut core = RoomNode::new(config.node.clone())?;
         let bus_in = transports.bus.subscribe(me).await.map_err(|e| StartError::Transport(e.to_string()))?;
         let peers_in = transports.peers.inbox(me).await.map_err(|e| StartError::Transport(e.to_string()))?;
-        let views = transports.membership.views();
+        let mut views = transports.membership.views();
+        // A view already known (a cluster of one) is in force before the
+        // first connection.
+        let first = futures::FutureExt::now_or_never(views.next()).flatten();
+        if let Some(view) = &first {
+            core.set_view(now(), view);
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             keys: config.keys,
@@ -212,6 +222,7 @@ impl RoomService {
             transports: Mutex::new(Some(transports.clone())),
             outputs: tx,
             wake: Notify::new(),
+            armed: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
         });
         let service = RoomService { inner };
@@ -263,7 +274,9 @@ impl RoomService {
             let _ = self.inner.outputs.send(output);
         }
         core.flush(t, &mut *self.inner.writers.lock());
-        self.inner.wake.notify_one();
+        if core.poll_timeout().is_some_and(|at| at.as_micros() < self.inner.armed.load(Ordering::Relaxed)) {
+            self.inner.wake.notify_one();
+        }
     }
 
     /// Lets `ticket` into `room`: verified here, then admitted by the
@@ -413,6 +426,8 @@ impl RoomService {
             });
             // Writers drain on their own: look at blocked ones often.
             let wait = wait.min(Duration::from_millis(20));
+            let wake_at = now().as_micros().saturating_add(u64::try_from(wait.as_micros()).unwrap_or(u64::MAX));
+            self.inner.armed.store(wake_at, Ordering::Relaxed);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.inner.wake.notified() => {}

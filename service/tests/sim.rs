@@ -43,6 +43,11 @@ enum M {
     View(Vec<NodeId>),
 }
 
+/// A small routing table: a simulated cluster rebuilds it on every view.
+fn router_config() -> room_core::RouterConfig {
+    room_core::RouterConfig::new().with_slot_bits(12).expect("valid")
+}
+
 fn view_of(nodes: &[NodeId]) -> ClusterView {
     let mut view = ClusterView::new();
     for &node in nodes {
@@ -97,6 +102,7 @@ impl NodeHost {
         config.roster_interval = Duration::from_millis(200);
         config.forward_timeout = Duration::from_millis(100);
         config.save_interval = Duration::from_millis(20);
+        config.router = router_config();
         NodeHost {
             node: RoomNode::new(config).expect("valid config"),
             dir,
@@ -505,7 +511,7 @@ impl Class {
         // The teacher is not on the room's owner: the failover scenario
         // kills the owner, and what a teacher's own node dies with is the
         // teacher's to say again.
-        let router = room_core::Router::with_nodes(room_core::RouterConfig::new(), ids.iter().map(|n| (*n, 100)))
+        let router = room_core::Router::with_nodes(router_config(), ids.iter().map(|n| (*n, 100)))
             .expect("a router");
         let owner = router.route(&ROOM).expect("an owner");
         let teacher_home = node_addrs.iter().find(|(n, _)| *n != owner || nodes == 1).expect("a node").1;

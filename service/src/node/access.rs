@@ -107,6 +107,8 @@ pub(super) struct Conn {
     /// The entry request while the room's owner has not answered.
     pub(super) entering: Option<u64>,
     pub(super) hint: SessionHint,
+    /// When the client last sent anything.
+    pub(super) heard: Timestamp,
 }
 
 /// A request waiting for its room owner's answer.
@@ -161,7 +163,14 @@ impl RoomNode {
         let req = self.new_req();
         self.conns.insert(
             conn,
-            Conn { member, role: who.role, terminal: who.terminal, entering: Some(req), hint: SessionHint::NONE },
+            Conn {
+                member,
+                role: who.role,
+                terminal: who.terminal,
+                entering: Some(req),
+                hint: SessionHint::NONE,
+                heard: now,
+            },
         );
         self.add_room_ref(who.room);
         let msg = PeerMsg::Enter { req, member, role: who.role, terminal: who.terminal, conn };
@@ -342,9 +351,21 @@ impl RoomNode {
         }
     }
 
+    /// Whether a client still talks on `conn`: the connection is open here
+    /// and the client sent something within its heartbeat timeout. (A
+    /// socket open but silent is a client that froze; beats that arrived
+    /// here but were lost on the way to the session owner are not.)
+    pub(super) fn client_alive(&self, now: Timestamp, conn: ConnId) -> bool {
+        let timeout = self.config.heartbeat * self.config.misses.max(1);
+        self.conns.get(&conn).is_some_and(|c| now.saturating_sub(timeout) <= c.heard)
+    }
+
     /// One text frame from a client. Refusals are also sent to the client
     /// as an error frame.
     pub fn handle_text(&mut self, now: Timestamp, conn: ConnId, text: &str) -> Result<(), FrameError> {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.heard = now;
+        }
         let result = if text.len() > self.config.max_frame {
             Err(FrameError::TooLarge { size: text.len(), max: self.config.max_frame })
         } else {
@@ -375,7 +396,8 @@ impl RoomNode {
     }
 
     fn client_msg(&mut self, now: Timestamp, conn: ConnId, msg: ClientMsg) -> Result<(), FrameError> {
-        let c = self.conns.get(&conn).ok_or(FrameError::UnknownConnection)?;
+        let c = self.conns.get_mut(&conn).ok_or(FrameError::UnknownConnection)?;
+        c.heard = now;
         if c.entering.is_some() {
             return Err(FrameError::NotEntered);
         }

@@ -52,6 +52,9 @@ pub struct RoomNodeConfig {
     pub classroom: ClassroomConfig,
     /// Member-list replicas per room.
     pub replicas: usize,
+    /// How rooms and members are routed to nodes (the same on every node:
+    /// rooms' owners, heartbeat sessions and member-list replicas follow it).
+    pub router: RouterConfig,
     /// Live answer-card tallies and packet states are pushed at most this often.
     pub tally_interval: Duration,
     /// The member sidebar is pushed at most this often.
@@ -110,6 +113,7 @@ impl RoomNodeConfig {
             gate: GateConfig::default(),
             classroom: ClassroomConfig::default(),
             replicas: 3,
+            router: RouterConfig::new(),
             tally_interval: Duration::from_millis(500),
             roster_interval: Duration::from_secs(1),
             roster_list_max: 200,
@@ -464,12 +468,14 @@ impl RoomNode {
         tracker.max_timeout = tracker.tick * 16_000;
         let mut owner_config = OwnerConfig::default();
         owner_config.tracker = tracker;
+        owner_config.router = config.router;
         let sessions = SessionOwner::new(config.node, owner_config).map_err(|e| ConfigError(e.to_string()))?;
         let mut push_config = config.push.clone();
         push_config.conn_tag = tag;
         let push = PushNode::with_codecs(push_config, vec![std::sync::Arc::new(JsonCodec)]);
         let mut replica_config = ReplicaConfig::new(config.node);
         replica_config.replicas = config.replicas;
+        replica_config.router = config.router;
         let replica = Replica::new(replica_config);
         let gate = FencedGate::new(config.gate.clone());
         Ok(RoomNode {
@@ -622,7 +628,7 @@ impl RoomNode {
             // This node is joining or cut off: it decides nothing.
             return;
         }
-        let router = match Router::with_nodes(RouterConfig::new(), nodes.iter().copied()) {
+        let router = match Router::with_nodes(self.config.router, nodes.iter().copied()) {
             Ok(r) => r,
             Err(_) => return,
         };
@@ -752,7 +758,7 @@ impl RoomNode {
             }
             PeerMsg::Adopted { member, role, terminal } => self.owner_adopted(now, from, member, role, terminal),
             PeerMsg::Probe { id, conn } => {
-                let alive = self.conns.contains_key(&conn);
+                let alive = self.client_alive(now, conn);
                 self.send_peer(from, PeerMsg::ProbeAnswer { id, alive });
             }
             PeerMsg::ProbeAnswer { id, alive } => self.session_probe_answer(now, from, id, alive),

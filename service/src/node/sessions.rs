@@ -74,7 +74,7 @@ impl RoomNode {
                     if access == self.me || !self.in_view(access) {
                         // Known here: this node's own connection, or one on
                         // a node that has left the view (gone with it).
-                        let alive = access == self.me && self.conns.contains_key(&probe.suspect.conn);
+                        let alive = access == self.me && self.client_alive(now, probe.suspect.conn);
                         let answer = if alive { ProbeAnswer::Alive } else { ProbeAnswer::Gone };
                         let _ = self.sessions.handle_probe_answer(now, probe.id, answer);
                     } else {
