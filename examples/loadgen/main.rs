@@ -135,9 +135,8 @@ fn in_process(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     runtime.block_on(async {
         let keys = KeyRing::new("load", random_key())?;
         let mut config = ServiceConfig::new(keys.clone());
-        config.expected_learners = a.members;
-        let service = RoomService::new(config)?;
-        tokio::spawn(service.clone().run());
+        config.node.expected_learners = a.members;
+        let service = RoomService::start(config).await?;
         let room = RoomKey::new(DEMO_BID, RoomId(ROOM_ID));
         let tickets: Vec<String> = (0..a.members as u64)
             .map(|n| {
@@ -247,7 +246,7 @@ fn in_process(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 next_progress += Duration::from_secs(1);
                 let s = service.stats();
                 tracing::info!(
-                    members = s.members,
+                    sessions = s.sessions,
                     frames_sent = s.push.frames_sent,
                     chat_shed = s.push.chat_shed,
                     chat_refused,
@@ -268,7 +267,7 @@ fn in_process(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
             "push: {} frames sent, {} chat frames shed, {} chat lines sampled out, {} resyncs",
             s.push.frames_sent, s.push.chat_shed, s.push.chat_sampled_out, s.push.resyncs
         );
-        println!("publish to the last of {} queues (the sender's call, fan-out included):", a.members);
+        println!("the sender's call (parse, quota, forwarding to the room's owner; numbering and fan-out follow):");
         let mut publish_lat = Latencies { by_class: publish };
         publish_lat.report();
         println!("publish to the client reading it (chat includes its merge window):");
@@ -303,7 +302,7 @@ fn over_websockets(a: &Args, clients: usize) -> Result<(), Box<dyn std::error::E
             None => {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 let config = ClassroomConfig { expected_learners: clients, ..ClassroomConfig::default() };
-                let running = serve(listener, config)?;
+                let running = serve(listener, config).await?;
                 (vec![running.addr.to_string()], Some(running.keys))
             }
         };

@@ -81,7 +81,7 @@ async fn type_into(page: &Client, css: &str, text: &str) {
 #[ignore = "needs chromium and chromedriver"]
 async fn a_class_in_the_browser() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let running = serve(listener, ClassroomConfig::default()).expect("server starts");
+    let running = serve(listener, ClassroomConfig::default()).await.expect("server starts");
     let base = format!("http://{}", running.addr);
     let (_driver, driver_url) = start_chromedriver().await;
 

@@ -45,10 +45,11 @@ pub const FENCE_ATTEMPTS: u32 = 3;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FenceOutput {
-    /// Append the envelope to the shared cache
-    /// ([`SharedCache::append`](crate::SharedCache::append)), then give the
-    /// answer to [`FencedGate::handle_appended`]. Never publish it before.
-    Append(Envelope),
+    /// Append the envelopes, numbered in a row, to the shared cache as one
+    /// write ([`SharedCache::append_batch`](crate::SharedCache::append_batch)),
+    /// then give the answer to [`FencedGate::handle_appended`] with the
+    /// first one's number. Never publish them before.
+    Append(Vec<Envelope>),
     /// Publish the envelope on the bus: the cache took it (or could not
     /// fence it), or it is chat or a reaction.
     Publish(Envelope),
@@ -72,8 +73,9 @@ pub enum FenceOutput {
 struct FencedRoom {
     /// The lowest epoch a fresh sequence of this room may take.
     floor: u64,
-    /// Appended, its answer awaited (or refused, while `reading`).
-    in_flight: Option<Envelope>,
+    /// Appended as one write, its answer awaited (or refused, while
+    /// `reading`); empty when nothing is in flight.
+    in_flight: Vec<Envelope>,
     /// Numbered, waiting for the append in flight.
     queue: VecDeque<Envelope>,
     /// A head read is awaited: nothing is appended until it comes.
@@ -121,9 +123,9 @@ struct FencedRoom {
 /// let mut published = Vec::new();
 /// while let Some(out) = gate.poll_output() {
 ///     match out {
-///         FenceOutput::Append(env) => {
-///             let answer = cache.append_now(&env); // awaited, in a real host
-///             gate.handle_appended(now, room, env.epoch, env.seq, answer);
+///         FenceOutput::Append(batch) => {
+///             let answer = cache.append_batch_now(&batch); // awaited, in a real host
+///             gate.handle_appended(now, room, batch[0].epoch, batch[0].seq, answer);
 ///         }
 ///         FenceOutput::ReadHead(room) => gate.handle_head(now, room, Ok(cache.head_now(room))),
 ///         FenceOutput::Publish(env) => published.push(env), // on the bus
@@ -143,6 +145,7 @@ pub struct FencedGate {
     unanswered: HashMap<RoomKey, (u64, u64), ahash::RandomState>,
     out: VecDeque<FenceOutput>,
     max_queued: usize,
+    max_batch: usize,
     renumbered: u64,
 }
 
@@ -152,6 +155,11 @@ impl FencedGate {
     /// otherwise.
     pub const DEFAULT_MAX_QUEUED: usize = 256;
 
+    /// Numbered envelopes appended as one write at most, unless
+    /// [`with_max_batch`](Self::with_max_batch) says otherwise: a room's
+    /// burst costs one round trip to the cache per batch, not per message.
+    pub const DEFAULT_MAX_BATCH: usize = 64;
+
     /// A gate with `config`.
     pub fn new(config: GateConfig) -> Self {
         FencedGate {
@@ -160,8 +168,15 @@ impl FencedGate {
             unanswered: HashMap::with_hasher(ahash::RandomState::new()),
             out: VecDeque::new(),
             max_queued: Self::DEFAULT_MAX_QUEUED,
+            max_batch: Self::DEFAULT_MAX_BATCH,
             renumbered: 0,
         }
+    }
+
+    /// With at most `max` envelopes (at least one) appended as one write.
+    pub fn with_max_batch(mut self, max: usize) -> Self {
+        self.max_batch = max.max(1);
+        self
     }
 
     /// With at most `max` numbered envelopes waiting per room (at least
@@ -254,12 +269,12 @@ impl FencedGate {
         let _ = self.gate.close_room(room);
         let before = self.out.len();
         self.out.retain(|o| match o {
-            FenceOutput::Append(e) => e.message.room != room,
+            FenceOutput::Append(batch) => batch.first().is_none_or(|e| e.message.room != room),
             FenceOutput::ReadHead(r) => *r != room,
             _ => true,
         });
         let withdrawn = self.out.len() != before;
-        if let Some(e) = &r.in_flight
+        if let Some(e) = r.in_flight.first()
             && !r.reading
             && !withdrawn
         {
@@ -323,7 +338,7 @@ impl FencedGate {
     /// numbered message.
     pub fn is_idle(&self, room: RoomKey) -> bool {
         !self.unanswered.contains_key(&room)
-            && self.rooms.get(&room).is_none_or(|r| r.in_flight.is_none() && r.queue.is_empty() && !r.reading)
+            && self.rooms.get(&room).is_none_or(|r| r.in_flight.is_empty() && r.queue.is_empty() && !r.reading)
     }
 
     /// A member entered, as [`Gate::join`]; the signals for members moved
@@ -419,8 +434,8 @@ impl FencedGate {
         Ok(())
     }
 
-    /// The cache's answer to [`FenceOutput::Append`] of the envelope
-    /// numbered `(epoch, seq)` in `room`:
+    /// The cache's answer to [`FenceOutput::Append`] of the batch whose
+    /// first envelope is numbered `(epoch, seq)` in `room`:
     ///
     /// * stored, held locally, or an error (an unreachable cache cannot
     ///   fence: the gate numbers on its own): the envelope comes out as
@@ -448,7 +463,7 @@ impl FencedGate {
             return;
         }
         let Some(r) = self.rooms.get_mut(&room) else { return };
-        if r.reading || r.in_flight.as_ref().is_none_or(|e| (e.epoch, e.seq) != (epoch, seq)) {
+        if r.reading || r.in_flight.first().is_none_or(|e| (e.epoch, e.seq) != (epoch, seq)) {
             return;
         }
         match result {
@@ -464,7 +479,7 @@ impl FencedGate {
             }
             Ok(_) | Err(_) => {
                 r.refusals = 0;
-                if let Some(env) = r.in_flight.take() {
+                for env in std::mem::take(&mut r.in_flight) {
                     self.out.push_back(FenceOutput::Publish(env));
                 }
                 self.pump(room);
@@ -501,7 +516,7 @@ impl FencedGate {
         };
         r.reading = false;
         r.failed_reads = 0;
-        let mut waiting: VecDeque<Envelope> = r.in_flight.take().into_iter().chain(r.queue.drain(..)).collect();
+        let mut waiting: VecDeque<Envelope> = std::mem::take(&mut r.in_flight).into_iter().chain(r.queue.drain(..)).collect();
         let refused = waiting.front().map_or((0, 0), |e| (e.epoch, e.seq));
         let covered = head.filter(|&h| h >= refused);
         let continued = covered.is_some_and(|(epoch, seq)| self.gate.continue_at(room, epoch, seq).is_ok());
@@ -564,13 +579,12 @@ impl FencedGate {
             return;
         }
         let Some(r) = self.rooms.get_mut(&room) else { return };
-        if r.in_flight.is_some() || r.reading {
+        if !r.in_flight.is_empty() || r.reading || r.queue.is_empty() {
             return;
         }
-        if let Some(env) = r.queue.pop_front() {
-            r.in_flight = Some(env.clone());
-            self.out.push_back(FenceOutput::Append(env));
-        }
+        let n = r.queue.len().min(self.max_batch);
+        r.in_flight = r.queue.drain(..n).collect();
+        self.out.push_back(FenceOutput::Append(r.in_flight.clone()));
     }
 
     fn fence(&mut self, room: RoomKey) {

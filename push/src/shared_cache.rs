@@ -33,6 +33,10 @@ pub enum SharedCacheError {
     /// Only reliable envelopes (numbered, `seq > 0`) are cached.
     #[error("only reliable envelopes are cached (this one has seq 0)")]
     NotReliable,
+    /// A batch whose envelopes are not of one room and epoch, numbered in
+    /// a row.
+    #[error("a batch must hold one room's envelopes of one epoch, numbered in a row")]
+    BadBatch,
     /// `after` is beyond `upto` in a range request.
     #[error("empty range: after {after} is not below upto {upto}")]
     BadRange {
@@ -114,6 +118,13 @@ pub trait SharedCache: Send + Sync {
     /// is a no-op ([`Appended::Duplicate`]).
     async fn append(&self, envelope: &Envelope) -> Result<Appended, SharedCacheError>;
 
+    /// Stores reliable envelopes of one room and epoch, numbered in a row,
+    /// as one write: all of them if the first is above the room's newest
+    /// ([`Appended::Stored`]), none if it is not ([`Appended::Duplicate`]:
+    /// another writer took that number). A room owner's burst costs one
+    /// round trip, and the fence holds for the whole batch.
+    async fn append_batch(&self, envelopes: &[Envelope]) -> Result<Appended, SharedCacheError>;
+
     /// The room's envelopes of `epoch` numbered `after + 1 ..= upto`, in
     /// order: one contiguous run of what is still held. It may start late
     /// (the oldest were trimmed), end early, or be empty, but never skips
@@ -141,6 +152,21 @@ pub trait SharedCache: Send + Sync {
     /// [`SharedCacheError::BadState`] if the engine holds garbage for the
     /// room; nothing saved.
     async fn save_state(&self, room: RoomKey, after: u64, state: Bytes) -> Result<Saved, SharedCacheError>;
+}
+
+/// Checks a batch for [`SharedCache::append_batch`]: reliable envelopes of
+/// one room and epoch, numbered in a row.
+pub fn check_batch(envelopes: &[Envelope]) -> Result<(), SharedCacheError> {
+    let Some(first) = envelopes.first() else { return Ok(()) };
+    for (i, e) in envelopes.iter().enumerate() {
+        if e.seq == 0 {
+            return Err(SharedCacheError::NotReliable);
+        }
+        if e.message.room != first.message.room || e.epoch != first.epoch || e.seq != first.seq + i as u64 {
+            return Err(SharedCacheError::BadBatch);
+        }
+    }
+    Ok(())
 }
 
 /// Checks a range request.
@@ -276,6 +302,34 @@ impl InMemorySharedCache {
         Ok(Appended::Stored)
     }
 
+    /// [`SharedCache::append_batch`] without awaiting: the first envelope
+    /// decides for all, under one lock.
+    ///
+    /// # Errors
+    ///
+    /// [`SharedCacheError::NotReliable`] and [`SharedCacheError::BadBatch`]
+    /// for a batch that is not one room's envelopes numbered in a row.
+    pub fn append_batch_now(&self, envelopes: &[Envelope]) -> Result<Appended, SharedCacheError> {
+        check_batch(envelopes)?;
+        let Some(first) = envelopes.first() else { return Ok(Appended::Stored) };
+        let mut rooms = self.rooms.lock();
+        let log = rooms.touch(first.message.room, self.max_rooms);
+        if first.epoch < log.epoch
+            || (first.epoch == log.epoch && log.entries.back().is_some_and(|e| e.seq >= first.seq))
+        {
+            return Ok(Appended::Duplicate);
+        }
+        if first.epoch > log.epoch {
+            log.epoch = first.epoch;
+            log.entries.clear();
+        }
+        log.entries.extend(envelopes.iter().cloned());
+        while log.entries.len() > self.max_len {
+            log.entries.pop_front();
+        }
+        Ok(Appended::Stored)
+    }
+
     /// [`SharedCache::range`] without awaiting.
     ///
     /// # Errors
@@ -352,6 +406,10 @@ impl Default for InMemorySharedCache {
 impl SharedCache for InMemorySharedCache {
     async fn append(&self, envelope: &Envelope) -> Result<Appended, SharedCacheError> {
         self.append_now(envelope)
+    }
+
+    async fn append_batch(&self, envelopes: &[Envelope]) -> Result<Appended, SharedCacheError> {
+        self.append_batch_now(envelopes)
     }
 
     async fn range(&self, room: RoomKey, epoch: u64, after: u64, upto: u64) -> Result<Vec<Envelope>, SharedCacheError> {

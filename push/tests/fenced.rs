@@ -53,7 +53,7 @@ fn drain(g: &mut FencedGate) -> Out {
     let mut out = Out::default();
     while let Some(o) = g.poll_output() {
         match o {
-            FenceOutput::Append(e) => out.appends.push(e),
+            FenceOutput::Append(batch) => out.appends.extend(batch),
             FenceOutput::Publish(e) => out.published.push(e),
             FenceOutput::ReadHead(room) => {
                 assert_eq!(room, ROOM);
@@ -86,7 +86,7 @@ fn run(g: &mut FencedGate, cache: &InMemorySharedCache) -> Vec<Envelope> {
             return published;
         }
         for e in out.appends {
-            g.handle_appended(t0(), ROOM, e.epoch, e.seq, cache.append_now(&e));
+            g.handle_appended(t0(), ROOM, e.epoch, e.seq, cache.append_batch_now(std::slice::from_ref(&e)));
         }
         for _ in 0..out.reads {
             g.handle_head(t0(), ROOM, Ok(cache.head_now(ROOM)));
@@ -96,7 +96,7 @@ fn run(g: &mut FencedGate, cache: &InMemorySharedCache) -> Vec<Envelope> {
 
 #[test]
 fn a_room_opens_at_the_cache_head_or_in_a_fresh_epoch_from_the_floor() {
-    let mut g = FencedGate::new(config());
+    let mut g = FencedGate::new(config()).with_max_batch(1);
     assert_eq!(g.open(t0(), ROOM, Some((E, 10)), 0, 0), Ok(E));
     assert!(g.is_open(ROOM));
     g.publish(t0(), say("a")).expect("accepted");
@@ -106,21 +106,21 @@ fn a_room_opens_at_the_cache_head_or_in_a_fresh_epoch_from_the_floor() {
     assert_eq!(g.open(t0(), ROOM, Some((E + 9, 1)), 0, 0), Ok(E), "an open room keeps its sequence");
 
     // The floor is the push side's epoch plus one: its own epoch continues...
-    let mut g = FencedGate::new(config());
+    let mut g = FencedGate::new(config()).with_max_batch(1);
     assert_eq!(g.open(t0(), ROOM, Some((E, 10)), E + 1, 0), Ok(E));
     // ...an older one is not (push nodes would ignore it)...
-    let mut g = FencedGate::new(config());
+    let mut g = FencedGate::new(config()).with_max_batch(1);
     assert_eq!(g.open(t0(), ROOM, Some((E, 10)), E + 2, 0), Ok(E + 2));
     g.publish(t0(), say("a")).expect("accepted");
     assert_eq!(drain(&mut g).appends[0].seq, 1);
     // ...and with no head, a fresh epoch from the floor or the clock.
-    let mut g = FencedGate::new(config());
+    let mut g = FencedGate::new(config()).with_max_batch(1);
     assert_eq!(g.open(t0(), ROOM, None, E, 0), Ok(E));
-    let mut g = FencedGate::new(config());
+    let mut g = FencedGate::new(config()).with_max_batch(1);
     assert_eq!(g.open(t0(), ROOM, None, 0, 0), Ok(t0().as_micros()));
 
     // Garbage for a head is refused and opens nothing.
-    let mut g = FencedGate::new(config());
+    let mut g = FencedGate::new(config()).with_max_batch(1);
     assert_eq!(g.open(t0(), ROOM, Some((E, u64::MAX)), 0, 0), Err(GateError::BadHead { head: u64::MAX }));
     assert!(!g.is_open(ROOM));
     assert_eq!(g.publish(t0(), say("a")), Err(GateError::UnknownRoom(ROOM)));
@@ -133,7 +133,7 @@ fn a_room_opens_at_the_cache_head_or_in_a_fresh_epoch_from_the_floor() {
 
 #[test]
 fn chat_passes_at_once_and_numbers_go_to_the_cache_one_at_a_time() {
-    let mut g = FencedGate::new(config());
+    let mut g = FencedGate::new(config()).with_max_batch(1);
     g.open(t0(), ROOM, Some((E, 0)), 0, 0).expect("opens");
     for t in ["a", "b", "c"] {
         g.publish(t0(), say(t)).expect("accepted");
@@ -169,7 +169,7 @@ fn chat_passes_at_once_and_numbers_go_to_the_cache_one_at_a_time() {
 
 #[test]
 fn over_the_backlog_numbered_messages_are_refused_with_nothing_numbered() {
-    let mut g = FencedGate::new(config()).with_max_queued(2);
+    let mut g = FencedGate::new(config()).with_max_batch(1).with_max_queued(2);
     g.open(t0(), ROOM, Some((E, 0)), 0, 0).expect("opens");
     for t in ["a", "b", "c"] {
         g.publish(t0(), say(t)).expect("one in flight, two queued");
@@ -201,7 +201,7 @@ fn a_refused_number_is_renumbered_after_the_new_head_in_order() {
         e.message.origin = seq;
         cache.append_now(&e).expect("append");
     }
-    let mut g = FencedGate::new(config());
+    let mut g = FencedGate::new(config()).with_max_batch(1);
     g.open(t0(), ROOM, Some((E, 3)), 0, 0).expect("opens");
     for t in ["a", "b", "c"] {
         g.publish(t0(), say(t)).expect("accepted");
@@ -225,7 +225,7 @@ fn a_refused_number_is_renumbered_after_the_new_head_in_order() {
 
 #[test]
 fn a_head_that_lost_the_refused_number_starts_a_fresh_epoch() {
-    let mut g = FencedGate::new(config());
+    let mut g = FencedGate::new(config()).with_max_batch(1);
     g.open(t0(), ROOM, Some((E, 3)), E + 1, 0).expect("opens");
     g.publish(t0(), say("a")).expect("accepted");
     g.publish(t0(), say("b")).expect("accepted");
@@ -241,7 +241,7 @@ fn a_head_that_lost_the_refused_number_starts_a_fresh_epoch() {
     assert_eq!((out.appends[0].epoch, out.appends[0].seq), (renumbered.epoch, 2));
 
     // With no head at all, the same.
-    let mut g = FencedGate::new(config());
+    let mut g = FencedGate::new(config()).with_max_batch(1);
     g.open(t0(), ROOM, Some((E, 3)), 0, 0).expect("opens");
     g.publish(t0(), say("a")).expect("accepted");
     let first = drain(&mut g).appends.remove(0);
@@ -253,7 +253,7 @@ fn a_head_that_lost_the_refused_number_starts_a_fresh_epoch() {
 
 #[test]
 fn a_room_is_given_up_after_repeated_refusals_or_unreadable_heads() {
-    let mut g = FencedGate::new(config());
+    let mut g = FencedGate::new(config()).with_max_batch(1);
     g.open(t0(), ROOM, Some((E, 0)), 0, 0).expect("opens");
     g.publish(t0(), say("a")).expect("accepted");
     g.publish(t0(), say("b")).expect("accepted");
@@ -277,7 +277,7 @@ fn a_room_is_given_up_after_repeated_refusals_or_unreadable_heads() {
     assert_eq!(g.publish(t0(), say("c")), Err(GateError::UnknownRoom(ROOM)));
 
     // A head that cannot be read.
-    let mut g = FencedGate::new(config());
+    let mut g = FencedGate::new(config()).with_max_batch(1);
     g.open(t0(), ROOM, Some((E, 0)), 0, 0).expect("opens");
     g.publish(t0(), say("a")).expect("accepted");
     let first = drain(&mut g).appends.remove(0);
@@ -298,7 +298,7 @@ fn a_room_is_given_up_after_repeated_refusals_or_unreadable_heads() {
 #[test]
 fn refusals_count_in_a_row_only() {
     let cache = InMemorySharedCache::default();
-    let mut g = FencedGate::new(config());
+    let mut g = FencedGate::new(config()).with_max_batch(1);
     g.open(t0(), ROOM, Some((E, 0)), 0, 0).expect("opens");
     for round in 0..(FENCE_ATTEMPTS * 2) as u64 {
         // Another owner takes the next number each round; this gate is
@@ -315,7 +315,7 @@ fn refusals_count_in_a_row_only() {
 
 #[test]
 fn stale_answers_are_ignored() {
-    let mut g = FencedGate::new(config());
+    let mut g = FencedGate::new(config()).with_max_batch(1);
     g.open(t0(), ROOM, Some((E, 0)), 0, 0).expect("opens");
     g.publish(t0(), say("a")).expect("accepted");
     g.publish(t0(), say("b")).expect("accepted");
@@ -337,7 +337,7 @@ fn stale_answers_are_ignored() {
 
 #[test]
 fn a_released_room_returns_what_it_never_published_and_a_reopened_one_waits_for_its_last_answer() {
-    let mut g = FencedGate::new(config());
+    let mut g = FencedGate::new(config()).with_max_batch(1);
     g.open(t0(), ROOM, Some((E, 0)), 0, 0).expect("opens");
     for t in ["a", "b", "c"] {
         g.publish(t0(), say(t)).expect("accepted");
@@ -370,7 +370,7 @@ fn a_released_room_returns_what_it_never_published_and_a_reopened_one_waits_for_
 
 #[test]
 fn release_withdraws_requests_not_yet_polled() {
-    let mut g = FencedGate::new(config());
+    let mut g = FencedGate::new(config()).with_max_batch(1);
     g.open(t0(), ROOM, Some((E, 0)), 0, 0).expect("opens");
     g.publish(t0(), say("a")).expect("accepted");
     g.publish(t0(), chat("hi")).expect("accepted");
@@ -387,7 +387,7 @@ fn release_withdraws_requests_not_yet_polled() {
 #[test]
 fn membership_and_switch_signals_go_through_the_cache_too() {
     let cache = InMemorySharedCache::default();
-    let mut g = FencedGate::new(config());
+    let mut g = FencedGate::new(config()).with_max_batch(1);
     g.open(t0(), ROOM, Some((E, 0)), 0, 0).expect("opens");
     let placed: Vec<_> = (0..4).map(|n| g.join(t0(), ROOM, Uin(100 + n), Role::Student)).collect();
     assert_eq!(placed, [0, 0, 1, 1].map(|s| Ok(Some(SubclassId(s)))), "joins move nobody");
@@ -407,4 +407,50 @@ fn membership_and_switch_signals_go_through_the_cache_too() {
     assert_eq!(published.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(g.gate().muted_users(ROOM), Ok(vec![Uin(101)]));
     assert_eq!(g.gate_mut().sequence(ROOM), Ok((E, 3)));
+}
+
+#[test]
+fn a_burst_is_appended_in_batches_and_fenced_as_one() {
+    let cache = InMemorySharedCache::default();
+    let mut g = FencedGate::new(config()).with_max_batch(4).with_max_queued(64);
+    g.open(t0(), ROOM, None, 0, 0).expect("opens");
+    for i in 0..10 {
+        g.publish(t0(), Message::new(ROOM, Class::Signal, Kind(1), format!("b{i}"))).expect("numbered");
+    }
+    // One append in flight at first; then the queue goes in batches of 4.
+    let mut batches = Vec::new();
+    let mut published = Vec::new();
+    loop {
+        let mut appends = Vec::new();
+        while let Some(o) = g.poll_output() {
+            match o {
+                FenceOutput::Append(batch) => appends.push(batch),
+                FenceOutput::Publish(e) => published.push(e.seq),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        if appends.is_empty() {
+            break;
+        }
+        for batch in appends {
+            batches.push(batch.len());
+            let answer = cache.append_batch_now(&batch);
+            g.handle_appended(t0(), ROOM, batch[0].epoch, batch[0].seq, answer);
+        }
+    }
+    assert_eq!(batches, [1, 4, 4, 1]);
+    assert_eq!(published, (1..=10).collect::<Vec<u64>>());
+    // Another writer takes the next number: a whole batch is refused, and
+    // renumbered after the new head.
+    let head = cache.head_now(ROOM).expect("a head");
+    let mut theirs = Envelope { epoch: head.0, seq: head.1 + 1, accepted_at: t0(), message: Message::new(ROOM, Class::Signal, Kind(1), "theirs") };
+    cache.append_now(&theirs).expect("append");
+    for i in 0..3 {
+        g.publish(t0(), Message::new(ROOM, Class::Signal, Kind(1), format!("c{i}"))).expect("numbered");
+    }
+    let Some(FenceOutput::Append(batch)) = g.poll_output() else { panic!("an append") };
+    assert_eq!(cache.append_batch_now(&batch), Ok(Appended::Duplicate));
+    assert_eq!(cache.head_now(ROOM), Some((theirs.epoch, theirs.seq)), "nothing of the refused batch was stored");
+    theirs.seq += 1;
+    let _ = theirs;
 }

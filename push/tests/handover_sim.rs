@@ -43,7 +43,7 @@ fn id(env: &Envelope) -> String {
 enum CacheOp {
     /// The host reads the head to open the room.
     Open(usize),
-    Append(usize, Envelope),
+    Append(usize, Vec<Envelope>),
     ReadHead(usize),
 }
 
@@ -131,9 +131,9 @@ impl Sim {
                 }
                 g
             }
-            CacheOp::Append(g, env) => {
-                let result = self.cache.append_now(&env);
-                self.gates[g].handle_appended(now, ROOM, env.epoch, env.seq, result);
+            CacheOp::Append(g, batch) => {
+                let result = self.cache.append_batch_now(&batch);
+                self.gates[g].handle_appended(now, ROOM, batch[0].epoch, batch[0].seq, result);
                 g
             }
             CacheOp::ReadHead(g) => {

@@ -51,6 +51,9 @@ pub enum PeerMsg {
         muted: bool,
         /// Whether this member is muted.
         self_muted: bool,
+        /// What is open in the room now (JSON, `wire::data::State`), when
+        /// anything is: the client gets it right after its welcome.
+        state: Option<Bytes>,
     },
     /// Access -> room owner: something a member does in the room.
     Act {

@@ -187,7 +187,7 @@ impl Membership for FixedMembership {
 /// [`RoomNode::handle_cache`](crate::RoomNode::handle_cache).
 pub async fn run_cache(cache: &dyn SharedCache, op: CacheOp) -> CacheAnswer {
     match op {
-        CacheOp::Append(env) => CacheAnswer::Appended(cache.append(&env).await),
+        CacheOp::Append(batch) => CacheAnswer::Appended(cache.append_batch(&batch).await),
         CacheOp::Head(room) => CacheAnswer::Head(cache.head(room).await),
         CacheOp::Range { room, epoch, after, upto } => CacheAnswer::Range(cache.range(room, epoch, after, upto).await),
         CacheOp::LoadState(room) => CacheAnswer::State(cache.load_state(room).await),

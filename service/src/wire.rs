@@ -343,6 +343,19 @@ impl Serialize for RawFrames {
     }
 }
 
+/// A value already encoded as JSON, embedded as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawJson(pub Bytes);
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let text = std::str::from_utf8(&self.0).map_err(S::Error::custom)?;
+        let raw = serde_json::value::RawValue::from_string(text.to_owned()).map_err(S::Error::custom)?;
+        raw.serialize(s)
+    }
+}
+
 /// The first frame of a connection that entered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Welcome {
@@ -438,6 +451,13 @@ pub enum ServerFrame {
         e: u64,
         /// Where to continue from.
         head: u64,
+    },
+    /// What is open in the room (a card, packets, hands, mute-all), right
+    /// after the welcome of a member who came in after it opened.
+    State {
+        /// `{"hands","card","packets","muted","flowers","likes"}`, as in
+        /// the `state` signal (kind 10).
+        data: RawJson,
     },
     /// An answer card answer was taken.
     Answered {

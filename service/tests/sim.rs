@@ -383,6 +383,7 @@ impl ClientHost {
                 self.epoch = frame["e"].as_u64().unwrap_or(0);
                 self.contiguous = frame["head"].as_u64().unwrap_or(0);
             }
+            Some("state") => self.deliver(&serde_json::json!({ "kind": 10, "data": frame["data"] })),
             Some("answered") => {
                 self.answered = frame["option"].as_u64().map(|o| o as u8);
                 self.awaiting.retain(|r| !r.contains("card_answer"));

@@ -15,29 +15,41 @@ use room_push::{Appended, Envelope, InMemorySharedCache, Saved, SharedCache, Sha
 use crate::breaker::{Breaker, Health, connect, within};
 
 /// Appends entries in order. KEYS[1]: the room's stream, KEYS[2]: its
-/// state hash. ARGV: max length, max age (ms), then (id, envelope) pairs.
-/// An id at or below the stream's newest is a retry (or a late envelope of
-/// an older epoch) and is skipped. Returns {how many were added, whether
-/// the last one was}. Length and expiry are set in the same script, so no
-/// stream outlives its window; the room's state lives as long as its log.
+/// state hash. ARGV: max length, max age (ms), the number W of write-back
+/// entries, then (id, envelope) pairs: W written back (an id at or below
+/// the stream's newest is a retry, skipped), then a batch numbered in a
+/// row, whose first entry decides for all (at or below the newest: none is
+/// added, another writer took the number). Returns {how many were added,
+/// whether the batch was}. Length and expiry are set in the same script,
+/// so no stream outlives its window; the room's state lives as long as its
+/// log.
 const APPEND: &str = r"
 local t = redis.call('TIME')
 local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-local added, last = 0, 0
-for i = 3, #ARGV, 2 do
+local wb = tonumber(ARGV[3])
+local added, batch = 0, 0
+local pair = 0
+for i = 4, #ARGV, 2 do
   local r = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[i], 't', now, 'd', ARGV[i + 1])
-  if type(r) == 'table' and r.err then
-    if not string.find(r.err, 'equal or smaller', 1, true) then
-      return redis.error_reply(r.err)
-    end
-    last = 0
-  else
-    added, last = added + 1, 1
+  local refused = type(r) == 'table' and r.err
+  if refused and not string.find(r.err, 'equal or smaller', 1, true) then
+    return redis.error_reply(r.err)
   end
+  if pair >= wb then
+    if refused then
+      batch = 0
+      break
+    end
+    batch = 1
+  end
+  if not refused then
+    added = added + 1
+  end
+  pair = pair + 1
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return {added, last}
+return {added, batch}
 ";
 
 /// Envelopes with ids in [ARGV[1], ARGV[2]] no older than ARGV[3] ms, by
@@ -256,17 +268,22 @@ impl RedisCache {
         format!("{}{}:{}:state", self.config.prefix, room.bid.0, room.room.0)
     }
 
-    /// Writes `envelopes` (in order) to the room's stream; returns whether
-    /// the last one was new.
-    async fn remote_append(&self, room: RoomKey, envelopes: &[Envelope]) -> Result<bool, String> {
+    /// Writes back `held` (what the fallback kept, retries skipped), then
+    /// `batch` as one write to the room's stream; returns whether the batch
+    /// was taken.
+    async fn remote_append(&self, room: RoomKey, held: &[Envelope], batch: &[Envelope]) -> Result<bool, String> {
         let mut invocation = self.append.key(self.key(room));
-        invocation.key(self.state_key(room)).arg(self.config.max_len).arg(self.config.max_age.as_millis() as u64);
-        for e in envelopes {
+        invocation
+            .key(self.state_key(room))
+            .arg(self.config.max_len)
+            .arg(self.config.max_age.as_millis() as u64)
+            .arg(held.len());
+        for e in held.iter().chain(batch) {
             invocation.arg(entry_id(e.epoch, e.seq)).arg(e.encode().as_ref());
         }
         let mut conn = self.conn.clone();
-        let (_added, last): (u64, u64) = within(self.config.timeout, invocation.invoke_async(&mut conn)).await?;
-        Ok(last == 1)
+        let (_added, taken): (u64, u64) = within(self.config.timeout, invocation.invoke_async(&mut conn)).await?;
+        Ok(taken == 1)
     }
 
     async fn remote_range(&self, room: RoomKey, epoch: u64, after: u64, upto: u64) -> Result<Vec<Envelope>, String> {
@@ -374,32 +391,37 @@ impl SharedCache for RedisCache {
     /// while Redis was down. If Redis does not answer in time, the envelope
     /// is held locally ([`Appended::Local`]).
     async fn append(&self, envelope: &Envelope) -> Result<Appended, SharedCacheError> {
-        if envelope.seq == 0 {
-            return Err(SharedCacheError::NotReliable);
-        }
-        let room = envelope.message.room;
+        self.append_batch(std::slice::from_ref(envelope)).await
+    }
+
+    /// [`append`](Self::append) for a batch numbered in a row, as one
+    /// script: the first envelope decides for all.
+    async fn append_batch(&self, envelopes: &[Envelope]) -> Result<Appended, SharedCacheError> {
+        shared_cache::check_batch(envelopes)?;
+        let Some(first) = envelopes.first() else { return Ok(Appended::Stored) };
+        let room = first.message.room;
         if self.breaker.should_try() {
-            let mut batch = self.unsynced_of(room).await;
-            batch.retain(|e| (e.epoch, e.seq) < (envelope.epoch, envelope.seq));
-            let written_back = batch.len();
-            batch.push(envelope.clone());
-            match self.remote_append(room, &batch).await {
-                Ok(last_was_new) => {
+            let mut held = self.unsynced_of(room).await;
+            held.retain(|e| (e.epoch, e.seq) < (first.epoch, first.seq));
+            match self.remote_append(room, &held, envelopes).await {
+                Ok(taken) => {
                     self.breaker.succeeded();
-                    if written_back > 0 {
-                        tracing::info!(%room, written_back, "wrote back envelopes held while redis was down");
+                    if !held.is_empty() {
+                        tracing::info!(%room, written_back = held.len(), "wrote back envelopes held while redis was down");
                         self.unsynced.lock().remove(&room);
                     }
                     #[cfg(feature = "metrics")]
                     metrics::counter!("roomkit_redis_cache_appends_total").increment(1);
-                    return Ok(if last_was_new { Appended::Stored } else { Appended::Duplicate });
+                    return Ok(if taken { Appended::Stored } else { Appended::Duplicate });
                 }
                 Err(error) => self.breaker.failed(error),
             }
         }
         #[cfg(feature = "metrics")]
         metrics::counter!("roomkit_redis_cache_fallbacks_total").increment(1);
-        self.local.append_now(envelope)?;
+        // Held here until Redis is back (a retry of what is held already
+        // changes nothing): only this process writes the room meanwhile.
+        self.local.append_batch_now(envelopes)?;
         let crowded = {
             let mut unsynced = self.unsynced.lock();
             unsynced.insert(room);

@@ -111,6 +111,17 @@ pub(super) struct Conn {
     pub(super) heard: Timestamp,
 }
 
+/// What the room's owner said when it admitted a connection.
+#[derive(Debug)]
+pub(super) struct EnteredAt {
+    pub(super) subclass: Option<u16>,
+    pub(super) epoch: u64,
+    pub(super) head: u64,
+    pub(super) muted: bool,
+    pub(super) self_muted: bool,
+    pub(super) state: Option<bytes::Bytes>,
+}
+
 /// A request waiting for its room owner's answer.
 #[derive(Debug)]
 pub(super) struct Forward {
@@ -265,18 +276,8 @@ impl RoomNode {
     }
 
     /// The room's owner admitted a connection.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn access_entered(
-        &mut self,
-        _now: Timestamp,
-        req: u64,
-        conn: ConnId,
-        subclass: Option<u16>,
-        epoch: u64,
-        head: u64,
-        muted: bool,
-        self_muted: bool,
-    ) {
+    pub(super) fn access_entered(&mut self, _now: Timestamp, req: u64, conn: ConnId, at: EnteredAt) {
+        let EnteredAt { subclass, epoch, head, muted, self_muted, state } = at;
         if let Some(f) = self.forwards.remove(&req) {
             self.forward_deadlines.remove(f.deadline, req);
         }
@@ -301,6 +302,9 @@ impl RoomNode {
             node: self.me.0,
         };
         self.reply(conn, ServerFrame::Welcome(welcome));
+        if let Some(data) = state {
+            self.reply(conn, ServerFrame::State { data: crate::wire::RawJson(data) });
+        }
         let _ = self.push.set_writable(conn);
     }
 

@@ -212,8 +212,9 @@ pub trait ClientSink {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CacheOp {
-    /// Append a numbered envelope (the fence).
-    Append(Envelope),
+    /// Append numbered envelopes of one room, in a row, as one write (the
+    /// fence: the first decides for all).
+    Append(Vec<Envelope>),
     /// The room's newest `(epoch, seq)`.
     Head(RoomKey),
     /// The room's envelopes `after + 1 ..= upto` of `epoch`.
@@ -744,8 +745,9 @@ impl RoomNode {
                 self.owner_enter(now, from, req, member, role, terminal, conn)
             }
             PeerMsg::Act { req, member, role, conn, act } => self.owner_act(now, from, req, member, role, conn, act),
-            PeerMsg::Entered { req, conn, subclass, epoch, head, muted, self_muted } => {
-                self.access_entered(now, req, conn, subclass, epoch, head, muted, self_muted)
+            PeerMsg::Entered { req, conn, subclass, epoch, head, muted, self_muted, state } => {
+                let entered = access::EnteredAt { subclass, epoch, head, muted, self_muted, state };
+                self.access_entered(now, req, conn, entered)
             }
             PeerMsg::Done { req, conn, reply } => self.access_done(now, req, conn, reply),
             PeerMsg::NotOwner { req } => self.access_not_owner(now, req),

@@ -103,7 +103,16 @@ struct Restore {
     state: Option<Option<(u64, Bytes)>>,
     tail: Option<Vec<u64>>,
     queued: VecDeque<(NodeId, PeerMsg)>,
+    /// Reads that failed so far: each is asked again, up to
+    /// [`RESTORE_ATTEMPTS`] in all, before the room starts without it.
+    failures: u32,
 }
+
+/// How often a new owner asks the shared cache for a room before it gives
+/// up and opens the room without what it could not read (a fresh epoch,
+/// an empty classroom): a loaded cache should not reset a class, but a
+/// dead one must not keep it closed.
+const RESTORE_ATTEMPTS: u32 = 8;
 
 /// The room's state saved in the shared cache.
 #[derive(Debug, Serialize, Deserialize)]
@@ -302,22 +311,26 @@ impl RoomNode {
         r.roster_dirty = true;
         r.dirty = true;
         r.empty_since = None;
+        let (mute_all, open) = (r.mute_all, r.classroom.as_ref().is_some_and(has_open_state));
+        // What is open now, for a member who came in after it opened: part
+        // of the entry, not a message numbered in the room's sequence (a
+        // thousand members coming back after a failover would otherwise
+        // flood it).
+        let state = if open { self.state_data(now, room) } else { None };
         let entered = PeerMsg::Entered {
             req,
             conn,
             subclass: joined.map(|s| s.0),
             epoch,
             head,
-            muted: r.mute_all,
+            muted: mute_all,
             self_muted,
+            state,
         };
-        r.seen.insert(req, Some(entered.clone()));
-        let late = r.classroom.as_ref().is_some_and(has_open_state);
-        self.send_peer(from, entered);
-        if late {
-            // What is open now, for a member who came in after it opened.
-            self.publish_state(now, room, Target::user(member.uin));
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.seen.insert(req, Some(entered.clone()));
         }
+        self.send_peer(from, entered);
         self.reschedule(now, room);
     }
 
@@ -579,8 +592,15 @@ impl RoomNode {
     }
 
     fn publish_state(&mut self, now: Timestamp, room: RoomKey, target: Target) {
-        let Some(r) = self.rooms.get(&room) else { return };
-        let Some(c) = r.classroom.as_ref() else { return };
+        let Some(data) = self.state_data(now, room) else { return };
+        let message = Message::new(room, Class::Signal, kinds::STATE, data).to(target);
+        self.publish_system(now, message);
+    }
+
+    /// The room's interaction state as clients see it (`data::State`).
+    fn state_data(&self, now: Timestamp, room: RoomKey) -> Option<Bytes> {
+        let r = self.rooms.get(&room)?;
+        let c = r.classroom.as_ref()?;
         let hands: Vec<u64> = c.hands().take(50).map(|u| u.0).collect();
         let card_view = c.open_card_view();
         let card = card_view.as_ref().map(|v| data::Card::Open {
@@ -600,8 +620,7 @@ impl RoomNode {
             flowers: c.reaction_total(Reaction::Flower),
             likes: c.reaction_total(Reaction::Like),
         };
-        let message = Message::new(room, Class::Signal, kinds::STATE, data::encode(&state)).to(target);
-        self.publish_system(now, message);
+        Some(data::encode(&state))
     }
 
     /// A session ended (its session owner decided).
@@ -762,6 +781,12 @@ impl RoomNode {
                 self.gate.handle_appended(now, room, epoch, seq, result);
             }
             (Purpose::FenceHead(room), CacheAnswer::Head(result)) => self.gate.handle_head(now, room, result),
+            (Purpose::RestoreHead(room), CacheAnswer::Head(Err(_))) if self.retry_restore(room) => {
+                self.cache(now, CacheOp::Head(room), Purpose::RestoreHead(room));
+            }
+            (Purpose::RestoreState(room), CacheAnswer::State(Err(_))) if self.retry_restore(room) => {
+                self.cache(now, CacheOp::LoadState(room), Purpose::RestoreState(room));
+            }
             (Purpose::RestoreHead(room), CacheAnswer::Head(result)) => {
                 let head = result.ok().flatten();
                 let tail_from = head.filter(|(_, h)| *h > 0).map(|(e, h)| (e, h.saturating_sub(self.config.dedupe_tail), h));
@@ -820,6 +845,13 @@ impl RoomNode {
         self.drain_gate(now);
     }
 
+    /// Whether a failed read of a room being restored is asked again.
+    fn retry_restore(&mut self, room: RoomKey) -> bool {
+        let Some(restore) = self.rooms.get_mut(&room).and_then(|r| r.restore.as_mut()) else { return false };
+        restore.failures += 1;
+        restore.failures < RESTORE_ATTEMPTS
+    }
+
     /// The limiter answered for a chat line.
     pub(super) fn limit_answered(&mut self, now: Timestamp, waiter: Waiter, answer: Result<Decision, LimiterError>) {
         let Purpose::Chat { from, req, conn, message } = waiter.purpose else { return };
@@ -852,7 +884,7 @@ impl RoomNode {
             return;
         }
         let Some(restore) = self.rooms.get_mut(&room).and_then(|r| r.restore.take()) else { return };
-        let Restore { head, state, tail, queued } = restore;
+        let Restore { head, state, tail, queued, .. } = restore;
         let head = head.flatten();
         let state = state.flatten();
         let floor = self.push.reliable_head(room).map_or(0, |(e, _)| e.saturating_add(1));
@@ -928,9 +960,10 @@ impl RoomNode {
     pub(super) fn drain_gate(&mut self, now: Timestamp) {
         while let Some(output) = self.gate.poll_output() {
             match output {
-                FenceOutput::Append(env) => {
-                    let (room, epoch, seq) = (env.message.room, env.epoch, env.seq);
-                    self.cache(now, CacheOp::Append(env), Purpose::Append { room, epoch, seq });
+                FenceOutput::Append(batch) => {
+                    let Some(first) = batch.first() else { continue };
+                    let (room, epoch, seq) = (first.message.room, first.epoch, first.seq);
+                    self.cache(now, CacheOp::Append(batch), Purpose::Append { room, epoch, seq });
                 }
                 FenceOutput::Publish(env) => self.published(env),
                 FenceOutput::ReadHead(room) => self.cache(now, CacheOp::Head(room), Purpose::FenceHead(room)),
