@@ -105,9 +105,8 @@ impl ClusterNode {
         let mut limiter_config = RedisLimiterConfig::new(config.redis_url.clone());
         limiter_config.expected_nodes = 3;
         let limiter = Arc::new(RedisLimiter::new(limiter_config)?);
-        let incarnation = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
+        let incarnation =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
         let record = NodeRecord { node: me, weight: config.weight, addr: config.addr.clone(), incarnation };
         let registry = Registry::join(nats.clone(), config.registry.clone(), record)?;
         let transports = Transports {

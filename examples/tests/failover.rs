@@ -191,10 +191,8 @@ impl Client {
                     self.send(nodes, &text);
                 }
             }
-            Some("ack") => {
-                if f["r"] == "behind" && f["last"].as_u64().is_some_and(|l| l > self.contiguous) {
-                    self.check(nodes);
-                }
+            Some("ack") if f["r"] == "behind" && f["last"].as_u64().is_some_and(|l| l > self.contiguous) => {
+                self.check(nodes);
             }
             Some("recover") => {
                 self.checking = None;
@@ -422,10 +420,11 @@ async fn the_full_classroom_survives_a_node_kill_and_engine_restarts() {
     for r in &teacher_requests {
         class.clients[0].send(&class.nodes, r);
     }
-    class.until(Duration::from_secs(10), "the card and the packet reached everyone", |c| {
-        c.clients.iter().all(|c| c.card.is_some() && c.packet.is_some())
-    })
-    .await;
+    class
+        .until(Duration::from_secs(10), "the card and the packet reached everyone", |c| {
+            c.clients.iter().all(|c| c.card.is_some() && c.packet.is_some())
+        })
+        .await;
     let packet = class.clients[1].packet.expect("a packet");
     for uin in [2, 3, 4] {
         let c = &class.clients[uin - 1];
@@ -439,10 +438,11 @@ async fn the_full_classroom_survives_a_node_kill_and_engine_restarts() {
         c.request(&class.nodes, format!(r#"{{"t":"card_answer","option":{}}}"#, i % 4));
         c.request(&class.nodes, format!(r#"{{"t":"packet_grab","id":{packet}}}"#));
     }
-    class.until(Duration::from_secs(20), "the first half answered", |c| {
-        c.clients[1..half].iter().all(|c| c.awaiting.is_empty())
-    })
-    .await;
+    class
+        .until(Duration::from_secs(20), "the first half answered", |c| {
+            c.clients[1..half].iter().all(|c| c.awaiting.is_empty())
+        })
+        .await;
     class.run(Duration::from_millis(200)).await;
 
     // (a) The second half answers and grabs; the room's owner dies with
@@ -586,7 +586,13 @@ async fn the_full_classroom_survives_a_node_kill_and_engine_restarts() {
     if missing > 0 {
         let c = class.clients.iter().find(|c| all.difference(&c.texts).count() > 0).expect("a client");
         let gaps: Vec<&String> = all.difference(&c.texts).collect();
-        println!("client {} on node {} misses {gaps:?} (epoch {}, contiguous {})", c.uin, c.node + 1, c.epoch, c.contiguous);
+        println!(
+            "client {} on node {} misses {gaps:?} (epoch {}, contiguous {})",
+            c.uin,
+            c.node + 1,
+            c.epoch,
+            c.contiguous
+        );
         println!("the teacher was told: {:?}", class.clients[0].errors);
     }
     assert_eq!(missing, 0, "every teacher message reached every member");
@@ -677,10 +683,14 @@ async fn a_restarted_node_recovers_from_the_shared_cache() {
     // The card is open with its answer.
     let answered = nodes[0].service.inspect(|n| n.classroom(ROOM).and_then(|c| c.open_card_view()).map(|v| v.answered));
     assert_eq!(answered, Some(1), "the card came back with its answer");
-    println!("after a restart: 3 messages recovered from the shared cache, m6 continued epoch {epoch_before}, the card kept its answer");
+    println!(
+        "after a restart: 3 messages recovered from the shared cache, m6 continued epoch {epoch_before}, the card kept its answer"
+    );
     // A flood from one client is refused at its access node (burst 20).
     let refused = (0..100)
-        .filter(|i| nodes[0].service.handle_text(teacher.conn.id, &format!(r#"{{"t":"say","text":"flood {i}"}}"#)).is_err())
+        .filter(|i| {
+            nodes[0].service.handle_text(teacher.conn.id, &format!(r#"{{"t":"say","text":"flood {i}"}}"#)).is_err()
+        })
         .count();
     assert!(refused >= 70, "only {refused} of 100 refused");
 }

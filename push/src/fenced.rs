@@ -516,7 +516,8 @@ impl FencedGate {
         };
         r.reading = false;
         r.failed_reads = 0;
-        let mut waiting: VecDeque<Envelope> = std::mem::take(&mut r.in_flight).into_iter().chain(r.queue.drain(..)).collect();
+        let mut waiting: VecDeque<Envelope> =
+            std::mem::take(&mut r.in_flight).into_iter().chain(r.queue.drain(..)).collect();
         let refused = waiting.front().map_or((0, 0), |e| (e.epoch, e.seq));
         let covered = head.filter(|&h| h >= refused);
         let continued = covered.is_some_and(|(epoch, seq)| self.gate.continue_at(room, epoch, seq).is_ok());

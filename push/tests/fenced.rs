@@ -443,7 +443,12 @@ fn a_burst_is_appended_in_batches_and_fenced_as_one() {
     // Another writer takes the next number: a whole batch is refused, and
     // renumbered after the new head.
     let head = cache.head_now(ROOM).expect("a head");
-    let mut theirs = Envelope { epoch: head.0, seq: head.1 + 1, accepted_at: t0(), message: Message::new(ROOM, Class::Signal, Kind(1), "theirs") };
+    let mut theirs = Envelope {
+        epoch: head.0,
+        seq: head.1 + 1,
+        accepted_at: t0(),
+        message: Message::new(ROOM, Class::Signal, Kind(1), "theirs"),
+    };
     cache.append_now(&theirs).expect("append");
     for i in 0..3 {
         g.publish(t0(), Message::new(ROOM, Class::Signal, Kind(1), format!("c{i}"))).expect("numbered");

@@ -35,7 +35,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use std::collections::{HashMap, HashSet};
 use parking_lot::Mutex;
 use room_core::{ConnId, MemberKey, NodeId, Role, RoomKey, Terminal, Timestamp};
 use room_push::SendError;
@@ -43,6 +42,7 @@ pub use room_service::peer::CloseReason;
 use room_service::transport::{Transports, run_cache};
 pub use room_service::{Admission, FrameError, NodeStats, Outbound, RoomNodeConfig};
 use room_service::{ClientSink, Output, RoomNode};
+use std::collections::{HashMap, HashSet};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
@@ -300,7 +300,13 @@ impl RoomService {
         self.pump(&mut core, t);
         drop(core);
         count!("roomkit_entries_total");
-        Ok(Connection { id: conn, member: room.member(ticket.uin), role: ticket.role, terminal: ticket.terminal, outbound: rx })
+        Ok(Connection {
+            id: conn,
+            member: room.member(ticket.uin),
+            role: ticket.role,
+            terminal: ticket.terminal,
+            outbound: rx,
+        })
     }
 
     /// One text frame from the client. Refusals also reach the client as

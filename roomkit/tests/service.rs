@@ -299,11 +299,7 @@ async fn two_nodes_in_one_process_run_one_class() {
     use std::sync::Arc;
     let one = Transports::in_memory(NodeId(1));
     let membership = FixedMembership::new([NodeId(1), NodeId(2)]);
-    let transports = Transports {
-        peers: Arc::new(InMemoryPeers::default()),
-        membership: Arc::new(membership),
-        ..one
-    };
+    let transports = Transports { peers: Arc::new(InMemoryPeers::default()), membership: Arc::new(membership), ..one };
     let mut nodes = Vec::new();
     for n in 1..=2 {
         let mut config = ServiceConfig::new(keys());

@@ -636,7 +636,13 @@ impl Classroom {
             card: self.card.as_ref().map(|c| {
                 let mut answers: Vec<(Uin, u8)> = c.answered.iter().map(|(u, o)| (*u, *o)).collect();
                 answers.sort_unstable();
-                CardSnapshot { id: c.id, options: c.spec.options, correct: c.spec.correct, deadline: c.spec.deadline, answers }
+                CardSnapshot {
+                    id: c.id,
+                    options: c.spec.options,
+                    correct: c.spec.correct,
+                    deadline: c.spec.deadline,
+                    answers,
+                }
             }),
             results: self.results.iter().cloned().collect(),
             next_card: self.next_card,
@@ -652,7 +658,8 @@ impl Classroom {
     /// shares and grabs add up to its total.
     pub fn restore(config: ClassroomConfig, snapshot: ClassroomSnapshot) -> Result<Classroom, RestoreError> {
         let bad = RestoreError;
-        let ClassroomSnapshot { hands, reaction_totals, card, results, next_card, packets, next_packet, rng } = snapshot;
+        let ClassroomSnapshot { hands, reaction_totals, card, results, next_card, packets, next_packet, rng } =
+            snapshot;
         if hands.len() > config.max_hands {
             return Err(bad("more raised hands than the queue holds"));
         }

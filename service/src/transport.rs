@@ -90,13 +90,16 @@ impl Transports {
     }
 }
 
+/// A node's queue of `(sender, payload)`.
+type Inbox = mpsc::Sender<(NodeId, Bytes)>;
+
 /// Node-to-node messages between nodes of one process (tests, and a
 /// cluster simulated in one process): bounded queues, so a slow node slows
 /// its senders instead of growing a queue without bound.
 #[derive(Debug, Clone)]
 pub struct InMemoryPeers {
     capacity: usize,
-    inboxes: Arc<Mutex<BTreeMap<NodeId, mpsc::Sender<(NodeId, Bytes)>>>>,
+    inboxes: Arc<Mutex<BTreeMap<NodeId, Inbox>>>,
 }
 
 impl InMemoryPeers {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use room_core::{CustomRole, Role, Timestamp, Uin};
-use room_service::classroom::{Action, ActionError, Actor, CardSpec, Classroom, ClassroomConfig, Reaction, split_packet};
+use room_service::classroom::{
+    Action, ActionError, Actor, CardSpec, Classroom, ClassroomConfig, Reaction, split_packet,
+};
 
 fn role(n: u8) -> Role {
     [Role::Teacher, Role::Assistant, Role::Student, Role::Observer, Role::Custom(CustomRole::new(3).expect("ok"))]

@@ -7,7 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
-use room_core::{BusinessId, ClusterView, ConnId, NodeChange, NodeId, NodeState, Role, RoomId, RoomKey, Terminal, Timestamp, Uin};
+use room_core::{
+    BusinessId, ClusterView, ConnId, NodeChange, NodeId, NodeState, Role, RoomId, RoomKey, Terminal, Timestamp, Uin,
+};
 use room_push::{Envelope, FrameKind, InMemorySharedCache, LocalGlobalLimiter};
 use room_service::peer::{CloseReason, PeerMsg};
 use room_service::transport::run_cache;
@@ -328,7 +330,15 @@ impl ClientHost {
         }
     }
 
-    fn on_reliable(&mut self, now: Timestamp, epoch: u64, seq: u64, prev: u64, body: Option<&Value>, out: &mut Outbox<M>) {
+    fn on_reliable(
+        &mut self,
+        now: Timestamp,
+        epoch: u64,
+        seq: u64,
+        prev: u64,
+        body: Option<&Value>,
+        out: &mut Outbox<M>,
+    ) {
         if epoch != self.epoch || prev > self.contiguous {
             return self.check(now, out);
         }
@@ -361,10 +371,8 @@ impl ClientHost {
                 let again: Vec<String> = self.awaiting.clone();
                 self.queue.extend(again);
             }
-            Some("ack") => {
-                if frame["r"] == "behind" && frame["last"].as_u64().is_some_and(|l| l > self.contiguous) {
-                    self.check(now, out);
-                }
+            Some("ack") if frame["r"] == "behind" && frame["last"].as_u64().is_some_and(|l| l > self.contiguous) => {
+                self.check(now, out);
             }
             Some("recover") => {
                 self.checking = None;
@@ -512,8 +520,7 @@ impl Class {
         // The teacher is not on the room's owner: the failover scenario
         // kills the owner, and what a teacher's own node dies with is the
         // teacher's to say again.
-        let router = room_core::Router::with_nodes(router_config(), ids.iter().map(|n| (*n, 100)))
-            .expect("a router");
+        let router = room_core::Router::with_nodes(router_config(), ids.iter().map(|n| (*n, 100))).expect("a router");
         let owner = router.route(&ROOM).expect("an owner");
         let teacher_home = node_addrs.iter().find(|(n, _)| *n != owner || nodes == 1).expect("a node").1;
         let mut clients = Vec::new();
@@ -584,9 +591,9 @@ impl Class {
         let addr = self.nodes.iter().find(|(n, _)| *n == dead).expect("a node").1;
         self.sim.crash(addr);
         self.alive.remove(&dead);
-        let survivors: Vec<(NodeId, Addr)> = self.nodes.iter().filter(|(n, _)| self.alive.contains(n)).copied().collect();
-        let stranded: Vec<Addr> =
-            self.clients.iter().copied().filter(|c| self.client(*c).node == addr).collect();
+        let survivors: Vec<(NodeId, Addr)> =
+            self.nodes.iter().filter(|(n, _)| self.alive.contains(n)).copied().collect();
+        let stranded: Vec<Addr> = self.clients.iter().copied().filter(|c| self.client(*c).node == addr).collect();
         // Their sockets break; they come back a moment later elsewhere.
         self.run(Duration::from_millis(150));
         for (i, c) in stranded.into_iter().enumerate() {
@@ -726,7 +733,10 @@ fn classroom(seed: u64, nodes: usize, kill: bool, bus: LinkConfig) -> Outcome {
 }
 
 fn check(seed: u64, o: &Outcome) {
-    assert_eq!(o.tally_answered, o.answered, "seed {seed}: the tally counts every answer a student was told was taken: {o:?}");
+    assert_eq!(
+        o.tally_answered, o.answered,
+        "seed {seed}: the tally counts every answer a student was told was taken: {o:?}"
+    );
     assert!(o.paid <= 1000, "seed {seed}: the packet paid out more than its total: {o:?}");
     assert_eq!(
         (o.packet_taken, o.packet_grabbed),
@@ -745,7 +755,11 @@ fn check(seed: u64, o: &Outcome) {
 }
 
 fn lossy_bus() -> LinkConfig {
-    LinkConfig::LAN.with_loss(0.05).with_duplicate(0.05).with_reorder(0.05, Duration::from_millis(3)).with_jitter(Duration::from_millis(1))
+    LinkConfig::LAN
+        .with_loss(0.05)
+        .with_duplicate(0.05)
+        .with_reorder(0.05, Duration::from_millis(3))
+        .with_jitter(Duration::from_millis(1))
 }
 
 #[test]

@@ -42,9 +42,9 @@ mod registry;
 mod transport;
 
 pub use bus::NatsBus;
-pub use transport::NatsPeers;
 pub use mailbox::{Mailbox, MailboxError, replicate};
 pub use registry::{NodeRecord, Registry, RegistryConfig, RegistryError, ensure_bucket};
+pub use transport::NatsPeers;
 
 /// How to reach NATS.
 #[derive(Debug, Clone)]

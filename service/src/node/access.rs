@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use room_core::{ConnId, MemberKey, NodeId, Role, RoomKey, Terminal, Timestamp, Uin};
 use room_heartbeat::SessionHint;
 use room_push::{
-    CheckAnswer, Codec, ConnSpec, Connector, Decision, Envelope, Frame, FrameHeader, FrameKind, GateError,
-    NodeError, NodeEvent, RecoveredFrame, SendError, SubclassId,
+    CheckAnswer, Codec, ConnSpec, Connector, Decision, Envelope, Frame, FrameHeader, FrameKind, GateError, NodeError,
+    NodeEvent, RecoveredFrame, SendError, SubclassId,
 };
 
 use super::owner::Purpose;
@@ -470,9 +470,9 @@ impl RoomNode {
         let quota = if role.is_staff() { self.config.staff_quota } else { self.config.gate.user_quota };
         match self.senders.check(member, quota, now, 1) {
             Ok(Decision::Allowed) => Ok(()),
-            Ok(Decision::Limited { retry_after }) => {
-                Err(FrameError::RateLimited { retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX) })
-            }
+            Ok(Decision::Limited { retry_after }) => Err(FrameError::RateLimited {
+                retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+            }),
             // The limiter is full of other senders: refuse rather than grow.
             Ok(_) | Err(_) => Err(FrameError::RateLimited { retry_after_ms: 1_000 }),
         }
@@ -480,7 +480,14 @@ impl RoomNode {
 
     /// A check: this node's cache answers; what it does not hold comes
     /// from the shared cache; only what neither holds is a reset.
-    fn check(&mut self, now: Timestamp, conn: ConnId, member: MemberKey, epoch: u64, after: u64) -> Result<(), FrameError> {
+    fn check(
+        &mut self,
+        now: Timestamp,
+        conn: ConnId,
+        member: MemberKey,
+        epoch: u64,
+        after: u64,
+    ) -> Result<(), FrameError> {
         let room = member.room_key();
         match self.push.handle_check(now, conn, epoch, after) {
             Ok(CheckAnswer::Reset { .. }) | Err(NodeError::CheckFromFuture { .. }) => {}
@@ -522,7 +529,13 @@ impl RoomNode {
                     continue;
                 }
                 frames.push(RecoveredFrame {
-                    header: FrameHeader { kind: FrameKind::Message, class: env.message.class, epoch, seq: env.seq, prev },
+                    header: FrameHeader {
+                        kind: FrameKind::Message,
+                        class: env.message.class,
+                        epoch,
+                        seq: env.seq,
+                        prev,
+                    },
                     kind: env.message.kind,
                     body: JsonCodec.encode_message(env),
                 });
@@ -552,7 +565,9 @@ impl RoomNode {
         let Some(c) = self.conns.get(&conn) else { return };
         let room = c.member.room_key();
         let answer = match head {
-            Ok(Some((e, h))) if e == epoch && h == after => CheckAnswer::Messages { epoch, upto: after, frames: Vec::new() },
+            Ok(Some((e, h))) if e == epoch && h == after => {
+                CheckAnswer::Messages { epoch, upto: after, frames: Vec::new() }
+            }
             _ => {
                 let (e, h) = self.push.reliable_head(room).filter(|(e, _)| *e != 0).unwrap_or((epoch, after));
                 self.push.count_reset();

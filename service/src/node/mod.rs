@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hashbrown::HashMap;
-use room_core::{ClusterView, ConnId, MemberKey, NodeId, Role, RoomKey, Router, RouterConfig, Terminal, Timestamp, Uin};
+use room_core::{
+    ClusterView, ConnId, MemberKey, NodeId, Role, RoomKey, Router, RouterConfig, Terminal, Timestamp, Uin,
+};
 use room_heartbeat::{OwnerConfig, SessionOwner, Timing, TrackerConfig};
 use room_memberlist::{Replica, ReplicaConfig};
 use room_push::{

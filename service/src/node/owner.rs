@@ -362,8 +362,7 @@ impl RoomNode {
         let sender = Sender { uin: member.uin, role };
         match act {
             Act::Chat { text } => {
-                let message =
-                    Message::new(room, Class::Chat, kinds::CHAT, text_payload(&text)).from_sender(sender);
+                let message = Message::new(room, Class::Chat, kinds::CHAT, text_payload(&text)).from_sender(sender);
                 let id = self.next_id();
                 let deadline = now.saturating_add(self.config.cache_timeout);
                 self.waiting.insert(id, Waiter { purpose: Purpose::Chat { from, req, conn, message }, deadline });
@@ -444,19 +443,23 @@ impl RoomNode {
                 Some(Err(e)) => self.finish(room, Done { reply: Some(refused(&e)), ..done }),
                 None => {}
             },
-            Act::PacketSend { amount, count } => match self.with_classroom(room, |c| c.send_packet(actor, amount, count)) {
-                Some(Ok(id)) => {
-                    let data = data::encode(&data::Packet::Open { id, amount, count });
-                    let message = Message::new(room, Class::Signal, kinds::PACKET, data).with_origin(req);
-                    self.hold_effect(room, Effect::Publish { messages: vec![message], done: Some(done) });
+            Act::PacketSend { amount, count } => {
+                match self.with_classroom(room, |c| c.send_packet(actor, amount, count)) {
+                    Some(Ok(id)) => {
+                        let data = data::encode(&data::Packet::Open { id, amount, count });
+                        let message = Message::new(room, Class::Signal, kinds::PACKET, data).with_origin(req);
+                        self.hold_effect(room, Effect::Publish { messages: vec![message], done: Some(done) });
+                    }
+                    Some(Err(e)) => self.finish(room, Done { reply: Some(refused(&e)), ..done }),
+                    None => {}
                 }
-                Some(Err(e)) => self.finish(room, Done { reply: Some(refused(&e)), ..done }),
-                None => {}
-            },
+            }
             Act::PacketGrab { id } => {
                 let result = self.with_classroom(room, |c| match c.grab_packet(actor, id) {
                     // A retry of a grab already taken gets the same share.
-                    Err(ActionError::AlreadyGrabbed(_)) => c.grab_of(id, actor.uin).ok_or(ActionError::AlreadyGrabbed(id)),
+                    Err(ActionError::AlreadyGrabbed(_)) => {
+                        c.grab_of(id, actor.uin).ok_or(ActionError::AlreadyGrabbed(id))
+                    }
                     other => other,
                 });
                 match result {
@@ -495,7 +498,8 @@ impl RoomNode {
                 }
                 let _ = self.gate.mute_user(room, uin, on);
                 let data = data::encode(&data::Muted { on });
-                let message = Message::new(room, Class::Signal, kinds::MUTED, data).to(Target::user(uin)).with_origin(req);
+                let message =
+                    Message::new(room, Class::Signal, kinds::MUTED, data).to(Target::user(uin)).with_origin(req);
                 self.hold_effect(room, Effect::Publish { messages: vec![message], done: Some(done) });
             }
             Act::Members { limit, after } => {
@@ -532,7 +536,8 @@ impl RoomNode {
             Some(Ok(v)) => v,
             Some(Err(Some(e))) => return self.finish(room, Done { reply: Some(refused(&e)), ..done }),
             Some(Err(None)) => {
-                let reply = ActReply::Refused { code: "malformed".into(), message: "invite and dismiss need a uin".into() };
+                let reply =
+                    ActReply::Refused { code: "malformed".into(), message: "invite and dismiss need a uin".into() };
                 return self.finish(room, Done { reply: Some(reply), ..done });
             }
             None => return,
@@ -610,7 +615,13 @@ impl RoomNode {
         });
         let packets = c
             .packets()
-            .map(|(id, p)| data::Packet::State { id, total: p.total, count: p.count, grabbed: p.grabbed, taken: p.taken })
+            .map(|(id, p)| data::Packet::State {
+                id,
+                total: p.total,
+                count: p.count,
+                grabbed: p.grabbed,
+                taken: p.taken,
+            })
             .collect();
         let state = data::State {
             hands: &hands,
@@ -668,7 +679,14 @@ impl RoomNode {
 
     /// A session moved to a new session owner without an entry: heartbeat
     /// repair of the member list, and a place in the plan if it has none.
-    pub(super) fn owner_adopted(&mut self, now: Timestamp, from: NodeId, member: MemberKey, role: Role, terminal: Terminal) {
+    pub(super) fn owner_adopted(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        member: MemberKey,
+        role: Role,
+        terminal: Terminal,
+    ) {
         let room = member.room_key();
         if !self.owns(room) {
             if let Some(owner) = self.room_owner(room).filter(|o| *o != from) {
@@ -789,7 +807,8 @@ impl RoomNode {
             }
             (Purpose::RestoreHead(room), CacheAnswer::Head(result)) => {
                 let head = result.ok().flatten();
-                let tail_from = head.filter(|(_, h)| *h > 0).map(|(e, h)| (e, h.saturating_sub(self.config.dedupe_tail), h));
+                let tail_from =
+                    head.filter(|(_, h)| *h > 0).map(|(e, h)| (e, h.saturating_sub(self.config.dedupe_tail), h));
                 if let Some(restore) = self.rooms.get_mut(&room).and_then(|r| r.restore.as_mut()) {
                     restore.head = Some(head);
                     if tail_from.is_none() {
@@ -1109,7 +1128,8 @@ impl RoomNode {
             && let Some((id, tally)) = r.classroom.as_ref().and_then(Classroom::card_tally)
         {
             let data = data::encode(&data::Card::Tally { id, tally });
-            messages.push(Message::new(room, Class::Signal, kinds::CARD, data).to(Target::room().roles(RoleSet::staff())));
+            messages
+                .push(Message::new(room, Class::Signal, kinds::CARD, data).to(Target::room().roles(RoleSet::staff())));
         }
         for id in std::mem::take(&mut r.packets_dirty) {
             if let Some(p) = r.classroom.as_ref().and_then(|c| c.packet(id)) {

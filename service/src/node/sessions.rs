@@ -30,7 +30,14 @@ impl RoomNode {
         self.drain_sessions(now, None);
     }
 
-    pub(super) fn session_beat(&mut self, now: Timestamp, member: MemberKey, role: Role, terminal: Terminal, conn: ConnId) {
+    pub(super) fn session_beat(
+        &mut self,
+        now: Timestamp,
+        member: MemberKey,
+        role: Role,
+        terminal: Terminal,
+        conn: ConnId,
+    ) {
         let hint = self.conns.get(&conn).map_or(room_heartbeat::SessionHint::NONE, |c| c.hint);
         if let Ok(reply) = self.sessions.beat(now, member, terminal, conn, hint)
             && let Some(c) = self.conns.get_mut(&conn)
@@ -103,11 +110,9 @@ impl RoomNode {
                     let owner = self.room_owner(member.room_key()).unwrap_or(self.me);
                     self.send_peer(owner, PeerMsg::Adopted { member, role, terminal });
                 }
-                OwnerOutput::Replaced { previous, .. } => {
-                    if previous != ConnId::NONE {
-                        let access = Self::access_node_of(previous);
-                        self.send_peer(access, PeerMsg::Close { conn: previous, reason: CloseReason::Replaced });
-                    }
+                OwnerOutput::Replaced { previous, .. } if previous != ConnId::NONE => {
+                    let access = Self::access_node_of(previous);
+                    self.send_peer(access, PeerMsg::Close { conn: previous, reason: CloseReason::Replaced });
                 }
                 _ => {}
             }
