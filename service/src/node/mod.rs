@@ -742,6 +742,7 @@ impl RoomNode {
     }
 
     fn dispatch(&mut self, now: Timestamp, from: NodeId, msg: PeerMsg) {
+        let Some(msg) = self.owner_intake(now, from, msg) else { return };
         match msg {
             PeerMsg::Enter { req, member, role, terminal, conn } => {
                 self.owner_enter(now, from, req, member, role, terminal, conn)
@@ -757,10 +758,8 @@ impl RoomNode {
             PeerMsg::Hold { sessions } => self.session_hold(now, sessions),
             PeerMsg::Beat { member, role, terminal, conn } => self.session_beat(now, member, role, terminal, conn),
             PeerMsg::Leave { member, terminal, conn } => self.session_leave(now, member, terminal, conn),
-            PeerMsg::Ended { member, terminal, reason, last } => {
-                self.owner_ended(now, from, member, terminal, reason, last)
-            }
-            PeerMsg::Adopted { member, role, terminal } => self.owner_adopted(now, from, member, role, terminal),
+            PeerMsg::Ended { member, terminal, last, .. } => self.owner_ended(now, member, terminal, last),
+            PeerMsg::Adopted { member, role, terminal } => self.owner_adopted(now, member, role, terminal),
             PeerMsg::Probe { id, conn } => {
                 let alive = self.client_alive(now, conn);
                 self.send_peer(from, PeerMsg::ProbeAnswer { id, alive });

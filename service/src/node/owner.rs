@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use hashbrown::HashMap;
-use room_core::{ConnId, ExitReason, MemberKey, NodeId, Role, RoleSet, RoomKey, Terminal, Timestamp, Uin};
+use room_core::{ConnId, MemberKey, NodeId, Role, RoleSet, RoomKey, Terminal, Timestamp, Uin};
 use room_memberlist::{Cursor, MemberStore, PageQuery, PageStart, WriteOp};
 use room_push::{Class, Decision, Envelope, FenceOutput, LimiterError, Message, Sender, SharedCacheError, Target};
 use serde::{Deserialize, Serialize};
@@ -222,18 +222,50 @@ impl RoomNode {
         self.cache(now, CacheOp::Head(room), Purpose::RestoreHead(room));
     }
 
-    /// Holds `msg` while `room` is restored; true if it was held (or
-    /// refused because too much waits).
-    fn hold_while_restoring(&mut self, from: NodeId, room: RoomKey, msg: PeerMsg) -> Option<PeerMsg> {
-        let max = self.config.max_queued_per_room;
-        let Some(restore) = self.rooms.get_mut(&room).and_then(|r| r.restore.as_mut()) else { return Some(msg) };
-        if restore.queued.len() < max {
-            restore.queued.push_back((from, msg));
-        } else if let PeerMsg::Act { req, conn, .. } | PeerMsg::Enter { req, conn, .. } = msg {
-            let reply = ActReply::Refused { code: "busy".into(), message: "the room is being restored".into() };
-            self.send_peer(from, PeerMsg::Done { req, conn, reply: Some(reply) });
+    /// Where every message for a room's owner comes in. A message for a
+    /// room this node does not own is answered "not the owner" (a request)
+    /// or passed on once to the owner this node sees (a session's news,
+    /// never back to its sender); a room just becoming this node's is
+    /// restored first, its messages held (bounded) meanwhile; a retried
+    /// request is answered as before. Returns the message if it is to be
+    /// handled now.
+    pub(super) fn owner_intake(&mut self, now: Timestamp, from: NodeId, msg: PeerMsg) -> Option<PeerMsg> {
+        let (room, request) = match &msg {
+            PeerMsg::Enter { req, member, conn, .. } | PeerMsg::Act { req, member, conn, .. } => {
+                (member.room_key(), Some((*req, *conn)))
+            }
+            PeerMsg::Ended { member, .. } | PeerMsg::Adopted { member, .. } => (member.room_key(), None),
+            _ => return Some(msg),
+        };
+        if !self.owns(room) {
+            match request {
+                Some((req, _)) => self.send_peer(from, PeerMsg::NotOwner { req }),
+                // Views differ for a moment: pass it on once, never back.
+                None => {
+                    if let Some(owner) = self.room_owner(room).filter(|o| *o != from && *o != self.me) {
+                        self.send_peer(owner, msg);
+                    }
+                }
+            }
+            return None;
         }
-        None
+        self.ensure_room(now, room);
+        let max = self.config.max_queued_per_room;
+        if let Some(restore) = self.rooms.get_mut(&room).and_then(|r| r.restore.as_mut()) {
+            if restore.queued.len() < max {
+                restore.queued.push_back((from, msg));
+            } else if let Some((req, conn)) = request {
+                let reply = ActReply::Refused { code: "busy".into(), message: "the room is being restored".into() };
+                self.send_peer(from, PeerMsg::Done { req, conn, reply: Some(reply) });
+            }
+            return None;
+        }
+        if let Some((req, conn)) = request
+            && self.answer_seen(from, room, req, conn)
+        {
+            return None;
+        }
+        Some(msg)
     }
 
     /// Answers a retried request from what it was answered before.
@@ -263,18 +295,6 @@ impl RoomNode {
         conn: ConnId,
     ) {
         let room = member.room_key();
-        if !self.owns(room) {
-            return self.send_peer(from, PeerMsg::NotOwner { req });
-        }
-        self.ensure_room(now, room);
-        let Some(msg) = self.hold_while_restoring(from, room, PeerMsg::Enter { req, member, role, terminal, conn })
-        else {
-            return;
-        };
-        drop(msg);
-        if self.answer_seen(from, room, req, conn) {
-            return;
-        }
         let refuse = |node: &mut RoomNode, message: String| {
             node.stats.refused_entries += 1;
             let reply = ActReply::Refused { code: "entry_refused".into(), message };
@@ -346,17 +366,6 @@ impl RoomNode {
         act: Act,
     ) {
         let room = member.room_key();
-        if !self.owns(room) {
-            return self.send_peer(from, PeerMsg::NotOwner { req });
-        }
-        self.ensure_room(now, room);
-        let Some(msg) = self.hold_while_restoring(from, room, PeerMsg::Act { req, member, role, conn, act }) else {
-            return;
-        };
-        let PeerMsg::Act { act, .. } = msg else { return };
-        if self.answer_seen(from, room, req, conn) {
-            return;
-        }
         let done = Done { to: from, req, conn, reply: None };
         let actor = Actor { uin: member.uin, role };
         let sender = Sender { uin: member.uin, role };
@@ -635,27 +644,8 @@ impl RoomNode {
     }
 
     /// A session ended (its session owner decided).
-    pub(super) fn owner_ended(
-        &mut self,
-        now: Timestamp,
-        from: NodeId,
-        member: MemberKey,
-        terminal: Terminal,
-        reason: ExitReason,
-        last: bool,
-    ) {
+    pub(super) fn owner_ended(&mut self, now: Timestamp, member: MemberKey, terminal: Terminal, last: bool) {
         let room = member.room_key();
-        if !self.owns(room) {
-            // Views differ for a moment: pass it on once, never back.
-            if let Some(owner) = self.room_owner(room).filter(|o| *o != from) {
-                self.send_peer(owner, PeerMsg::Ended { member, terminal, reason, last });
-            }
-            return;
-        }
-        self.ensure_room(now, room);
-        let Some(_) = self.hold_while_restoring(from, room, PeerMsg::Ended { member, terminal, reason, last }) else {
-            return;
-        };
         let exit = WriteOp::Exit { uin: member.uin, terminal };
         let _ = self.replica.apply(now, room, std::slice::from_ref(&exit));
         self.drain_replica();
@@ -679,25 +669,8 @@ impl RoomNode {
 
     /// A session moved to a new session owner without an entry: heartbeat
     /// repair of the member list, and a place in the plan if it has none.
-    pub(super) fn owner_adopted(
-        &mut self,
-        now: Timestamp,
-        from: NodeId,
-        member: MemberKey,
-        role: Role,
-        terminal: Terminal,
-    ) {
+    pub(super) fn owner_adopted(&mut self, now: Timestamp, member: MemberKey, role: Role, terminal: Terminal) {
         let room = member.room_key();
-        if !self.owns(room) {
-            if let Some(owner) = self.room_owner(room).filter(|o| *o != from) {
-                self.send_peer(owner, PeerMsg::Adopted { member, role, terminal });
-            }
-            return;
-        }
-        self.ensure_room(now, room);
-        let Some(_) = self.hold_while_restoring(from, room, PeerMsg::Adopted { member, role, terminal }) else {
-            return;
-        };
         let assert = WriteOp::Assert { uin: member.uin, role, terminal };
         let _ = self.replica.apply(now, room, std::slice::from_ref(&assert));
         self.drain_replica();
