@@ -167,8 +167,9 @@ async fn run_cluster(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     loop {
         let mut whole = 0;
         for &p in &ports {
+            let whole_view = serde_json::json!((1..=a.nodes).collect::<Vec<u64>>());
             if let Some(h) = healthz(p).await
-                && h.contains(&format!("\"view\":{:?}", (1..=a.nodes).collect::<Vec<_>>()))
+                && serde_json::from_str::<serde_json::Value>(&h).is_ok_and(|v| v["view"] == whole_view)
             {
                 whole += 1;
             }
