@@ -84,6 +84,12 @@ pub enum PeerMsg {
         /// The request.
         req: u64,
     },
+    /// Room owner -> access: the room cannot take the request now (it is
+    /// being restored and holds as many as it may); send it again soon.
+    Busy {
+        /// The request.
+        req: u64,
+    },
     /// Room owner -> session owner: a member's session starts (the room
     /// owner admitted it).
     Join {

@@ -263,9 +263,9 @@ impl RoomNode {
         }
     }
 
-    /// The owner does not own the room in its view: ask again soon (the
-    /// views are converging).
-    pub(super) fn access_not_owner(&mut self, now: Timestamp, req: u64) {
+    /// The owner does not own the room in its view (the views are
+    /// converging), or cannot take the request yet: ask again soon.
+    pub(super) fn access_retry_soon(&mut self, now: Timestamp, req: u64) {
         if let Some(f) = self.forwards.get_mut(&req) {
             self.forward_deadlines.remove(f.deadline, req);
             // A short wait, so two nodes with different views do not bounce

@@ -123,7 +123,7 @@ impl RoomNodeConfig {
             forward_timeout: Duration::from_millis(300),
             forward_attempts: 30,
             cache_timeout: Duration::from_millis(500),
-            max_queued_per_room: 4096,
+            max_queued_per_room: 16_384,
             staff_quota: quota(20, 20).unwrap_or(GateConfig::default().user_quota),
             business_chat: quota(10_000, 2_000).unwrap_or(GateConfig::default().room_chat_quota),
             dedupe_tail: 1024,
@@ -753,7 +753,7 @@ impl RoomNode {
                 self.access_entered(now, req, conn, entered)
             }
             PeerMsg::Done { req, conn, reply } => self.access_done(now, req, conn, reply),
-            PeerMsg::NotOwner { req } => self.access_not_owner(now, req),
+            PeerMsg::NotOwner { req } | PeerMsg::Busy { req } => self.access_retry_soon(now, req),
             PeerMsg::Join { member, terminal, conn } => self.session_join(now, member, terminal, conn),
             PeerMsg::Hold { sessions } => self.session_hold(now, sessions),
             PeerMsg::Beat { member, role, terminal, conn } => self.session_beat(now, member, role, terminal, conn),

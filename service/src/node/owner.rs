@@ -254,9 +254,10 @@ impl RoomNode {
         if let Some(restore) = self.rooms.get_mut(&room).and_then(|r| r.restore.as_mut()) {
             if restore.queued.len() < max {
                 restore.queued.push_back((from, msg));
-            } else if let Some((req, conn)) = request {
-                let reply = ActReply::Refused { code: "busy".into(), message: "the room is being restored".into() };
-                self.send_peer(from, PeerMsg::Done { req, conn, reply: Some(reply) });
+            } else if let Some((req, _)) = request {
+                // Its access node sends it again soon (a join storm into a
+                // room being restored waits rather than fails).
+                self.send_peer(from, PeerMsg::Busy { req });
             }
             return None;
         }
