@@ -882,7 +882,7 @@ impl RoomNode {
         let state = state.flatten();
         let floor = self.push.reliable_head(room).map_or(0, |(e, _)| e.saturating_add(1));
         if let Err(e) = self.gate.open(now, room, head, floor, self.config.expected_learners) {
-            super::tracing_warn(&format!("room {room} not opened: {e}"));
+            warn!(%room, error = %e, "room not opened");
             self.rooms.remove(&room);
             for (from, msg) in queued {
                 if let PeerMsg::Act { req, conn, .. } | PeerMsg::Enter { req, conn, .. } = msg {
@@ -917,7 +917,8 @@ impl RoomNode {
         plan.extend(listed.iter().filter(|(u, _)| !placed.contains(u)).map(|(u, r)| (*u, *r, None)));
         let muted_list: Vec<Uin> = muted.iter().copied().collect();
         if let Err(e) = self.gate.restore_members(now, room, &plan, mute_all, &muted_list) {
-            super::tracing_warn(&format!("room {room}: sub-class plan not restored: {e}"));
+            warn!(%room, error = %e, "sub-class plan not restored");
+            let _ = e;
         }
         let open = has_open_state(&classroom) || mute_all;
         let Some(r) = self.rooms.get_mut(&room) else { return };

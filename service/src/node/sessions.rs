@@ -12,7 +12,8 @@ impl RoomNode {
     /// The room's owner admitted a member: its session starts here.
     pub(super) fn session_join(&mut self, now: Timestamp, member: MemberKey, terminal: Terminal, conn: ConnId) {
         if let Err(e) = self.sessions.join(now, member, terminal, conn) {
-            super::tracing_warn(&format!("session of {member} not started: {e}"));
+            warn!(%member, error = %e, "session not started");
+            let _ = e;
         }
         self.drain_sessions(now, None);
     }
