@@ -132,7 +132,7 @@ pub struct RedisCacheConfig {
 
 impl RedisCacheConfig {
     /// Defaults for `url`: 1,024 envelopes and 5 minutes per room, states
-    /// of at most 1 MiB.
+    /// of at most 4 MiB.
     pub fn new(url: impl Into<String>) -> Self {
         RedisCacheConfig {
             url: url.into(),

@@ -341,6 +341,9 @@ pub struct NodeStats {
     pub restored: u64,
     /// Room states saved to the shared cache.
     pub saves: u64,
+    /// Room states too large for the shared cache: what they held was
+    /// answered without being saved.
+    pub unsaved: u64,
     /// Times another owner saved or numbered a room first (this node then
     /// let the room go).
     pub fenced: u64,

@@ -991,6 +991,18 @@ impl RoomNode {
                 self.stats.fenced += 1;
                 return self.release_room(now, room);
             }
+            Err(SharedCacheError::StateTooLarge { size, max }) => {
+                // It will not fit however often it is tried: the room goes
+                // on without durable interactions rather than stall them.
+                warn!(%room, size, max, "room state too large to save: its interactions are not durable");
+                let _ = (size, max);
+                self.stats.unsaved += 1;
+                let ready: Vec<Effect> = r.held.drain(..).map(|(_, e)| e).collect();
+                for effect in ready {
+                    self.apply_effect(now, room, effect);
+                }
+                return self.reschedule(now, room);
+            }
             Ok(_) | Err(_) => {
                 // Not stored: try again at the next save.
                 r.dirty = true;
@@ -1200,4 +1212,52 @@ fn effect_done(e: &Effect) -> Option<&Done> {
 
 fn effect_req(e: &Effect) -> Option<u64> {
     effect_done(e).map(|d| d.req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classroom::{ClassroomConfig, Reaction};
+
+    /// A 60,000-member room with an open card everyone answered, a packet
+    /// half grabbed, hands and mutes: its saved state fits the shared
+    /// cache's default bound with room to spare.
+    #[test]
+    fn a_full_class_state_fits_the_default_bound() {
+        let config = ClassroomConfig::default();
+        let mut c = Classroom::new(config.clone(), 7);
+        let teacher = Actor { uin: Uin(1), role: Role::Teacher };
+        c.open_card(teacher, Timestamp::from_millis(1), CardSpec { options: 4, correct: Some(1), deadline: None })
+            .expect("opens");
+        let packet = c.send_packet(teacher, 1_000_000, 10_000).expect("sends");
+        let uins: Vec<Uin> = (0..60_000u64).map(|i| Uin(3_300_000_000 + i * 7)).collect();
+        for (i, &uin) in uins.iter().enumerate() {
+            let student = Actor { uin, role: Role::Student };
+            c.answer_card(student, Timestamp::from_millis(2), (i % 4) as u8).expect("answers");
+            if i < 5_000 {
+                c.grab_packet(student, packet).expect("grabs");
+            }
+            if i < 50 {
+                c.raise_hand(student).expect("raises");
+            }
+            if i % 3 == 0 {
+                c.react(student, Reaction::Flower, 3).expect("reacts");
+            }
+        }
+        let snapshot = RoomSnapshot {
+            classroom: c.snapshot(),
+            members: uins.iter().enumerate().map(|(i, &u)| (u, Role::Student, Some((i / 500) as u16))).collect(),
+            mute_all: true,
+            muted: uins[..100].to_vec(),
+        };
+        let bytes = postcard::to_allocvec(&snapshot).expect("encodes");
+        assert!(bytes.len() < 1 << 20, "{} bytes", bytes.len());
+        assert!(bytes.len() <= room_push::InMemorySharedCache::DEFAULT_MAX_STATE / 4);
+        // And it restores to the same room.
+        let back: RoomSnapshot = postcard::from_bytes(&bytes).expect("decodes");
+        let restored = Classroom::restore(config, back.classroom).expect("restores");
+        assert_eq!(restored.open_card_view().map(|v| v.answered), Some(60_000));
+        assert_eq!(restored.packet(packet).map(|p| p.grabbed), Some(5_000));
+        assert_eq!(restored.hands().count(), 50);
+    }
 }
