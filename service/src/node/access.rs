@@ -270,7 +270,7 @@ impl RoomNode {
             self.forward_deadlines.remove(f.deadline, req);
             // A short wait, so two nodes with different views do not bounce
             // a request between them as fast as the network allows.
-            f.deadline = now.saturating_add(self.config.forward_timeout / 6);
+            f.deadline = now.saturating_add(self.config.forward_timeout / 3);
             self.forward_deadlines.insert(f.deadline, req);
         }
     }
