@@ -222,7 +222,7 @@ impl Client {
             Some("error") => {
                 let code = f["code"].as_str().unwrap_or("");
                 self.errors.push(format!("{code}: {}", f["message"]));
-                if !matches!(code, "unavailable" | "busy" | "not_entered" | "rate_limited") {
+                if !matches!(code, "unavailable" | "not_entered" | "rate_limited") {
                     self.awaiting.retain(|r| !(r.contains("card_answer") || r.contains("packet_grab")));
                 }
             }

@@ -404,7 +404,7 @@ impl ClientHost {
             Some("error") => {
                 let code = frame["code"].as_str().unwrap_or("").to_owned();
                 // Told to try again: the request stays awaited.
-                if code != "unavailable" && code != "busy" && code != "not_entered" {
+                if code != "unavailable" && code != "not_entered" {
                     self.awaiting.retain(|r| !(r.contains("card_answer") || r.contains("packet_grab")));
                 }
                 self.errors.push(code);
