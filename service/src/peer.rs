@@ -284,13 +284,15 @@ pub enum Act {
         /// The cursor from the previous page.
         after: Option<[u8; 17]>,
     },
+    /// What is open in the room now, as this member sees it.
+    State,
 }
 
 impl Act {
     /// Whether the access node retries the request until the owner answers
     /// (chat and reactions may be shed: they are sent once).
     pub fn is_reliable(&self) -> bool {
-        !matches!(self, Act::Chat { .. } | Act::React { .. })
+        !matches!(self, Act::Chat { .. } | Act::React { .. } | Act::State)
     }
 }
 
@@ -310,6 +312,12 @@ pub enum ActReply {
         /// Units.
         amount: u64,
     },
+    /// What is open in the room, as this member sees it (JSON,
+    /// `wire::data::State`).
+    State {
+        /// The state.
+        data: Bytes,
+    },
     /// A page of the member list: `(uin, role, terminal bits)`.
     Members {
         /// The rows.
@@ -323,7 +331,16 @@ pub enum ActReply {
         code: String,
         /// What was wrong.
         message: String,
+        /// For a rate limit: when the request would be taken.
+        retry_after_ms: Option<u64>,
     },
+}
+
+impl ActReply {
+    /// A refusal with `code`.
+    pub fn refused(code: &str, message: impl Into<String>) -> ActReply {
+        ActReply::Refused { code: code.to_owned(), message: message.into(), retry_after_ms: None }
+    }
 }
 
 /// Why the service closed a connection.

@@ -135,6 +135,9 @@ pub enum ClientMsg {
         #[serde(default)]
         after: Option<String>,
     },
+    /// What is open in the room now (after a reset, say): answered with a
+    /// `state` frame.
+    State,
 }
 
 fn one() -> u32 {
@@ -431,6 +434,9 @@ pub enum ServerFrame {
         code: String,
         /// What was wrong, for people.
         message: String,
+        /// For `rate_limited`: when the request would be taken.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// The answer to an ack.
     Ack(AckState),
@@ -493,7 +499,7 @@ impl ServerFrame {
 
     /// An error frame.
     pub fn error(code: &str, message: impl Into<String>) -> ServerFrame {
-        ServerFrame::Error { code: code.to_owned(), message: message.into() }
+        ServerFrame::Error { code: code.to_owned(), message: message.into(), retry_after_ms: None }
     }
 
     /// The answer to an ack.
@@ -648,19 +654,29 @@ pub mod data {
         pub on: bool,
     }
 
-    /// The room's interaction state as a client needs it after a gap it
-    /// cannot recover (kind 10): what is open now.
+    /// The room's interaction state (the `state` frame, and kind 10 when a
+    /// room's new owner announces it): what is open now.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
     pub struct State<'a> {
-        /// The raised hands, oldest first (at most 50).
+        /// Raised hands, oldest first: the queue (at most 50) for teachers
+        /// and assistants; for a learner, its own uin if its hand is up.
         pub hands: &'a [u64],
         /// The open card, if any.
         pub card: Option<Card<'a>>,
+        /// This member's answer on the open card.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub answer: Option<u8>,
         /// Packets still held.
         pub packets: Vec<Packet>,
+        /// What this member took from them: `[packet id, units]`.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        pub grabbed: Vec<(u64, u64)>,
         /// Whether the room is muted.
         pub muted: bool,
-        /// Flowers and likes so far.
+        /// Whether this member is muted.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        pub self_muted: bool,
+        /// Flowers so far.
         pub flowers: u64,
         /// Likes so far.
         pub likes: u64,

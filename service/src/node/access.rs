@@ -11,7 +11,7 @@ use room_push::{
 };
 
 use super::owner::Purpose;
-use super::{Admission, CacheOp, ClientSink, EntryError, Outbound, RoomNode};
+use super::{Admission, CacheOp, ClientSink, EntryError, Outbound, RequestKind, RoomNode};
 use crate::classroom::ActionError;
 use crate::peer::{Act, ActReply, CloseReason, PeerMsg};
 use crate::wire::{ClientMsg, JsonCodec, MemberRowWire, ServerFrame, Welcome};
@@ -144,14 +144,20 @@ pub(super) struct Parked {
 /// the gap reported to clients by a resync).
 const MAX_PARKED: usize = 4096;
 
-/// The adapter from the push node's connector to the host's sink.
+/// The adapter from the push node's connector to the host's sink; it
+/// notes the writers that would not take a frame.
 struct Sink<'a, S: ClientSink> {
     sink: &'a mut S,
+    stalls: &'a mut Vec<ConnId>,
 }
 
 impl<S: ClientSink> Connector for Sink<'_, S> {
     fn send(&mut self, frame: &Frame<'_>) -> Result<(), SendError> {
-        self.sink.send(frame.conn, Outbound::Push { header: frame.header, body: frame.body.clone() })
+        let sent = self.sink.send(frame.conn, Outbound::Push { header: frame.header, body: frame.body.clone() });
+        if sent == Err(SendError::WouldBlock) {
+            self.stalls.push(frame.conn);
+        }
+        sent
     }
 }
 
@@ -316,11 +322,11 @@ impl RoomNode {
         if self.conns.get(&conn).is_some_and(|c| c.entering == Some(req)) {
             // The room's owner refused the entry: nothing was entered.
             let (code, message) = match reply {
-                Some(ActReply::Refused { code, message }) => (code, message),
+                Some(ActReply::Refused { code, message, .. }) => (code, message),
                 _ => ("entry_refused".to_owned(), "the room refused the entry".to_owned()),
             };
             self.stats.refused_entries += 1;
-            self.reply(conn, ServerFrame::Error { code, message });
+            self.reply(conn, ServerFrame::Error { code, message, retry_after_ms: None });
             return self.close_conn(now, conn, CloseReason::Refused, true);
         }
         let Some(reply) = reply else { return };
@@ -340,10 +346,11 @@ impl RoomNode {
                     .collect(),
                 next: next.map(|c| c.iter().map(|b| format!("{b:02x}")).collect()),
             },
-            ActReply::Refused { code, message } => {
+            ActReply::Refused { code, message, retry_after_ms } => {
                 self.stats.refused_frames += 1;
-                ServerFrame::Error { code, message }
+                ServerFrame::Error { code, message, retry_after_ms }
             }
+            ActReply::State { data } => ServerFrame::State { data: crate::wire::RawJson(data) },
         };
         self.reply(conn, frame);
     }
@@ -386,7 +393,11 @@ impl RoomNode {
 
     fn refuse(&mut self, conn: ConnId, e: &FrameError) {
         self.stats.refused_frames += 1;
-        self.reply(conn, ServerFrame::error(e.code(), e.to_string()));
+        let retry_after_ms = match e {
+            FrameError::RateLimited { retry_after_ms } => Some(*retry_after_ms),
+            _ => None,
+        };
+        self.reply(conn, ServerFrame::Error { code: e.code().to_owned(), message: e.to_string(), retry_after_ms });
     }
 
     /// One parsed message from a client (for hosts with their own codec).
@@ -411,6 +422,14 @@ impl RoomNode {
             let len = text.chars().count();
             if len > max_text { Err(FrameError::TextTooLong { len, max: max_text }) } else { Ok(()) }
         };
+        let kind = match &msg {
+            ClientMsg::Beat => RequestKind::Beat,
+            ClientMsg::Ack { .. } => RequestKind::Ack,
+            ClientMsg::Check { .. } => RequestKind::Check,
+            ClientMsg::Members { .. } | ClientMsg::State => RequestKind::Read,
+            _ => RequestKind::Act,
+        };
+        self.charge(now, member, role, kind)?;
         let act = match msg {
             ClientMsg::Beat => {
                 let owner = self.session_owner_of(&member);
@@ -447,8 +466,8 @@ impl RoomNode {
                 };
                 Act::Members { limit: limit.clamp(1, 100), after }
             }
+            ClientMsg::State => Act::State,
         };
-        self.charge(now, member, role)?;
         let room = member.room_key();
         let owner = self.room_owner(room).ok_or(FrameError::NotEntered)?;
         let req = self.new_req();
@@ -463,12 +482,21 @@ impl RoomNode {
         Ok(())
     }
 
-    /// Charges a member one request against its quota at this node, before
-    /// anything is forwarded: a flood cannot pile up requests (and their
-    /// retries) on the way to the room's owner.
-    fn charge(&mut self, now: Timestamp, member: MemberKey, role: Role) -> Result<(), FrameError> {
-        let quota = if role.is_staff() { self.config.staff_quota } else { self.config.gate.user_quota };
-        match self.senders.check(member, quota, now, 1) {
+    /// Charges a member one request of a kind against its budget at this
+    /// node, before anything is forwarded or answered: a flood cannot pile
+    /// up requests (and their retries) on the way to the room's owner, nor
+    /// large answers on the way back.
+    fn charge(&mut self, now: Timestamp, member: MemberKey, role: Role, kind: RequestKind) -> Result<(), FrameError> {
+        let b = &self.config.budgets;
+        let quota = match kind {
+            RequestKind::Beat => self.beat_quota,
+            RequestKind::Ack => b.ack,
+            RequestKind::Check => b.check,
+            RequestKind::Read => b.read,
+            RequestKind::Act if role.is_staff() => b.staff,
+            RequestKind::Act => b.learner,
+        };
+        match self.senders.check((member, kind), quota, now, 1) {
             Ok(Decision::Allowed) => Ok(()),
             Ok(Decision::Limited { retry_after }) => Err(FrameError::RateLimited {
                 retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
@@ -588,6 +616,7 @@ impl RoomNode {
     /// Removes a connection; its session owner is told.
     fn drop_conn(&mut self, now: Timestamp, conn: ConnId) -> bool {
         let Some(c) = self.conns.remove(&conn) else { return false };
+        self.stalled.remove(&conn);
         let _ = self.push.disconnect(now, conn);
         let room = c.member.room_key();
         if let Some(req) = c.entering
@@ -610,6 +639,7 @@ impl RoomNode {
         if tell_session {
             self.drop_conn(now, conn);
         } else if let Some(c) = self.conns.remove(&conn) {
+            self.stalled.remove(&conn);
             let _ = self.push.disconnect(now, conn);
             self.drop_room_ref(c.member.room_key());
         }
@@ -618,18 +648,43 @@ impl RoomNode {
 
     /// The host's writer for `conn` can take frames again.
     pub fn set_writable(&mut self, conn: ConnId) {
+        if let Some(since) = self.stalled.remove(&conn) {
+            self.stalled_deadlines.remove(since.saturating_add(self.config.slow_client_lag), conn);
+        }
         let _ = self.push.set_writable(conn);
+    }
+
+    /// Closes the clients that stopped reading for the configured lag.
+    pub(super) fn stalled_timeout(&mut self, now: Timestamp) {
+        for conn in self.stalled_deadlines.due(now) {
+            if self.stalled.remove(&conn).is_some() {
+                self.close_conn(now, conn, CloseReason::SlowConsumer, true);
+            }
+        }
     }
 
     /// Hands every frame ready for clients to `sink`: direct replies first,
     /// in order, then the push lanes; then the connections the node closed.
     pub fn flush<S: ClientSink>(&mut self, now: Timestamp, sink: &mut S) {
+        let mut stalls = Vec::new();
         while let Some((conn, frame)) = self.replies.pop_front() {
-            if sink.send(conn, frame).is_err() {
-                self.stats.replies_dropped += 1;
+            match sink.send(conn, frame) {
+                Ok(()) => {}
+                Err(e) => {
+                    self.stats.replies_dropped += 1;
+                    if e == SendError::WouldBlock {
+                        stalls.push(conn);
+                    }
+                }
             }
         }
-        self.push.flush(now, &mut Sink { sink });
+        self.push.flush(now, &mut Sink { sink, stalls: &mut stalls });
+        for conn in stalls {
+            if !self.stalled.contains_key(&conn) && self.conns.contains_key(&conn) {
+                self.stalled.insert(conn, now);
+                self.stalled_deadlines.insert(now.saturating_add(self.config.slow_client_lag), conn);
+            }
+        }
         while let Some(event) = self.push.poll_event() {
             if let NodeEvent::Disconnected { conn, reason, .. } = event {
                 let why = match reason {

@@ -85,10 +85,10 @@ pub struct RoomNodeConfig {
     pub cache_timeout: Duration,
     /// Requests a room's new owner holds while it restores the room.
     pub max_queued_per_room: usize,
-    /// Messages a teacher or assistant may send per second at their access
-    /// node (learners: the gate's `user_quota`), checked before anything is
-    /// forwarded.
-    pub staff_quota: Quota,
+    /// What each member may ask of its access node, by kind of request,
+    /// checked before anything is forwarded or answered: one member's
+    /// flood costs nobody else anything.
+    pub budgets: Budgets,
     /// Chat lines per business over the whole cluster (the global limiter).
     pub business_chat: Quota,
     /// Reliable messages of the log's tail a new room owner reads to know
@@ -96,6 +96,10 @@ pub struct RoomNodeConfig {
     pub dedupe_tail: u64,
     /// A room with nobody in it is forgotten by its owner after this long.
     pub room_idle: Duration,
+    /// A client whose writer has taken nothing for this long is closed
+    /// ([`CloseReason::SlowConsumer`]): a reader that stopped reading holds
+    /// no queue open for ever.
+    pub slow_client_lag: Duration,
     /// This long after a room's last reliable message reached this node,
     /// the node asks the shared cache for the room's head once: a message
     /// the bus lost at the end of a burst, with nothing after it to show
@@ -132,13 +136,59 @@ impl RoomNodeConfig {
             forward_attempts: 30,
             cache_timeout: Duration::from_millis(500),
             max_queued_per_room: 16_384,
-            staff_quota: quota(20, 20).unwrap_or(GateConfig::default().user_quota),
+            budgets: Budgets::default(),
             business_chat: quota(10_000, 2_000).unwrap_or(GateConfig::default().room_chat_quota),
             dedupe_tail: 1024,
             room_idle: Duration::from_secs(60),
             tail_check: Duration::from_millis(500),
+            slow_client_lag: Duration::from_secs(30),
         }
     }
+}
+
+/// What one member may ask of its access node, per kind of request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Budgets {
+    /// Heartbeats per heartbeat interval (a client beating faster than
+    /// this gains nothing).
+    pub beats_per_interval: u32,
+    /// Acks.
+    pub ack: Quota,
+    /// Checks (each may be answered with up to `max_check_answer` messages).
+    pub check: Quota,
+    /// Member-list pages and state requests.
+    pub read: Quota,
+    /// Everything a learner does in the room (chat, hands, reactions,
+    /// answers, grabs).
+    pub learner: Quota,
+    /// Everything a teacher or assistant does in the room.
+    pub staff: Quota,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        let quota = |n, burst| Quota::per_second(n).and_then(|q| q.with_burst(burst));
+        let fallback = GateConfig::default().user_quota;
+        Budgets {
+            beats_per_interval: 4,
+            ack: quota(2, 5).unwrap_or(fallback),
+            check: quota(2, 5).unwrap_or(fallback),
+            read: quota(2, 5).unwrap_or(fallback),
+            learner: quota(5, 10).unwrap_or(fallback),
+            staff: quota(20, 20).unwrap_or(fallback),
+        }
+    }
+}
+
+/// A kind of client request, each with its own budget per member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum RequestKind {
+    Beat,
+    Ack,
+    Check,
+    Read,
+    Act,
 }
 
 /// A configuration that cannot run.
@@ -441,7 +491,12 @@ pub struct RoomNode {
     forward_deadlines: Deadlines<u64>,
     tail_checks: HashMap<RoomKey, Timestamp, ahash::RandomState>,
     tail_deadlines: Deadlines<RoomKey>,
-    senders: KeyedLimiter<MemberKey>,
+    /// Connections whose writer would not take a frame, since when.
+    stalled: HashMap<ConnId, Timestamp, ahash::RandomState>,
+    stalled_deadlines: Deadlines<ConnId>,
+    senders: KeyedLimiter<(MemberKey, RequestKind)>,
+    /// The heartbeat budget, from the interval.
+    beat_quota: Quota,
     replies: VecDeque<(ConnId, Outbound)>,
     closes: VecDeque<(ConnId, CloseReason)>,
     next_req: u64,
@@ -492,7 +547,12 @@ impl RoomNode {
         replica_config.router = config.router;
         let replica = Replica::new(replica_config);
         let gate = FencedGate::new(config.gate.clone());
+        let beats = config.budgets.beats_per_interval.max(1);
+        let beat_quota = Quota::new(beats, config.heartbeat)
+            .and_then(|q| q.with_burst(beats + 1))
+            .map_err(|e| ConfigError(format!("heartbeat budget: {e}")))?;
         Ok(RoomNode {
+            beat_quota,
             me: config.node,
             tag,
             router: None,
@@ -505,6 +565,8 @@ impl RoomNode {
             forward_deadlines: Deadlines::default(),
             tail_checks: HashMap::with_hasher(ahash::RandomState::new()),
             tail_deadlines: Deadlines::default(),
+            stalled: HashMap::with_hasher(ahash::RandomState::new()),
+            stalled_deadlines: Deadlines::default(),
             senders: KeyedLimiter::new(1 << 20),
             replies: VecDeque::new(),
             closes: VecDeque::new(),
@@ -608,6 +670,7 @@ impl RoomNode {
             self.room_timers.first(),
             self.forward_deadlines.first(),
             self.tail_deadlines.first(),
+            self.stalled_deadlines.first(),
             self.waiting_deadlines.first(),
             self.parked.values().map(|p| p.deadline).min(),
         ]
@@ -626,6 +689,7 @@ impl RoomNode {
         self.waiting_timeout(now);
         self.parked_timeout(now);
         self.tails_timeout(now);
+        self.stalled_timeout(now);
         for room in self.room_timers.due(now) {
             self.room_timer(now, room);
         }

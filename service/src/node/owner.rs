@@ -195,11 +195,17 @@ impl OwnedRoom {
 }
 
 fn refused(e: &ActionError) -> ActReply {
-    ActReply::Refused { code: action_code(e).to_owned(), message: e.to_string() }
+    ActReply::refused(action_code(e), e.to_string())
 }
 
 fn refused_gate(e: &room_push::GateError) -> ActReply {
-    ActReply::Refused { code: gate_code(e).to_owned(), message: e.to_string() }
+    let retry_after_ms = match e {
+        room_push::GateError::RateLimited { retry_after, .. } => {
+            Some(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX))
+        }
+        _ => None,
+    };
+    ActReply::Refused { code: gate_code(e).to_owned(), message: e.to_string(), retry_after_ms }
 }
 
 /// A seed for a room's red packets that differs between rooms.
@@ -298,7 +304,7 @@ impl RoomNode {
         let room = member.room_key();
         let refuse = |node: &mut RoomNode, message: String| {
             node.stats.refused_entries += 1;
-            let reply = ActReply::Refused { code: "entry_refused".into(), message };
+            let reply = ActReply::refused("entry_refused", message);
             let done = PeerMsg::Done { req, conn, reply: Some(reply) };
             node.send_peer(from, done);
         };
@@ -337,7 +343,8 @@ impl RoomNode {
         // of the entry, not a message numbered in the room's sequence (a
         // thousand members coming back after a failover would otherwise
         // flood it).
-        let state = if open { self.state_data(now, room) } else { None };
+        let viewer = Actor { uin: member.uin, role };
+        let state = if open || self_muted { self.state_data(now, room, Some(viewer)) } else { None };
         let entered = PeerMsg::Entered {
             req,
             conn,
@@ -512,6 +519,10 @@ impl RoomNode {
                     Message::new(room, Class::Signal, kinds::MUTED, data).to(Target::user(uin)).with_origin(req);
                 self.hold_effect(room, Effect::Publish { messages: vec![message], done: Some(done) });
             }
+            Act::State => {
+                let data = self.state_data(now, room, Some(actor)).unwrap_or_default();
+                self.finish(room, Done { reply: Some(ActReply::State { data }), ..done });
+            }
             Act::Members { limit, after } => {
                 let start = after.map_or(PageStart::First, |bits| PageStart::After(Cursor::from_bits(bits)));
                 let query = PageQuery::first(limit.clamp(1, 100) as usize).start(start);
@@ -521,7 +532,7 @@ impl RoomNode {
                         rows: rows.iter().map(|r| (r.uin, r.role, r.terminals.bits())).collect(),
                         next: info.next.map(|c| c.to_bits()),
                     },
-                    Err(e) => ActReply::Refused { code: "malformed".into(), message: e.to_string() },
+                    Err(e) => ActReply::refused("malformed", e.to_string()),
                 };
                 self.finish(room, Done { reply: Some(reply), ..done });
             }
@@ -546,8 +557,7 @@ impl RoomNode {
             Some(Ok(v)) => v,
             Some(Err(Some(e))) => return self.finish(room, Done { reply: Some(refused(&e)), ..done }),
             Some(Err(None)) => {
-                let reply =
-                    ActReply::Refused { code: "malformed".into(), message: "invite and dismiss need a uin".into() };
+                let reply = ActReply::refused("malformed", "invite and dismiss need a uin");
                 return self.finish(room, Done { reply: Some(reply), ..done });
             }
             None => return,
@@ -607,16 +617,19 @@ impl RoomNode {
     }
 
     fn publish_state(&mut self, now: Timestamp, room: RoomKey, target: Target) {
-        let Some(data) = self.state_data(now, room) else { return };
+        let Some(data) = self.state_data(now, room, None) else { return };
         let message = Message::new(room, Class::Signal, kinds::STATE, data).to(target);
         self.publish_system(now, message);
     }
 
     /// The room's interaction state as clients see it (`data::State`).
-    fn state_data(&self, now: Timestamp, room: RoomKey) -> Option<Bytes> {
+    fn state_data(&self, now: Timestamp, room: RoomKey, viewer: Option<Actor>) -> Option<Bytes> {
         let r = self.rooms.get(&room)?;
         let c = r.classroom.as_ref()?;
-        let hands: Vec<u64> = c.hands().take(50).map(|u| u.0).collect();
+        let hands: Vec<u64> = match viewer {
+            Some(v) if !v.role.is_staff() => c.hands().filter(|u| *u == v.uin).map(|u| u.0).collect(),
+            _ => c.hands().take(50).map(|u| u.0).collect(),
+        };
         let card_view = c.open_card_view();
         let card = card_view.as_ref().map(|v| data::Card::Open {
             id: v.id,
@@ -633,11 +646,17 @@ impl RoomNode {
                 taken: p.taken,
             })
             .collect();
+        let mine = viewer.map(|v| v.uin);
         let state = data::State {
             hands: &hands,
             card,
+            answer: mine.and_then(|u| c.answer_of(u)),
+            grabbed: mine
+                .map(|u| c.packets().filter_map(|(id, _)| c.grab_of(id, u).map(|a| (id, a))).collect())
+                .unwrap_or_default(),
             packets,
             muted: r.mute_all,
+            self_muted: mine.is_some_and(|u| r.muted.contains(&u)),
             flowers: c.reaction_total(Reaction::Flower),
             likes: c.reaction_total(Reaction::Like),
         };
@@ -853,7 +872,8 @@ impl RoomNode {
         if let Ok(Decision::Limited { retry_after }) = answer {
             let reply = ActReply::Refused {
                 code: "rate_limited".into(),
-                message: format!("the business's chat is over its quota; retry after {retry_after:?}"),
+                message: "the business's chat is over its quota".into(),
+                retry_after_ms: Some(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX)),
             };
             return self.finish(room, Done { reply: Some(reply), ..done });
         }
@@ -886,7 +906,7 @@ impl RoomNode {
             self.rooms.remove(&room);
             for (from, msg) in queued {
                 if let PeerMsg::Act { req, conn, .. } | PeerMsg::Enter { req, conn, .. } = msg {
-                    let reply = ActReply::Refused { code: "refused".into(), message: e.to_string() };
+                    let reply = ActReply::refused("refused", e.to_string());
                     self.send_peer(from, PeerMsg::Done { req, conn, reply: Some(reply) });
                 }
             }

@@ -1,0 +1,318 @@
+//! The classroom's rules on one node, driven synchronously (the shared
+//! cache, the limiter and the bus answered inline): fairness under a flood,
+//! state for late joiners and reloads, mutes that survive a reconnect, one
+//! connection per member and terminal, slow readers, per-kind budgets.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use room_core::{
+    BusinessId, ClusterView, ConnId, NodeChange, NodeId, NodeState, Role, RoomId, RoomKey, Terminal, Timestamp, Uin,
+};
+use room_push::{InMemorySharedCache, LocalGlobalLimiter, SendError};
+use room_service::peer::CloseReason;
+use room_service::transport::run_cache;
+use room_service::{Admission, ClientSink, Outbound, Output, RoomNode, RoomNodeConfig};
+use serde_json::Value;
+
+const ROOM: RoomKey = RoomKey::new(BusinessId(1), RoomId(9));
+
+#[derive(Default)]
+struct Sink {
+    frames: HashMap<ConnId, Vec<Outbound>>,
+    closed: HashMap<ConnId, CloseReason>,
+    /// Writers that take nothing (a client that stopped reading).
+    full: HashSet<ConnId>,
+}
+
+impl ClientSink for Sink {
+    fn send(&mut self, conn: ConnId, frame: Outbound) -> Result<(), SendError> {
+        if self.full.contains(&conn) {
+            return Err(SendError::WouldBlock);
+        }
+        self.frames.entry(conn).or_default().push(frame);
+        Ok(())
+    }
+
+    fn close(&mut self, conn: ConnId, reason: CloseReason) {
+        self.closed.insert(conn, reason);
+    }
+}
+
+struct One {
+    node: RoomNode,
+    cache: InMemorySharedCache,
+    limiter: LocalGlobalLimiter,
+    sink: Sink,
+    now: Timestamp,
+}
+
+impl One {
+    fn new(configure: impl FnOnce(&mut RoomNodeConfig)) -> One {
+        let mut config = RoomNodeConfig::new(NodeId(1));
+        config.router = room_core::RouterConfig::new().with_slot_bits(10).expect("valid");
+        configure(&mut config);
+        let mut node = RoomNode::new(config).expect("valid config");
+        let mut view = ClusterView::new();
+        view.apply(NodeChange::Joined { node: NodeId(1), weight: 100 }).expect("joins");
+        view.apply(NodeChange::StateChanged { node: NodeId(1), state: NodeState::Up }).expect("up");
+        let now = Timestamp::from_millis(1_000_000);
+        node.set_view(now, &view);
+        let mut one = One {
+            node,
+            cache: InMemorySharedCache::default(),
+            limiter: LocalGlobalLimiter::new(1 << 16),
+            sink: Sink::default(),
+            now,
+        };
+        one.pump();
+        one
+    }
+
+    /// Carries out everything the node asks, until it asks for nothing.
+    fn pump(&mut self) {
+        loop {
+            self.node.flush(self.now, &mut self.sink);
+            let mut any = false;
+            while let Some(output) = self.node.poll_output() {
+                any = true;
+                match output {
+                    Output::Publish(env) => self.node.handle_envelope(self.now, env),
+                    Output::Cache { id, op } => {
+                        let answer = futures::executor::block_on(run_cache(&self.cache, op));
+                        self.node.handle_cache(self.now, id, answer);
+                    }
+                    Output::Limit { id, key, quota, cost } => {
+                        let answer = self.limiter.check_now(&key, quota, self.now, cost);
+                        self.node.handle_limit(self.now, id, answer);
+                    }
+                    Output::Interest { .. } => {}
+                    other => panic!("a single node asks for nothing else: {other:?}"),
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+
+    /// Lets `d` pass, running every timer on the way.
+    fn advance(&mut self, d: Duration) {
+        let end = self.now.saturating_add(d);
+        while let Some(at) = self.node.poll_timeout().filter(|at| *at <= end) {
+            self.now = self.now.max(at);
+            self.node.handle_timeout(self.now);
+            self.pump();
+        }
+        self.now = end;
+        self.node.handle_timeout(self.now);
+        self.pump();
+    }
+
+    fn connect(&mut self, uin: u64, role: Role) -> ConnId {
+        let terminal = if role == Role::Teacher { Terminal::Pc } else { Terminal::Web };
+        let conn =
+            self.node.connect(self.now, Admission { room: ROOM, uin: Uin(uin), role, terminal }).expect("enters");
+        self.pump();
+        self.advance(Duration::from_millis(60));
+        conn
+    }
+
+    fn send(&mut self, conn: ConnId, text: &str) {
+        let _ = self.node.handle_text(self.now, conn, text);
+        self.pump();
+    }
+
+    /// Every frame `conn` got since the last call, as JSON (push frames
+    /// rendered).
+    fn take(&mut self, conn: ConnId) -> Vec<Value> {
+        self.sink
+            .frames
+            .remove(&conn)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|f| serde_json::from_slice(&f.into_text()).ok())
+            .collect()
+    }
+}
+
+fn pushed(frames: &[Value], kind: u64) -> Vec<Value> {
+    let mut out = Vec::new();
+    for f in frames.iter().filter(|f| f["t"] == "push") {
+        let items = match &f["b"] {
+            Value::Array(a) => a.clone(),
+            b => vec![b.clone()],
+        };
+        out.extend(items.into_iter().filter(|m| m["kind"] == kind).map(|m| m["data"].clone()));
+    }
+    out
+}
+
+fn codes(frames: &[Value]) -> Vec<String> {
+    frames.iter().filter(|f| f["t"] == "error").filter_map(|f| f["code"].as_str().map(String::from)).collect()
+}
+
+#[test]
+fn a_hand_flood_silences_nobody_but_the_flooder() {
+    let mut one = One::new(|_| {});
+    let teacher = one.connect(1, Role::Teacher);
+    let flooder = one.connect(100, Role::Student);
+    let student = one.connect(101, Role::Student);
+    one.take(student);
+    one.take(flooder);
+    let mut card_opened = false;
+    // 2,000 toggles a second for 10 s, the teacher saying 10 messages a
+    // second and opening a card.
+    for tick in 0..10_000u32 {
+        let op = if tick % 2 == 0 { "raise" } else { "lower" };
+        one.send(flooder, &format!(r#"{{"t":"hand","op":"{op}"}}"#));
+        if tick % 50 == 0 && tick % 100 == 0 {
+            one.send(teacher, &format!(r#"{{"t":"say","text":"m{}"}}"#, tick / 100));
+        }
+        if tick == 5_000 {
+            one.send(teacher, r#"{"t":"card_open","options":3}"#);
+            card_opened = true;
+        }
+        one.advance(Duration::from_micros(500));
+        if tick % 200 == 0 {
+            one.advance(Duration::from_micros(1));
+        }
+    }
+    assert!(card_opened);
+    one.advance(Duration::from_millis(500));
+    let seen = one.take(student);
+    let said: Vec<String> = pushed(&seen, 2).iter().filter_map(|d| d["text"].as_str().map(String::from)).collect();
+    let expected: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
+    assert_eq!(said, expected, "every teacher message reached the student, in order");
+    assert!(pushed(&seen, 6).iter().any(|d| d["op"] == "open"), "the card reached the student");
+    assert!(codes(&one.take(teacher)).is_empty(), "the teacher was refused nothing");
+    let flood = one.take(flooder);
+    let limited: Vec<&Value> = flood.iter().filter(|f| f["code"] == "rate_limited").collect();
+    assert!(limited.len() > 9_000, "the flooder was limited: {} refusals", limited.len());
+    assert!(limited.iter().all(|f| f["retry_after_ms"].as_u64().is_some()), "each refusal says when to retry");
+}
+
+#[test]
+fn every_kind_of_request_has_a_budget() {
+    let mut one = One::new(|_| {});
+    let student = one.connect(100, Role::Student);
+    let welcome = one.take(student).into_iter().find(|f| f["t"] == "welcome").expect("welcome");
+    let epoch = welcome["epoch"].as_u64().expect("epoch");
+    for (frame, kind) in [
+        (r#"{"t":"beat"}"#.to_owned(), "beat"),
+        (format!(r#"{{"t":"ack","epoch":{epoch},"seq":0}}"#), "ack"),
+        (format!(r#"{{"t":"check","epoch":{epoch},"after":0}}"#), "check"),
+        (r#"{"t":"members"}"#.to_owned(), "members"),
+        (r#"{"t":"state"}"#.to_owned(), "state"),
+        (r#"{"t":"chat","text":"x"}"#.to_owned(), "chat"),
+    ] {
+        one.advance(Duration::from_secs(10));
+        one.take(student);
+        for _ in 0..100 {
+            one.send(student, &frame);
+        }
+        let refused = codes(&one.take(student)).iter().filter(|c| *c == "rate_limited").count();
+        assert!(refused >= 80, "{kind}: {refused} of 100 refused");
+    }
+}
+
+#[test]
+fn a_late_joiner_and_a_reload_see_what_is_open() {
+    let mut one = One::new(|_| {});
+    let teacher = one.connect(1, Role::Teacher);
+    let early = one.connect(100, Role::Student);
+    one.send(teacher, r#"{"t":"card_open","options":4,"seconds":60}"#);
+    one.send(teacher, r#"{"t":"packet_send","amount":100,"count":4}"#);
+    one.advance(Duration::from_millis(100));
+    one.send(early, r#"{"t":"card_answer","option":2}"#);
+    one.send(early, r#"{"t":"packet_grab","id":1}"#);
+    one.send(early, r#"{"t":"hand","op":"raise"}"#);
+    one.advance(Duration::from_millis(100));
+    let grabbed = one.take(early).iter().find(|f| f["t"] == "grabbed").and_then(|f| f["amount"].as_u64());
+    let grabbed = grabbed.expect("a share");
+
+    // Someone who comes in now gets the card and the packet right after the welcome.
+    let late = one.connect(101, Role::Student);
+    let frames = one.take(late);
+    assert_eq!(frames[0]["t"], "welcome");
+    assert_eq!(frames[1]["t"], "state", "{frames:?}");
+    let state = &frames[1]["data"];
+    assert_eq!((state["card"]["op"].as_str(), state["card"]["options"].as_u64()), (Some("open"), Some(4)));
+    assert_eq!(state["packets"][0]["grabbed"].as_u64(), Some(1));
+    assert_eq!(state["hands"], serde_json::json!([]), "a learner sees only its own hand");
+    // It can answer and grab.
+    one.send(late, r#"{"t":"card_answer","option":1}"#);
+    one.send(late, r#"{"t":"packet_grab","id":1}"#);
+    one.send(late, r#"{"t":"hand","op":"raise"}"#);
+    one.advance(Duration::from_millis(100));
+    let frames = one.take(late);
+    assert!(frames.iter().any(|f| f["t"] == "answered") && frames.iter().any(|f| f["t"] == "grabbed"), "{frames:?}");
+
+    // The early student reloads: its own answer and share come back (its
+    // hand went down when it left: a closed socket is a leave).
+    one.node.disconnect(one.now, early);
+    one.pump();
+    let again = one.connect(100, Role::Student);
+    let state = one.take(again).into_iter().find(|f| f["t"] == "state").expect("state")["data"].clone();
+    assert_eq!(state["answer"].as_u64(), Some(2));
+    assert_eq!(state["grabbed"], serde_json::json!([[1, grabbed]]));
+    assert_eq!(state["hands"], serde_json::json!([]));
+    // The late joiner sees its own hand; the teacher, asking after a
+    // reset, gets the whole queue.
+    one.send(late, r#"{"t":"state"}"#);
+    let state = one.take(late).into_iter().find(|f| f["t"] == "state").expect("state")["data"].clone();
+    assert_eq!(state["hands"], serde_json::json!([101]));
+    one.send(teacher, r#"{"t":"state"}"#);
+    let state = one.take(teacher).into_iter().find(|f| f["t"] == "state").expect("state")["data"].clone();
+    assert_eq!(state["hands"], serde_json::json!([101]));
+    assert!(state.get("answer").is_none(), "the teacher answered nothing");
+}
+
+#[test]
+fn a_mute_survives_a_reconnect() {
+    let mut one = One::new(|_| {});
+    let teacher = one.connect(1, Role::Teacher);
+    let student = one.connect(100, Role::Student);
+    one.send(teacher, r#"{"t":"mute","uin":100,"on":true}"#);
+    one.advance(Duration::from_millis(100));
+    one.node.disconnect(one.now, student);
+    one.pump();
+    let again = one.connect(100, Role::Student);
+    let frames = one.take(again);
+    assert_eq!(frames[0]["self_muted"], true, "{frames:?}");
+    one.send(again, r#"{"t":"chat","text":"let me talk"}"#);
+    one.advance(Duration::from_millis(50));
+    assert_eq!(codes(&one.take(again)), ["muted"]);
+}
+
+#[test]
+fn a_second_connection_of_a_member_on_a_terminal_replaces_the_first() {
+    let mut one = One::new(|_| {});
+    let first = one.connect(1, Role::Teacher);
+    let second = one.connect(1, Role::Teacher);
+    assert_eq!(one.sink.closed.get(&first), Some(&CloseReason::Replaced));
+    assert!(!one.sink.closed.contains_key(&second));
+    assert_eq!(CloseReason::Replaced.close_code(), 4002);
+    // The newest stays, whichever order its beats come in.
+    one.send(second, r#"{"t":"beat"}"#);
+    one.advance(Duration::from_secs(1));
+    assert!(!one.sink.closed.contains_key(&second));
+}
+
+#[test]
+fn a_client_that_stops_reading_is_closed_after_the_lag() {
+    let mut one = One::new(|c| c.slow_client_lag = Duration::from_secs(5));
+    let teacher = one.connect(1, Role::Teacher);
+    let reader = one.connect(100, Role::Student);
+    let sleeper = one.connect(101, Role::Student);
+    one.sink.full.insert(sleeper);
+    for i in 0..40 {
+        one.send(teacher, &format!(r#"{{"t":"say","text":"m{i}"}}"#));
+        one.send(reader, r#"{"t":"beat"}"#);
+        one.send(sleeper, r#"{"t":"beat"}"#);
+        one.advance(Duration::from_millis(200));
+    }
+    assert_eq!(one.sink.closed.get(&sleeper), Some(&CloseReason::SlowConsumer));
+    assert!(!one.sink.closed.contains_key(&reader), "a client that reads stays");
+    assert_eq!(pushed(&one.take(reader), 2).len(), 40);
+}
