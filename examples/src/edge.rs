@@ -111,6 +111,10 @@ async fn ticket(State(app): State<App>, Query(q): Query<TicketQuery>) -> Respons
     let Ok(role) = q.role.parse::<Role>() else {
         return (StatusCode::BAD_REQUEST, "unknown role").into_response();
     };
+    if q.uin == 0 {
+        // 0 is the sender of the room's own messages.
+        return (StatusCode::BAD_REQUEST, "uin 0 is reserved for the system").into_response();
+    }
     let terminal = match q.terminal.as_deref().unwrap_or("web").parse::<Terminal>() {
         Ok(t) => t,
         Err(_) => return (StatusCode::BAD_REQUEST, "unknown terminal").into_response(),

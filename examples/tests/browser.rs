@@ -120,8 +120,12 @@ async fn a_class_in_the_browser() {
     wait_text(&bob, "#card-buttons", "the card at bob", |t| t.contains('B')).await;
     click(&bob, ".card-option[data-option='1']").await;
     wait_text(&teacher, "#card-tally", "the live tally", |t| t == "1 / 1 / 0 / 0").await;
+    wait_text(&alice, "#card-mine", "alice's own answer", |t| t == "A").await;
     click(&teacher, "#card-close").await;
-    wait_text(&alice, "#card-result", "the card's result", |t| t == "2 answered, 1 right").await;
+    wait_text(&alice, "#card-result", "the card's result", |t| t == "2 answered, 1 right; correct: A (you were right)")
+        .await;
+    wait_text(&bob, "#card-result", "the card's result", |t| t == "2 answered, 1 right; correct: A (not this time)")
+        .await;
 
     // A red packet conserves its total.
     type_into(&teacher, "#packet-amount", "100").await;
@@ -161,6 +165,40 @@ async fn a_class_in_the_browser() {
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
     std::fs::create_dir_all(&target).expect("target dir");
     std::fs::write(target.join("classroom-teacher.png"), png).expect("saved");
+
+    // A student who arrives while a card is open sees it and can answer.
+    click(&teacher, "#card-open").await;
+    wait_text(&alice, "#card-buttons", "the second card at alice", |t| t.contains('A')).await;
+    let carol = browser(&driver_url).await;
+    carol.goto(&format!("{base}/?role=student&uin=103&room=42")).await.expect("carol page");
+    wait_text(&carol, "#card-buttons", "the open card at a late joiner", |t| t.contains('D')).await;
+    click(&carol, ".card-option[data-option='3']").await;
+    wait_text(&carol, "#card-mine", "carol's own answer", |t| t == "D").await;
+    wait_text(&teacher, "#card-tally", "carol's answer in the tally", |t| t == "0 / 0 / 0 / 1").await;
+
+    // A second tab of the teacher replaces the first, which says so and
+    // stays closed (the two never take turns).
+    let second = browser(&driver_url).await;
+    second.goto(&format!("{base}/?role=teacher&uin=1&room=42")).await.expect("second tab");
+    wait_text(&second, "#status", "the second tab connected", |t| t == "connected").await;
+    wait_text(&teacher, "#status", "the first tab told", |t| t == "disconnected: opened in another tab").await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    wait_text(&second, "#status", "the second tab still connected", |t| t == "connected").await;
+    wait_text(&teacher, "#status", "the first tab still closed", |t| t.starts_with("disconnected")).await;
+
+    // A phone: nothing wider than 390 px; the join screen shows no class.
+    carol.set_window_size(390, 800).await.expect("narrow window");
+    let wide = carol.execute("return document.documentElement.scrollWidth", vec![]).await.expect("width");
+    assert!(wide.as_u64().is_some_and(|w| w <= 390), "the page is {wide} px wide at 390 px");
+    let fresh = browser(&driver_url).await;
+    fresh.goto(&base).await.expect("join screen");
+    let class_shown = fresh.find(Locator::Css("#class")).await.expect("#class").is_displayed().await.expect("shown?");
+    let form_shown = fresh.find(Locator::Css("#join")).await.expect("#join").is_displayed().await.expect("shown?");
+    assert!(!class_shown && form_shown, "the join screen shows the form and no class");
+    for page in [carol, second, fresh] {
+        let _ = page.close().await;
+    }
+
     for page in [teacher, alice, bob] {
         let _ = page.close().await;
     }
