@@ -7,6 +7,13 @@
 //!   business backend (it trusts anyone);
 //! * `GET /ws?room=&ticket=`: the classroom protocol (docs/PROTOCOL.md);
 //! * `GET /healthz`: the node's counters as JSON.
+//!
+//! Connections are bounded before any of that: a client has
+//! [`Limits::header_timeout`] to send its request's headers (a socket that
+//! dribbles them holds nothing for long), at most
+//! [`Limits::per_ip`] connections per address and [`Limits::total`] in all
+//! (more are closed at once), with `TCP_NODELAY` set and small websocket
+//! buffers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,8 +34,29 @@ use tokio::net::TcpListener;
 /// The business id the demo uses.
 pub const DEMO_BID: BusinessId = BusinessId(1);
 
-/// The largest websocket message accepted from a client.
+/// The largest websocket message accepted from a client; a larger one
+/// closes the socket with 1009. (The service answers frames over its own
+/// `max_frame`, 4 KiB, with a `too_large` error frame and keeps the
+/// connection.)
 pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+/// Bounds on the edge's connections.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Limits {
+    /// How long a client may take to send its request's headers.
+    pub header_timeout: Duration,
+    /// Open connections from one address.
+    pub per_ip: usize,
+    /// Open connections in all.
+    pub total: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { header_timeout: Duration::from_secs(5), per_ip: 2_000, total: 100_000 }
+    }
+}
 
 /// Issues a demo ticket, valid for an hour.
 pub fn demo_ticket(keys: &KeyRing, room: u64, uin: u64, role: Role, terminal: Terminal) -> String {
@@ -49,13 +77,24 @@ struct App {
     page: Option<&'static str>,
 }
 
-/// Serves `service` on `listener` (returns at once). `page`: the HTML
-/// served at `/`, if any.
+/// Serves `service` on `listener` with the default [`Limits`] (returns at
+/// once). `page`: the HTML served at `/`, if any.
 pub fn serve(
     listener: TcpListener,
     service: RoomService,
     keys: Arc<KeyRing>,
     page: Option<&'static str>,
+) -> std::io::Result<SocketAddr> {
+    serve_with(listener, service, keys, page, Limits::default())
+}
+
+/// [`serve`] with `limits`.
+pub fn serve_with(
+    listener: TcpListener,
+    service: RoomService,
+    keys: Arc<KeyRing>,
+    page: Option<&'static str>,
+    limits: Limits,
 ) -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     let app = App { service, keys, page };
@@ -65,12 +104,73 @@ pub fn serve(
         .route("/ws", get(ws))
         .route("/healthz", get(health))
         .with_state(app);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(error = %e, "server stopped");
-        }
-    });
+    tokio::spawn(accept(listener, router, limits));
     Ok(addr)
+}
+
+/// Open connections, per address and in all.
+#[derive(Debug, Default)]
+struct Open {
+    by_ip: std::collections::HashMap<std::net::IpAddr, usize>,
+    total: usize,
+}
+
+/// Gives a connection's place back when it ends.
+struct Slot {
+    open: Arc<parking_lot::Mutex<Open>>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock();
+        open.total -= 1;
+        if let Some(n) = open.by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts connections within `limits` and serves each over HTTP/1.1 with
+/// upgrades (websockets).
+async fn accept(listener: TcpListener, router: Router, limits: Limits) {
+    let open = Arc::new(parking_lot::Mutex::new(Open::default()));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors, say: wait a moment rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let slot = {
+            let mut o = open.lock();
+            let mine = o.by_ip.get(&peer.ip()).copied().unwrap_or(0);
+            if o.total >= limits.total || mine >= limits.per_ip {
+                drop(stream);
+                continue;
+            }
+            o.total += 1;
+            *o.by_ip.entry(peer.ip()).or_insert(0) += 1;
+            Slot { open: open.clone(), ip: peer.ip() }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout);
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended");
+            }
+            drop(slot);
+        });
+    }
 }
 
 async fn index(State(app): State<App>) -> Response {
@@ -132,7 +232,13 @@ struct WsQuery {
 
 async fn ws(State(app): State<App>, Query(q): Query<WsQuery>, upgrade: WebSocketUpgrade) -> Response {
     let room = RoomKey::new(DEMO_BID, RoomId(q.room));
-    upgrade.max_message_size(MAX_CLIENT_MESSAGE).on_upgrade(move |socket| session(app, room, q.ticket, socket))
+    upgrade
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        // Small buffers: most frames are a few hundred bytes, and a class
+        // holds tens of thousands of sockets.
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024)
+        .on_upgrade(move |socket| session(app, room, q.ticket, socket))
 }
 
 /// A close frame with the service's code and reason.
@@ -176,7 +282,14 @@ async fn session(app: App, room: RoomKey, ticket: String, mut socket: WebSocket)
                 Some(Ok(WsMessage::Binary(_))) => {
                     let _ = app.service.handle_text(conn.id, "binary frames are not part of the protocol");
                 }
-                Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => break,
+                Some(Err(e)) => {
+                    // A message over the limit (or a broken stream): say so
+                    // if the socket still takes it.
+                    tracing::debug!(error = %e, member = %conn.member, "websocket error");
+                    let _ = socket.send(close(1009, "message too big or malformed")).await;
+                    break;
+                }
+                Some(Ok(WsMessage::Close(_))) | None => break,
                 Some(Ok(_)) => {}
             },
         }

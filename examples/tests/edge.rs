@@ -1,0 +1,119 @@
+//! The example servers' HTTP edge under hostile clients: headers that never
+//! finish, too many sockets from one address, frames too large.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use examples::classroom::demo_ticket;
+use examples::edge::{Limits, serve_with};
+use futures::{SinkExt, StreamExt};
+use room_core::{Role, Terminal};
+use roomkit::service::{RoomService, ServiceConfig};
+use roomkit::ticket::KeyRing;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+fn keys() -> KeyRing {
+    KeyRing::new("edge", b"edge-test-key-0123456789".to_vec()).expect("valid")
+}
+
+async fn server(limits: Limits) -> (std::net::SocketAddr, RoomService) {
+    let service = RoomService::start(ServiceConfig::new(keys())).await.expect("starts");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = serve_with(listener, service.clone(), Arc::new(keys()), None, limits).expect("serves");
+    (addr, service)
+}
+
+/// Whether the server closed `s` (a read returns end of stream or an
+/// error), waiting at most `within`.
+async fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(within, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_let_go() {
+    let mut limits = Limits::default();
+    limits.header_timeout = Duration::from_millis(200);
+    let (addr, _service) = server(limits).await;
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(addr).await.expect("connects");
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.expect("writes");
+        slow.push(s);
+    }
+    for s in &mut slow {
+        assert!(closed_by_server(s, Duration::from_secs(10)).await, "a dribbling client was held");
+    }
+    // A client that sends its request is answered meanwhile.
+    let mut s = TcpStream::connect(addr).await.expect("connects");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("writes");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.expect("reads");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_gets_at_most_its_share_of_connections() {
+    let mut limits = Limits::default();
+    limits.per_ip = 5;
+    limits.header_timeout = Duration::from_secs(30);
+    let (addr, _service) = server(limits).await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(TcpStream::connect(addr).await.expect("connects"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = TcpStream::connect(addr).await.expect("the kernel accepts");
+    assert!(closed_by_server(&mut extra, Duration::from_secs(10)).await, "the sixth connection was kept");
+    for s in &mut held {
+        assert!(!closed_by_server(s, Duration::from_millis(100)).await, "one of the first five was closed");
+    }
+    // A place freed is a place taken.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut again = TcpStream::connect(addr).await.expect("connects");
+    assert!(!closed_by_server(&mut again, Duration::from_millis(200)).await, "the freed place was not given");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_frames_get_an_answer_or_a_close_code() {
+    let (addr, _service) = server(Limits::default()).await;
+    let ticket = demo_ticket(&keys(), 7, 100, Role::Student, Terminal::Web);
+    let url = format!("ws://{addr}/ws?room=7&ticket={ticket}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("connects");
+    let welcome = ws.next().await.expect("a frame").expect("ok");
+    assert!(welcome.to_text().expect("text").contains("\"welcome\""), "{welcome}");
+    // Over the service's 4 KiB: an error frame, and the socket stays.
+    let big = format!(r#"{{"t":"chat","text":"{}"}}"#, "x".repeat(10_000));
+    ws.send(Message::Text(big.into())).await.expect("sends");
+    let mut answer = String::new();
+    while let Some(Ok(frame)) = ws.next().await {
+        if let Ok(text) = frame.to_text()
+            && text.contains("\"error\"")
+        {
+            answer = text.to_owned();
+            break;
+        }
+    }
+    assert!(answer.contains("\"too_large\""), "{answer}");
+    ws.send(Message::Text(r#"{"t":"beat"}"#.into())).await.expect("still open");
+    // Over the edge's 64 KiB: closed with 1009.
+    let huge = "x".repeat(100_000);
+    let _ = ws.send(Message::Text(huge.into())).await;
+    let mut code = None;
+    while let Some(Ok(frame)) = ws.next().await {
+        if let Message::Close(Some(c)) = frame {
+            code = Some(u16::from(c.code));
+            break;
+        }
+    }
+    assert_eq!(code, Some(1009));
+}
