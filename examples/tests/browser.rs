@@ -46,7 +46,7 @@ async fn browser(driver: &str) -> Client {
         "goog:chromeOptions".into(),
         serde_json::json!({
             "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900"]
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"]
         }),
     );
     ClientBuilder::new(HttpConnector::new()).capabilities(caps).connect(driver).await.expect("a browser session")

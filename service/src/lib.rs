@@ -26,6 +26,6 @@ pub mod transport;
 pub mod wire;
 
 pub use node::{
-    Admission, CacheAnswer, CacheOp, ClientSink, ConfigError, EntryError, FrameError, NodeStats, Outbound, Output,
-    RoomNode, RoomNodeConfig,
+    Admission, Budgets, CacheAnswer, CacheOp, ClientSink, ConfigError, EntryError, FrameError, NodeStats, Outbound,
+    Output, RoomNode, RoomNodeConfig,
 };

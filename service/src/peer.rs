@@ -360,6 +360,15 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason.
+    pub const ALL: [CloseReason; 5] = [
+        CloseReason::Refused,
+        CloseReason::Replaced,
+        CloseReason::TimedOut,
+        CloseReason::SlowConsumer,
+        CloseReason::Kicked,
+    ];
+
     /// The websocket close code a host should send (4000-4999 are the
     /// application's; PROTOCOL.md lists them).
     pub fn close_code(self) -> u16 {

@@ -36,6 +36,51 @@ pub mod kinds {
     pub const STATE: Kind = Kind(10);
 }
 
+/// The codes of error frames (`{"t":"error","code"}`), one source for the
+/// server and docs/PROTOCOL.md (a test holds them equal).
+pub mod codes {
+    /// Not JSON, an unknown `t`, fields missing, extra or out of range.
+    pub const MALFORMED: &str = "malformed";
+    /// A frame over the service's `max_frame`.
+    pub const TOO_LARGE: &str = "too_large";
+    /// A text over `max_text`.
+    pub const TEXT_TOO_LONG: &str = "text_too_long";
+    /// The role may not do this.
+    pub const NOT_ALLOWED: &str = "not_allowed";
+    /// The room refused it.
+    pub const REFUSED: &str = "refused";
+    /// Over a limit (with `retry_after_ms`).
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// Chat while muted.
+    pub const MUTED: &str = "muted";
+    /// An ack beyond what was sent.
+    pub const BAD_RECOVERY: &str = "bad_recovery";
+    /// Sent before the welcome.
+    pub const NOT_ENTERED: &str = "not_entered";
+    /// The connection is gone.
+    pub const GONE: &str = "gone";
+    /// The room's owner did not answer in time.
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// The entry was refused.
+    pub const ENTRY_REFUSED: &str = "entry_refused";
+
+    /// Every code.
+    pub const ALL: &[&str] = &[
+        MALFORMED,
+        TOO_LARGE,
+        TEXT_TOO_LONG,
+        NOT_ALLOWED,
+        REFUSED,
+        RATE_LIMITED,
+        MUTED,
+        BAD_RECOVERY,
+        NOT_ENTERED,
+        GONE,
+        UNAVAILABLE,
+        ENTRY_REFUSED,
+    ];
+}
+
 /// What a client sends. Unknown `t` values and malformed frames get an
 /// error frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +183,50 @@ pub enum ClientMsg {
     /// What is open in the room now (after a reset, say): answered with a
     /// `state` frame.
     State,
+}
+
+impl ClientMsg {
+    /// Every `t` a client may send.
+    pub const TAGS: &'static [&'static str] = &[
+        "beat",
+        "chat",
+        "say",
+        "hand",
+        "react",
+        "card_open",
+        "card_answer",
+        "card_close",
+        "packet_send",
+        "packet_grab",
+        "mute_all",
+        "mute",
+        "ack",
+        "check",
+        "members",
+        "state",
+    ];
+
+    /// This message's `t`.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            ClientMsg::Beat => "beat",
+            ClientMsg::Chat { .. } => "chat",
+            ClientMsg::Say { .. } => "say",
+            ClientMsg::Hand { .. } => "hand",
+            ClientMsg::React { .. } => "react",
+            ClientMsg::CardOpen { .. } => "card_open",
+            ClientMsg::CardAnswer { .. } => "card_answer",
+            ClientMsg::CardClose => "card_close",
+            ClientMsg::PacketSend { .. } => "packet_send",
+            ClientMsg::PacketGrab { .. } => "packet_grab",
+            ClientMsg::MuteAll { .. } => "mute_all",
+            ClientMsg::Mute { .. } => "mute",
+            ClientMsg::Ack { .. } => "ack",
+            ClientMsg::Check { .. } => "check",
+            ClientMsg::Members { .. } => "members",
+            ClientMsg::State => "state",
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -487,6 +576,25 @@ pub enum ServerFrame {
 }
 
 impl ServerFrame {
+    /// Every `t` of a direct reply.
+    pub const TAGS: &'static [&'static str] =
+        &["welcome", "error", "ack", "recover", "reset", "state", "answered", "grabbed", "members"];
+
+    /// This frame's `t`.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            ServerFrame::Welcome(_) => "welcome",
+            ServerFrame::Error { .. } => "error",
+            ServerFrame::Ack(_) => "ack",
+            ServerFrame::Recover { .. } => "recover",
+            ServerFrame::Reset { .. } => "reset",
+            ServerFrame::State { .. } => "state",
+            ServerFrame::Answered { .. } => "answered",
+            ServerFrame::Grabbed { .. } => "grabbed",
+            ServerFrame::Members { .. } => "members",
+        }
+    }
+
     /// The JSON text frame.
     pub fn to_bytes(&self) -> Bytes {
         // Every field is a plain value or valid JSON already: this cannot

@@ -14,7 +14,7 @@ use super::owner::Purpose;
 use super::{Admission, CacheOp, ClientSink, EntryError, Outbound, RequestKind, RoomNode};
 use crate::classroom::ActionError;
 use crate::peer::{Act, ActReply, CloseReason, PeerMsg};
-use crate::wire::{ClientMsg, JsonCodec, MemberRowWire, ServerFrame, Welcome};
+use crate::wire::{ClientMsg, JsonCodec, MemberRowWire, ServerFrame, Welcome, codes};
 
 /// Why a client frame was refused. The client gets an error frame with
 /// [`FrameError::code`]; nothing else changes and the connection stays open.
@@ -67,15 +67,15 @@ impl FrameError {
     /// A short stable code for clients (PROTOCOL.md lists them).
     pub fn code(&self) -> &'static str {
         match self {
-            FrameError::TooLarge { .. } => "too_large",
-            FrameError::Malformed(_) => "malformed",
-            FrameError::TextTooLong { .. } => "text_too_long",
+            FrameError::TooLarge { .. } => codes::TOO_LARGE,
+            FrameError::Malformed(_) => codes::MALFORMED,
+            FrameError::TextTooLong { .. } => codes::TEXT_TOO_LONG,
             FrameError::Action(e) => action_code(e),
             FrameError::Push(e) => gate_code(e),
-            FrameError::RateLimited { .. } => "rate_limited",
-            FrameError::Recovery(_) => "bad_recovery",
-            FrameError::NotEntered => "not_entered",
-            FrameError::UnknownConnection => "gone",
+            FrameError::RateLimited { .. } => codes::RATE_LIMITED,
+            FrameError::Recovery(_) => codes::BAD_RECOVERY,
+            FrameError::NotEntered => codes::NOT_ENTERED,
+            FrameError::UnknownConnection => codes::GONE,
         }
     }
 }
@@ -83,18 +83,18 @@ impl FrameError {
 /// The code of a refused interaction.
 pub(super) fn action_code(e: &ActionError) -> &'static str {
     match e {
-        ActionError::NotAllowed { .. } => "not_allowed",
-        _ => "refused",
+        ActionError::NotAllowed { .. } => codes::NOT_ALLOWED,
+        _ => codes::REFUSED,
     }
 }
 
 /// The code of a message push refused.
 pub(super) fn gate_code(e: &GateError) -> &'static str {
     match e {
-        GateError::NotAllowed { .. } => "not_allowed",
-        GateError::RateLimited { .. } => "rate_limited",
-        GateError::RoomMuted | GateError::UserMuted(_) => "muted",
-        _ => "refused",
+        GateError::NotAllowed { .. } => codes::NOT_ALLOWED,
+        GateError::RateLimited { .. } => codes::RATE_LIMITED,
+        GateError::RoomMuted | GateError::UserMuted(_) => codes::MUTED,
+        _ => codes::REFUSED,
     }
 }
 
@@ -258,7 +258,7 @@ impl RoomNode {
 
     /// No owner answered a request in time.
     fn give_up(&mut self, now: Timestamp, f: Forward) {
-        let error = ServerFrame::error("unavailable", "the room's owner did not answer; try again");
+        let error = ServerFrame::error(codes::UNAVAILABLE, "the room's owner did not answer; try again");
         match f.msg {
             PeerMsg::Enter { .. } => {
                 self.stats.refused_entries += 1;
@@ -323,7 +323,7 @@ impl RoomNode {
             // The room's owner refused the entry: nothing was entered.
             let (code, message) = match reply {
                 Some(ActReply::Refused { code, message, .. }) => (code, message),
-                _ => ("entry_refused".to_owned(), "the room refused the entry".to_owned()),
+                _ => (codes::ENTRY_REFUSED.to_owned(), "the room refused the entry".to_owned()),
             };
             self.stats.refused_entries += 1;
             self.reply(conn, ServerFrame::Error { code, message, retry_after_ms: None });

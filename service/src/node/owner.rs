@@ -27,7 +27,7 @@ use super::access::{action_code, gate_code};
 use super::{CacheAnswer, CacheOp, Output, RoomNode};
 use crate::classroom::{Action, ActionError, Actor, CardResult, CardSpec, Classroom, ClassroomSnapshot, Reaction};
 use crate::peer::{Act, ActReply, PeerMsg};
-use crate::wire::{HandOp, ReactKind, data, kinds, text_payload};
+use crate::wire::{HandOp, ReactKind, codes, data, kinds, text_payload};
 
 /// Requests remembered per room (a retry of one of them is answered, not
 /// done again).
@@ -304,7 +304,7 @@ impl RoomNode {
         let room = member.room_key();
         let refuse = |node: &mut RoomNode, message: String| {
             node.stats.refused_entries += 1;
-            let reply = ActReply::refused("entry_refused", message);
+            let reply = ActReply::refused(codes::ENTRY_REFUSED, message);
             let done = PeerMsg::Done { req, conn, reply: Some(reply) };
             node.send_peer(from, done);
         };
@@ -532,7 +532,7 @@ impl RoomNode {
                         rows: rows.iter().map(|r| (r.uin, r.role, r.terminals.bits())).collect(),
                         next: info.next.map(|c| c.to_bits()),
                     },
-                    Err(e) => ActReply::refused("malformed", e.to_string()),
+                    Err(e) => ActReply::refused(codes::MALFORMED, e.to_string()),
                 };
                 self.finish(room, Done { reply: Some(reply), ..done });
             }
@@ -557,7 +557,7 @@ impl RoomNode {
             Some(Ok(v)) => v,
             Some(Err(Some(e))) => return self.finish(room, Done { reply: Some(refused(&e)), ..done }),
             Some(Err(None)) => {
-                let reply = ActReply::refused("malformed", "invite and dismiss need a uin");
+                let reply = ActReply::refused(codes::MALFORMED, "invite and dismiss need a uin");
                 return self.finish(room, Done { reply: Some(reply), ..done });
             }
             None => return,
@@ -871,7 +871,7 @@ impl RoomNode {
         let done = Done { to: from, req, conn, reply: None };
         if let Ok(Decision::Limited { retry_after }) = answer {
             let reply = ActReply::Refused {
-                code: "rate_limited".into(),
+                code: codes::RATE_LIMITED.into(),
                 message: "the business's chat is over its quota".into(),
                 retry_after_ms: Some(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX)),
             };
@@ -906,7 +906,7 @@ impl RoomNode {
             self.rooms.remove(&room);
             for (from, msg) in queued {
                 if let PeerMsg::Act { req, conn, .. } | PeerMsg::Enter { req, conn, .. } = msg {
-                    let reply = ActReply::refused("refused", e.to_string());
+                    let reply = ActReply::refused(codes::REFUSED, e.to_string());
                     self.send_peer(from, PeerMsg::Done { req, conn, reply: Some(reply) });
                 }
             }
