@@ -226,19 +226,41 @@ async fn ticket(State(app): State<App>, Query(q): Query<TicketQuery>) -> Respons
 
 #[derive(Debug, Deserialize)]
 struct WsQuery {
-    room: u64,
-    ticket: String,
+    #[serde(default)]
+    room: Option<String>,
+    #[serde(default)]
+    ticket: Option<String>,
 }
 
 async fn ws(State(app): State<App>, Query(q): Query<WsQuery>, upgrade: WebSocketUpgrade) -> Response {
-    let room = RoomKey::new(DEMO_BID, RoomId(q.room));
+    // A missing or bad room or ticket is refused like any entry: in the
+    // protocol, on the socket (an error frame, then 4001).
+    let entry = match (q.room.as_deref().map(str::parse::<u64>), q.ticket) {
+        (Some(Ok(room)), Some(ticket)) => Ok((RoomKey::new(DEMO_BID, RoomId(room)), ticket)),
+        (Some(Err(_)), _) => Err("the room is not a number"),
+        (None, _) => Err("no room given"),
+        (_, None) => Err("no ticket given"),
+    };
     upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
         // Small buffers: most frames are a few hundred bytes, and a class
         // holds tens of thousands of sockets.
         .read_buffer_size(8 * 1024)
         .write_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| session(app, room, q.ticket, socket))
+        .on_upgrade(move |mut socket| async move {
+            match entry {
+                Ok((room, ticket)) => session(app, room, ticket, socket).await,
+                Err(why) => refuse(&mut socket, why).await,
+            }
+        })
+}
+
+/// Tells the client its entry was refused, and closes.
+async fn refuse(socket: &mut WebSocket, why: &str) {
+    let frame = roomkit::wire::error_frame(roomkit::wire::codes::ENTRY_REFUSED, why);
+    let text = String::from_utf8_lossy(&frame).into_owned();
+    let _ = socket.send(WsMessage::Text(text.into())).await;
+    let _ = socket.send(close(4001, "entry refused")).await;
 }
 
 /// A close frame with the service's code and reason.
@@ -251,11 +273,7 @@ async fn session(app: App, room: RoomKey, ticket: String, mut socket: WebSocket)
         Ok(c) => c,
         Err(e) => {
             // Nothing entered: tell the client why and close.
-            let frame = roomkit::wire::error_frame("entry_refused", &e.to_string());
-            let text = String::from_utf8_lossy(&frame).into_owned();
-            let _ = socket.send(WsMessage::Text(text.into())).await;
-            let _ = socket.send(close(4001, "entry refused")).await;
-            return;
+            return refuse(&mut socket, &e.to_string()).await;
         }
     };
     tracing::debug!(member = %conn.member, role = %conn.role, "connected");

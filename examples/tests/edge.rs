@@ -117,3 +117,24 @@ async fn large_frames_get_an_answer_or_a_close_code() {
     }
     assert_eq!(code, Some(1009));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_without_a_room_or_ticket_is_refused_in_the_protocol() {
+    let (addr, _service) = server(Limits::default()).await;
+    let ticket = demo_ticket(&keys(), 7, 100, Role::Student, Terminal::Web);
+    for query in
+        ["", "?room=7", &format!("?ticket={ticket}"), &format!("?room=seven&ticket={ticket}"), "?room=7&ticket=forged"]
+    {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws{query}")).await.expect("upgrades");
+        let first = ws.next().await.expect("a frame").expect("ok");
+        let text = first.to_text().expect("text").to_owned();
+        assert!(text.contains("\"entry_refused\""), "{query}: {text}");
+        let mut code = None;
+        while let Some(Ok(frame)) = ws.next().await {
+            if let Message::Close(Some(c)) = frame {
+                code = Some(u16::from(c.code));
+            }
+        }
+        assert_eq!(code, Some(4001), "{query}");
+    }
+}
