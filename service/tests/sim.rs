@@ -792,3 +792,35 @@ fn the_room_survives_its_owner_over_a_lossy_bus() {
     // Students retry what was not answered: nearly every answer is taken.
     assert!(answered as u64 >= seeds * 22, "{answered} answers over {seeds} runs");
 }
+
+/// A node dies with its clients (they never come back), and the survivors
+/// learn it at different moments: exactly its members are taken out, each
+/// once, whoever owned their sessions.
+#[test]
+fn members_who_leave_with_a_dead_node_are_taken_out() {
+    for seed in 0..50 {
+        let mut class = Class::new(seed, 3, 24, lossy_bus());
+        let owner = class.owner();
+        let (victim, victim_addr) = *class.nodes.iter().find(|(n, _)| *n != owner).expect("a node");
+        let gone: Vec<Addr> = class.clients.iter().copied().filter(|c| class.client(*c).node == victim_addr).collect();
+        class.sim.crash(victim_addr);
+        for &c in &gone {
+            class.sim.crash(c);
+        }
+        class.alive.remove(&victim);
+        let survivors: Vec<(NodeId, Addr)> =
+            class.nodes.iter().filter(|(n, _)| class.alive.contains(n)).copied().collect();
+        let ids: Vec<NodeId> = survivors.iter().map(|(n, _)| *n).collect();
+        // The registry tells one survivor, and the other a moment later
+        // (either may be the room's owner).
+        let (first, second) = if seed % 2 == 0 { (survivors[0], survivors[1]) } else { (survivors[1], survivors[0]) };
+        class.run(Duration::from_millis(300));
+        class.sim.send(first.1, first.1, M::View(ids.clone()));
+        class.run(Duration::from_millis(50 + seed % 200));
+        class.sim.send(second.1, second.1, M::View(ids.clone()));
+        class.run(Duration::from_secs(6));
+        let listed = class.listed();
+        assert_eq!(listed, 25 - gone.len() as u32, "seed {seed}: the list keeps exactly the members still there");
+        assert_eq!(class.timed_out(), gone.len() as u64, "seed {seed}: each member who left is taken out once");
+    }
+}

@@ -503,6 +503,7 @@ pub struct RoomNode {
     // session owner
     sessions: SessionOwner,
     probes: HashMap<u64, (NodeId, room_heartbeat::ProbeId), ahash::RandomState>,
+    pending_holds: Vec<(MemberKey, Terminal, Timestamp)>,
     // room owner
     gate: FencedGate,
     rooms: HashMap<RoomKey, owner::OwnedRoom, ahash::RandomState>,
@@ -573,6 +574,7 @@ impl RoomNode {
             next_req: 0,
             sessions,
             probes: HashMap::with_hasher(ahash::RandomState::new()),
+            pending_holds: Vec::new(),
             gate,
             rooms: HashMap::with_hasher(ahash::RandomState::new()),
             replica,
@@ -716,6 +718,7 @@ impl RoomNode {
         }
         let _ = self.replica.set_nodes(nodes);
         self.previous_router = self.router.replace(router);
+        self.retry_holds(now);
         self.owner_view_changed(now);
         self.drain_replica();
         self.drain_loopback(now);

@@ -6,6 +6,9 @@ use room_core::{ConnId, ExitReason, MemberKey, NodeId, Role, Terminal, Timestamp
 use room_heartbeat::{OwnerOutput, ProbeAnswer};
 
 use super::RoomNode;
+
+/// Holds waiting for a view at most (a room of 60,000 moving at once fits).
+const MAX_PENDING_HOLDS: usize = 1 << 18;
 use crate::peer::{CloseReason, PeerMsg};
 
 impl RoomNode {
@@ -18,14 +21,32 @@ impl RoomNode {
         self.drain_sessions(now, None);
     }
 
-    /// Sessions the member list shows that are this node's now.
+    /// Sessions the member list shows that are this node's now. A room's
+    /// owner may learn a view before this node does: sessions this node
+    /// does not own yet wait (bounded, for a few timeouts) for the view
+    /// that gives them to it.
     pub(super) fn session_hold(&mut self, now: Timestamp, sessions: Vec<(MemberKey, Terminal)>) {
         for (member, terminal) in sessions {
-            if !self.sessions.owns(&member) {
-                continue;
+            if self.sessions.owns(&member) {
+                if self.sessions.hold(now, member, terminal).is_err() {
+                    break;
+                }
+            } else if self.pending_holds.len() < MAX_PENDING_HOLDS {
+                self.pending_holds.push((member, terminal, now));
             }
-            if self.sessions.hold(now, member, terminal).is_err() {
-                break;
+        }
+        self.drain_sessions(now, None);
+    }
+
+    /// The view changed: holds that waited for it are taken.
+    pub(super) fn retry_holds(&mut self, now: Timestamp) {
+        let keep_for = self.config.heartbeat * self.config.misses.max(1) * 2;
+        let waiting = std::mem::take(&mut self.pending_holds);
+        for (member, terminal, since) in waiting {
+            if self.sessions.owns(&member) {
+                let _ = self.sessions.hold(now, member, terminal);
+            } else if now.saturating_sub(keep_for) <= since {
+                self.pending_holds.push((member, terminal, since));
             }
         }
         self.drain_sessions(now, None);
