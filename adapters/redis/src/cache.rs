@@ -139,7 +139,7 @@ impl RedisCacheConfig {
             prefix: "roomkit:cache:".into(),
             max_len: 1024,
             max_age: Duration::from_secs(300),
-            timeout: Duration::from_millis(50),
+            timeout: Duration::from_millis(250),
             retry_every: Duration::from_millis(500),
             local_rooms: 10_000,
             max_state: InMemorySharedCache::DEFAULT_MAX_STATE,
@@ -447,34 +447,56 @@ impl SharedCache for RedisCache {
     }
 
     /// Redis's answer merged with the local fallback's, as one contiguous
-    /// run.
+    /// run. With Redis unreachable, what the fallback holds answers; if it
+    /// holds nothing there, [`SharedCacheError::Unavailable`] (not "none
+    /// held": a client would be reset for it).
     async fn range(&self, room: RoomKey, epoch: u64, after: u64, upto: u64) -> Result<Vec<Envelope>, SharedCacheError> {
         shared_cache::check_range(after, upto)?;
         let mut found = self.local.range(room, epoch, after, upto).await?;
+        let mut unreachable = Some("redis is unavailable (retrying)".to_owned());
         if self.breaker.should_try() {
             match self.remote_range(room, epoch, after, upto).await {
                 Ok(remote) => {
                     self.breaker.succeeded();
                     found.extend(remote);
+                    unreachable = None;
                 }
-                Err(error) => self.breaker.failed(error),
+                Err(error) => {
+                    unreachable = Some(error.clone());
+                    self.breaker.failed(error);
+                }
             }
         }
-        Ok(shared_cache::contiguous_run(found, after))
+        match unreachable {
+            Some(error) if found.is_empty() => Err(SharedCacheError::Unavailable(error)),
+            _ => Ok(shared_cache::contiguous_run(found, after)),
+        }
     }
 
+    /// Redis's head merged with what the fallback holds. With Redis
+    /// unreachable, only a head held here answers; with none, the answer is
+    /// [`SharedCacheError::Unavailable`], not "empty": a room's next owner
+    /// must not take a cache it could not ask for one that holds nothing
+    /// (it would restart the room's sequence).
     async fn head(&self, room: RoomKey) -> Result<Option<(u64, u64)>, SharedCacheError> {
         let local = self.local.head(room).await?;
+        let mut error = "redis is unavailable (retrying)".to_owned();
         if self.breaker.should_try() {
             match self.remote_head(room).await {
                 Ok(remote) => {
                     self.breaker.succeeded();
                     return Ok(remote.max(local));
                 }
-                Err(error) => self.breaker.failed(error),
+                Err(e) => {
+                    error = e.clone();
+                    self.breaker.failed(e);
+                }
             }
         }
-        Ok(local)
+        match local {
+            Some(head) => Ok(Some(head)),
+            None => Err(SharedCacheError::Unavailable(error)),
+        }
     }
 
     /// Redis's state, unless this process holds a newer one saved while

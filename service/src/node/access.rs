@@ -547,7 +547,9 @@ impl RoomNode {
         let Some(c) = self.conns.get(&conn) else { return };
         let (member, role, terminal) = (c.member, c.role, c.terminal);
         let room = member.room_key();
-        let found = found.unwrap_or_default();
+        // The cache could not say: no answer (the client checks again)
+        // rather than a reset.
+        let Ok(found) = found else { return };
         if found.first().is_some_and(|e| e.seq == after + 1 && e.epoch == epoch) {
             let subclass = self.push.connection_subclass(conn).ok().flatten();
             let mut frames = Vec::new();
@@ -592,6 +594,11 @@ impl RoomNode {
     ) {
         let Some(c) = self.conns.get(&conn) else { return };
         let room = c.member.room_key();
+        if head.is_err() {
+            // The cache could not say: no answer rather than a reset the
+            // client would have to reload for. It checks again.
+            return;
+        }
         let answer = match head {
             Ok(Some((e, h))) if e == epoch && h == after => {
                 CheckAnswer::Messages { epoch, upto: after, frames: Vec::new() }

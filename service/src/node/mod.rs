@@ -134,7 +134,7 @@ impl RoomNodeConfig {
             save_interval: Duration::from_millis(50),
             forward_timeout: Duration::from_millis(300),
             forward_attempts: 30,
-            cache_timeout: Duration::from_millis(500),
+            cache_timeout: Duration::from_secs(1),
             max_queued_per_room: 16_384,
             budgets: Budgets::default(),
             business_chat: quota(10_000, 2_000).unwrap_or(GateConfig::default().room_chat_quota),
