@@ -22,7 +22,8 @@
 //!
 //! Everything is sans-IO: inputs take `now`, outputs are polled, and each
 //! component's `poll_timeout` says when to call back. The `tokio` feature
-//! adds [`driver`]s that run a server and a proxy on real timers.
+//! adds drivers (the `driver` module) that run a server and a proxy on real
+//! timers.
 //!
 //! # Bad input
 //!
