@@ -17,6 +17,8 @@ pub enum ExitReason {
     Kicked,
     /// Moved to another room (a sub-class reassignment, a room merge).
     Moved,
+    /// The host closed the room.
+    RoomClosed,
 }
 
 /// What happened to a member.

@@ -12,6 +12,11 @@
 //! * [`RoomService::handle_text`] for every text frame from the client;
 //! * [`RoomService::disconnect`] when the client goes.
 //!
+//! The business backend acts on rooms through the same service, on any
+//! node of a cluster: [`RoomService::publish`], [`RoomService::presence`],
+//! [`RoomService::counts`], [`RoomService::members`], [`RoomService::kick`],
+//! [`RoomService::close_room`] (all of them [`RoomService::host`]).
+//!
 //! ```no_run
 //! use room_core::{BusinessId, RoomId, RoomKey};
 //! use roomkit::service::{RoomService, ServiceConfig};
@@ -37,13 +42,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use room_core::{ConnId, MemberKey, NodeId, Role, RoomKey, Terminal, Timestamp};
+use room_memberlist::{Counts, MemberRow, PageQuery};
 use room_push::SendError;
+use room_push::{Class, Kind, Target};
+use room_service::host::RoomEvent;
+use room_service::host::{HostAnswer, HostError, HostRequest};
 pub use room_service::peer::CloseReason;
 use room_service::transport::{Transports, run_cache};
 pub use room_service::{Admission, FrameError, NodeStats, Outbound, RoomNodeConfig};
 use room_service::{ClientSink, Output, RoomNode};
 use std::collections::{HashMap, HashSet};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::ticket::{KeyRing, TicketError};
@@ -59,12 +68,16 @@ pub struct ServiceConfig {
     /// Frames queued per connection between the service and the host's
     /// writer; when full, push frames wait in the node (chat is shed first).
     pub outbound: usize,
+    /// Room events held for [`RoomService::events`] readers: a reader
+    /// that falls further behind is told how many it missed
+    /// ([`Lagged`]), and memory stays bounded.
+    pub events: usize,
 }
 
 impl ServiceConfig {
     /// Defaults around `keys`: node 1, 20 s heartbeats, 3 misses.
     pub fn new(keys: KeyRing) -> Self {
-        ServiceConfig { keys, node: RoomNodeConfig::new(NodeId(1)), outbound: 512 }
+        ServiceConfig { keys, node: RoomNodeConfig::new(NodeId(1)), outbound: 512, events: 65_536 }
     }
 }
 
@@ -112,6 +125,42 @@ pub struct Connection {
     pub terminal: Terminal,
     /// Frames for the client, in order.
     pub outbound: mpsc::Receiver<Outbound>,
+}
+
+/// The room events a node tells ([`RoomService::events`]).
+#[derive(Debug)]
+pub struct Events {
+    rx: broadcast::Receiver<RoomEvent>,
+}
+
+/// The reader fell behind and events were dropped (the oldest first):
+/// reconcile with [`RoomService::presence`] and [`RoomService::counts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the event reader fell behind: {missed} events were dropped")]
+pub struct Lagged {
+    /// How many.
+    pub missed: u64,
+}
+
+impl Events {
+    /// The next event, [`Lagged`] after a gap; `None` once the service
+    /// is gone.
+    pub async fn next(&mut self) -> Option<Result<RoomEvent, Lagged>> {
+        match self.rx.recv().await {
+            Ok(event) => Some(Ok(event)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Err(Lagged { missed })),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// The next event if one is waiting (no wait).
+    pub fn try_next(&mut self) -> Option<Result<RoomEvent, Lagged>> {
+        match self.rx.try_recv() {
+            Ok(event) => Some(Ok(event)),
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => Some(Err(Lagged { missed })),
+            Err(_) => None,
+        }
+    }
 }
 
 /// Unix time in microseconds: every node of a cluster stamps with it, so
@@ -166,6 +215,10 @@ struct Inner {
     /// brings the node's next timeout earlier wakes it.
     armed: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Room events, to every reader of [`RoomService::events`].
+    events: broadcast::Sender<RoomEvent>,
+    /// Host requests waiting for their answers, by id.
+    host_waiters: Mutex<HashMap<u64, oneshot::Sender<Result<HostAnswer, HostError>>>>,
 }
 
 /// The room service. Cheap to clone; every clone is the same service.
@@ -224,6 +277,8 @@ impl RoomService {
             wake: Notify::new(),
             armed: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
+            host_waiters: Mutex::new(HashMap::new()),
+            events: broadcast::channel(config.events.max(16)).0,
         });
         let service = RoomService { inner };
         let tasks = vec![
@@ -271,6 +326,21 @@ impl RoomService {
     /// connections' writers.
     fn pump(&self, core: &mut RoomNode, t: Timestamp) {
         while let Some(output) = core.poll_output() {
+            match output {
+                Output::Host { id, answer } => {
+                    if let Some(waiter) = self.inner.host_waiters.lock().remove(&id) {
+                        let _ = waiter.send(answer);
+                    }
+                    continue;
+                }
+                Output::Event(event) => {
+                    // Without readers it is dropped; a reader that is
+                    // behind by the buffer's size misses the oldest.
+                    let _ = self.inner.events.send(event);
+                    continue;
+                }
+                _ => {}
+            }
             let _ = self.inner.outputs.send(output);
         }
         core.flush(t, &mut *self.inner.writers.lock());
@@ -324,6 +394,126 @@ impl RoomService {
     pub fn disconnect(&self, conn: ConnId) {
         self.inner.writers.lock().channels.remove(&conn);
         self.with_core(|core, t| core.disconnect(t, conn));
+    }
+
+    /// What happens in the rooms this node owns, from now on: entries,
+    /// exits (with why), hands, answers, card results, grabs, reaction
+    /// totals, closes; in order per room (see
+    /// [`RoomEvent`]). On a cluster, each
+    /// node tells its own rooms' events: read them on every node.
+    ///
+    /// ```no_run
+    /// # async fn f(service: roomkit::service::RoomService) {
+    /// use roomkit::host::EventKind;
+    /// let mut events = service.events();
+    /// while let Some(event) = events.next().await {
+    ///     match event {
+    ///         Ok(e) if matches!(e.what, EventKind::Left { .. }) => { /* attendance */ }
+    ///         Ok(_) => {}
+    ///         Err(lagged) => eprintln!("{lagged}"), // reconcile with presence()
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn events(&self) -> Events {
+        Events { rx: self.inner.events.subscribe() }
+    }
+
+    /// A host's request, on whichever node the room is owned by; see
+    /// [`HostRequest`] and the helpers below.
+    pub async fn host(&self, request: HostRequest) -> Result<HostAnswer, HostError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut core = self.inner.core.lock();
+            let t = now();
+            let id = core.host(t, request);
+            if let Ok(id) = id {
+                // In place before the answer can be pumped out.
+                self.inner.host_waiters.lock().insert(id, tx);
+            }
+            self.pump(&mut core, t);
+            id?;
+        }
+        // A service killed meanwhile drops the waiter: no owner answered.
+        rx.await.unwrap_or(Err(HostError::Unavailable))
+    }
+
+    /// Publishes a message of the host's (not a member's) to `target` in
+    /// `room`: `data` is JSON the clients get as the message's `data`,
+    /// `kind` one of the host's (from
+    /// [`HOST_FIRST`](room_service::wire::kinds::HOST_FIRST)). Reliable
+    /// classes (signal, teacher) are numbered and recoverable; the answer
+    /// is their `(epoch, seq)`.
+    ///
+    /// ```no_run
+    /// # async fn f(service: roomkit::service::RoomService, room: room_core::RoomKey) -> Result<(), roomkit::host::HostError> {
+    /// use room_push::{Class, Kind, Target};
+    /// let notice = bytes::Bytes::from_static(br#"{"text":"class starts in 1 minute"}"#);
+    /// let (epoch, seq) = service.publish(room, Target::room(), Class::Teacher, Kind(300), notice).await?;
+    /// # let _ = (epoch, seq); Ok(()) }
+    /// ```
+    pub async fn publish(
+        &self,
+        room: RoomKey,
+        target: Target,
+        class: Class,
+        kind: Kind,
+        data: bytes::Bytes,
+    ) -> Result<(u64, u64), HostError> {
+        match self.host(HostRequest::Publish { room, target, class, kind, data }).await? {
+            HostAnswer::Published { epoch, seq } => Ok((epoch, seq)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A member's row (role, terminals, join time) if present.
+    pub async fn presence(&self, member: MemberKey) -> Result<Option<MemberRow>, HostError> {
+        match self.host(HostRequest::Presence { member }).await? {
+            HostAnswer::Presence(row) => Ok(row),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A room's counts by role and terminal.
+    pub async fn counts(&self, room: RoomKey) -> Result<Counts, HostError> {
+        match self.host(HostRequest::Counts { room }).await? {
+            HostAnswer::Counts(counts) => Ok(counts),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A page of a room's members (`query`: filters, cursor, size); the
+    /// cursor of the next page comes with it.
+    pub async fn members(
+        &self,
+        room: RoomKey,
+        query: PageQuery,
+    ) -> Result<(Vec<MemberRow>, Option<room_memberlist::Cursor>), HostError> {
+        match self.host(HostRequest::Members { room, query }).await? {
+            HostAnswer::Members { rows, next } => Ok((rows, next)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Removes a member from its room on every terminal: its clients get
+    /// a `bye` frame with `reason` and close 4005. With `ban`, its entries
+    /// are refused (`banned`) that long. Returns whether it was present.
+    pub async fn kick(&self, member: MemberKey, reason: &str, ban: Option<Duration>) -> Result<bool, HostError> {
+        let ban_ms = ban.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        match self.host(HostRequest::Kick { member, reason: reason.to_owned(), ban_ms }).await? {
+            HostAnswer::Kicked { was_present } => Ok(was_present),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Closes a room: every member's clients get a `bye` frame with
+    /// `reason` and close 4006, and the room's interactions, mutes and
+    /// bans are let go. Returns how many members it had.
+    pub async fn close_room(&self, room: RoomKey, reason: &str) -> Result<u32, HostError> {
+        match self.host(HostRequest::CloseRoom { room, reason: reason.to_owned() }).await? {
+            HostAnswer::Closed { members } => Ok(members),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Runs the node's due timers now (tests, or hosts with their own loop).
@@ -461,4 +651,9 @@ impl RoomService {
             });
         }
     }
+}
+
+/// An answer of the wrong kind (a node of another version).
+fn unexpected(answer: &HostAnswer) -> HostError {
+    HostError::Bad(format!("unexpected answer {answer:?}"))
 }

@@ -334,3 +334,69 @@ async fn two_nodes_in_one_process_run_one_class() {
         .inspect(|n| n.classroom(ROOM).and_then(|c| c.open_card_view()).map(|c| c.answered));
     assert_eq!(tally, Some(10));
 }
+
+/// The host's calls on the quickstart's cluster of one: a notice, presence,
+/// a kick with a ban, a close; bad input is refused with what was wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_publishes_kicks_and_closes() {
+    use roomkit::host::HostError;
+    use roomkit::push::{Class, Kind, Target};
+    let svc = service().await;
+    let (mut teacher, _) = join(&svc, 1, Role::Teacher).await;
+    let (mut student, _) = join(&svc, 100, Role::Student).await;
+    drain(&mut teacher).await;
+    drain(&mut student).await;
+    let notice = bytes::Bytes::from_static(br#"{"text":"class starts in 1 minute"}"#);
+    let (_, seq) = svc.publish(ROOM, Target::room(), Class::Teacher, Kind(300), notice).await.expect("published");
+    assert!(seq > 0);
+    let got = drain(&mut student).await;
+    assert_eq!(pushed(&got, 300), [serde_json::json!({"text": "class starts in 1 minute"})], "{got:?}");
+    let bad = svc.publish(ROOM, Target::room(), Class::Signal, Kind(2), bytes::Bytes::from_static(b"{}")).await;
+    assert!(matches!(bad, Err(HostError::Bad(ref m)) if m.contains("not a host's")), "{bad:?}");
+
+    let row = svc.presence(ROOM.member(Uin(100))).await.expect("answered").expect("present");
+    assert_eq!(row.role, Role::Student);
+    assert_eq!(svc.counts(ROOM).await.expect("answered").total(), 2);
+
+    assert!(svc.kick(ROOM.member(Uin(100)), "disruptive", Some(Duration::from_secs(60))).await.expect("kicked"));
+    let got = drain(&mut student).await;
+    assert!(got.iter().any(|f| f["t"] == "bye" && f["code"] == 4005 && f["reason"] == "disruptive"), "{got:?}");
+    assert_eq!(got.last().map(|f| f["code"].clone()), Some(serde_json::json!(4005)), "then closed: {got:?}");
+    let mut again = svc.connect(ROOM, &ticket(100, Role::Student)).expect("verified");
+    let got = drain(&mut again).await;
+    assert_eq!(errors(&got), ["banned"], "{got:?}");
+
+    assert_eq!(svc.close_room(ROOM, "class is over").await, Ok(1));
+    let got = drain(&mut teacher).await;
+    assert!(got.iter().any(|f| f["t"] == "bye" && f["code"] == 4006), "{got:?}");
+    assert_eq!(svc.counts(ROOM).await.expect("answered").total(), 0);
+}
+
+/// A host that never reads its events holds at most `events` of them: it
+/// is told how many it missed, then gets the newest, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_does_not_read_its_events_is_told_it_lagged() {
+    use roomkit::host::EventKind;
+    let mut config = ServiceConfig::new(keys());
+    config.events = 64;
+    let svc = RoomService::start(config).await.expect("starts");
+    let mut events = svc.events();
+    const MEMBERS: u64 = 300;
+    for uin in 100..100 + MEMBERS {
+        let (conn, _) = join(&svc, uin, Role::Student).await;
+        svc.disconnect(conn.id);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut missed = 0;
+    let mut got = Vec::new();
+    while let Some(next) = events.try_next() {
+        match next {
+            Ok(e) => got.push(e),
+            Err(lagged) => missed += lagged.missed,
+        }
+    }
+    assert!(got.len() <= 64, "held {} events", got.len());
+    assert_eq!(missed + got.len() as u64, 2 * MEMBERS, "an entry and an exit each, missed or read");
+    assert!(got.windows(2).all(|w| w[1].seq == w[0].seq + 1), "the newest, in order");
+    assert!(matches!(got.last().map(|e| &e.what), Some(EventKind::Left { .. })));
+}

@@ -12,6 +12,8 @@
 //! * [`transport`]: the bundle of transports a node runs over (bus, shared
 //!   cache, global limiter, peer links, cluster view), with in-memory
 //!   implementations for a cluster of one.
+//! * [`host`]: what a business backend asks of the service (publish,
+//!   presence, kick, close) and the events it is told.
 //! * [`peer`]: what nodes say to each other.
 //! * [`classroom`]: raised hands, reactions, answer cards and red packets
 //!   (sans-IO, with snapshots a room's next owner restores).
@@ -20,6 +22,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod classroom;
+pub mod host;
 mod node;
 pub mod peer;
 pub mod transport;

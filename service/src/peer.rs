@@ -172,6 +172,41 @@ pub enum PeerMsg {
     },
     /// Member-list replication between the replicas of a room.
     Repl(ReplMsg),
+    /// Any node -> room owner: a host's request (retried with the same id
+    /// until answered).
+    Host {
+        /// The request.
+        req: u64,
+        /// What.
+        request: crate::host::HostRequest,
+    },
+    /// Room owner -> the node the host asked: the answer.
+    HostDone {
+        /// The request.
+        req: u64,
+        /// The answer.
+        answer: Result<crate::host::HostAnswer, crate::host::HostError>,
+    },
+    /// Room owner -> session owner: end these members' sessions (a kick, a
+    /// room closed); their clients are told `message` and closed.
+    Remove {
+        /// Who.
+        members: Vec<MemberKey>,
+        /// Why.
+        reason: CloseReason,
+        /// For the member's clients.
+        message: String,
+    },
+    /// Session owner -> access: a connection is closed by the service; its
+    /// client is told `message` first.
+    Bye {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+        /// For the client.
+        message: String,
+    },
 }
 
 impl PeerMsg {
@@ -355,18 +390,21 @@ pub enum CloseReason {
     TimedOut,
     /// It could not keep up with its reliable messages.
     SlowConsumer,
-    /// The host closed it (a kick).
+    /// The host removed the member (a kick).
     Kicked,
+    /// The host closed the room.
+    RoomClosed,
 }
 
 impl CloseReason {
     /// Every reason.
-    pub const ALL: [CloseReason; 5] = [
+    pub const ALL: [CloseReason; 6] = [
         CloseReason::Refused,
         CloseReason::Replaced,
         CloseReason::TimedOut,
         CloseReason::SlowConsumer,
         CloseReason::Kicked,
+        CloseReason::RoomClosed,
     ];
 
     /// The websocket close code a host should send (4000-4999 are the
@@ -378,6 +416,7 @@ impl CloseReason {
             CloseReason::TimedOut => 4003,
             CloseReason::SlowConsumer => 4004,
             CloseReason::Kicked => 4005,
+            CloseReason::RoomClosed => 4006,
         }
     }
 
@@ -389,6 +428,7 @@ impl CloseReason {
             CloseReason::TimedOut => "heartbeats stopped",
             CloseReason::SlowConsumer => "too slow to keep up",
             CloseReason::Kicked => "removed",
+            CloseReason::RoomClosed => "the room closed",
         }
     }
 }

@@ -34,6 +34,9 @@ pub mod kinds {
     /// The room's interaction state (what is open now), sent when a
     /// room's new owner restored it. Data: `{"hands","card","packets","muted","flowers","likes"}`.
     pub const STATE: Kind = Kind(10);
+    /// The first kind a host may use for its own messages (up to
+    /// `Kind::RESERVED_FROM - 1`); below it are Roomkit's.
+    pub const HOST_FIRST: Kind = Kind(256);
 }
 
 /// The codes of error frames (`{"t":"error","code"}`), one source for the
@@ -63,6 +66,9 @@ pub mod codes {
     pub const UNAVAILABLE: &str = "unavailable";
     /// The entry was refused.
     pub const ENTRY_REFUSED: &str = "entry_refused";
+    /// The host removed this member from the room for a while: its entries
+    /// are refused until then.
+    pub const BANNED: &str = "banned";
 
     /// Every code.
     pub const ALL: &[&str] = &[
@@ -78,6 +84,7 @@ pub mod codes {
         GONE,
         UNAVAILABLE,
         ENTRY_REFUSED,
+        BANNED,
     ];
 }
 
@@ -573,12 +580,20 @@ pub enum ServerFrame {
         /// The cursor for the next page.
         next: Option<String>,
     },
+    /// The service is closing this connection (the host removed the
+    /// member or closed the room): the close with `code` follows.
+    Bye {
+        /// The close code that follows (4005, 4006).
+        code: u16,
+        /// Why, from the host.
+        reason: String,
+    },
 }
 
 impl ServerFrame {
     /// Every `t` of a direct reply.
     pub const TAGS: &'static [&'static str] =
-        &["welcome", "error", "ack", "recover", "reset", "state", "answered", "grabbed", "members"];
+        &["welcome", "error", "ack", "recover", "reset", "state", "answered", "grabbed", "members", "bye"];
 
     /// This frame's `t`.
     pub fn tag(&self) -> &'static str {
@@ -592,6 +607,7 @@ impl ServerFrame {
             ServerFrame::Answered { .. } => "answered",
             ServerFrame::Grabbed { .. } => "grabbed",
             ServerFrame::Members { .. } => "members",
+            ServerFrame::Bye { .. } => "bye",
         }
     }
 

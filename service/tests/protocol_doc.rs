@@ -137,6 +137,8 @@ fn documented_limits_are_the_defaults() {
         format!("{} a second (bursts of {})", per_second(gate.room_reliable_quota), gate.room_reliable_quota.burst()),
         format!("at most {} messages", NodeConfig::default().max_check_answer),
         format!("took nothing for {} s", node.slow_client_lag.as_secs()),
+        format!("Kinds from {} to {} are the host's own", kinds::HOST_FIRST.0, Kind::RESERVED_FROM - 1),
+        format!("`reason` (the host's words, ≤ {} chars)", room_service::host::MAX_REASON),
     ] {
         assert!(DOC.contains(&phrase), "PROTOCOL.md does not say {phrase:?}");
     }

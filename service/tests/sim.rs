@@ -11,6 +11,7 @@ use room_core::{
     BusinessId, ClusterView, ConnId, NodeChange, NodeId, NodeState, Role, RoomId, RoomKey, Terminal, Timestamp, Uin,
 };
 use room_push::{Envelope, FrameKind, InMemorySharedCache, LocalGlobalLimiter};
+use room_service::host::{EventKind, HostAnswer, HostError, HostRequest, RoomEvent};
 use room_service::peer::{CloseReason, PeerMsg};
 use room_service::transport::run_cache;
 use room_service::{Admission, CacheAnswer, CacheOp, ClientSink, Outbound, Output, RoomNode, RoomNodeConfig};
@@ -43,6 +44,8 @@ enum M {
     CacheResp(u64, CacheAnswer),
     /// Registry -> node.
     View(Vec<NodeId>),
+    /// The business backend -> node.
+    Host(HostRequest),
 }
 
 /// A small routing table: a simulated cluster rebuilds it on every view.
@@ -73,6 +76,11 @@ struct NodeHost {
     clients: HashMap<ConnId, Addr>,
     by_client: HashMap<Addr, ConnId>,
     limiter: LocalGlobalLimiter,
+    /// Host requests asked here, and the answers they got.
+    host_asked: Vec<u64>,
+    host_answers: Vec<(u64, Result<HostAnswer, HostError>)>,
+    /// Room events this node told, in order.
+    events: Vec<RoomEvent>,
 }
 
 struct SimSink<'a> {
@@ -111,6 +119,9 @@ impl NodeHost {
             clients: HashMap::new(),
             by_client: HashMap::new(),
             limiter: LocalGlobalLimiter::new(1 << 16),
+            host_asked: Vec::new(),
+            host_answers: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -136,6 +147,8 @@ impl NodeHost {
                         let answer = self.limiter.check_now(&key, quota, now, cost);
                         self.node.handle_limit(now, id, answer);
                     }
+                    Output::Host { id, answer } => self.host_answers.push((id, answer)),
+                    Output::Event(event) => self.events.push(event),
                     other => panic!("unexpected output {other:?}"),
                 }
             }
@@ -174,6 +187,10 @@ impl SimNode<M> for NodeHost {
             M::Deliver(env) => self.node.handle_envelope(now, env),
             M::CacheResp(id, answer) => self.node.handle_cache(now, id, answer),
             M::View(nodes) => self.node.set_view(now, &view_of(&nodes)),
+            M::Host(request) => match self.node.host(now, request) {
+                Ok(id) => self.host_asked.push(id),
+                Err(e) => self.host_answers.push((0, Err(e))),
+            },
             _ => {}
         }
         self.pump(now, out);
@@ -257,6 +274,10 @@ struct ClientHost {
     packet: Option<u64>,
     errors: Vec<String>,
     closed: Option<CloseReason>,
+    /// What a `bye` frame said: `(code, reason)`.
+    bye: Option<(u64, String)>,
+    /// Host notices (kind 300) by text: how often each came.
+    notices: BTreeMap<String, u32>,
 }
 
 impl ClientHost {
@@ -284,6 +305,8 @@ impl ClientHost {
             packet: None,
             errors: Vec::new(),
             closed: None,
+            bye: None,
+            notices: BTreeMap::new(),
         }
     }
 
@@ -314,6 +337,11 @@ impl ClientHost {
                     && !self.texts.insert(t.to_owned())
                 {
                     self.twice += 1;
+                }
+            }
+            Some(300) => {
+                if let Some(t) = body["data"]["text"].as_str() {
+                    *self.notices.entry(t.to_owned()).or_default() += 1;
                 }
             }
             Some(6) if body["data"]["op"] == "open" => self.card = body["data"]["id"].as_u64(),
@@ -390,6 +418,9 @@ impl ClientHost {
                 self.resets += 1;
                 self.epoch = frame["e"].as_u64().unwrap_or(0);
                 self.contiguous = frame["head"].as_u64().unwrap_or(0);
+            }
+            Some("bye") => {
+                self.bye = Some((frame["code"].as_u64().unwrap_or(0), frame["reason"].as_str().unwrap_or("").into()));
             }
             Some("state") => self.deliver(&serde_json::json!({ "kind": 10, "data": frame["data"] })),
             Some("answered") => {
@@ -803,6 +834,7 @@ fn members_who_leave_with_a_dead_node_are_taken_out() {
         let owner = class.owner();
         let (victim, victim_addr) = *class.nodes.iter().find(|(n, _)| *n != owner).expect("a node");
         let gone: Vec<Addr> = class.clients.iter().copied().filter(|c| class.client(*c).node == victim_addr).collect();
+        let gone_uins: BTreeSet<u64> = gone.iter().map(|c| class.client(*c).uin).collect();
         class.sim.crash(victim_addr);
         for &c in &gone {
             class.sim.crash(c);
@@ -822,5 +854,137 @@ fn members_who_leave_with_a_dead_node_are_taken_out() {
         let listed = class.listed();
         assert_eq!(listed, 25 - gone.len() as u32, "seed {seed}: the list keeps exactly the members still there");
         assert_eq!(class.timed_out(), gone.len() as u64, "seed {seed}: each member who left is taken out once");
+        let told: Vec<u64> = class
+            .alive
+            .iter()
+            .filter_map(|n| class.node(*n))
+            .flat_map(|h| h.events.iter())
+            .filter_map(|e| match e.what {
+                EventKind::Left { uin, reason: room_core::ExitReason::TimedOut } => Some(uin.0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(told.len(), gone_uins.len(), "seed {seed}: the host is told of each once: {told:?}");
+        assert_eq!(told.into_iter().collect::<BTreeSet<u64>>(), gone_uins, "seed {seed}");
+    }
+}
+
+fn notice(text: &str) -> HostRequest {
+    HostRequest::Publish {
+        room: ROOM,
+        target: room_push::Target::room(),
+        class: room_push::Class::Teacher,
+        kind: room_push::Kind(300),
+        data: bytes::Bytes::from(format!(r#"{{"text":"{text}"}}"#)),
+    }
+}
+
+/// The host acts on the room from a node that does not own it: its
+/// notices reach everyone once, its kick closes the member wherever it is
+/// connected, a notice asked as the owner dies is answered once and
+/// delivered once, and closing the room closes every client.
+#[test]
+fn the_host_acts_from_any_node_and_its_requests_survive_the_owner() {
+    for seed in 0..20 {
+        let mut class = Class::new(seed, 3, 12, lossy_bus());
+        let owner = class.owner();
+        let (asker, asker_addr) = *class.nodes.iter().find(|(n, _)| *n != owner).expect("a node");
+        let ask = |class: &mut Class, request| class.sim.send(asker_addr, asker_addr, M::Host(request));
+        let answers = |class: &Class| class.node(asker).map(|h| h.host_answers.clone()).unwrap_or_default();
+
+        ask(&mut class, notice("n1"));
+        class.run(Duration::from_secs(1));
+        let got = answers(&class);
+        assert!(matches!(got[..], [(_, Ok(HostAnswer::Published { seq, .. }))] if seq > 0), "seed {seed}: {got:?}");
+        for &c in &class.clients {
+            assert_eq!(class.client(c).notices.get("n1"), Some(&1), "seed {seed}: client {c:?}");
+        }
+
+        ask(&mut class, HostRequest::Counts { room: ROOM });
+        class.run(Duration::from_millis(300));
+        assert!(
+            matches!(answers(&class).last(), Some((_, Ok(HostAnswer::Counts(c)))) if c.total() == 13),
+            "seed {seed}: {:?}",
+            answers(&class).last()
+        );
+
+        // A student connected to the asking node is kicked.
+        let kicked = class
+            .students()
+            .into_iter()
+            .find(|c| class.client(*c).node == asker_addr)
+            .expect("a student on the asking node");
+        let uin = class.client(kicked).uin;
+        ask(&mut class, HostRequest::Kick { member: ROOM.member(Uin(uin)), reason: "bye now".into(), ban_ms: None });
+        class.run(Duration::from_millis(500));
+        assert!(matches!(answers(&class).last(), Some((_, Ok(HostAnswer::Kicked { was_present: true })))));
+        assert_eq!(class.client(kicked).bye, Some((4005, "bye now".to_owned())), "seed {seed}");
+        assert_eq!(class.client(kicked).closed, Some(CloseReason::Kicked), "seed {seed}");
+        assert_eq!(class.listed(), 12, "seed {seed}");
+        // Another is kicked with a ban, which must outlive the owner.
+        let banned = class
+            .students()
+            .into_iter()
+            .find(|c| *c != kicked && class.client(*c).node == asker_addr)
+            .expect("a second student on the asking node");
+        let banned_uin = class.client(banned).uin;
+        let ban =
+            HostRequest::Kick { member: ROOM.member(Uin(banned_uin)), reason: "out".into(), ban_ms: Some(600_000) };
+        ask(&mut class, ban);
+        class.run(Duration::from_millis(500));
+        assert_eq!(class.client(banned).closed, Some(CloseReason::Kicked), "seed {seed}");
+        assert_eq!(class.listed(), 11, "seed {seed}");
+
+        // A notice asked as the owner dies: answered once, delivered once.
+        ask(&mut class, notice("n2"));
+        class.run(Duration::from_micros(200 + seed * 50));
+        class.kill(owner, Duration::from_millis(600));
+        class.run(Duration::from_secs(8));
+        let asked = class.node(asker).map(|h| h.host_asked.clone()).unwrap_or_default();
+        let got = answers(&class);
+        assert_eq!(got.len(), asked.len(), "seed {seed}: every request answered once: {got:?}");
+        assert!(matches!(got.last(), Some((_, Ok(HostAnswer::Published { .. })))), "seed {seed}: {got:?}");
+        for c in class.clients.iter().copied().filter(|c| *c != kicked && *c != banned) {
+            assert_eq!(class.client(c).notices.get("n2"), Some(&1), "seed {seed}: client {c:?}");
+        }
+        // The room's new owner keeps the banned member out.
+        class.client_mut(banned).errors.clear();
+        class.sim.send(banned, asker_addr, M::Connect { uin: banned_uin, role: Role::Student });
+        class.run(Duration::from_millis(500));
+        assert_eq!(class.client(banned).errors, ["banned"], "seed {seed}");
+        assert_eq!(class.client(banned).closed, Some(CloseReason::Refused), "seed {seed}");
+
+        ask(&mut class, HostRequest::CloseRoom { room: ROOM, reason: "over".into() });
+        class.run(Duration::from_secs(1));
+        assert!(
+            matches!(answers(&class).last(), Some((_, Ok(HostAnswer::Closed { members: 11 })))),
+            "seed {seed}: {:?}",
+            answers(&class).last()
+        );
+        for c in class.clients.iter().copied().filter(|c| *c != kicked && *c != banned) {
+            assert_eq!(class.client(c).bye, Some((4006, "over".to_owned())), "seed {seed}: client {c:?}");
+            assert_eq!(class.client(c).closed, Some(CloseReason::RoomClosed), "seed {seed}");
+        }
+        assert_eq!(class.listed(), 0, "seed {seed}");
+
+        // The host heard the room's events from both owners: no number
+        // given twice, the new owner's past the gap, the close last.
+        let mut events: Vec<RoomEvent> = class
+            .alive
+            .iter()
+            .filter_map(|n| class.node(*n))
+            .flat_map(|h| h.events.iter().filter(|e| e.room == ROOM).cloned())
+            .collect();
+        events.sort_by_key(|e| e.seq);
+        let seqs: BTreeSet<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs.len(), events.len(), "seed {seed}: a number given twice");
+        let last = events.last().expect("events");
+        assert_eq!(last.what, EventKind::Closed, "seed {seed}");
+        assert!(last.seq > room_service::host::EVENT_SEQ_GAP, "seed {seed}: {}", last.seq);
+        let closed = events
+            .iter()
+            .filter(|e| matches!(e.what, EventKind::Left { reason: room_core::ExitReason::RoomClosed, .. }))
+            .count();
+        assert_eq!(closed, 11, "seed {seed}");
     }
 }

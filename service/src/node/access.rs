@@ -196,7 +196,7 @@ impl RoomNode {
         Ok(conn)
     }
 
-    fn new_req(&mut self) -> u64 {
+    pub(super) fn new_req(&mut self) -> u64 {
         self.next_req = self.next_req.wrapping_add(1);
         (u64::from(self.tag) << 48) | ((self.config.incarnation & 0xFFFF) << 32) | (self.next_req & 0xFFFF_FFFF)
     }
@@ -221,7 +221,15 @@ impl RoomNode {
     }
 
     /// Sends a request to a room's owner and remembers it for retries.
-    fn forward(&mut self, now: Timestamp, owner: NodeId, req: u64, conn: ConnId, room: RoomKey, msg: PeerMsg) {
+    pub(super) fn forward(
+        &mut self,
+        now: Timestamp,
+        owner: NodeId,
+        req: u64,
+        conn: ConnId,
+        room: RoomKey,
+        msg: PeerMsg,
+    ) {
         let deadline = now.saturating_add(self.config.forward_timeout);
         self.forwards.insert(req, Forward { conn, room, msg: msg.clone(), attempts: 1, deadline });
         self.forward_deadlines.insert(deadline, req);
@@ -260,6 +268,7 @@ impl RoomNode {
     fn give_up(&mut self, now: Timestamp, f: Forward) {
         let error = ServerFrame::error(codes::UNAVAILABLE, "the room's owner did not answer; try again");
         match f.msg {
+            PeerMsg::Host { req, .. } => self.host_answered(req, Err(crate::host::HostError::Unavailable)),
             PeerMsg::Enter { .. } => {
                 self.stats.refused_entries += 1;
                 self.reply(f.conn, error);
@@ -318,6 +327,12 @@ impl RoomNode {
     pub(super) fn access_done(&mut self, now: Timestamp, req: u64, conn: ConnId, reply: Option<ActReply>) {
         if let Some(f) = self.forwards.remove(&req) {
             self.forward_deadlines.remove(f.deadline, req);
+            if matches!(f.msg, PeerMsg::Host { .. }) {
+                // A host's publish the room's previous owner numbered
+                // before it failed: done, its place not kept.
+                let answer = Ok(crate::host::HostAnswer::Published { epoch: 0, seq: 0 });
+                return self.host_answered(req, answer);
+            }
         }
         if self.conns.get(&conn).is_some_and(|c| c.entering == Some(req)) {
             // The room's owner refused the entry: nothing was entered.

@@ -28,6 +28,7 @@ macro_rules! warn {
 }
 
 mod access;
+mod host;
 mod owner;
 mod sessions;
 
@@ -89,6 +90,12 @@ pub struct RoomNodeConfig {
     /// checked before anything is forwarded or answered: one member's
     /// flood costs nobody else anything.
     pub budgets: Budgets,
+    /// Host requests this node carries at once (more are refused
+    /// [`HostError::RateLimited`](crate::host::HostError::RateLimited)).
+    pub max_host_requests: usize,
+    /// Whether the node tells the host what happens in its rooms
+    /// ([`Output::Event`]).
+    pub events: bool,
     /// Chat lines per business over the whole cluster (the global limiter).
     pub business_chat: Quota,
     /// Reliable messages of the log's tail a new room owner reads to know
@@ -137,6 +144,8 @@ impl RoomNodeConfig {
             cache_timeout: Duration::from_secs(1),
             max_queued_per_room: 16_384,
             budgets: Budgets::default(),
+            max_host_requests: 10_000,
+            events: true,
             business_chat: quota(10_000, 2_000).unwrap_or(GateConfig::default().room_chat_quota),
             dedupe_tail: 1024,
             room_idle: Duration::from_secs(60),
@@ -348,6 +357,18 @@ pub enum Output {
         /// What.
         op: CacheOp,
     },
+    /// The answer to the host's request `id` ([`RoomNode::host`]).
+    Host {
+        /// The request.
+        id: u64,
+        /// Its answer.
+        answer: Result<crate::host::HostAnswer, crate::host::HostError>,
+    },
+    /// Something happened in a room this node owns, for the host
+    /// (entries, exits, hands, answers, grabs; see
+    /// [`EventKind`](crate::host::EventKind)). Nothing to carry out:
+    /// hand it to whoever listens, or drop it.
+    Event(crate::host::RoomEvent),
     /// Ask the global limiter; answer with [`RoomNode::handle_limit`].
     Limit {
         /// The request.
@@ -515,6 +536,8 @@ pub struct RoomNode {
     waiting: HashMap<u64, owner::Waiter, ahash::RandomState>,
     waiting_deadlines: Deadlines<u64>,
     next_id: u64,
+    /// Host requests asked here and not answered yet.
+    host_pending: usize,
     stats: NodeStats,
 }
 
@@ -584,6 +607,7 @@ impl RoomNode {
             waiting: HashMap::with_hasher(ahash::RandomState::new()),
             waiting_deadlines: Deadlines::default(),
             next_id: 1,
+            host_pending: 0,
             stats: NodeStats::default(),
             config,
         })
@@ -837,7 +861,11 @@ impl RoomNode {
             PeerMsg::Hold { sessions } => self.session_hold(now, sessions),
             PeerMsg::Beat { member, role, terminal, conn } => self.session_beat(now, member, role, terminal, conn),
             PeerMsg::Leave { member, terminal, conn } => self.session_leave(now, member, terminal, conn),
-            PeerMsg::Ended { member, terminal, last, .. } => self.owner_ended(now, member, terminal, last),
+            PeerMsg::Ended { member, terminal, last, reason } => self.owner_ended(now, member, terminal, last, reason),
+            PeerMsg::Host { req, request } => self.owner_host(now, from, req, request),
+            PeerMsg::HostDone { req, answer } => self.access_host_done(req, answer),
+            PeerMsg::Remove { members, reason, message } => self.session_remove(now, members, reason, message),
+            PeerMsg::Bye { conn, reason, message } => self.access_bye(now, conn, reason, message),
             PeerMsg::Adopted { member, role, terminal } => self.owner_adopted(now, member, role, terminal),
             PeerMsg::Probe { id, conn } => {
                 let alive = self.client_alive(now, conn);

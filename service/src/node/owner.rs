@@ -26,12 +26,16 @@ use serde::{Deserialize, Serialize};
 use super::access::{action_code, gate_code};
 use super::{CacheAnswer, CacheOp, Output, RoomNode};
 use crate::classroom::{Action, ActionError, Actor, CardResult, CardSpec, Classroom, ClassroomSnapshot, Reaction};
+use crate::host::{EVENT_SEQ_GAP, EventKind, HostAnswer, RoomEvent};
 use crate::peer::{Act, ActReply, PeerMsg};
 use crate::wire::{HandOp, ReactKind, codes, data, kinds, text_payload};
 
 /// Requests remembered per room (a retry of one of them is answered, not
 /// done again).
 const SEEN_PER_ROOM: usize = 4096;
+
+/// Members a room keeps out at most (the oldest ban ends early past it).
+const MAX_BANNED_PER_ROOM: usize = 100_000;
 
 /// Why the node waits for the shared cache or the limiter.
 #[derive(Debug)]
@@ -58,16 +62,25 @@ pub(super) struct Waiter {
 
 /// The answer a request gets when it is done.
 #[derive(Debug, Clone)]
-struct Done {
+pub(super) struct Done {
     to: NodeId,
     req: u64,
     conn: ConnId,
     reply: Option<ActReply>,
+    /// A host's request: answered with `HostDone` and this.
+    host: Option<HostAnswer>,
+}
+
+impl Done {
+    /// A host's request, answered `answer` when done.
+    pub(super) fn host(to: NodeId, req: u64, answer: HostAnswer) -> Done {
+        Done { to, req, conn: ConnId::NONE, reply: None, host: Some(answer) }
+    }
 }
 
 /// Something a request does once the save holding its state change is stored.
 #[derive(Debug)]
-enum Effect {
+pub(super) enum Effect {
     /// Publish; the request is done when the first one is published.
     Publish { messages: Vec<Message>, done: Option<Done> },
     /// Switch the gate's mute-all (its signal follows), then done.
@@ -121,6 +134,10 @@ struct RoomSnapshot {
     members: Vec<(Uin, Role, Option<u16>)>,
     mute_all: bool,
     muted: Vec<Uin>,
+    /// Members kept out, until (Unix microseconds).
+    banned: Vec<(Uin, u64)>,
+    /// The room's last event number.
+    event_seq: u64,
 }
 
 /// A room this node owns.
@@ -130,6 +147,14 @@ pub(super) struct OwnedRoom {
     classroom: Option<Classroom>,
     pub(super) mute_all: bool,
     muted: BTreeSet<Uin>,
+    banned: BTreeMap<Uin, Timestamp>,
+    /// The host closed the room: it is let go once its emptied state is
+    /// stored, unless someone enters first.
+    closing: bool,
+    /// The room's last event number.
+    event_seq: u64,
+    /// Reaction totals the host was last told.
+    reactions_told: (u64, u64),
     version: u64,
     dirty: bool,
     urgent: bool,
@@ -154,6 +179,10 @@ impl OwnedRoom {
             classroom: None,
             mute_all: false,
             muted: BTreeSet::new(),
+            banned: BTreeMap::new(),
+            closing: false,
+            event_seq: 0,
+            reactions_told: (0, 0),
             version: 0,
             dirty: false,
             urgent: false,
@@ -240,6 +269,7 @@ impl RoomNode {
             PeerMsg::Enter { req, member, conn, .. } | PeerMsg::Act { req, member, conn, .. } => {
                 (member.room_key(), Some((*req, *conn)))
             }
+            PeerMsg::Host { req, request } => (request.room(), Some((*req, ConnId::NONE))),
             PeerMsg::Ended { member, .. } | PeerMsg::Adopted { member, .. } => (member.room_key(), None),
             _ => return Some(msg),
         };
@@ -302,12 +332,18 @@ impl RoomNode {
         conn: ConnId,
     ) {
         let room = member.room_key();
-        let refuse = |node: &mut RoomNode, message: String| {
+        let refuse_with = |node: &mut RoomNode, code: &str, message: String| {
             node.stats.refused_entries += 1;
-            let reply = ActReply::refused(codes::ENTRY_REFUSED, message);
+            let reply = ActReply::refused(code, message);
             let done = PeerMsg::Done { req, conn, reply: Some(reply) };
             node.send_peer(from, done);
         };
+        let refuse = |node: &mut RoomNode, message: String| refuse_with(node, codes::ENTRY_REFUSED, message);
+        if let Some(until) = self.rooms.get(&room).and_then(|r| r.banned.get(&member.uin)).filter(|u| **u > now) {
+            let secs = until.as_micros().saturating_sub(now.as_micros()).div_ceil(1_000_000);
+            return refuse_with(self, codes::BANNED, format!("removed from this room for another {secs} s"));
+        }
+        let first_terminal = self.replica.get(member).is_none();
         let enter = WriteOp::Enter { uin: member.uin, role, terminal, attrs: None };
         match self.replica.apply(now, room, std::slice::from_ref(&enter)) {
             Ok(results) => {
@@ -333,11 +369,15 @@ impl RoomNode {
         }
         let session_owner = self.session_owner_of(&member);
         self.send_peer(session_owner, PeerMsg::Join { member, terminal, conn });
+        if first_terminal {
+            self.event(now, room, EventKind::Entered { uin: member.uin, role, terminal });
+        }
         let (epoch, head) = self.gate.gate().sequence(room).unwrap_or((0, 0));
         let Some(r) = self.rooms.get_mut(&room) else { return };
         r.roster_dirty = true;
         r.dirty = true;
         r.empty_since = None;
+        r.closing = false;
         let (mute_all, open) = (r.mute_all, r.classroom.as_ref().is_some_and(has_open_state));
         // What is open now, for a member who came in after it opened: part
         // of the entry, not a message numbered in the room's sequence (a
@@ -374,7 +414,7 @@ impl RoomNode {
         act: Act,
     ) {
         let room = member.room_key();
-        let done = Done { to: from, req, conn, reply: None };
+        let done = Done { to: from, req, conn, reply: None, host: None };
         let actor = Actor { uin: member.uin, role };
         let sender = Sender { uin: member.uin, role };
         match act {
@@ -435,15 +475,21 @@ impl RoomNode {
                 }
             }
             Act::CardAnswer { option } => {
-                let result = self.with_classroom(room, |c| match c.answer_card(actor, now, option) {
-                    // A retry of an answer already taken is the same answer.
-                    Err(ActionError::AlreadyAnswered) if c.answer_of(actor.uin) == Some(option) => Ok(()),
-                    other => other,
+                let result = self.with_classroom(room, |c| {
+                    let card = c.open_card_view().map_or(0, |v| v.id);
+                    match c.answer_card(actor, now, option) {
+                        // A retry of an answer already taken is the same answer.
+                        Err(ActionError::AlreadyAnswered) if c.answer_of(actor.uin) == Some(option) => Ok(None),
+                        other => other.map(|()| Some(card)),
+                    }
                 });
                 match result {
-                    Some(Ok(())) => {
+                    Some(Ok(new)) => {
                         if let Some(r) = self.rooms.get_mut(&room) {
                             r.tally_dirty = true;
+                        }
+                        if let Some(card) = new {
+                            self.event(now, room, EventKind::Answer { card, uin: actor.uin, option });
                         }
                         let reply = Some(ActReply::Answered { option });
                         self.hold_effect(room, Effect::Done(Done { reply, ..done }));
@@ -454,6 +500,7 @@ impl RoomNode {
             }
             Act::CardClose => match self.with_classroom(room, |c| c.close_card(actor)) {
                 Some(Ok(result)) => {
+                    self.event(now, room, card_result_event(&result));
                     let message = card_result_message(room, &result).with_origin(req);
                     self.hold_effect(room, Effect::Publish { messages: vec![message], done: Some(done) });
                 }
@@ -475,12 +522,15 @@ impl RoomNode {
                 let result = self.with_classroom(room, |c| match c.grab_packet(actor, id) {
                     // A retry of a grab already taken gets the same share.
                     Err(ActionError::AlreadyGrabbed(_)) => {
-                        c.grab_of(id, actor.uin).ok_or(ActionError::AlreadyGrabbed(id))
+                        c.grab_of(id, actor.uin).map(|a| (a, false)).ok_or(ActionError::AlreadyGrabbed(id))
                     }
-                    other => other,
+                    other => other.map(|a| (a, true)),
                 });
                 match result {
-                    Some(Ok(amount)) => {
+                    Some(Ok((amount, new))) => {
+                        if new {
+                            self.event(now, room, EventKind::Grab { packet: id, uin: actor.uin, amount });
+                        }
                         if let Some(r) = self.rooms.get_mut(&room) {
                             r.packets_dirty.insert(id);
                         }
@@ -562,6 +612,7 @@ impl RoomNode {
             }
             None => return,
         };
+        self.event(now, room, EventKind::Hand { uin: target, op, by: actor.uin });
         let op_name = match op {
             HandOp::Raise => "raise",
             HandOp::Lower => "lower",
@@ -579,14 +630,13 @@ impl RoomNode {
             messages.push(Message::new(room, Class::Signal, kinds::HAND, payload).to(Target::user(target)));
         }
         self.hold_effect(room, Effect::Publish { messages, done: Some(done) });
-        let _ = now;
     }
 
     fn with_classroom<T>(&mut self, room: RoomKey, f: impl FnOnce(&mut Classroom) -> T) -> Option<T> {
         self.rooms.get_mut(&room).and_then(|r| r.classroom.as_mut()).map(f)
     }
 
-    fn hold_effect(&mut self, room: RoomKey, effect: Effect) {
+    pub(super) fn hold_effect(&mut self, room: RoomKey, effect: Effect) {
         if let Some(r) = self.rooms.get_mut(&room) {
             r.hold(effect);
         }
@@ -594,16 +644,90 @@ impl RoomNode {
 
     /// The request is done: its access node is told, and a retry gets the
     /// same answer.
-    fn finish(&mut self, room: RoomKey, done: Done) {
-        let msg = PeerMsg::Done { req: done.req, conn: done.conn, reply: done.reply };
-        if let Some(r) = self.rooms.get_mut(&room) {
-            r.seen.insert(done.req, Some(msg.clone()));
+    pub(super) fn finish(&mut self, room: RoomKey, done: Done) {
+        if let Some(answer) = done.host {
+            return self.finish_host(room, done.to, done.req, Ok(answer));
         }
+        let msg = PeerMsg::Done { req: done.req, conn: done.conn, reply: done.reply };
+        self.remember(room, done.req, msg.clone());
         self.send_peer(done.to, msg);
     }
 
+    /// What request `req` was answered, for its retries.
+    pub(super) fn remember(&mut self, room: RoomKey, req: u64, answer: PeerMsg) {
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.seen.insert(req, Some(answer));
+        }
+    }
+
+    /// Tells the host what happened in a room it owns.
+    pub(super) fn event(&mut self, now: Timestamp, room: RoomKey, what: EventKind) {
+        if !self.config.events {
+            return;
+        }
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        r.event_seq += 1;
+        let event = RoomEvent { room, seq: r.event_seq, at: now.as_micros(), what };
+        self.outputs.push_back(Output::Event(event));
+    }
+
+    /// Keeps `member` out of `room` until `until` (bans that ended are
+    /// forgotten; past the bound, the one ending first goes).
+    pub(super) fn ban(&mut self, now: Timestamp, room: RoomKey, member: MemberKey, until: Timestamp) {
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        r.banned.retain(|_, u| *u > now);
+        if r.banned.len() >= MAX_BANNED_PER_ROOM
+            && !r.banned.contains_key(&member.uin)
+            && let Some(first) = r.banned.iter().min_by_key(|(_, u)| **u).map(|(k, _)| *k)
+        {
+            r.banned.remove(&first);
+        }
+        r.banned.insert(member.uin, until);
+        r.dirty = true;
+    }
+
+    /// A member is out of the room's interactions (hands, answers stay
+    /// counted); the room's state changed.
+    pub(super) fn member_gone(&mut self, now: Timestamp, room: RoomKey, member: MemberKey, why: room_core::ExitReason) {
+        self.event(now, room, EventKind::Left { uin: member.uin, reason: why });
+        let hand_was_up = self.with_classroom(room, |c| {
+            let up = c.hands().any(|u| u == member.uin);
+            c.left(member.uin);
+            up
+        });
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.dirty = true;
+            if hand_was_up == Some(true) {
+                r.urgent = true;
+            }
+        }
+    }
+
+    /// The host closed the room: what it held is let go (interactions,
+    /// mutes, bans), stored so, and the room freed once stored.
+    pub(super) fn reset_room(&mut self, now: Timestamp, room: RoomKey) {
+        let seed = room_seed(room);
+        let config = self.config.classroom.clone();
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        let muted: Vec<Uin> = std::mem::take(&mut r.muted).into_iter().collect();
+        let was_muted = std::mem::replace(&mut r.mute_all, false);
+        r.classroom = Some(Classroom::new(config, seed));
+        r.banned.clear();
+        r.closing = true;
+        r.tally_dirty = false;
+        r.packets_dirty.clear();
+        r.dirty = true;
+        r.urgent = true;
+        for uin in muted {
+            let _ = self.gate.mute_user(room, uin, false);
+        }
+        if was_muted {
+            let _ = self.gate.set_mute_all(now, room, false);
+        }
+    }
+
     /// The request is done once the message numbered for it is published.
-    fn await_publish(&mut self, room: RoomKey, req: u64, done: Done) {
+    pub(super) fn await_publish(&mut self, room: RoomKey, req: u64, done: Done) {
         if let Some(r) = self.rooms.get_mut(&room) {
             r.awaiting.insert(req, done);
         }
@@ -664,25 +788,26 @@ impl RoomNode {
     }
 
     /// A session ended (its session owner decided).
-    pub(super) fn owner_ended(&mut self, now: Timestamp, member: MemberKey, terminal: Terminal, last: bool) {
+    pub(super) fn owner_ended(
+        &mut self,
+        now: Timestamp,
+        member: MemberKey,
+        terminal: Terminal,
+        last: bool,
+        reason: room_core::ExitReason,
+    ) {
         let room = member.room_key();
+        let was_listed = self.replica.get(member).is_some();
         let exit = WriteOp::Exit { uin: member.uin, terminal };
         let _ = self.replica.apply(now, room, std::slice::from_ref(&exit));
         self.drain_replica();
         let still_listed = self.replica.get(member).is_some();
-        if last || !still_listed {
+        if was_listed && !still_listed {
             let _ = self.gate.leave(now, room, member.uin);
-            let hand_was_up = self.with_classroom(room, |c| {
-                let up = c.hands().any(|u| u == member.uin);
-                c.left(member.uin);
-                up
-            });
-            if let Some(r) = self.rooms.get_mut(&room) {
-                r.dirty = true;
-                if hand_was_up == Some(true) {
-                    r.urgent = true;
-                }
-            }
+            self.member_gone(now, room, member, reason);
+        } else if last && !still_listed {
+            // Taken out already (a kick): the plan forgets it too.
+            let _ = self.gate.leave(now, room, member.uin);
         }
         self.room_changed(now, room);
     }
@@ -691,6 +816,10 @@ impl RoomNode {
     /// repair of the member list, and a place in the plan if it has none.
     pub(super) fn owner_adopted(&mut self, now: Timestamp, member: MemberKey, role: Role, terminal: Terminal) {
         let room = member.room_key();
+        if self.replica.get(member).is_none() {
+            // Heartbeat repair of a member the list had lost.
+            self.event(now, room, EventKind::Entered { uin: member.uin, role, terminal });
+        }
         let assert = WriteOp::Assert { uin: member.uin, role, terminal };
         let _ = self.replica.apply(now, room, std::slice::from_ref(&assert));
         self.drain_replica();
@@ -704,7 +833,7 @@ impl RoomNode {
         self.room_changed(now, room);
     }
 
-    fn room_changed(&mut self, now: Timestamp, room: RoomKey) {
+    pub(super) fn room_changed(&mut self, now: Timestamp, room: RoomKey) {
         let empty = self.replica.counts(room).is_none_or(|c| c.total() == 0);
         if let Some(r) = self.rooms.get_mut(&room) {
             r.roster_dirty = true;
@@ -773,7 +902,7 @@ impl RoomNode {
         reqs.extend(r.held.iter().filter_map(|(_, e)| effect_done(e).map(|d| (d.to, d.req))));
         if let Some(restore) = r.restore {
             for (from, msg) in restore.queued {
-                if let PeerMsg::Act { req, .. } | PeerMsg::Enter { req, .. } = msg {
+                if let PeerMsg::Act { req, .. } | PeerMsg::Enter { req, .. } | PeerMsg::Host { req, .. } = msg {
                     reqs.push((from, req));
                 }
             }
@@ -868,7 +997,7 @@ impl RoomNode {
     pub(super) fn limit_answered(&mut self, now: Timestamp, waiter: Waiter, answer: Result<Decision, LimiterError>) {
         let Purpose::Chat { from, req, conn, message } = waiter.purpose else { return };
         let room = message.room;
-        let done = Done { to: from, req, conn, reply: None };
+        let done = Done { to: from, req, conn, reply: None, host: None };
         if let Ok(Decision::Limited { retry_after }) = answer {
             let reply = ActReply::Refused {
                 code: codes::RATE_LIMITED.into(),
@@ -905,9 +1034,16 @@ impl RoomNode {
             warn!(%room, error = %e, "room not opened");
             self.rooms.remove(&room);
             for (from, msg) in queued {
-                if let PeerMsg::Act { req, conn, .. } | PeerMsg::Enter { req, conn, .. } = msg {
-                    let reply = ActReply::refused(codes::REFUSED, e.to_string());
-                    self.send_peer(from, PeerMsg::Done { req, conn, reply: Some(reply) });
+                match msg {
+                    PeerMsg::Act { req, conn, .. } | PeerMsg::Enter { req, conn, .. } => {
+                        let reply = ActReply::refused(codes::REFUSED, e.to_string());
+                        self.send_peer(from, PeerMsg::Done { req, conn, reply: Some(reply) });
+                    }
+                    PeerMsg::Host { req, .. } => {
+                        let answer = Err(crate::host::HostError::Bad(e.to_string()));
+                        self.send_peer(from, PeerMsg::HostDone { req, answer });
+                    }
+                    _ => {}
                 }
             }
             return;
@@ -917,6 +1053,13 @@ impl RoomNode {
         let snapshot = state.as_ref().and_then(|(_, bytes)| postcard::from_bytes::<RoomSnapshot>(bytes).ok());
         let version = state.as_ref().map_or(0, |(v, _)| *v);
         let seed = room_seed(room);
+        let banned: BTreeMap<Uin, Timestamp> = snapshot
+            .as_ref()
+            .map(|s| s.banned.iter().map(|(u, until)| (*u, Timestamp::from_micros(*until))).collect())
+            .unwrap_or_default();
+        // Events the previous owner numbered after its last save are not
+        // known here: numbers move on so none is given twice.
+        let event_seq = snapshot.as_ref().map_or(0, |s| s.event_seq.saturating_add(EVENT_SEQ_GAP));
         let (classroom, mut plan, mute_all, muted) = match snapshot {
             Some(s) => {
                 let classroom = Classroom::restore(self.config.classroom.clone(), s.classroom)
@@ -945,6 +1088,12 @@ impl RoomNode {
         r.classroom = Some(classroom);
         r.mute_all = mute_all;
         r.muted = muted;
+        r.banned = banned;
+        r.event_seq = event_seq;
+        r.reactions_told = r
+            .classroom
+            .as_ref()
+            .map_or((0, 0), |c| (c.reaction_total(Reaction::Flower), c.reaction_total(Reaction::Like)));
         r.version = version;
         r.dirty = head.is_some() || state.is_some();
         r.roster_dirty = true;
@@ -993,11 +1142,15 @@ impl RoomNode {
     fn published(&mut self, env: Envelope) {
         let origin = env.message.origin;
         let room = env.message.room;
+        let env_epoch_seq = (env.epoch, env.seq);
         self.outputs.push_back(Output::Publish(env));
         if origin == 0 {
             return;
         }
-        let Some(done) = self.rooms.get_mut(&room).and_then(|r| r.awaiting.remove(&origin)) else { return };
+        let Some(mut done) = self.rooms.get_mut(&room).and_then(|r| r.awaiting.remove(&origin)) else { return };
+        if done.host.is_some() {
+            done.host = Some(HostAnswer::Published { epoch: env_epoch_seq.0, seq: env_epoch_seq.1 });
+        }
         self.finish(room, done);
     }
 
@@ -1081,7 +1234,9 @@ impl RoomNode {
         if deadline_passed && let Some(result) = r.classroom.as_mut().and_then(Classroom::close_card_now) {
             let message = card_result_message(room, &result);
             r.hold(Effect::Publish { messages: vec![message], done: None });
+            self.event(now, room, card_result_event(&result));
         }
+        let Some(r) = self.rooms.get_mut(&room) else { return };
         if now >= r.next_tally {
             r.next_tally = now.saturating_add(self.config.tally_interval);
             self.push_tallies(now, room);
@@ -1097,7 +1252,7 @@ impl RoomNode {
             self.save(now, room);
         }
         let Some(r) = self.rooms.get_mut(&room) else { return };
-        let idle = r.empty_since.is_some_and(|t| t.saturating_add(self.config.room_idle) <= now);
+        let idle = r.closing || r.empty_since.is_some_and(|t| t.saturating_add(self.config.room_idle) <= now);
         if idle && !r.dirty && !r.saving && r.held.is_empty() && r.awaiting.is_empty() && self.gate.is_idle(room) {
             self.rooms.remove(&room);
             let _ = self.gate.release(room);
@@ -1115,6 +1270,13 @@ impl RoomNode {
             members: members.into_iter().map(|(u, role, s)| (u, role, s.map(|s| s.0))).collect(),
             mute_all: r.mute_all,
             muted: r.muted.iter().copied().collect(),
+            banned: r
+                .banned
+                .iter()
+                .filter(|(_, until)| **until > now)
+                .map(|(u, until)| (*u, until.as_micros()))
+                .collect(),
+            event_seq: r.event_seq,
         };
         let state = match postcard::to_allocvec(&snapshot) {
             Ok(v) => Bytes::from(v),
@@ -1129,6 +1291,13 @@ impl RoomNode {
     }
 
     fn push_tallies(&mut self, now: Timestamp, room: RoomKey) {
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        let totals =
+            r.classroom.as_ref().map(|c| (c.reaction_total(Reaction::Flower), c.reaction_total(Reaction::Like)));
+        if let Some(totals) = totals.filter(|t| *t != r.reactions_told) {
+            r.reactions_told = totals;
+            self.event(now, room, EventKind::Reactions { flowers: totals.0, likes: totals.1 });
+        }
         let Some(r) = self.rooms.get_mut(&room) else { return };
         let mut messages = Vec::new();
         if std::mem::take(&mut r.tally_dirty)
@@ -1201,6 +1370,10 @@ impl RoomNode {
         if let Some(t) = r.empty_since {
             at(t.saturating_add(self.config.room_idle).max(now));
         }
+        if r.closing && !r.dirty && !r.saving && r.held.is_empty() {
+            // Freed as soon as nothing is in flight (not spinning meanwhile).
+            at(now.saturating_add(self.config.save_interval));
+        }
         if let Some(t) = next {
             r.timer = Some(t);
             self.room_timers.insert(t, room);
@@ -1210,6 +1383,16 @@ impl RoomNode {
 
 fn has_open_state(c: &Classroom) -> bool {
     c.open_card_view().is_some() || c.packets().next().is_some() || c.hands().next().is_some()
+}
+
+fn card_result_event(r: &CardResult) -> EventKind {
+    EventKind::CardResult {
+        card: r.id,
+        tally: r.tally.clone(),
+        correct: r.correct,
+        answered: r.answered,
+        right: r.right,
+    }
 }
 
 fn card_result_message(room: RoomKey, r: &CardResult) -> Message {
@@ -1269,6 +1452,8 @@ mod tests {
             members: uins.iter().enumerate().map(|(i, &u)| (u, Role::Student, Some((i / 500) as u16))).collect(),
             mute_all: true,
             muted: uins[..100].to_vec(),
+            banned: uins[100..1_100].iter().map(|u| (*u, 1_800_000_000_000_000)).collect(),
+            event_seq: 1 << 40,
         };
         let bytes = postcard::to_allocvec(&snapshot).expect("encodes");
         assert!(bytes.len() < 1 << 20, "{} bytes", bytes.len());

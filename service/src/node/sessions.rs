@@ -95,7 +95,7 @@ impl RoomNode {
 
     /// Carries out what the session owner decided. `role`: the role of the
     /// beat just handled (an adopted session is re-asserted with it).
-    fn drain_sessions(&mut self, now: Timestamp, role: Option<Role>) {
+    pub(super) fn drain_sessions(&mut self, now: Timestamp, role: Option<Role>) {
         while let Some(output) = self.sessions.poll_output(now) {
             match output {
                 OwnerOutput::Probe(probe) => {

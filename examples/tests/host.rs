@@ -1,0 +1,213 @@
+//! The host's side on three nodes of one room service, over a redis-server
+//! and a nats-server of the test's own: a notice published from a node
+//! that does not own the room reaches every member once; presence, counts
+//! and pages answer the same on every node; a kick with a ban closes the
+//! member's client with the reason and keeps it out; closing the room
+//! closes every client and frees the room.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use examples::classroom::{DEMO_BID, demo_ticket};
+use examples::cluster::{ClusterConfig, ClusterNode};
+use room_core::{NodeId, Role, RoleSet, RoomId, RoomKey, Terminal, Uin};
+use room_memberlist::{PageQuery, PageStart};
+use room_nats::RegistryConfig;
+use room_push::{Class, Kind, Target};
+use room_testkit::nats::NatsServer;
+use room_testkit::redis::RedisServer;
+use roomkit::service::{CloseReason, Connection, Outbound};
+use roomkit::ticket::KeyRing;
+use serde_json::Value;
+
+const ROOM_ID: u64 = 11;
+const ROOM: RoomKey = RoomKey::new(DEMO_BID, RoomId(ROOM_ID));
+const MEMBERS: u64 = 30;
+
+fn keys() -> KeyRing {
+    KeyRing::new("host", b"host-test-key-0123456789abcdef-xyz".to_vec()).expect("valid")
+}
+
+fn connect(nodes: &[ClusterNode], node: usize, uin: u64) -> Connection {
+    let role = if uin == 1 { Role::Teacher } else { Role::Student };
+    let terminal = if uin == 1 { Terminal::Pc } else { Terminal::Web };
+    nodes[node].service.connect(ROOM, &demo_ticket(&keys(), ROOM_ID, uin, role, terminal)).expect("enters")
+}
+
+/// What a client got: text frames and pushed bodies as JSON, and its close.
+#[derive(Default)]
+struct Seen {
+    frames: Vec<Value>,
+    closed: Option<CloseReason>,
+}
+
+impl Seen {
+    fn drain(&mut self, conn: &mut Connection) {
+        while let Ok(frame) = conn.outbound.try_recv() {
+            match frame {
+                Outbound::Close(reason) => self.closed = Some(reason),
+                other => {
+                    if let Ok(v) = serde_json::from_slice(&other.into_text()) {
+                        self.frames.push(v);
+                    }
+                }
+            }
+        }
+    }
+
+    fn notices(&self, text: &str) -> usize {
+        self.frames
+            .iter()
+            .filter(|f| f["t"] == "push" && f["b"]["kind"] == 300 && f["b"]["data"]["text"] == text)
+            .count()
+    }
+
+    fn bye(&self) -> Option<(u64, String)> {
+        self.frames
+            .iter()
+            .find(|f| f["t"] == "bye")
+            .map(|f| (f["code"].as_u64().unwrap_or(0), f["reason"].as_str().unwrap_or("").to_owned()))
+    }
+
+    fn entered(&self) -> bool {
+        self.frames.iter().any(|f| f["t"] == "welcome")
+    }
+}
+
+async fn until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and nats-server"]
+async fn the_host_acts_on_a_room_from_any_node_of_a_cluster() {
+    let redis = RedisServer::start(None).expect("redis-server starts (apt-get install redis-server)");
+    let nats = NatsServer::start().expect("nats-server starts (apt-get install nats-server)");
+    let mut nodes = Vec::new();
+    for n in 1..=3 {
+        let mut config = ClusterConfig::new(NodeId(n), &nats.url(), &redis.url(), keys());
+        config.registry = RegistryConfig::new().with_interval(Duration::from_millis(200));
+        config.addr = format!("in-process-{n}");
+        nodes.push(ClusterNode::start(config).await.expect("node starts"));
+    }
+    until(Duration::from_secs(10), "the cluster formed", || nodes.iter().all(|n| n.service.view().len() == 3)).await;
+    let owner_id = nodes[0].service.inspect(|c| c.room_owner(ROOM)).expect("a route");
+    let owner = nodes.iter().position(|n| n.service.id() == owner_id).expect("an owner");
+    let other = (owner + 1) % 3;
+    let third = (owner + 2) % 3;
+
+    let mut conns: Vec<(u64, usize, Connection, Seen)> = (1..=MEMBERS)
+        .map(|uin| (uin, uin as usize % 3, connect(&nodes, uin as usize % 3, uin), Seen::default()))
+        .collect();
+    let drain = |conns: &mut Vec<(u64, usize, Connection, Seen)>| {
+        for (_, _, conn, seen) in conns.iter_mut() {
+            seen.drain(conn);
+        }
+    };
+    let t = Instant::now();
+    loop {
+        drain(&mut conns);
+        if conns.iter().all(|c| c.3.entered()) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "every member entered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A notice from a node that does not own the room.
+    let data = Bytes::from_static(br#"{"text":"class starts in 1 minute"}"#);
+    let (epoch, seq) =
+        nodes[other].service.publish(ROOM, Target::room(), Class::Teacher, Kind(300), data).await.expect("published");
+    assert!(epoch > 0 && seq > 0);
+    let t = Instant::now();
+    loop {
+        drain(&mut conns);
+        if conns.iter().all(|c| c.3.notices("class starts in 1 minute") == 1) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "every member got the notice once");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("a notice asked on a node that does not own the room reached {MEMBERS} members once, seq {seq}");
+
+    // Presence, counts and pages: the same on every node.
+    for node in &nodes {
+        let row = node.service.presence(ROOM.member(Uin(5))).await.expect("answered").expect("present");
+        assert_eq!((row.role, row.terminals.iter().collect::<Vec<_>>()), (Role::Student, vec![Terminal::Web]));
+        let counts = node.service.counts(ROOM).await.expect("answered");
+        assert_eq!((counts.total(), counts.role(Role::Teacher)), (MEMBERS as u32, 1));
+        let mut uins = Vec::new();
+        let mut start = PageStart::First;
+        loop {
+            let query = PageQuery::first(10).roles(RoleSet::only(Role::Student)).start(start);
+            let (rows, next) = node.service.members(ROOM, query).await.expect("a page");
+            uins.extend(rows.iter().map(|r| r.uin.0));
+            match next {
+                Some(c) => start = PageStart::After(c),
+                None => break,
+            }
+        }
+        assert_eq!(uins.len(), MEMBERS as usize - 1);
+    }
+
+    // A kick with a ban, asked on a third node.
+    let kicked = conns.iter().position(|c| c.1 == other && c.0 != 1).expect("a student on the other node");
+    let kicked_uin = conns[kicked].0;
+    let present = nodes[third]
+        .service
+        .kick(ROOM.member(Uin(kicked_uin)), "disruptive", Some(Duration::from_secs(60)))
+        .await
+        .expect("kicked");
+    assert!(present);
+    until(Duration::from_secs(5), "the kicked client closed", || {
+        let (_, _, conn, seen) = &mut conns[kicked];
+        seen.drain(conn);
+        seen.closed.is_some()
+    })
+    .await;
+    assert_eq!(conns[kicked].3.bye(), Some((4005, "disruptive".to_owned())));
+    assert_eq!(conns[kicked].3.closed, Some(CloseReason::Kicked));
+    for node in &nodes {
+        assert_eq!(node.service.presence(ROOM.member(Uin(kicked_uin))).await.expect("answered"), None);
+    }
+    let mut again = connect(&nodes, owner, kicked_uin);
+    let mut refused = Seen::default();
+    until(Duration::from_secs(5), "the banned member's entry refused", || {
+        refused.drain(&mut again);
+        refused.closed.is_some()
+    })
+    .await;
+    assert_eq!(refused.closed, Some(CloseReason::Refused));
+    assert!(refused.frames.iter().any(|f| f["code"] == "banned"), "{:?}", refused.frames);
+    println!("a kick asked on a third node closed the member's client (4005) and its ban refused it again");
+
+    // Closing the room, asked on a node that does not own it.
+    let members = nodes[other].service.close_room(ROOM, "class is over").await.expect("closed");
+    assert_eq!(members, MEMBERS as u32 - 1);
+    let t = Instant::now();
+    loop {
+        drain(&mut conns);
+        if conns.iter().enumerate().all(|(i, c)| i == kicked || c.3.closed.is_some()) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "every client closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (i, (_, _, _, seen)) in conns.iter().enumerate().filter(|(i, _)| *i != kicked) {
+        assert_eq!(seen.bye(), Some((4006, "class is over".to_owned())), "client {i}");
+        assert_eq!(seen.closed, Some(CloseReason::RoomClosed), "client {i}");
+    }
+    for node in &nodes {
+        assert_eq!(node.service.counts(ROOM).await.expect("answered").total(), 0);
+    }
+    until(Duration::from_secs(5), "the owner let the room go", || {
+        nodes[owner].service.inspect(|n| !n.runs_room(ROOM))
+            && nodes.iter().all(|n| n.service.stats().connections == 0 && n.service.stats().sessions == 0)
+    })
+    .await;
+    println!("closing the room closed {members} clients (4006) and freed it on every node");
+}
