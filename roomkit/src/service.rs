@@ -15,7 +15,9 @@
 //! The business backend acts on rooms through the same service, on any
 //! node of a cluster: [`RoomService::publish`], [`RoomService::presence`],
 //! [`RoomService::counts`], [`RoomService::members`], [`RoomService::kick`],
-//! [`RoomService::close_room`] (all of them [`RoomService::host`]).
+//! [`RoomService::revoke`], [`RoomService::close_room`] (all of them
+//! [`RoomService::host`]); and it hears what happens in rooms from
+//! [`RoomService::events`].
 //!
 //! ```no_run
 //! use room_core::{BusinessId, RoomId, RoomKey};
@@ -45,8 +47,8 @@ use room_core::{ConnId, MemberKey, NodeId, Role, RoomKey, Terminal, Timestamp};
 use room_memberlist::{Counts, MemberRow, PageQuery};
 use room_push::SendError;
 use room_push::{Class, Kind, Target};
-use room_service::host::RoomEvent;
-use room_service::host::{HostAnswer, HostError, HostRequest};
+use room_service::host::{HostAnswer, HostError, HostRequest, Revocation};
+use room_service::host::{RoomEvent, TicketStamp};
 pub use room_service::peer::CloseReason;
 use room_service::transport::{Transports, run_cache};
 pub use room_service::{Admission, FrameError, NodeStats, Outbound, RoomNodeConfig};
@@ -352,8 +354,8 @@ impl RoomService {
     /// Lets `ticket` into `room`: verified here, then admitted by the
     /// room's owner. See [`Connection`].
     pub fn connect(&self, room: RoomKey, ticket: &str) -> Result<Connection, EntryError> {
-        let ticket = match self.inner.keys.verify(ticket, room, unix_secs()) {
-            Ok(t) => t,
+        let verified = match self.inner.keys.verify_full(ticket, room, unix_secs()) {
+            Ok(v) => v,
             Err(e) => {
                 count!("roomkit_entries_refused_total");
                 tracing::info!(%room, error = %e, "entry refused");
@@ -361,7 +363,9 @@ impl RoomService {
             }
         };
         let (tx, rx) = mpsc::channel(self.inner.outbound);
-        let who = Admission { room, uin: ticket.uin, role: ticket.role, terminal: ticket.terminal };
+        let ticket = verified.ticket;
+        let stamp = TicketStamp { id: verified.id.0, issued_at: verified.issued_at.unwrap_or(0) };
+        let who = Admission::new(room, ticket.uin, ticket.role, ticket.terminal).with_ticket(stamp);
         let mut core = self.inner.core.lock();
         let t = now();
         let conn = core.connect(t, who)?;
@@ -502,6 +506,27 @@ impl RoomService {
         let ban_ms = ban.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         match self.host(HostRequest::Kick { member, reason: reason.to_owned(), ban_ms }).await? {
             HostAnswer::Kicked { was_present } => Ok(was_present),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Refuses further entries of `room` with the tickets `what` names
+    /// (one ticket, or every ticket a user was issued so far), for `keep`
+    /// (as long as those tickets could still be valid). Members already
+    /// in stay: [`kick`](Self::kick) them for that.
+    ///
+    /// ```no_run
+    /// # async fn f(service: roomkit::service::RoomService, room: room_core::RoomKey, text: &str) -> Result<(), Box<dyn std::error::Error>> {
+    /// use roomkit::host::Revocation;
+    /// use roomkit::ticket::TicketId;
+    /// let id = TicketId::of(text)?;
+    /// service.revoke(room, Revocation::Ticket(id.0), std::time::Duration::from_secs(3600)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn revoke(&self, room: RoomKey, what: Revocation, keep: Duration) -> Result<(), HostError> {
+        let for_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+        match self.host(HostRequest::Revoke { room, what, for_ms }).await? {
+            HostAnswer::Revoked => Ok(()),
             other => Err(unexpected(&other)),
         }
     }

@@ -4,11 +4,16 @@
 //!
 //! A ticket is text: `rk1.<payload>.<signature>`, both parts base64url
 //! without padding. The payload is
-//! `<bid>/<room>/<uin>/<role>/<terminal>/<expires unix seconds>/<key id>`
-//! (roles and terminals in their text forms); the signature is
-//! HMAC-SHA256 over `roomkit-ticket-v1\n` followed by the payload bytes,
-//! with the key named by the key id. Keys rotate by id: a [`KeyRing`]
-//! verifies with any key it holds and issues with its active one.
+//! `<bid>/<room>/<uin>/<role>/<terminal>/<expires>/<issued>/<key id>`
+//! (roles and terminals in their text forms, times in Unix seconds; tickets
+//! of the first form, without `<issued>`, are still accepted); the
+//! signature is HMAC-SHA256 over `roomkit-ticket-v1\n` followed by the
+//! payload bytes, with the key named by the key id. Keys rotate by id: a
+//! [`KeyRing`] verifies with any key it holds and issues with its active one.
+//!
+//! A ticket's [`TicketId`] (from its signature) names it for revocation
+//! ([`RoomService::revoke`](crate::service::RoomService::revoke)); its
+//! issue time lets the host revoke every ticket a user was given so far.
 //!
 //! ```
 //! use room_core::{BusinessId, Role, RoomId, RoomKey, Terminal, Uin};
@@ -50,6 +55,65 @@ pub struct JoinTicket {
     pub terminal: Terminal,
     /// When it stops being valid, in seconds since the Unix epoch.
     pub expires_at: u64,
+}
+
+/// A ticket's name: the first 16 bytes of its signature, written as 32
+/// hex digits. Tickets differ in it unless every field is the same (the
+/// same user, room, role, terminal, expiry and second of issue make the
+/// same ticket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TicketId(pub [u8; 16]);
+
+impl TicketId {
+    /// The id of ticket text, read without verifying it (the host that
+    /// issued the ticket names it for revocation).
+    pub fn of(text: &str) -> Result<TicketId, TicketError> {
+        if text.len() > MAX_TICKET_LEN {
+            return Err(TicketError::Malformed("too long"));
+        }
+        let sig = text.rsplit('.').next().unwrap_or_default();
+        let bytes = URL_SAFE_NO_PAD.decode(sig).map_err(|_| TicketError::Malformed("signature is not base64url"))?;
+        let first: [u8; 16] =
+            bytes.get(..16).and_then(|b| b.try_into().ok()).ok_or(TicketError::Malformed("signature too short"))?;
+        Ok(TicketId(first))
+    }
+}
+
+impl std::fmt::Display for TicketId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for TicketId {
+    type Err = TicketError;
+
+    fn from_str(s: &str) -> Result<TicketId, TicketError> {
+        let bad = TicketError::Malformed("a ticket id is 32 hex digits");
+        if s.len() != 32 || !s.is_ascii() {
+            return Err(bad);
+        }
+        let mut id = [0u8; 16];
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad.clone())?;
+        }
+        Ok(TicketId(id))
+    }
+}
+
+/// A ticket that passed every check, with what names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// What it lets in.
+    pub ticket: JoinTicket,
+    /// Its name.
+    pub id: TicketId,
+    /// When it was issued (Unix seconds); `None` for tickets of the first
+    /// form, which did not say.
+    pub issued_at: Option<u64>,
 }
 
 /// Why a ticket does not let anyone in.
@@ -167,11 +231,19 @@ impl KeyRing {
         mac
     }
 
-    /// The ticket's text, signed with the active key.
+    /// The ticket's text, signed with the active key, issued now (the
+    /// system clock).
     pub fn issue(&self, t: &JoinTicket) -> String {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.issue_at(t, now)
+    }
+
+    /// The ticket's text, signed with the active key, issued at
+    /// `issued_at` (Unix seconds).
+    pub fn issue_at(&self, t: &JoinTicket, issued_at: u64) -> String {
         let payload = format!(
-            "{}/{}/{}/{}/{}/{}/{}",
-            t.room.bid.0, t.room.room.0, t.uin.0, t.role, t.terminal, t.expires_at, self.active
+            "{}/{}/{}/{}/{}/{}/{}/{}",
+            t.room.bid.0, t.room.room.0, t.uin.0, t.role, t.terminal, t.expires_at, issued_at, self.active
         );
         let key = &self.keys[&self.active];
         let signature = Self::mac(key, payload.as_bytes()).finalize().into_bytes();
@@ -182,6 +254,11 @@ impl KeyRing {
     /// key, signature (compared in constant time), expiry, lifetime, room.
     /// Only a ticket that passes every check is returned.
     pub fn verify(&self, text: &str, room: RoomKey, now: u64) -> Result<JoinTicket, TicketError> {
+        self.verify_full(text, room, now).map(|v| v.ticket)
+    }
+
+    /// As [`verify`](Self::verify), with the ticket's id and issue time.
+    pub fn verify_full(&self, text: &str, room: RoomKey, now: u64) -> Result<Verified, TicketError> {
         if text.len() > MAX_TICKET_LEN {
             return Err(TicketError::Malformed("too long"));
         }
@@ -204,8 +281,12 @@ impl KeyRing {
         Self::mac(key, payload.as_bytes()).verify_slice(&signature).map_err(|_| TicketError::BadSignature)?;
         // Signed by us: the fields are ours, but still parsed strictly.
         let fields: Vec<&str> = payload.split('/').collect();
-        let [bid, room_id, uin, role, terminal, expires, _kid] = fields[..] else {
-            return Err(TicketError::Malformed("expected seven fields"));
+        let (bid, room_id, uin, role, terminal, expires, issued) = match fields[..] {
+            [bid, room_id, uin, role, terminal, expires, issued, _kid] => {
+                (bid, room_id, uin, role, terminal, expires, Some(issued))
+            }
+            [bid, room_id, uin, role, terminal, expires, _kid] => (bid, room_id, uin, role, terminal, expires, None),
+            _ => return Err(TicketError::Malformed("expected seven or eight fields")),
         };
         let number = |s: &str, what| s.parse::<u64>().map_err(|_| TicketError::Malformed(what));
         let ticket = JoinTicket {
@@ -227,6 +308,8 @@ impl KeyRing {
         if ticket.room != room {
             return Err(TicketError::WrongRoom { ticket: ticket.room, wanted: room });
         }
-        Ok(ticket)
+        let issued_at = issued.map(|s| number(s, "issue time")).transpose()?;
+        let id = TicketId(signature.get(..16).and_then(|b| b.try_into().ok()).ok_or(TicketError::BadSignature)?);
+        Ok(Verified { ticket, id, issued_at })
     }
 }

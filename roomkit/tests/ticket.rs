@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 use room_core::{BusinessId, Role, RoomId, RoomKey, Terminal, Uin};
-use roomkit::ticket::{JoinTicket, KeyRing, TicketError};
+use roomkit::ticket::{JoinTicket, KeyRing, TicketError, TicketId};
 
 const NOW: u64 = 1_800_000_000;
 
@@ -104,4 +104,45 @@ fn lifetimes_and_keys_are_checked() {
     assert!(KeyRing::new("bad id!", b"0123456789abcdef".to_vec()).is_err());
     assert!(matches!(keys.verify("rk1.x.y.z", t.room, NOW), Err(TicketError::Malformed(_))));
     assert!(matches!(keys.verify("rk2.eA.eA", t.room, NOW), Err(TicketError::Malformed(_))));
+}
+
+/// A ticket of the first form (no issue time), signed by this test's key
+/// outside Roomkit: still accepted, with no issue time.
+#[test]
+fn a_ticket_of_the_first_form_is_still_accepted() {
+    let text = "rk1.Ny80Mi8zMzAwMTE3L3N0dWRlbnQvd2ViLzE4MDAwMDA2MDAvazE.Df00JeyxcYo2kZyI2dcZ62LvN2Jng_qOWCCstHjiDvA";
+    let room = RoomKey::new(BusinessId(7), RoomId(42));
+    let v = ring().verify_full(text, room, NOW).expect("valid");
+    assert_eq!((v.ticket.uin, v.ticket.role, v.ticket.terminal), (Uin(3300117), Role::Student, Terminal::Web));
+    assert_eq!(v.issued_at, None);
+    assert_eq!(v.id.to_string(), "0dfd3425ecb1718a36919c88d9d719eb");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The id the host reads from the text is the one the service reads
+    /// when verifying; it prints and parses back; the issue time is kept.
+    #[test]
+    fn ids_and_issue_times_survive(t in ticket(), issued in 0u64..NOW) {
+        let keys = ring();
+        let text = keys.issue_at(&t, issued);
+        let v = keys.verify_full(&text, t.room, NOW).expect("valid");
+        prop_assert_eq!(v.ticket, t);
+        prop_assert_eq!(v.issued_at, Some(issued));
+        let id = TicketId::of(&text).expect("an id");
+        prop_assert_eq!(id, v.id);
+        prop_assert_eq!(id.to_string().parse::<TicketId>(), Ok(id));
+    }
+}
+
+#[test]
+fn bad_ticket_ids_are_refused() {
+    for s in
+        ["", "0dfd", "zzfd3425ecb1718a36919c88d9d719eb", "0dfd3425ecb1718a36919c88d9d719ebff", "é".repeat(16).as_str()]
+    {
+        assert!(s.parse::<TicketId>().is_err(), "{s:?}");
+    }
+    assert!(TicketId::of("rk1.abc.def").is_err());
+    assert!(TicketId::of(&"x".repeat(10_000)).is_err());
 }

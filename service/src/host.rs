@@ -15,6 +15,27 @@ use room_memberlist::{Counts, Cursor, MemberRow, PageQuery};
 use room_push::{Class, Kind, Target};
 use serde::{Deserialize, Serialize};
 
+/// The ticket an entry came with, as the host's ticket check read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TicketStamp {
+    /// Its id (`roomkit::ticket::TicketId`).
+    pub id: [u8; 16],
+    /// When it was issued (Unix seconds; 0 when the ticket did not say).
+    pub issued_at: u64,
+}
+
+/// Which tickets a revocation refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Revocation {
+    /// This ticket.
+    Ticket([u8; 16]),
+    /// Every ticket of this user issued up to the revocation (tickets that
+    /// do not say when they were issued count as earlier); tickets issued
+    /// later are let in.
+    User(Uin),
+}
+
 /// What a host asks of the room service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -66,6 +87,17 @@ pub enum HostRequest {
         /// How long the member stays out, in milliseconds.
         ban_ms: Option<u64>,
     },
+    /// Refuses entries of the room with the tickets `what` names, for
+    /// `for_ms` (until they have expired: the host knows their lifetime).
+    /// Connections already in are not closed: kick for that.
+    Revoke {
+        /// The room the tickets are for.
+        room: RoomKey,
+        /// Which tickets.
+        what: Revocation,
+        /// How long the revocation is kept (at most [`MAX_BAN_MS`]).
+        for_ms: u64,
+    },
     /// Closes a room: every member's clients are told `reason` and closed
     /// (4006), and the room's state is let go.
     CloseRoom {
@@ -83,7 +115,8 @@ impl HostRequest {
             HostRequest::Publish { room, .. }
             | HostRequest::Counts { room }
             | HostRequest::Members { room, .. }
-            | HostRequest::CloseRoom { room, .. } => *room,
+            | HostRequest::CloseRoom { room, .. }
+            | HostRequest::Revoke { room, .. } => *room,
             HostRequest::Presence { member } | HostRequest::Kick { member, .. } => member.room_key(),
         }
     }
@@ -128,6 +161,10 @@ impl HostRequest {
                 }
             }
             HostRequest::CloseRoom { reason, .. } => check_reason(reason),
+            HostRequest::Revoke { for_ms, .. } if *for_ms > MAX_BAN_MS => {
+                bad(format!("revocation of {for_ms} ms is over {MAX_BAN_MS} ms"))
+            }
+            HostRequest::Revoke { .. } => Ok(()),
             HostRequest::Presence { .. } | HostRequest::Counts { .. } => Ok(()),
         }
     }
@@ -136,7 +173,7 @@ impl HostRequest {
 /// The longest reason a kicked or closed client is told, in characters.
 pub const MAX_REASON: usize = 200;
 
-/// The longest ban: 30 days.
+/// The longest ban or revocation: 30 days.
 pub const MAX_BAN_MS: u64 = 30 * 24 * 3600 * 1000;
 
 fn check_reason(reason: &str) -> Result<(), HostError> {
@@ -176,6 +213,8 @@ pub enum HostAnswer {
         /// Whether it was present.
         was_present: bool,
     },
+    /// The revocation is in force.
+    Revoked,
     /// The room was closed.
     Closed {
         /// Members it had.

@@ -34,6 +34,8 @@ pub enum PeerMsg {
         terminal: Terminal,
         /// The connection at the access node.
         conn: ConnId,
+        /// The ticket it came with.
+        ticket: Option<crate::host::TicketStamp>,
     },
     /// Room owner -> access: the connection entered.
     Entered {

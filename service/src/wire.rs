@@ -69,6 +69,8 @@ pub mod codes {
     /// The host removed this member from the room for a while: its entries
     /// are refused until then.
     pub const BANNED: &str = "banned";
+    /// The entry's ticket was revoked by the host (ask for a new one).
+    pub const REVOKED: &str = "revoked";
 
     /// Every code.
     pub const ALL: &[&str] = &[
@@ -85,6 +87,7 @@ pub mod codes {
         UNAVAILABLE,
         ENTRY_REFUSED,
         BANNED,
+        REVOKED,
     ];
 }
 

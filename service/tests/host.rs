@@ -323,3 +323,46 @@ fn a_member_whose_heartbeats_stop_is_told_as_timed_out() {
         one.events.iter().map(|e| &e.what).filter(|w| matches!(w, EventKind::Left { .. })).collect();
     assert!(left.contains(&&EventKind::Left { uin: Uin(100), reason: ExitReason::TimedOut }), "{:?}", one.events);
 }
+
+#[test]
+fn revoked_tickets_are_refused_and_later_ones_let_in() {
+    use room_service::Admission;
+    use room_service::host::{Revocation, TicketStamp};
+    let mut one = One::new(|_| {});
+    let _teacher = one.connect(1, Role::Teacher);
+    let enter = |one: &mut One, uin: u64, stamp: TicketStamp| {
+        let who = Admission::new(ROOM, Uin(uin), Role::Student, Terminal::Web).with_ticket(stamp);
+        let conn = one.node.connect(one.now, who).expect("starts entering");
+        one.pump();
+        one.advance(Duration::from_millis(60));
+        let frames = one.take(conn);
+        (conn, frames)
+    };
+    let now_secs = one.now.as_micros() / 1_000_000;
+    let old = TicketStamp { id: [1; 16], issued_at: now_secs - 10 };
+    let other = TicketStamp { id: [2; 16], issued_at: now_secs - 10 };
+    let revoke = |what| HostRequest::Revoke { room: ROOM, what, for_ms: 3_600_000 };
+    assert_eq!(one.host(revoke(Revocation::Ticket([1; 16]))), Ok(HostAnswer::Revoked));
+    let (conn, frames) = enter(&mut one, 100, old);
+    assert_eq!(codes(&frames), ["revoked"], "{frames:?}");
+    assert_eq!(one.sink.closed.get(&conn), Some(&CloseReason::Refused));
+    let (_, frames) = enter(&mut one, 100, other);
+    assert!(frames.iter().any(|f| f["t"] == "welcome"), "another ticket enters: {frames:?}");
+
+    // Every ticket user 101 had so far: refused; one issued later: let in.
+    assert_eq!(one.host(revoke(Revocation::User(Uin(101)))), Ok(HostAnswer::Revoked));
+    let (_, frames) = enter(&mut one, 101, TicketStamp { id: [3; 16], issued_at: now_secs });
+    assert_eq!(codes(&frames), ["revoked"], "{frames:?}");
+    let (_, frames) = enter(&mut one, 101, TicketStamp { id: [4; 16], issued_at: 0 });
+    assert_eq!(codes(&frames), ["revoked"], "a ticket that does not say when is earlier: {frames:?}");
+    one.advance(Duration::from_secs(2));
+    let later = TicketStamp { id: [5; 16], issued_at: one.now.as_micros() / 1_000_000 };
+    let (_, frames) = enter(&mut one, 101, later);
+    assert!(frames.iter().any(|f| f["t"] == "welcome"), "{frames:?}");
+    // Others are not touched; the revocation ends when it was told to.
+    let (_, frames) = enter(&mut one, 102, TicketStamp { id: [6; 16], issued_at: 0 });
+    assert!(frames.iter().any(|f| f["t"] == "welcome"), "{frames:?}");
+    one.advance(Duration::from_secs(3_601));
+    let (_, frames) = enter(&mut one, 100, old);
+    assert!(frames.iter().any(|f| f["t"] == "welcome"), "the revocation ended: {frames:?}");
+}

@@ -165,7 +165,7 @@ impl SimNode<M> for NodeHost {
         match msg {
             M::Connect { uin, role } => {
                 let terminal = if role == Role::Teacher { Terminal::Pc } else { Terminal::Web };
-                let who = Admission { room: ROOM, uin: Uin(uin), role, terminal };
+                let who = Admission::new(ROOM, Uin(uin), role, terminal);
                 match self.node.connect(now, who) {
                     Ok(conn) => {
                         self.clients.insert(conn, from);

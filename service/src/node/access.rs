@@ -190,7 +190,7 @@ impl RoomNode {
             },
         );
         self.add_room_ref(who.room);
-        let msg = PeerMsg::Enter { req, member, role: who.role, terminal: who.terminal, conn };
+        let msg = PeerMsg::Enter { req, member, role: who.role, terminal: who.terminal, conn, ticket: who.ticket };
         self.forward(now, owner, req, conn, who.room, msg);
         self.drain_loopback(now);
         Ok(conn)

@@ -121,6 +121,13 @@ impl RoomNode {
                     self.finish(room, done);
                 }
             }
+            HostRequest::Revoke { room, what, for_ms } => {
+                let until = now.saturating_add(std::time::Duration::from_millis(for_ms));
+                self.revoke(now, room, what, until);
+                // Answered once stored: it must outlive this owner.
+                let done = Done::host(from, req, HostAnswer::Revoked);
+                self.hold_effect(room, super::owner::Effect::Done(done));
+            }
             HostRequest::CloseRoom { room, reason } => {
                 let members: Vec<MemberKey> =
                     self.replica.store().members(room).into_iter().map(|row| room.member(row.uin)).collect();

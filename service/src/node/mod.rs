@@ -208,6 +208,7 @@ pub struct ConfigError(pub String);
 /// Who entered, as the host's ticket check established: role and user
 /// come from the ticket, never from the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Admission {
     /// The room.
     pub room: RoomKey,
@@ -217,6 +218,22 @@ pub struct Admission {
     pub role: Role,
     /// Their terminal.
     pub terminal: Terminal,
+    /// The ticket it came with, which the room's owner checks against
+    /// revocations ([`HostRequest::Revoke`](crate::host::HostRequest::Revoke)).
+    pub ticket: Option<crate::host::TicketStamp>,
+}
+
+impl Admission {
+    /// `uin` entering `room` as `role` on `terminal`.
+    pub fn new(room: RoomKey, uin: Uin, role: Role, terminal: Terminal) -> Admission {
+        Admission { room, uin, role, terminal, ticket: None }
+    }
+
+    /// With the ticket it came with.
+    pub fn with_ticket(mut self, ticket: crate::host::TicketStamp) -> Admission {
+        self.ticket = Some(ticket);
+        self
+    }
 }
 
 /// Why a connection could not start entering. Nothing was entered.
@@ -847,8 +864,8 @@ impl RoomNode {
     fn dispatch(&mut self, now: Timestamp, from: NodeId, msg: PeerMsg) {
         let Some(msg) = self.owner_intake(now, from, msg) else { return };
         match msg {
-            PeerMsg::Enter { req, member, role, terminal, conn } => {
-                self.owner_enter(now, from, req, member, role, terminal, conn)
+            PeerMsg::Enter { req, member, role, terminal, conn, ticket } => {
+                self.owner_enter(now, from, req, member, role, terminal, conn, ticket)
             }
             PeerMsg::Act { req, member, role, conn, act } => self.owner_act(now, from, req, member, role, conn, act),
             PeerMsg::Entered { req, conn, subclass, epoch, head, muted, self_muted, state } => {

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::access::{action_code, gate_code};
 use super::{CacheAnswer, CacheOp, Output, RoomNode};
 use crate::classroom::{Action, ActionError, Actor, CardResult, CardSpec, Classroom, ClassroomSnapshot, Reaction};
-use crate::host::{EVENT_SEQ_GAP, EventKind, HostAnswer, RoomEvent};
+use crate::host::{EVENT_SEQ_GAP, EventKind, HostAnswer, Revocation, RoomEvent, TicketStamp};
 use crate::peer::{Act, ActReply, PeerMsg};
 use crate::wire::{HandOp, ReactKind, codes, data, kinds, text_payload};
 
@@ -138,6 +138,8 @@ struct RoomSnapshot {
     banned: Vec<(Uin, u64)>,
     /// The room's last event number.
     event_seq: u64,
+    /// Revocations: what, since and until (Unix microseconds).
+    revoked: Vec<(Revocation, u64, u64)>,
 }
 
 /// A room this node owns.
@@ -148,6 +150,8 @@ pub(super) struct OwnedRoom {
     pub(super) mute_all: bool,
     muted: BTreeSet<Uin>,
     banned: BTreeMap<Uin, Timestamp>,
+    /// Tickets refused: since when and until when.
+    revoked: BTreeMap<Revocation, (Timestamp, Timestamp)>,
     /// The host closed the room: it is let go once its emptied state is
     /// stored, unless someone enters first.
     closing: bool,
@@ -180,6 +184,7 @@ impl OwnedRoom {
             mute_all: false,
             muted: BTreeSet::new(),
             banned: BTreeMap::new(),
+            revoked: BTreeMap::new(),
             closing: false,
             event_seq: 0,
             reactions_told: (0, 0),
@@ -207,6 +212,21 @@ impl OwnedRoom {
 
     pub(super) fn classroom(&self) -> Option<&Classroom> {
         self.classroom.as_ref()
+    }
+
+    /// Why an entry with `ticket` is refused, if it is.
+    fn revoked_reason(&self, now: Timestamp, uin: Uin, ticket: Option<TicketStamp>) -> Option<&'static str> {
+        if self.revoked.is_empty() {
+            return None;
+        }
+        if let Some(t) = ticket
+            && self.revoked.get(&Revocation::Ticket(t.id)).is_some_and(|(_, until)| *until > now)
+        {
+            return Some("this ticket was revoked");
+        }
+        let (since, until) = self.revoked.get(&Revocation::User(uin))?;
+        let issued = ticket.map_or(0, |t| t.issued_at.saturating_mul(1_000_000));
+        (*until > now && issued <= since.as_micros()).then_some("this user's tickets were revoked: ask for a new one")
     }
 
     /// The version a change made now will be stored in.
@@ -330,6 +350,7 @@ impl RoomNode {
         role: Role,
         terminal: Terminal,
         conn: ConnId,
+        ticket: Option<TicketStamp>,
     ) {
         let room = member.room_key();
         let refuse_with = |node: &mut RoomNode, code: &str, message: String| {
@@ -342,6 +363,9 @@ impl RoomNode {
         if let Some(until) = self.rooms.get(&room).and_then(|r| r.banned.get(&member.uin)).filter(|u| **u > now) {
             let secs = until.as_micros().saturating_sub(now.as_micros()).div_ceil(1_000_000);
             return refuse_with(self, codes::BANNED, format!("removed from this room for another {secs} s"));
+        }
+        if let Some(why) = self.rooms.get(&room).and_then(|r| r.revoked_reason(now, member.uin, ticket)) {
+            return refuse_with(self, codes::REVOKED, why.into());
         }
         let first_terminal = self.replica.get(member).is_none();
         let enter = WriteOp::Enter { uin: member.uin, role, terminal, attrs: None };
@@ -660,6 +684,20 @@ impl RoomNode {
         }
     }
 
+    /// Refuses the tickets `what` names until `until`.
+    pub(super) fn revoke(&mut self, now: Timestamp, room: RoomKey, what: Revocation, until: Timestamp) {
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        r.revoked.retain(|_, (_, u)| *u > now);
+        if r.revoked.len() >= MAX_BANNED_PER_ROOM
+            && !r.revoked.contains_key(&what)
+            && let Some(first) = r.revoked.iter().min_by_key(|(_, (_, u))| *u).map(|(k, _)| *k)
+        {
+            r.revoked.remove(&first);
+        }
+        r.revoked.insert(what, (now, until));
+        r.dirty = true;
+    }
+
     /// Tells the host what happened in a room it owns.
     pub(super) fn event(&mut self, now: Timestamp, room: RoomKey, what: EventKind) {
         if !self.config.events {
@@ -713,6 +751,7 @@ impl RoomNode {
         let was_muted = std::mem::replace(&mut r.mute_all, false);
         r.classroom = Some(Classroom::new(config, seed));
         r.banned.clear();
+        r.revoked.clear();
         r.closing = true;
         r.tally_dirty = false;
         r.packets_dirty.clear();
@@ -1060,6 +1099,15 @@ impl RoomNode {
         // Events the previous owner numbered after its last save are not
         // known here: numbers move on so none is given twice.
         let event_seq = snapshot.as_ref().map_or(0, |s| s.event_seq.saturating_add(EVENT_SEQ_GAP));
+        let revoked: BTreeMap<Revocation, (Timestamp, Timestamp)> = snapshot
+            .as_ref()
+            .map(|s| {
+                s.revoked
+                    .iter()
+                    .map(|(w, since, until)| (*w, (Timestamp::from_micros(*since), Timestamp::from_micros(*until))))
+                    .collect()
+            })
+            .unwrap_or_default();
         let (classroom, mut plan, mute_all, muted) = match snapshot {
             Some(s) => {
                 let classroom = Classroom::restore(self.config.classroom.clone(), s.classroom)
@@ -1090,6 +1138,7 @@ impl RoomNode {
         r.muted = muted;
         r.banned = banned;
         r.event_seq = event_seq;
+        r.revoked = revoked;
         r.reactions_told = r
             .classroom
             .as_ref()
@@ -1277,6 +1326,12 @@ impl RoomNode {
                 .map(|(u, until)| (*u, until.as_micros()))
                 .collect(),
             event_seq: r.event_seq,
+            revoked: r
+                .revoked
+                .iter()
+                .filter(|(_, (_, until))| *until > now)
+                .map(|(what, (since, until))| (*what, since.as_micros(), until.as_micros()))
+                .collect(),
         };
         let state = match postcard::to_allocvec(&snapshot) {
             Ok(v) => Bytes::from(v),
@@ -1454,6 +1509,7 @@ mod tests {
             muted: uins[..100].to_vec(),
             banned: uins[100..1_100].iter().map(|u| (*u, 1_800_000_000_000_000)).collect(),
             event_seq: 1 << 40,
+            revoked: uins[..1_000].iter().map(|u| (Revocation::User(*u), 1, 2)).collect(),
         };
         let bytes = postcard::to_allocvec(&snapshot).expect("encodes");
         assert!(bytes.len() < 1 << 20, "{} bytes", bytes.len());

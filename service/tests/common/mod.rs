@@ -136,8 +136,7 @@ impl One {
 
     /// Connects `uin` on `terminal`.
     pub fn connect_on(&mut self, uin: u64, role: Role, terminal: Terminal) -> ConnId {
-        let conn =
-            self.node.connect(self.now, Admission { room: ROOM, uin: Uin(uin), role, terminal }).expect("enters");
+        let conn = self.node.connect(self.now, Admission::new(ROOM, Uin(uin), role, terminal)).expect("enters");
         self.pump();
         self.advance(Duration::from_millis(60));
         conn
