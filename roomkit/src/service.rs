@@ -394,7 +394,16 @@ impl RoomService {
         self.with_core(|core, t| core.handle_client(t, conn, msg))
     }
 
-    /// The client closed.
+    /// The client said goodbye (the member leaves now, on this terminal);
+    /// the connection's stream ends with [`CloseReason::Left`]. A client
+    /// speaking the JSON protocol says it with `{"t":"leave"}` instead.
+    pub fn leave(&self, conn: ConnId) {
+        self.with_core(|core, t| core.leave(t, conn));
+    }
+
+    /// The client's socket closed. Its member keeps its place until the
+    /// heartbeat timeout, so a reconnect inside it resumes (the others see
+    /// no leave and enter); see [`RoomService::leave`].
     pub fn disconnect(&self, conn: ConnId) {
         self.inner.writers.lock().channels.remove(&conn);
         self.with_core(|core, t| core.disconnect(t, conn));

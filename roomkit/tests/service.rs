@@ -226,15 +226,21 @@ async fn a_silent_member_is_taken_out_and_a_closed_one_leaves() {
         svc.inspect(|n| n.members().counts(ROOM).map_or(0, |c| c.total()))
     };
     assert_eq!(listed(&svc), 3);
-    svc.disconnect(bob.id);
+    // Bob says goodbye: out at once.
+    svc.leave(bob.id);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(listed(&svc), 2);
+    // Carol's socket just closes: her place is kept until the timeout.
+    let (carol, _) = join(&svc, 102, Role::Student).await;
+    svc.disconnect(carol.id);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(listed(&svc), 3);
     // Alice stops beating; the teacher keeps beating.
     for _ in 0..12 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         svc.handle_text(teacher.id, r#"{"t":"beat"}"#).expect("beat");
     }
-    assert_eq!((listed(&svc), svc.stats().timed_out), (1, 1));
+    assert_eq!((listed(&svc), svc.stats().timed_out), (1, 2), "Alice and Carol timed out");
     // Alice's connection was closed with the timeout's code.
     let frames = drain(&mut alice).await;
     let code = CloseReason::TimedOut.close_code();
@@ -384,7 +390,7 @@ async fn a_host_that_does_not_read_its_events_is_told_it_lagged() {
     const MEMBERS: u64 = 300;
     for uin in 100..100 + MEMBERS {
         let (conn, _) = join(&svc, uin, Role::Student).await;
-        svc.disconnect(conn.id);
+        svc.leave(conn.id);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut missed = 0;

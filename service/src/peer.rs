@@ -396,17 +396,20 @@ pub enum CloseReason {
     Kicked,
     /// The host closed the room.
     RoomClosed,
+    /// The client said goodbye (`leave`).
+    Left,
 }
 
 impl CloseReason {
     /// Every reason.
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::Refused,
         CloseReason::Replaced,
         CloseReason::TimedOut,
         CloseReason::SlowConsumer,
         CloseReason::Kicked,
         CloseReason::RoomClosed,
+        CloseReason::Left,
     ];
 
     /// The websocket close code a host should send (4000-4999 are the
@@ -419,6 +422,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => 4004,
             CloseReason::Kicked => 4005,
             CloseReason::RoomClosed => 4006,
+            CloseReason::Left => 1000,
         }
     }
 
@@ -431,6 +435,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "too slow to keep up",
             CloseReason::Kicked => "removed",
             CloseReason::RoomClosed => "the room closed",
+            CloseReason::Left => "goodbye",
         }
     }
 }

@@ -193,6 +193,10 @@ pub enum ClientMsg {
     /// What is open in the room now (after a reset, say): answered with a
     /// `state` frame.
     State,
+    /// Goodbye: the member leaves now on this terminal (a socket that just
+    /// closes keeps its place until the heartbeat timeout, so a reconnect
+    /// resumes). The connection is closed with 1000.
+    Leave,
 }
 
 impl ClientMsg {
@@ -214,6 +218,7 @@ impl ClientMsg {
         "check",
         "members",
         "state",
+        "leave",
     ];
 
     /// This message's `t`.
@@ -235,6 +240,7 @@ impl ClientMsg {
             ClientMsg::Check { .. } => "check",
             ClientMsg::Members { .. } => "members",
             ClientMsg::State => "state",
+            ClientMsg::Leave => "leave",
         }
     }
 }

@@ -104,15 +104,15 @@ fn a_late_joiner_and_a_reload_see_what_is_open() {
     let frames = one.take(late);
     assert!(frames.iter().any(|f| f["t"] == "answered") && frames.iter().any(|f| f["t"] == "grabbed"), "{frames:?}");
 
-    // The early student reloads: its own answer and share come back (its
-    // hand went down when it left: a closed socket is a leave).
+    // The early student reloads: its own answer, share and raised hand come
+    // back (a closed socket keeps its place until the heartbeat timeout).
     one.node.disconnect(one.now, early);
     one.pump();
     let again = one.connect(100, Role::Student);
     let state = one.take(again).into_iter().find(|f| f["t"] == "state").expect("state")["data"].clone();
     assert_eq!(state["answer"].as_u64(), Some(2));
     assert_eq!(state["grabbed"], serde_json::json!([[1, grabbed]]));
-    assert_eq!(state["hands"], serde_json::json!([]));
+    assert_eq!(state["hands"], serde_json::json!([100]));
     // The late joiner sees its own hand; the teacher, asking after a
     // reset, gets the whole queue.
     one.send(late, r#"{"t":"state"}"#);
@@ -120,7 +120,7 @@ fn a_late_joiner_and_a_reload_see_what_is_open() {
     assert_eq!(state["hands"], serde_json::json!([101]));
     one.send(teacher, r#"{"t":"state"}"#);
     let state = one.take(teacher).into_iter().find(|f| f["t"] == "state").expect("state")["data"].clone();
-    assert_eq!(state["hands"], serde_json::json!([101]));
+    assert_eq!(state["hands"], serde_json::json!([100, 101]));
     assert!(state.get("answer").is_none(), "the teacher answered nothing");
 }
 

@@ -273,8 +273,8 @@ fn the_host_is_told_what_happens_in_order() {
     one.send(b, r#"{"t":"packet_grab","id":1}"#);
     one.send(c, r#"{"t":"react","kind":"flower","n":3}"#);
     one.advance(Duration::from_secs(1));
-    one.node.disconnect(one.now, c);
-    one.pump();
+    one.send(c, r#"{"t":"leave"}"#);
+    assert_eq!(one.sink.closed.get(&c), Some(&CloseReason::Left));
     let kick = HostRequest::Kick { member: ROOM.member(Uin(101)), reason: String::new(), ban_ms: None };
     assert!(one.host(kick).is_ok());
     let close = HostRequest::CloseRoom { room: ROOM, reason: String::new() };
@@ -365,4 +365,67 @@ fn revoked_tickets_are_refused_and_later_ones_let_in() {
     one.advance(Duration::from_secs(3_601));
     let (_, frames) = enter(&mut one, 100, old);
     assert!(frames.iter().any(|f| f["t"] == "welcome"), "the revocation ended: {frames:?}");
+}
+
+#[test]
+fn a_closed_socket_keeps_its_place_until_the_timeout_and_a_reconnect_resumes() {
+    use room_core::ExitReason;
+    use room_service::host::EventKind;
+    let mut one = One::new(|c| c.heartbeat = Duration::from_secs(2));
+    let teacher = one.connect(1, Role::Teacher);
+    let student = one.connect(100, Role::Student);
+    let welcome = one.take(student).into_iter().find(|f| f["t"] == "welcome").expect("welcome");
+    let (epoch, head) = (welcome["epoch"].as_u64().expect("epoch"), welcome["head"].as_u64().expect("head"));
+    one.send(student, r#"{"t":"hand","op":"raise"}"#);
+    one.advance(Duration::from_millis(100));
+    one.events.clear();
+    one.node.disconnect(one.now, student);
+    one.pump();
+    one.send(teacher, r#"{"t":"say","text":"while you were away"}"#);
+    one.send(teacher, r#"{"t":"beat"}"#);
+    one.advance(Duration::from_secs(2));
+    assert!(one.events.is_empty(), "no leave yet: {:?}", one.events);
+    assert_eq!(
+        one.host(HostRequest::Counts { room: ROOM }).map(|a| matches!(a, HostAnswer::Counts(c) if c.total() == 2)),
+        Ok(true)
+    );
+
+    // Back inside the timeout: the same member, nothing for the others.
+    let again = one.connect(100, Role::Student);
+    let welcome = one.take(again).into_iter().find(|f| f["t"] == "welcome").expect("welcome");
+    assert_eq!(welcome["epoch"].as_u64(), Some(epoch));
+    assert!(one.events.is_empty(), "no leave and no enter: {:?}", one.events);
+    assert_eq!(one.node.classroom(ROOM).map(|c| c.hands().collect::<Vec<_>>()), Some(vec![Uin(100)]));
+    one.send(again, &format!(r#"{{"t":"check","epoch":{epoch},"after":{head}}}"#));
+    let recovered = one.take(again).into_iter().find(|f| f["t"] == "recover").expect("recover");
+    assert!(
+        recovered["frames"]
+            .as_array()
+            .is_some_and(|fs| fs.iter().any(|f| f["b"]["data"]["text"] == "while you were away")),
+        "{recovered}"
+    );
+
+    // Gone for good: out after the timeout, as timed out.
+    one.node.disconnect(one.now, again);
+    one.pump();
+    for _ in 0..10 {
+        one.send(teacher, r#"{"t":"beat"}"#);
+        one.advance(Duration::from_secs(1));
+    }
+    let left: Vec<EventKind> = one.events.iter().map(|e| e.what.clone()).collect();
+    assert_eq!(left, [EventKind::Left { uin: Uin(100), reason: ExitReason::TimedOut }]);
+}
+
+#[test]
+fn leave_on_disconnect_makes_a_closed_socket_a_leave() {
+    use room_core::ExitReason;
+    use room_service::host::EventKind;
+    let mut one = One::new(|c| c.leave_on_disconnect = true);
+    let _teacher = one.connect(1, Role::Teacher);
+    let student = one.connect(100, Role::Student);
+    one.events.clear();
+    one.node.disconnect(one.now, student);
+    one.pump();
+    let left: Vec<EventKind> = one.events.iter().map(|e| e.what.clone()).collect();
+    assert_eq!(left, [EventKind::Left { uin: Uin(100), reason: ExitReason::Left }]);
 }

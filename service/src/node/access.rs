@@ -438,7 +438,7 @@ impl RoomNode {
             if len > max_text { Err(FrameError::TextTooLong { len, max: max_text }) } else { Ok(()) }
         };
         let kind = match &msg {
-            ClientMsg::Beat => RequestKind::Beat,
+            ClientMsg::Beat | ClientMsg::Leave => RequestKind::Beat,
             ClientMsg::Ack { .. } => RequestKind::Ack,
             ClientMsg::Check { .. } => RequestKind::Check,
             ClientMsg::Members { .. } | ClientMsg::State => RequestKind::Read,
@@ -457,6 +457,10 @@ impl RoomNode {
                 return Ok(());
             }
             ClientMsg::Check { epoch, after } => return self.check(now, conn, member, epoch, after),
+            ClientMsg::Leave => {
+                self.leave(now, conn);
+                return Ok(());
+            }
             ClientMsg::Chat { text } => {
                 check_text(&text)?;
                 Act::Chat { text }
@@ -629,10 +633,40 @@ impl RoomNode {
         }
     }
 
-    /// The client closed its connection.
+    /// The client's socket closed. Its member keeps its place until the
+    /// heartbeat timeout (its session is not ended: a reconnect inside
+    /// the timeout resumes it, with no leave and enter for the others);
+    /// [`leave`](Self::leave) ends it now. With
+    /// [`leave_on_disconnect`](super::RoomNodeConfig::leave_on_disconnect),
+    /// a disconnect is a leave.
     pub fn disconnect(&mut self, now: Timestamp, conn: ConnId) {
-        self.drop_conn(now, conn);
+        let entering = self.conns.get(&conn).is_some_and(|c| c.entering.is_some());
+        if self.config.leave_on_disconnect || entering {
+            self.drop_conn(now, conn);
+        } else {
+            self.detach_conn(now, conn);
+        }
         self.drain_loopback(now);
+    }
+
+    /// The member says goodbye on this connection: it leaves now, and the
+    /// connection is closed ([`CloseReason::Left`]).
+    pub fn leave(&mut self, now: Timestamp, conn: ConnId) {
+        if self.drop_conn(now, conn) {
+            self.closes.push_back((conn, CloseReason::Left));
+        }
+        self.drain_loopback(now);
+    }
+
+    /// Lets a connection go here without ending its session: the session
+    /// owner's probe finds it gone once beats stop, unless the member
+    /// reconnects first.
+    fn detach_conn(&mut self, now: Timestamp, conn: ConnId) -> bool {
+        let Some(c) = self.conns.remove(&conn) else { return false };
+        self.stalled.remove(&conn);
+        let _ = self.push.disconnect(now, conn);
+        self.drop_room_ref(c.member.room_key());
+        true
     }
 
     /// Removes a connection; its session owner is told.
@@ -660,10 +694,8 @@ impl RoomNode {
         }
         if tell_session {
             self.drop_conn(now, conn);
-        } else if let Some(c) = self.conns.remove(&conn) {
-            self.stalled.remove(&conn);
-            let _ = self.push.disconnect(now, conn);
-            self.drop_room_ref(c.member.room_key());
+        } else {
+            self.detach_conn(now, conn);
         }
         self.closes.push_back((conn, reason));
     }
@@ -680,7 +712,8 @@ impl RoomNode {
     pub(super) fn stalled_timeout(&mut self, now: Timestamp) {
         for conn in self.stalled_deadlines.due(now) {
             if self.stalled.remove(&conn).is_some() {
-                self.close_conn(now, conn, CloseReason::SlowConsumer, true);
+                // A slow client reconnects and resumes: its place is kept.
+                self.close_conn(now, conn, CloseReason::SlowConsumer, false);
             }
         }
     }
@@ -713,8 +746,9 @@ impl RoomNode {
                     room_push::DisconnectReason::SlowConsumer => CloseReason::SlowConsumer,
                     _ => CloseReason::TimedOut,
                 };
-                // The push node already let it go; the session owner is told.
-                if self.drop_conn(now, conn) {
+                // The push node already let it go; the member keeps its
+                // place until the heartbeat timeout, to reconnect.
+                if self.detach_conn(now, conn) {
                     self.closes.push_back((conn, why));
                 }
             }

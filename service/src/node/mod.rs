@@ -101,6 +101,10 @@ pub struct RoomNodeConfig {
     /// Reliable messages of the log's tail a new room owner reads to know
     /// which requests its predecessor already numbered.
     pub dedupe_tail: u64,
+    /// A socket that closes without `leave` ends its member's session at
+    /// once (the member leaves), instead of keeping it until the heartbeat
+    /// timeout so that a reconnect resumes it. Off by default.
+    pub leave_on_disconnect: bool,
     /// A room with nobody in it is forgotten by its owner after this long.
     pub room_idle: Duration,
     /// A client whose writer has taken nothing for this long is closed
@@ -149,6 +153,7 @@ impl RoomNodeConfig {
             business_chat: quota(10_000, 2_000).unwrap_or(GateConfig::default().room_chat_quota),
             dedupe_tail: 1024,
             room_idle: Duration::from_secs(60),
+            leave_on_disconnect: false,
             tail_check: Duration::from_millis(500),
             slow_client_lag: Duration::from_secs(30),
         }
