@@ -778,7 +778,18 @@ pub mod data {
         /// Everyone, for rooms up to the configured size.
         #[serde(skip_serializing_if = "Option::is_none")]
         pub list: Option<Vec<RosterEntry>>,
+        /// Who came in since the last roster (at most
+        /// [`MAX_ROSTER_DIFF`] changes per roster, joins and leaves together).
+        pub joined: Vec<RosterEntry>,
+        /// Who left since the last roster.
+        pub left: Vec<u64>,
+        /// More changed than the bound: a client that shows the list pages
+        /// `members` again.
+        pub more: bool,
     }
+
+    /// The most joins and leaves one roster carries.
+    pub const MAX_ROSTER_DIFF: usize = 200;
 
     /// A user's own mute (kind 9).
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

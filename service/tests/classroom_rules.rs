@@ -172,3 +172,55 @@ fn a_client_that_stops_reading_is_closed_after_the_lag() {
     assert!(!one.sink.closed.contains_key(&reader), "a client that reads stays");
     assert_eq!(pushed(&one.take(reader), 2).len(), 40);
 }
+
+/// Rosters carry who joined and left since the last one (a join and a
+/// leave in between cancel out), at most once per roster interval and at
+/// most 200 changes each; past that, `more` says to page the list again.
+#[test]
+fn rosters_carry_bounded_join_and_leave_diffs() {
+    let mut one = One::new(|c| c.roster_list_max = 2);
+    let teacher = one.connect(1, Role::Teacher);
+    for uin in 100..103 {
+        one.connect(uin, Role::Student);
+    }
+    one.advance(Duration::from_secs(2));
+    one.take(teacher);
+    let s100 = one.connect(103, Role::Student);
+    let brief = one.connect(104, Role::Student);
+    one.send(brief, r#"{"t":"leave"}"#);
+    one.send(s100, r#"{"t":"leave"}"#);
+    one.advance(Duration::from_secs(2));
+    let rosters = pushed(&one.take(teacher), 8);
+    let joined: Vec<u64> = rosters
+        .iter()
+        .flat_map(|r| r["joined"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["uin"].as_u64())
+        .collect();
+    let left: Vec<u64> = rosters
+        .iter()
+        .flat_map(|r| r["left"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e.as_u64())
+        .collect();
+    assert!(rosters.iter().all(|r| r.get("list").is_none()), "no full list past roster_list_max");
+    assert!(!joined.contains(&104) && !left.contains(&104), "104 came and went between rosters: {rosters:?}");
+    assert_eq!(rosters.last().map(|r| r["total"].clone()), Some(Value::from(4)));
+    assert!(rosters.iter().all(|r| r["more"] == false));
+    // 103 joined then left in the same window, or in two: either way the
+    // diffs add up to nobody new.
+    let net: i64 =
+        joined.iter().filter(|u| **u == 103).count() as i64 - left.iter().filter(|u| **u == 103).count() as i64;
+    assert_eq!(net, 0, "{rosters:?}");
+
+    // A storm: 300 joins in one window.
+    for uin in 1_000..1_300 {
+        let who =
+            room_service::Admission::new(common::ROOM, room_core::Uin(uin), Role::Student, room_core::Terminal::Web);
+        one.node.connect(one.now, who).expect("enters");
+        one.pump();
+    }
+    one.advance(Duration::from_secs(3));
+    let rosters = pushed(&one.take(teacher), 8);
+    assert!(rosters.len() <= 5, "at most one roster a second: {}", rosters.len());
+    assert!(rosters.iter().all(|r| r["joined"].as_array().is_some_and(|j| j.len() <= 200)));
+    assert!(rosters.iter().any(|r| r["more"] == true), "the overflow is said");
+}

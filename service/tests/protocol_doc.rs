@@ -139,6 +139,7 @@ fn documented_limits_are_the_defaults() {
         format!("took nothing for {} s", node.slow_client_lag.as_secs()),
         format!("Kinds from {} to {} are the host's own", kinds::HOST_FIRST.0, Kind::RESERVED_FROM - 1),
         format!("`reason` (the host's words, ≤ {} chars)", room_service::host::MAX_REASON),
+        format!("at most {} changes, `more` when there were more", room_service::wire::data::MAX_ROSTER_DIFF),
     ] {
         assert!(DOC.contains(&phrase), "PROTOCOL.md does not say {phrase:?}");
     }

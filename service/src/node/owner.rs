@@ -159,6 +159,10 @@ pub(super) struct OwnedRoom {
     event_seq: u64,
     /// Reaction totals the host was last told.
     reactions_told: (u64, u64),
+    /// Joins (`Some(role)`) and leaves (`None`) since the last roster.
+    presence_diff: BTreeMap<Uin, Option<Role>>,
+    /// More changed than a roster carries.
+    presence_overflow: bool,
     version: u64,
     dirty: bool,
     urgent: bool,
@@ -188,6 +192,8 @@ impl OwnedRoom {
             closing: false,
             event_seq: 0,
             reactions_told: (0, 0),
+            presence_diff: BTreeMap::new(),
+            presence_overflow: false,
             version: 0,
             dirty: false,
             urgent: false,
@@ -395,6 +401,7 @@ impl RoomNode {
         self.send_peer(session_owner, PeerMsg::Join { member, terminal, conn });
         if first_terminal {
             self.event(now, room, EventKind::Entered { uin: member.uin, role, terminal });
+            self.presence_changed(room, member.uin, Some(role));
         }
         let (epoch, head) = self.gate.gate().sequence(room).unwrap_or((0, 0));
         let Some(r) = self.rooms.get_mut(&room) else { return };
@@ -698,6 +705,21 @@ impl RoomNode {
         r.dirty = true;
     }
 
+    /// Notes a join (`Some(role)`) or a leave for the next roster: a join
+    /// and a leave of one member between two rosters cancel out.
+    fn presence_changed(&mut self, room: RoomKey, uin: Uin, role: Option<Role>) {
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        if role.is_none() && matches!(r.presence_diff.get(&uin), Some(Some(_))) {
+            r.presence_diff.remove(&uin);
+            return;
+        }
+        if r.presence_diff.len() >= data::MAX_ROSTER_DIFF && !r.presence_diff.contains_key(&uin) {
+            r.presence_overflow = true;
+            return;
+        }
+        r.presence_diff.insert(uin, role);
+    }
+
     /// Tells the host what happened in a room it owns.
     pub(super) fn event(&mut self, now: Timestamp, room: RoomKey, what: EventKind) {
         if !self.config.events {
@@ -728,6 +750,7 @@ impl RoomNode {
     /// counted); the room's state changed.
     pub(super) fn member_gone(&mut self, now: Timestamp, room: RoomKey, member: MemberKey, why: room_core::ExitReason) {
         self.event(now, room, EventKind::Left { uin: member.uin, reason: why });
+        self.presence_changed(room, member.uin, None);
         let hand_was_up = self.with_classroom(room, |c| {
             let up = c.hands().any(|u| u == member.uin);
             c.left(member.uin);
@@ -858,6 +881,7 @@ impl RoomNode {
         if self.replica.get(member).is_none() {
             // Heartbeat repair of a member the list had lost.
             self.event(now, room, EventKind::Entered { uin: member.uin, role, terminal });
+            self.presence_changed(room, member.uin, Some(role));
         }
         let assert = WriteOp::Assert { uin: member.uin, role, terminal };
         let _ = self.replica.apply(now, room, std::slice::from_ref(&assert));
@@ -1388,6 +1412,13 @@ impl RoomNode {
             let _ = self.replica.page(room, &PageQuery::first(self.config.roster_list_max.max(1)), &mut rows);
             rows.iter().map(|row| data::RosterEntry { uin: row.uin.0, role: row.role }).collect()
         });
+        let (diff, more) = match self.rooms.get_mut(&room) {
+            Some(r) => (std::mem::take(&mut r.presence_diff), std::mem::take(&mut r.presence_overflow)),
+            None => (BTreeMap::new(), false),
+        };
+        let joined =
+            diff.iter().filter_map(|(uin, role)| role.map(|role| data::RosterEntry { uin: uin.0, role })).collect();
+        let left = diff.iter().filter(|(_, role)| role.is_none()).map(|(uin, _)| uin.0).collect();
         let roster = data::Roster {
             total,
             teacher: count(Role::Teacher),
@@ -1395,6 +1426,9 @@ impl RoomNode {
             student: count(Role::Student),
             observer: count(Role::Observer),
             list,
+            joined,
+            left,
+            more,
         };
         self.publish_system(now, Message::new(room, Class::Signal, kinds::ROSTER, data::encode(&roster)));
     }
