@@ -17,6 +17,7 @@ use room_push::{Class, Kind, Target};
 use room_testkit::nats::NatsServer;
 use room_testkit::redis::RedisServer;
 use roomkit::host::Revocation;
+use roomkit::kinds::CustomKind;
 use roomkit::service::{CloseReason, Connection, Outbound};
 use roomkit::ticket::{KeyRing, TicketId};
 use serde_json::Value;
@@ -93,6 +94,13 @@ async fn the_host_acts_on_a_room_from_any_node_of_a_cluster() {
         let mut config = ClusterConfig::new(NodeId(n), &nats.url(), &redis.url(), keys());
         config.registry = RegistryConfig::new().with_interval(Duration::from_millis(200));
         config.addr = format!("in-process-{n}");
+        // The host's own kind: whiteboard strokes, from the staff to all.
+        config
+            .service
+            .node
+            .kinds
+            .register(CustomKind::new(Kind(400), Class::Signal).senders(RoleSet::staff()))
+            .expect("registers");
         nodes.push(ClusterNode::start(config).await.expect("node starts"));
     }
     until(Duration::from_secs(10), "the cluster formed", || nodes.iter().all(|n| n.service.view().len() == 3)).await;
@@ -134,6 +142,26 @@ async fn the_host_acts_on_a_room_from_any_node_of_a_cluster() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!("a notice asked on a node that does not own the room reached {MEMBERS} members once, seq {seq}");
+
+    // The teacher sends one of the host's kinds from its node: everyone
+    // else gets it once, wherever they are connected.
+    let teacher = conns.iter().position(|c| c.0 == 1).expect("the teacher");
+    nodes[conns[teacher].1]
+        .service
+        .handle_text(conns[teacher].2.id, r#"{"t":"custom","kind":400,"data":{"x":3}}"#)
+        .expect("sent");
+    let strokes = |s: &Seen| s.frames.iter().filter(|f| f["t"] == "push" && f["b"]["kind"] == 400).count();
+    let t = Instant::now();
+    loop {
+        drain(&mut conns);
+        if conns.iter().enumerate().all(|(i, c)| i == teacher || strokes(&c.3) == 1) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "every member got the stroke once");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(strokes(&conns[teacher].3), 0, "not back to the sender");
+    println!("a custom kind sent by the teacher reached the {} others once", MEMBERS - 1);
 
     // Presence, counts and pages: the same on every node.
     for node in &nodes {

@@ -29,7 +29,7 @@ pub use room_memberlist as memberlist;
 #[cfg(feature = "push")]
 pub use room_push as push;
 
-pub use room_service::{classroom, host, peer, transport, wire};
+pub use room_service::{classroom, host, kinds, peer, transport, wire};
 /// The room service's sans-IO core ([`room_service`]).
 pub mod node {
     pub use room_service::{

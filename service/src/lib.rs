@@ -14,6 +14,7 @@
 //!   implementations for a cluster of one.
 //! * [`host`]: what a business backend asks of the service (publish,
 //!   presence, kick, close) and the events it is told.
+//! * [`kinds`]: the host's own message kinds clients may send.
 //! * [`peer`]: what nodes say to each other.
 //! * [`classroom`]: raised hands, reactions, answer cards and red packets
 //!   (sans-IO, with snapshots a room's next owner restores).
@@ -23,6 +24,7 @@
 
 pub mod classroom;
 pub mod host;
+pub mod kinds;
 mod node;
 pub mod peer;
 pub mod transport;

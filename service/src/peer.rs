@@ -255,6 +255,15 @@ pub enum Act {
         /// The text.
         text: String,
     },
+    /// A message of one of the host's kinds, checked at the access node.
+    Custom {
+        /// The kind.
+        kind: u16,
+        /// Its data (JSON).
+        data: Bytes,
+        /// The member it is for.
+        to: Option<Uin>,
+    },
     /// A teacher message.
     Say {
         /// The text.

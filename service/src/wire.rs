@@ -71,6 +71,10 @@ pub mod codes {
     pub const BANNED: &str = "banned";
     /// The entry's ticket was revoked by the host (ask for a new one).
     pub const REVOKED: &str = "revoked";
+    /// A `custom` message of a kind the host did not register.
+    pub const UNKNOWN_KIND: &str = "unknown_kind";
+    /// The host's filter refused a `custom` message.
+    pub const VETOED: &str = "vetoed";
 
     /// Every code.
     pub const ALL: &[&str] = &[
@@ -88,6 +92,8 @@ pub mod codes {
         ENTRY_REFUSED,
         BANNED,
         REVOKED,
+        UNKNOWN_KIND,
+        VETOED,
     ];
 }
 
@@ -193,6 +199,17 @@ pub enum ClientMsg {
     /// What is open in the room now (after a reset, say): answered with a
     /// `state` frame.
     State,
+    /// A message of one of the host's own kinds
+    /// ([`kinds`](crate::kinds)): to whom the kind's audience says.
+    Custom {
+        /// The kind (registered by the host).
+        kind: u16,
+        /// Its data, any JSON.
+        data: serde_json::Value,
+        /// The member it is for, for a kind sent to one member.
+        #[serde(default)]
+        to: Option<u64>,
+    },
     /// Goodbye: the member leaves now on this terminal (a socket that just
     /// closes keeps its place until the heartbeat timeout, so a reconnect
     /// resumes). The connection is closed with 1000.
@@ -218,6 +235,7 @@ impl ClientMsg {
         "check",
         "members",
         "state",
+        "custom",
         "leave",
     ];
 
@@ -240,6 +258,7 @@ impl ClientMsg {
             ClientMsg::Check { .. } => "check",
             ClientMsg::Members { .. } => "members",
             ClientMsg::State => "state",
+            ClientMsg::Custom { .. } => "custom",
             ClientMsg::Leave => "leave",
         }
     }

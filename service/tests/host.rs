@@ -429,3 +429,95 @@ fn leave_on_disconnect_makes_a_closed_socket_a_leave() {
     let left: Vec<EventKind> = one.events.iter().map(|e| e.what.clone()).collect();
     assert_eq!(left, [EventKind::Left { uin: Uin(100), reason: ExitReason::Left }]);
 }
+
+#[test]
+fn clients_send_the_hosts_own_kinds_as_registered() {
+    use room_push::Quota;
+    use room_service::kinds::{Audience, CustomKind, CustomKinds, CustomMessage, Verdict};
+    let mut kinds = CustomKinds::default();
+    let stroke = CustomKind::new(Kind(300), Class::Signal)
+        .senders(RoleSet::staff())
+        .rate(Quota::per_second(2).and_then(|q| q.with_burst(3)).expect("a quota"));
+    kinds.register(stroke).expect("registers");
+    let note = CustomKind::new(Kind(301), Class::Chat).senders(RoleSet::only(Role::Student)).audience(Audience::Staff);
+    kinds.register(note).expect("registers");
+    let whisper = CustomKind::new(Kind(302), Class::Signal).audience(Audience::User);
+    kinds.register(whisper).expect("registers");
+    let kinds = kinds.with_filter(|m: &CustomMessage<'_>| {
+        if m.data.windows(3).any(|w| w == b"bad") { Verdict::Veto("no bad words".into()) } else { Verdict::Allow }
+    });
+    let mut one = One::new(|c| c.kinds = kinds);
+    let teacher = one.connect(1, Role::Teacher);
+    let a = one.connect(100, Role::Student);
+    let b = one.connect(101, Role::Student);
+    for c in [teacher, a, b] {
+        one.take(c);
+    }
+    // The teacher draws; both students see it, from the teacher, numbered.
+    one.send(teacher, r#"{"t":"custom","kind":300,"data":{"x":1,"y":2}}"#);
+    one.advance(Duration::from_millis(100));
+    for s in [a, b] {
+        let frames = one.take(s);
+        assert_eq!(pushed(&frames, 300), [serde_json::json!({"x": 1, "y": 2})], "{frames:?}");
+        let push = frames.iter().find(|f| f["t"] == "push" && f["b"]["kind"] == 300).expect("a push");
+        assert_eq!((push["b"]["from"].as_u64(), push["c"].as_str()), (Some(1), Some("signal")));
+        assert!(push["s"].as_u64().is_some_and(|s| s > 0), "numbered: {push}");
+    }
+    assert!(pushed(&one.take(teacher), 300).is_empty(), "not back to the sender");
+    // A student may not draw; the kind's rate binds the teacher.
+    one.send(a, r#"{"t":"custom","kind":300,"data":{}}"#);
+    assert_eq!(codes(&one.take(a)), ["not_allowed"]);
+    for _ in 0..10 {
+        one.send(teacher, r#"{"t":"custom","kind":300,"data":{}}"#);
+    }
+    let limited = codes(&one.take(teacher)).iter().filter(|c| *c == "rate_limited").count();
+    assert!(limited >= 6, "{limited} of 10 refused");
+
+    // A student's note goes to the staff only.
+    one.send(a, r#"{"t":"custom","kind":301,"data":{"text":"I am lost"}}"#);
+    one.advance(Duration::from_millis(300));
+    assert_eq!(pushed(&one.take(teacher), 301), [serde_json::json!({"text": "I am lost"})]);
+    assert!(pushed(&one.take(b), 301).is_empty());
+    // A whisper reaches the one named; without `to` it is refused.
+    one.send(b, r#"{"t":"custom","kind":302,"data":"psst","to":100}"#);
+    one.advance(Duration::from_millis(100));
+    assert_eq!(pushed(&one.take(a), 302), [serde_json::json!("psst")]);
+    assert!(pushed(&one.take(teacher), 302).is_empty());
+    one.send(b, r#"{"t":"custom","kind":302,"data":"psst"}"#);
+    assert_eq!(codes(&one.take(b)), ["malformed"]);
+    // The filter vetoes; unknown kinds say which are known.
+    one.send(a, r#"{"t":"custom","kind":301,"data":{"text":"bad words"}}"#);
+    let frames = one.take(a);
+    assert_eq!(codes(&frames), ["vetoed"]);
+    assert!(frames.iter().any(|f| f["message"].as_str().is_some_and(|m| m.contains("no bad words"))));
+    one.send(a, r#"{"t":"custom","kind":999,"data":1}"#);
+    let frames = one.take(a);
+    assert_eq!(codes(&frames), ["unknown_kind"]);
+    assert!(frames.iter().any(|f| f["message"].as_str().is_some_and(|m| m.contains("300, 301, 302"))), "{frames:?}");
+    let big = format!(r#"{{"t":"custom","kind":301,"data":"{}"}}"#, "x".repeat(3_000));
+    one.send(a, &big);
+    assert_eq!(codes(&one.take(a)), ["too_large"]);
+}
+
+#[test]
+fn kinds_that_cannot_work_are_not_registered() {
+    use room_service::kinds::{Audience, CustomKind, CustomKinds, KindError};
+    let mut kinds = CustomKinds::default();
+    assert_eq!(kinds.register(CustomKind::new(Kind(8), Class::Signal)), Err(KindError::NotAHostKind(8)));
+    assert_eq!(kinds.register(CustomKind::new(Kind(0xFF00), Class::Signal)), Err(KindError::NotAHostKind(0xFF00)));
+    assert_eq!(kinds.register(CustomKind::new(Kind(300), Class::Reaction)), Err(KindError::Reaction));
+    assert_eq!(
+        kinds.register(CustomKind::new(Kind(300), Class::Signal).senders(RoleSet::EMPTY)),
+        Err(KindError::NoSenders(300))
+    );
+    assert_eq!(
+        kinds.register(CustomKind::new(Kind(300), Class::Signal).audience(Audience::Subclass)),
+        Err(KindError::SubclassNotChat(300))
+    );
+    assert!(matches!(
+        kinds.register(CustomKind::new(Kind(300), Class::Signal).max_data(1 << 20)),
+        Err(KindError::MaxData { .. })
+    ));
+    assert_eq!(kinds.register(CustomKind::new(Kind(300), Class::Signal)), Ok(()));
+    assert_eq!(kinds.register(CustomKind::new(Kind(300), Class::Chat)), Err(KindError::Duplicate(300)));
+}

@@ -47,6 +47,7 @@ fn every_client_message_is_documented_and_nothing_else() {
             "mute" => r#"{"t":"mute","uin":3,"on":true}"#.to_owned(),
             "ack" => r#"{"t":"ack","epoch":1,"seq":2}"#.to_owned(),
             "check" => r#"{"t":"check","epoch":1,"after":2}"#.to_owned(),
+            "custom" => r#"{"t":"custom","kind":300,"data":{"x":1}}"#.to_owned(),
             other => format!(r#"{{"t":"{other}"}}"#),
         };
         let msg: ClientMsg = serde_json::from_str(&sample).unwrap_or_else(|e| panic!("{sample}: {e}"));

@@ -61,6 +61,25 @@ pub enum FrameError {
     /// The connection is gone.
     #[error("unknown connection")]
     UnknownConnection,
+    /// A `custom` message of a kind the host did not register.
+    #[error("kind {kind} is not registered (registered: {known})")]
+    UnknownKind {
+        /// The kind.
+        kind: u16,
+        /// The kinds that are.
+        known: String,
+    },
+    /// A `custom` message of a kind the member's role may not send.
+    #[error("{role} may not send kind {kind}")]
+    KindNotAllowed {
+        /// The kind.
+        kind: u16,
+        /// The role.
+        role: Role,
+    },
+    /// The host's filter refused a `custom` message.
+    #[error("refused by the host: {0}")]
+    Vetoed(String),
 }
 
 impl FrameError {
@@ -76,6 +95,9 @@ impl FrameError {
             FrameError::Recovery(_) => codes::BAD_RECOVERY,
             FrameError::NotEntered => codes::NOT_ENTERED,
             FrameError::UnknownConnection => codes::GONE,
+            FrameError::UnknownKind { .. } => codes::UNKNOWN_KIND,
+            FrameError::KindNotAllowed { .. } => codes::NOT_ALLOWED,
+            FrameError::Vetoed(_) => codes::VETOED,
         }
     }
 }
@@ -442,6 +464,17 @@ impl RoomNode {
             ClientMsg::Ack { .. } => RequestKind::Ack,
             ClientMsg::Check { .. } => RequestKind::Check,
             ClientMsg::Members { .. } | ClientMsg::State => RequestKind::Read,
+            ClientMsg::Custom { kind, .. } => {
+                let kinds = &self.config.kinds;
+                let spec = kinds.get(*kind).ok_or_else(|| FrameError::UnknownKind {
+                    kind: *kind,
+                    known: kinds.kinds().map(|k| k.0.to_string()).collect::<Vec<_>>().join(", "),
+                })?;
+                if !spec.senders.contains(role) {
+                    return Err(FrameError::KindNotAllowed { kind: *kind, role });
+                }
+                RequestKind::Custom(*kind)
+            }
             _ => RequestKind::Act,
         };
         self.charge(now, member, role, kind)?;
@@ -486,12 +519,17 @@ impl RoomNode {
                 Act::Members { limit: limit.clamp(1, 100), after }
             }
             ClientMsg::State => Act::State,
+            ClientMsg::Custom { kind, data, to } => self.custom(member, role, kind, &data, to.map(Uin))?,
         };
         let room = member.room_key();
         let owner = self.room_owner(room).ok_or(FrameError::NotEntered)?;
         let req = self.new_req();
         let msg = PeerMsg::Act { req, member, role, conn, act: act.clone() };
-        if act.is_reliable() {
+        let reliable = match &act {
+            Act::Custom { kind, .. } => self.config.kinds.get(*kind).is_some_and(|k| k.class.is_reliable()),
+            other => other.is_reliable(),
+        };
+        if reliable {
             self.forward(now, owner, req, conn, room, msg);
         } else {
             // Chat and reactions may be shed: sent once, never retried, so
@@ -499,6 +537,42 @@ impl RoomNode {
             self.send_peer(owner, msg);
         }
         Ok(())
+    }
+
+    /// A `custom` message, checked here (size, audience, the host's
+    /// filter) so that nothing refused travels.
+    fn custom(
+        &self,
+        member: MemberKey,
+        role: Role,
+        kind: u16,
+        data: &serde_json::Value,
+        to: Option<Uin>,
+    ) -> Result<Act, FrameError> {
+        let spec = self.config.kinds.get(kind).ok_or(FrameError::UnknownKind { kind, known: String::new() })?;
+        let bytes = serde_json::to_vec(data).map_err(|e| FrameError::Malformed(e.to_string()))?;
+        if bytes.len() > spec.max_data {
+            return Err(FrameError::TooLarge { size: bytes.len(), max: spec.max_data });
+        }
+        match (spec.audience, to) {
+            (crate::kinds::Audience::User, None) => {
+                return Err(FrameError::Malformed(format!("kind {kind} goes to one member: name it with `to`")));
+            }
+            (crate::kinds::Audience::User, Some(_)) | (_, None) => {}
+            (_, Some(_)) => return Err(FrameError::Malformed(format!("kind {kind} takes no `to`"))),
+        }
+        let message = crate::kinds::CustomMessage {
+            room: member.room_key(),
+            from: member.uin,
+            role,
+            kind: room_push::Kind(kind),
+            data: &bytes,
+            to,
+        };
+        if let crate::kinds::Verdict::Veto(reason) = self.config.kinds.check(&message) {
+            return Err(FrameError::Vetoed(reason));
+        }
+        Ok(Act::Custom { kind, data: bytes.into(), to })
     }
 
     /// Charges a member one request of a kind against its budget at this
@@ -514,6 +588,7 @@ impl RoomNode {
             RequestKind::Read => b.read,
             RequestKind::Act if role.is_staff() => b.staff,
             RequestKind::Act => b.learner,
+            RequestKind::Custom(k) => self.config.kinds.get(k).map_or(b.learner, |spec| spec.rate),
         };
         match self.senders.check((member, kind), quota, now, 1) {
             Ok(Decision::Allowed) => Ok(()),

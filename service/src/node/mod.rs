@@ -93,6 +93,9 @@ pub struct RoomNodeConfig {
     /// Host requests this node carries at once (more are refused
     /// [`HostError::RateLimited`](crate::host::HostError::RateLimited)).
     pub max_host_requests: usize,
+    /// The host's own message kinds clients may send (the same on every
+    /// node).
+    pub kinds: crate::kinds::CustomKinds,
     /// Whether the node tells the host what happens in its rooms
     /// ([`Output::Event`]).
     pub events: bool,
@@ -150,6 +153,7 @@ impl RoomNodeConfig {
             budgets: Budgets::default(),
             max_host_requests: 10_000,
             events: true,
+            kinds: crate::kinds::CustomKinds::default(),
             business_chat: quota(10_000, 2_000).unwrap_or(GateConfig::default().room_chat_quota),
             dedupe_tail: 1024,
             room_idle: Duration::from_secs(60),
@@ -203,6 +207,7 @@ pub(crate) enum RequestKind {
     Check,
     Read,
     Act,
+    Custom(u16),
 }
 
 /// A configuration that cannot run.

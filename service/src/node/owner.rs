@@ -462,6 +462,7 @@ impl RoomNode {
                     cost: 1,
                 });
             }
+            Act::Custom { kind, data, to } => self.act_custom(now, room, sender, kind, data, to, done),
             Act::Say { text } => {
                 let message = Message::new(room, Class::Teacher, kinds::TEACHER_SAY, text_payload(&text))
                     .from_sender(sender)
@@ -619,6 +620,58 @@ impl RoomNode {
             }
         }
         self.reschedule(now, room);
+    }
+
+    /// A message of one of the host's kinds: already checked by the
+    /// sender's access node (kind, role, rate, size, filter); here its
+    /// audience becomes a target and the room's own bound applies.
+    #[allow(clippy::too_many_arguments)]
+    fn act_custom(
+        &mut self,
+        now: Timestamp,
+        room: RoomKey,
+        sender: Sender,
+        kind: u16,
+        data: Bytes,
+        to: Option<Uin>,
+        done: Done,
+    ) {
+        use crate::kinds::Audience;
+        let Some(spec) = self.config.kinds.get(kind).cloned() else {
+            let reply = ActReply::refused(codes::UNKNOWN_KIND, format!("kind {kind} is not registered here"));
+            return self.finish(room, Done { reply: Some(reply), ..done });
+        };
+        let target = match (spec.audience, to) {
+            (Audience::Staff, _) => Target::room().roles(RoleSet::staff()),
+            (Audience::User, Some(uin)) => Target::user(uin),
+            _ => Target::room(),
+        };
+        let target = if spec.audience == Audience::User { target } else { target.exclude(sender.uin) };
+        let message = Message::new(room, spec.class, room_push::Kind(kind), data).from_sender(sender).to(target);
+        if !spec.class.is_reliable() {
+            // Chat rules apply: mutes, the sender's and the room's chat limits.
+            if let Err(e) = self.gate.publish(now, message) {
+                self.finish(room, Done { reply: Some(refused_gate(&e)), ..done });
+            }
+            return;
+        }
+        if let Some(quota) = spec.room_rate {
+            let key = (room.member(Uin(0)), super::RequestKind::Custom(kind));
+            if let Ok(Decision::Limited { retry_after }) = self.senders.check(key, quota, now, 1) {
+                let reply = ActReply::Refused {
+                    code: codes::RATE_LIMITED.into(),
+                    message: format!("the room sends kind {kind} faster than its limit"),
+                    retry_after_ms: Some(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX)),
+                };
+                return self.finish(room, Done { reply: Some(reply), ..done });
+            }
+        }
+        // The sender's role was checked against the kind's registration:
+        // a learner may send a reliable kind the host allowed it.
+        match self.gate.publish_system(now, message.with_origin(done.req)) {
+            Ok(()) => self.await_publish(room, done.req, done),
+            Err(e) => self.finish(room, Done { reply: Some(refused_gate(&e)), ..done }),
+        }
     }
 
     fn act_hand(&mut self, now: Timestamp, room: RoomKey, actor: Actor, op: HandOp, uin: Option<Uin>, done: Done) {
