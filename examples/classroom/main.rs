@@ -5,7 +5,9 @@
 //! http://127.0.0.1:8080 (a teacher: http://127.0.0.1:8080/?role=teacher&uin=1).
 //!
 //! Options (environment): `ROOMKIT_ADDR` (default 127.0.0.1:8080),
-//! `ROOMKIT_HEARTBEAT_SECS` (default 20), `RUST_LOG` (default info).
+//! `ROOMKIT_HEARTBEAT_SECS` (default 20), `RUST_LOG` (default info), and
+//! `ROOMKIT_API_KEY`: the bearer key of the host API for a business
+//! backend (`/api/v1`, docs/HOST_API.md); unset, the API is off.
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -20,9 +22,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::var("ROOMKIT_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
     let heartbeat = std::env::var("ROOMKIT_HEARTBEAT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    let config = ClassroomConfig { heartbeat: Duration::from_secs(heartbeat), ..ClassroomConfig::default() };
+    let api_key = std::env::var("ROOMKIT_API_KEY").ok().filter(|k| !k.is_empty());
+    let api_on = api_key.is_some();
+    let config = ClassroomConfig { heartbeat: Duration::from_secs(heartbeat), api_key, ..ClassroomConfig::default() };
     let running = serve(listener, config).await?;
     tracing::info!("classroom at http://{} (teacher view: http://{}/?role=teacher&uin=1)", running.addr, running.addr);
+    if api_on {
+        tracing::info!("host API at http://{}/api/v1 (document: /api/v1/openapi.json)", running.addr);
+    }
     let mut every = tokio::time::interval(Duration::from_secs(30));
     loop {
         tokio::select! {

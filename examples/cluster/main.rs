@@ -15,6 +15,10 @@
 //! the nodes, for `--seconds`, with `--chat-rate` lines/s, 100 by default)
 //! and stops; otherwise it runs until Ctrl-C.
 //!
+//! With `ROOMKIT_API_KEY` set, every node also serves the host API for a
+//! business backend under `/api/v1` behind that bearer key
+//! (docs/HOST_API.md); unset, the API is off.
+//!
 //! Each node is roomkit's room service (the one the quickstart runs in
 //! memory) over NATS and Redis: an access and push node, the heartbeat
 //! owner of the sessions the router gives it, a member-list replica, and
@@ -26,7 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use examples::classroom::random_key;
-use examples::cluster::{ClusterConfig, ClusterNode, serve};
+use examples::cluster::{ClusterConfig, ClusterNode};
+use examples::edge::{EdgeOptions, serve_with_options};
 use room_core::NodeId;
 use roomkit::ticket::KeyRing;
 
@@ -92,8 +97,13 @@ async fn run_node(a: &Args, id: u64) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = ClusterConfig::new(NodeId(id), &nats, &redis, keys.clone());
     config.addr = format!("127.0.0.1:{port}");
     let node = ClusterNode::start(config).await?;
-    serve(listener, &node, Arc::new(keys))?;
-    tracing::info!(node = id, %port, "serving");
+    // Each node process serves the host API when the parent's environment
+    // has a key (children inherit it): any node answers for any room.
+    let mut options = EdgeOptions::default();
+    options.api_key = std::env::var("ROOMKIT_API_KEY").ok().filter(|k| !k.is_empty());
+    let api_on = options.api_key.is_some();
+    serve_with_options(listener, node.service.clone(), Arc::new(keys), None, options)?;
+    tracing::info!(node = id, %port, host_api = api_on, "serving");
     let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {

@@ -24,11 +24,14 @@ pub struct ClassroomConfig {
     pub key: Vec<u8>,
     /// Learners a room is expected to hold.
     pub expected_learners: usize,
+    /// The bearer key of the host API (`/api/v1`, docs/HOST_API.md);
+    /// `None` leaves the API off.
+    pub api_key: Option<String>,
 }
 
 impl Default for ClassroomConfig {
     fn default() -> Self {
-        ClassroomConfig { heartbeat: Duration::from_secs(20), key: random_key(), expected_learners: 0 }
+        ClassroomConfig { heartbeat: Duration::from_secs(20), key: random_key(), expected_learners: 0, api_key: None }
     }
 }
 
@@ -63,6 +66,7 @@ pub async fn serve(listener: TcpListener, config: ClassroomConfig) -> Result<Run
     service_config.node.expected_learners = config.expected_learners;
     let service = RoomService::start(service_config).await?;
     let keys = Arc::new(keys);
-    let addr = crate::edge::serve(listener, service.clone(), keys.clone(), Some(INDEX_HTML))?;
+    let options = crate::edge::EdgeOptions { api_key: config.api_key, ..Default::default() };
+    let addr = crate::edge::serve_with_options(listener, service.clone(), keys.clone(), Some(INDEX_HTML), options)?;
     Ok(Running { addr, service, keys })
 }

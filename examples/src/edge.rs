@@ -6,7 +6,10 @@
 //! * `GET /ticket?room=&uin=&role=&terminal=`: the demo's stand-in for a
 //!   business backend (it trusts anyone);
 //! * `GET /ws?room=&ticket=`: the classroom protocol (docs/PROTOCOL.md);
-//! * `GET /healthz`: the node's counters as JSON.
+//! * `GET /healthz`: the node's counters as JSON;
+//! * `/api/v1/...`: the host API for a business backend
+//!   ([`host_api`](crate::host_api), docs/HOST_API.md), on when
+//!   [`EdgeOptions::api_key`] is set.
 //!
 //! Connections are bounded before any of that: a client has
 //! [`Limits::header_timeout`] to send its request's headers (a socket that
@@ -58,6 +61,41 @@ impl Default for Limits {
     }
 }
 
+/// How the edge serves: its connection bounds and the host API's key.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct EdgeOptions {
+    /// Bounds on connections.
+    pub limits: Limits,
+    /// The bearer key of the host API (`/api/v1`); `None` (or empty)
+    /// leaves the API off, its routes answering 404.
+    pub api_key: Option<String>,
+}
+
+impl EdgeOptions {
+    /// With the host API on, behind `key`.
+    pub fn with_api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// With `limits`.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
+impl std::fmt::Debug for EdgeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is a secret: say only whether there is one.
+        f.debug_struct("EdgeOptions")
+            .field("limits", &self.limits)
+            .field("api_key", &self.api_key.as_ref().map(|_| ".."))
+            .finish()
+    }
+}
+
 /// Issues a demo ticket, valid for an hour.
 pub fn demo_ticket(keys: &KeyRing, room: u64, uin: u64, role: Role, terminal: Terminal) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -88,7 +126,7 @@ pub fn serve(
     serve_with(listener, service, keys, page, Limits::default())
 }
 
-/// [`serve`] with `limits`.
+/// [`serve`] with `limits` (the host API off).
 pub fn serve_with(
     listener: TcpListener,
     service: RoomService,
@@ -96,15 +134,36 @@ pub fn serve_with(
     page: Option<&'static str>,
     limits: Limits,
 ) -> std::io::Result<SocketAddr> {
+    serve_with_options(listener, service, keys, page, EdgeOptions::default().with_limits(limits))
+}
+
+/// [`serve`] with `options`: limits, and the host API when a key is given.
+pub fn serve_with_options(
+    listener: TcpListener,
+    service: RoomService,
+    keys: Arc<KeyRing>,
+    page: Option<&'static str>,
+    options: EdgeOptions,
+) -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
-    let app = App { service, keys, page };
+    let api_key = options.api_key.as_deref().and_then(crate::host_api::ApiKey::new);
+    match (&api_key, &options.api_key) {
+        (Some(_), Some(key)) if key.len() < 16 => {
+            tracing::warn!(%addr, "the host API's key is shorter than 16 characters: easy to guess");
+        }
+        (Some(_), _) => tracing::info!(%addr, "host API on at {}", crate::host_api::PREFIX),
+        (None, Some(_)) => tracing::warn!(%addr, "the host API's key is empty: the API stays off"),
+        (None, None) => tracing::debug!(%addr, "host API off (no key)"),
+    }
+    let app = App { service: service.clone(), keys, page };
     let router = Router::new()
         .route("/", get(index))
         .route("/ticket", get(ticket))
         .route("/ws", get(ws))
         .route("/healthz", get(health))
-        .with_state(app);
-    tokio::spawn(accept(listener, router, limits));
+        .with_state(app)
+        .merge(crate::host_api::router(service, api_key));
+    tokio::spawn(accept(listener, router, options.limits));
     Ok(addr)
 }
 

@@ -5,3 +5,4 @@
 pub mod classroom;
 pub mod cluster;
 pub mod edge;
+pub mod host_api;

@@ -521,3 +521,13 @@ fn kinds_that_cannot_work_are_not_registered() {
     assert_eq!(kinds.register(CustomKind::new(Kind(300), Class::Signal)), Ok(()));
     assert_eq!(kinds.register(CustomKind::new(Kind(300), Class::Chat)), Err(KindError::Duplicate(300)));
 }
+
+#[test]
+fn a_room_nobody_is_in_has_an_empty_page_and_zero_counts() {
+    let mut one = One::new(|_| {});
+    let empty = room_core::RoomKey::new(room_core::BusinessId(1), room_core::RoomId(12_345));
+    let page = one.host(HostRequest::Members { room: empty, query: PageQuery::first(10) });
+    assert_eq!(page, Ok(HostAnswer::Members { rows: Vec::new(), next: None }));
+    let Ok(HostAnswer::Counts(counts)) = one.host(HostRequest::Counts { room: empty }) else { panic!("counts") };
+    assert_eq!(counts.total(), 0);
+}

@@ -101,6 +101,10 @@ impl RoomNode {
                 let mut rows = Vec::new();
                 let result = match self.replica.page(room, &query, &mut rows) {
                     Ok(info) => Ok(HostAnswer::Members { rows, next: info.next }),
+                    // A room nobody is in has an empty list, as its counts say.
+                    Err(room_memberlist::StoreError::UnknownRoom(_)) => {
+                        Ok(HostAnswer::Members { rows: Vec::new(), next: None })
+                    }
                     Err(e) => Err(HostError::Bad(e.to_string())),
                 };
                 answer(self, result);
