@@ -168,10 +168,14 @@ impl<K: Hash + Eq> KeyedLimiter<K> {
         }
     }
 
-    /// Drops every key whose TAT has passed (they are as good as new).
+    /// Drops every key whose TAT has passed (they are as good as new),
+    /// and gives back memory a storm of keys left unused.
     pub fn sweep(&mut self, now: Timestamp) {
         let now = now.as_micros();
         self.tats.retain(|_, tat| *tat > now);
+        if self.tats.capacity() > 64 && self.tats.len() < self.tats.capacity() / 4 {
+            self.tats.shrink_to(self.tats.len() * 2);
+        }
     }
 
     /// Forgets `key` (a member left).
@@ -234,5 +238,30 @@ impl LocalGlobalLimiter {
 impl GlobalLimiter for LocalGlobalLimiter {
     async fn check(&self, key: &str, quota: Quota, now: Timestamp, cost: u32) -> Result<Decision, LimiterError> {
         self.check_now(key, quota, now, cost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A storm of distinct keys leaves nothing once its keys are idle: a
+    /// sweep drops them and gives their memory back.
+    #[test]
+    fn a_sweep_after_a_storm_of_keys_gives_memory_back() {
+        let mut limiter = KeyedLimiter::new(1 << 20);
+        let quota = Quota::per_second(5).expect("a quota");
+        let t0 = Timestamp::from_millis(1_000);
+        for key in 0..100_000u64 {
+            assert_eq!(limiter.check(key, quota, t0, 1), Ok(Decision::Allowed));
+        }
+        let peak = limiter.tats.capacity();
+        limiter.sweep(t0);
+        assert_eq!(limiter.len(), 100_000, "still active: kept");
+        limiter.sweep(t0.saturating_add(Duration::from_secs(1)));
+        assert!(limiter.is_empty());
+        assert!(limiter.tats.capacity() < peak / 100, "{} of {peak} slots kept", limiter.tats.capacity());
+        // Their budgets are as good as new.
+        assert_eq!(limiter.check(7, quota, t0.saturating_add(Duration::from_secs(1)), 1), Ok(Decision::Allowed));
     }
 }

@@ -203,11 +203,13 @@ pub fn contiguous_run(mut found: Vec<Envelope>, after: u64) -> Vec<Envelope> {
 }
 
 /// Every room's log and state, with the write clock that orders rooms by
-/// last write.
+/// last write (`by_write` indexes it, so dropping the room written least
+/// recently costs a log, not a scan of every room).
 #[derive(Debug, Default)]
 struct Rooms {
     clock: u64,
     logs: BTreeMap<RoomKey, (u64, RoomLog)>,
+    by_write: BTreeMap<u64, RoomKey>,
 }
 
 impl Rooms {
@@ -216,14 +218,18 @@ impl Rooms {
     fn touch(&mut self, room: RoomKey, max_rooms: usize) -> &mut RoomLog {
         self.clock += 1;
         let tick = self.clock;
-        if !self.logs.contains_key(&room) && self.logs.len() >= max_rooms {
-            let oldest = self.logs.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| *k);
-            if let Some(k) = oldest {
-                self.logs.remove(&k);
-            }
+        if !self.logs.contains_key(&room)
+            && self.logs.len() >= max_rooms
+            && let Some((_, oldest)) = self.by_write.pop_first()
+        {
+            self.logs.remove(&oldest);
         }
         let (touched, log) = self.logs.entry(room).or_default();
+        if *touched != 0 {
+            self.by_write.remove(touched);
+        }
         *touched = tick;
+        self.by_write.insert(tick, room);
         log
     }
 }

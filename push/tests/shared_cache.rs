@@ -170,3 +170,39 @@ fn only_holes_inside_a_followed_sequence_are_missing() {
     assert_eq!(missing_before(None, &at(9)), None, "no connections here");
     assert_eq!(missing_before(Some((7, u64::MAX)), &at(5)), None, "no overflow");
 }
+
+proptest! {
+    /// Against a model of least-recently-written eviction: after any mix of
+    /// appends and state saves over a few rooms, exactly the `max_rooms`
+    /// rooms written most recently are held.
+    #[test]
+    fn rooms_are_dropped_least_recently_written_first(
+        writes in proptest::collection::vec((0u64..8, any::<bool>()), 1..60),
+        max_rooms in 1usize..5,
+    ) {
+        let cache = InMemorySharedCache::new(4, max_rooms);
+        let room = |r: u64| RoomKey::new(BusinessId(1), RoomId(r));
+        let mut order: Vec<u64> = Vec::new(); // least recently written first
+        let mut seq = 0;
+        for (r, save) in writes {
+            if save {
+                let version = cache.load_state_now(room(r)).map_or(0, |s| s.0);
+                cache.save_state_now(room(r), version, Bytes::from_static(b"s")).expect("saves");
+            } else {
+                seq += 1;
+                let mut e = envelope(1, seq);
+                e.message.room = room(r);
+                cache.append_now(&e).expect("append");
+            }
+            order.retain(|&o| o != r);
+            order.push(r);
+            if order.len() > max_rooms {
+                order.remove(0);
+            }
+        }
+        for r in 0..8 {
+            let held = cache.head_now(room(r)).is_some() || cache.load_state_now(room(r)).is_some();
+            prop_assert_eq!(held, order.contains(&r), "room {} (held {:?})", r, order);
+        }
+    }
+}

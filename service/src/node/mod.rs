@@ -34,6 +34,9 @@ mod sessions;
 
 pub use access::FrameError;
 
+/// How often the members' budgets drop keys gone idle.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How a node runs. Every node of a cluster uses the same settings but
 /// `node` and `incarnation`.
 #[derive(Debug, Clone)]
@@ -565,6 +568,8 @@ pub struct RoomNode {
     next_id: u64,
     /// Host requests asked here and not answered yet.
     host_pending: usize,
+    /// When the members' budgets next drop keys gone idle.
+    next_sweep: Timestamp,
     stats: NodeStats,
 }
 
@@ -635,6 +640,7 @@ impl RoomNode {
             waiting_deadlines: Deadlines::default(),
             next_id: 1,
             host_pending: 0,
+            next_sweep: Timestamp::ZERO,
             stats: NodeStats::default(),
             config,
         })
@@ -726,6 +732,7 @@ impl RoomNode {
             self.stalled_deadlines.first(),
             self.waiting_deadlines.first(),
             self.parked.values().map(|p| p.deadline).min(),
+            (!self.senders.is_empty()).then_some(self.next_sweep),
         ]
         .into_iter()
         .flatten()
@@ -745,6 +752,12 @@ impl RoomNode {
         self.stalled_timeout(now);
         for room in self.room_timers.due(now) {
             self.room_timer(now, room);
+        }
+        if now >= self.next_sweep {
+            // Budgets of members who stopped asking (or left) are as good
+            // as new: dropped now rather than when the limiter fills.
+            self.senders.sweep(now);
+            self.next_sweep = now.saturating_add(SWEEP_INTERVAL);
         }
         self.drain_loopback(now);
     }
