@@ -348,6 +348,9 @@ const LIVE: u8 = 1; // a tracked session, present in the index
 const SUSPECT: u8 = 2; // expired, awaiting the reverse check; not in the wheel
 const QUEUED: u8 = 4; // has an entry in the suspect queue
 const WHEELED: u8 = 8; // linked into a wheel bucket or the draining list
+/// Ended sessions the wheel may hold beyond the live ones before it is
+/// compacted (small in unit tests, so that every test compacts).
+const COMPACT_SLACK: usize = if cfg!(test) { 8 } else { 4_096 };
 const UNCONFIRMED: u8 = 16; // not beaten since ownership was last in doubt
 
 /// One session: 36 bytes, 4-byte aligned (u64s split into halves on purpose).
@@ -724,6 +727,52 @@ impl Tracker {
         }
         self.live -= 1;
         self.reclaim_if_unreferenced(slot);
+        // An ended session stays linked in its wheel bucket until the
+        // bucket comes due (a singly linked list cannot unlink it now).
+        // Under a churn storm those would pile up for a whole timeout:
+        // once they outnumber the live ones, one pass frees them all,
+        // which costs O(1) per removal amortised.
+        if self.wheeled > 2 * self.live + COMPACT_SLACK {
+            self.compact_wheel();
+        }
+    }
+
+    /// Unlinks every ended session from the wheel and the draining list,
+    /// keeping the live ones in order, and reclaims their slots.
+    fn compact_wheel(&mut self) {
+        for bucket in 0..self.wheel.len() {
+            let head = self.wheel[bucket];
+            self.wheel[bucket] = self.unlink_ended(head);
+        }
+        let draining = self.draining;
+        self.draining = self.unlink_ended(draining);
+    }
+
+    /// The list starting at `head` without its ended sessions; returns its
+    /// new head.
+    fn unlink_ended(&mut self, head: u32) -> u32 {
+        let (mut new_head, mut tail) = (NIL, NIL);
+        let mut slot = head;
+        while slot != NIL {
+            let Some(rec) = self.slab.get_mut(slot) else { break };
+            let next = rec.next;
+            if rec.flags & LIVE == 0 {
+                rec.next = NIL;
+                rec.flags &= !WHEELED;
+                self.wheeled -= 1;
+                self.reclaim_if_unreferenced(slot);
+            } else {
+                rec.next = NIL;
+                if tail == NIL {
+                    new_head = slot;
+                } else if let Some(t) = self.slab.get_mut(tail) {
+                    t.next = slot;
+                }
+                tail = slot;
+            }
+            slot = next;
+        }
+        new_head
     }
 
     fn reclaim_if_unreferenced(&mut self, slot: u32) {
@@ -1250,5 +1299,43 @@ mod tests {
         let hint = tracker.join(Timestamp::ZERO, m, t, c).unwrap().hint;
         tracker.prefetch(hint.0);
         assert_eq!(tracker.len(), 1);
+    }
+
+    /// Sessions that keep ending and being replaced inside one timeout
+    /// leave at most a bounded number of slots behind, and the sessions
+    /// still live expire on time.
+    #[test]
+    fn a_churn_storm_does_not_hold_a_slot_per_ended_session() {
+        let config =
+            TrackerConfig { max_timeout: Duration::from_secs(120), closed_memory: 64, ..TrackerConfig::default() };
+        let mut tracker = Tracker::new(config).unwrap();
+        let now = Timestamp::from_millis(5_000);
+        let steady = if cfg!(miri) { 20 } else { 500 };
+        for i in 0..steady {
+            let (m, t, c) = session(i);
+            tracker.join(now, m, t, c).unwrap();
+        }
+        let churn = if cfg!(miri) { 200 } else { 50_000 };
+        for i in steady..steady + churn {
+            let (m, t, c) = session(i);
+            tracker.join(now, m, t, c).unwrap();
+            assert_eq!(tracker.leave(now, m, t, c), LeaveOutcome::Exited);
+        }
+        assert_eq!(tracker.len(), steady as usize);
+        let held = tracker.slab.high_water as usize;
+        assert!(held <= 3 * steady as usize + COMPACT_SLACK + 2, "{held} slots for {steady} live sessions");
+        assert!(tracker.wheeled <= 2 * tracker.live + COMPACT_SLACK, "{} wheeled", tracker.wheeled);
+        // The live ones are all still due, once each.
+        let later = now + Duration::from_secs(61);
+        let mut expired = Vec::new();
+        while tracker.poll_timeout().is_some_and(|at| at <= later) {
+            tracker.handle_timeout(later);
+            while let Some(s) = tracker.poll_suspect() {
+                expired.push(s.conn);
+            }
+        }
+        expired.sort();
+        let want: Vec<ConnId> = (0..steady).map(|i| session(i).2).collect();
+        assert_eq!(expired, want);
     }
 }
