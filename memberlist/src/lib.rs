@@ -45,6 +45,7 @@
 //! | a page of 0 or more than 1,000 rows | [`StoreError::BadLimit`] |
 //! | a change-feed position that is too old, from the future or from another room instance | [`ChangeSet::Resync`] |
 //! | a room over `max_room_members`, a store over `max_rooms` | typed errors; memory stays bounded |
+//! | a churn storm (members leaving and others entering, for ever) | a replicated room keeps at most `max_room_members` tombstones, dropping the oldest half when over |
 //! | replicated records duplicated, reordered or replayed | no effect beyond the newest write per member (LWW) |
 //! | a replica sending garbage (live records with no terminal, oversized attributes, stamps far in the future, messages for rooms it does not own) | dropped and counted in [`ReplicaStats`] |
 //! | a snapshot that is truncated, corrupted or from a newer format version | [`SnapshotError`]; restore falls back to the previous good snapshot |

@@ -7,7 +7,10 @@
 //! based, so duplicates and reordering are harmless); every replica keeps,
 //! per member, the record with the largest stamp, and a tombstone for a
 //! member who left so that a late copy of an older write cannot bring it
-//! back. Tombstones are dropped after [`ReplicaConfig::tombstone_ttl`].
+//! back. Tombstones are dropped after [`ReplicaConfig::tombstone_ttl`],
+//! and the oldest half of a room's go early when they outnumber the
+//! members it may hold ([`StoreConfig::max_room_members`](crate::StoreConfig::max_room_members)), so a room
+//! that churns for ten minutes stays bounded.
 //!
 //! # Anti-entropy
 //!
@@ -97,7 +100,8 @@ pub struct ReplicaConfig {
     pub anti_entropy_interval: Duration,
     /// How long tombstones are kept (default 10 min). A replica cut off for
     /// longer than this may bring back members who left meanwhile, until
-    /// heartbeats stop re-asserting them.
+    /// heartbeats stop re-asserting them. A room keeps at most
+    /// [`StoreConfig::max_room_members`](crate::StoreConfig::max_room_members) tombstones whatever their age.
     pub tombstone_ttl: Duration,
     /// Buckets per room for anti-entropy repair (default 32).
     pub digest_buckets: u8,

@@ -434,9 +434,10 @@ impl Room {
     }
 
     /// Merges `record` (LWW). Returns whether it changed anything stored.
-    /// `keep_tombstones`: replicated rooms keep a tombstone for a member
-    /// that left, so a late copy of an older write cannot bring it back.
-    pub(crate) fn merge(&mut self, record: &Record, keep_tombstones: bool) -> bool {
+    /// `tombstones`: replicated rooms keep a tombstone for a member that
+    /// left, at most this many (the oldest half go when a churn storm
+    /// passes it), so a late copy of an older write cannot bring it back.
+    pub(crate) fn merge(&mut self, record: &Record, tombstones: Option<u32>) -> bool {
         let uin = record.uin.0;
         let new_digest = record.state.as_ref().map_or(0, |s| record_digest(uin, record.stamp, s));
         let existing = self.find(uin);
@@ -474,13 +475,16 @@ impl Room {
                     .insert((state.joined.as_micros(), uin), slot, |s| recs[s as usize].uin());
                 self.note_change(uin);
             }
-            None if keep_tombstones => {
+            None if let Some(cap) = tombstones => {
                 let slot = existing.unwrap_or_else(|| self.alloc_slot(uin));
                 self.recs[slot as usize] =
                     Rec { uin, hlc: record.stamp.hlc, origin: record.stamp.origin, attrs: NIL, ..Rec::default() };
                 self.tombstones += 1;
                 if was_live {
                     self.note_change(uin);
+                }
+                if self.tombstones > cap.max(1) {
+                    self.drop_oldest_tombstones(cap.max(1) / 2);
                 }
             }
             None => {
@@ -570,6 +574,22 @@ impl Room {
         }
         self.batches.push_back(id);
         true
+    }
+
+    /// Keeps only the `keep` newest tombstones (about: ties at the cut
+    /// stay). Dropping half at a time costs a scan per half a cap of exits.
+    /// A member whose tombstone went early can be brought back only by a
+    /// late copy of an entry older than it; its lease then ends it.
+    fn drop_oldest_tombstones(&mut self, keep: u32) {
+        let mut stamps: Vec<u64> =
+            self.recs.iter().filter(|r| !r.is_live() && r.role != FREE).map(|r| r.stamp().hlc).collect();
+        let drop = stamps.len().saturating_sub(keep as usize);
+        if drop == 0 {
+            return;
+        }
+        let (_, cut, _) = stamps.select_nth_unstable(drop);
+        let horizon = *cut;
+        self.gc(horizon);
     }
 
     /// Drops tombstones stamped before `horizon`. Returns how many.
@@ -744,5 +764,51 @@ impl FrozenRoom {
             n += 1;
         }
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(uin: u64, hlc: u64) -> Record {
+        let state = MemberState {
+            role: Role::Student,
+            terminals: TerminalSet::all(),
+            joined: Timestamp::from_millis(hlc),
+            attrs: Bytes::new(),
+        };
+        Record { uin: Uin(uin), stamp: Stamp { hlc, origin: 1 }, state: Some(state) }
+    }
+
+    fn exit(uin: u64, hlc: u64) -> Record {
+        Record { uin: Uin(uin), stamp: Stamp { hlc, origin: 1 }, state: None }
+    }
+
+    /// A room where everyone keeps leaving and others take their places
+    /// holds at most its cap of tombstones, the newest ones, and never
+    /// touches who is present.
+    #[test]
+    fn a_churning_room_keeps_at_most_its_cap_of_tombstones_the_newest() {
+        const CAP: u32 = 100;
+        let mut room = Room::new(7, 1, 0);
+        let mut hlc = 1;
+        for uin in 0..10 {
+            assert!(room.merge(&entry(1_000_000 + uin, hlc), Some(CAP)));
+            hlc += 1;
+        }
+        for uin in 0..5_000u64 {
+            assert!(room.merge(&entry(uin, hlc), Some(CAP)));
+            assert!(room.merge(&exit(uin, hlc + 1), Some(CAP)));
+            hlc += 2;
+            assert!(room.tombstones() <= CAP, "{} tombstones after {uin}", room.tombstones());
+        }
+        assert!(room.tombstones() >= CAP / 2, "the newest half at least are kept");
+        assert_eq!(room.present(), 10, "present members are untouched");
+        // The newest exits still win over late copies of their entries.
+        assert!(!room.merge(&entry(4_999, 1), Some(CAP)), "a late entry cannot bring the member back");
+        assert!(!room.contains(Uin(4_999)));
+        // Slots are reused: memory follows the cap, not the churn.
+        assert!(room.recs.len() <= (CAP + 10 + 1) as usize, "{} slots", room.recs.len());
     }
 }

@@ -212,6 +212,13 @@ impl LocalStore {
         Ok(new)
     }
 
+    /// How many tombstones a room keeps, if it keeps them: as many as it
+    /// may hold members, so a churning room (everyone leaves, others take
+    /// their places, for ten minutes) stays within twice its largest size.
+    fn tombstone_cap(&self) -> Option<u32> {
+        self.keep_tombstones.then_some(self.config.max_room_members)
+    }
+
     /// Drops a room if nothing is left in it (no member, no tombstone).
     pub(crate) fn drop_if_empty(&self, room: RoomKey) {
         let mut shard = self.shard(room).write();
@@ -343,7 +350,7 @@ impl LocalStore {
                 };
                 let stamp = self.clock.lock().stamp(now);
                 let record = Record { uin: op.uin(), stamp, state };
-                r.merge(&record, self.keep_tombstones);
+                r.merge(&record, self.tombstone_cap());
                 sink(record);
                 results.push(Ok(outcome));
             }
@@ -375,7 +382,7 @@ impl LocalStore {
                     continue;
                 }
             }
-            applied += usize::from(r.merge(record, self.keep_tombstones));
+            applied += usize::from(r.merge(record, self.tombstone_cap()));
         }
         Ok(applied)
     }
@@ -478,7 +485,7 @@ impl LocalStore {
         let mut clock = self.clock.lock();
         for record in records {
             clock.observe(Timestamp::MAX, record.stamp);
-            r.merge(record, self.keep_tombstones);
+            r.merge(record, self.tombstone_cap());
         }
         Ok(())
     }
