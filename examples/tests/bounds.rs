@@ -20,13 +20,9 @@ fn keys() -> KeyRing {
     KeyRing::new("bounds", b"bounds-test-key-0123456789".to_vec()).expect("valid")
 }
 
-/// The process's resident memory, in MiB (Linux).
+/// The process's resident memory, in MiB.
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        .map_or(0.0, |kb| kb / 1024.0)
+    room_testkit::resident_mib().expect("this test reads /proc/self/status (Linux)")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,65 @@
 //!   cluster (NATS and Redis transports from `room-nats` and `room-redis`):
 //!   a host calls it from its own transport (connect with a ticket, hand it
 //!   client frames, write what it gives back).
+//! * [`host`], [`kinds`]: the host's side of a running class: publish from
+//!   the server, ask who is present, kick, ban, revoke tickets, close a
+//!   room, follow room events, and register the platform's own message
+//!   kinds.
+//!
+//! # The host's side
+//!
+//! The business backend acts on a class through the same service the
+//! clients connect to, on whichever node of a cluster it calls:
+//!
+//! ```no_run
+//! # #[cfg(feature = "service")]
+//! # async fn host(keys: roomkit::ticket::KeyRing) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use room_core::{BusinessId, MemberKey, RoomId, RoomKey, Uin};
+//! use room_push::{Class, Kind, Quota, Target};
+//! use roomkit::host::{EventKind, Revocation};
+//! use roomkit::kinds::{Audience, CustomKind};
+//! use roomkit::service::{RoomService, ServiceConfig};
+//!
+//! let mut config = ServiceConfig::new(keys);
+//! // A kind of the platform's own: learners send their page turns to
+//! // the staff, at most 2 a second each.
+//! config.node.kinds.register(
+//!     CustomKind::new(Kind(400), Class::Signal).audience(Audience::Staff).rate(Quota::per_second(2)?),
+//! )?;
+//! // A room nobody has been in for this long is let go.
+//! config.node.room_idle = Duration::from_secs(60);
+//! let service = RoomService::start(config).await?;
+//!
+//! // Follow what happens in every room this node owns. The reader is
+//! // bounded: one that falls behind is told how many events it missed.
+//! let mut events = service.events();
+//! tokio::spawn(async move {
+//!     while let Some(event) = events.next().await {
+//!         match event {
+//!             Ok(e) if matches!(e.what, EventKind::Entered { .. }) => { /* bill the minute */ }
+//!             Ok(_) => {}
+//!             Err(lagged) => { /* reconcile with counts() and members() */ let _ = lagged; }
+//!         }
+//!     }
+//! });
+//!
+//! let room = RoomKey::new(BusinessId(1), RoomId(42));
+//! let notice = bytes::Bytes::from_static(br#"{"text":"class starts in 1 minute"}"#);
+//! service.publish(room, Target::room(), Class::Teacher, Kind(300), notice).await?;
+//! let present = service.counts(room).await?.total();
+//! let member = MemberKey::new(BusinessId(1), RoomId(42), Uin(1001));
+//! if service.presence(member).await?.is_some() {
+//!     // Out, and kept out for ten minutes; their tickets so far are void.
+//!     service.kick(member, "disrupting the class", Some(Duration::from_secs(600))).await?;
+//!     service.revoke(room, Revocation::User(Uin(1001)), Duration::from_secs(3_600)).await?;
+//! }
+//! let told = service.close_room(room, "the class is over").await?;
+//! # let _ = (present, told); Ok(()) }
+//! ```
+//!
+//! The example servers put the same calls behind an HTTP API
+//! (docs/HOST_API.md, docs/openapi.json).
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -40,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 mod clock;
+mod memory;
 mod rng;
 mod sim;
 
@@ -47,5 +48,6 @@ pub mod nats;
 pub mod redis;
 
 pub use clock::VirtualClock;
+pub use memory::resident_mib;
 pub use rng::SimRng;
 pub use sim::{Addr, DropReason, LinkConfig, NetStats, Outbox, Sim, SimError, SimNode, TraceEvent, TraceKind};
