@@ -3,7 +3,9 @@
 //! that does not own the room reaches every member once; presence, counts
 //! and pages answer the same on every node; a kick with a ban closes the
 //! member's client with the reason and keeps it out; closing the room
-//! closes every client and frees the room.
+//! closes every client and frees the room. The room's events reach the
+//! host in order, members see who joined and left in their rosters, and a
+//! member whose socket dropped comes back on another node without leaving.
 
 use std::time::{Duration, Instant};
 
@@ -84,9 +86,9 @@ async fn until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server and nats-server"]
-async fn the_host_acts_on_a_room_from_any_node_of_a_cluster() {
+/// Three nodes over a redis-server and a nats-server of the test's own,
+/// once they see each other.
+async fn start_cluster() -> (RedisServer, NatsServer, Vec<ClusterNode>) {
     let redis = RedisServer::start(None).expect("redis-server starts (apt-get install redis-server)");
     let nats = NatsServer::start().expect("nats-server starts (apt-get install nats-server)");
     let mut nodes = Vec::new();
@@ -104,6 +106,13 @@ async fn the_host_acts_on_a_room_from_any_node_of_a_cluster() {
         nodes.push(ClusterNode::start(config).await.expect("node starts"));
     }
     until(Duration::from_secs(10), "the cluster formed", || nodes.iter().all(|n| n.service.view().len() == 3)).await;
+    (redis, nats, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and nats-server"]
+async fn the_host_acts_on_a_room_from_any_node_of_a_cluster() {
+    let (_redis, _nats, nodes) = start_cluster().await;
     let owner_id = nodes[0].service.inspect(|c| c.room_owner(ROOM)).expect("a route");
     let owner = nodes.iter().position(|n| n.service.id() == owner_id).expect("an owner");
     let other = (owner + 1) % 3;
@@ -280,4 +289,184 @@ async fn the_host_acts_on_a_room_from_any_node_of_a_cluster() {
     })
     .await;
     println!("closing the room closed {members} clients (4006) and freed it on every node");
+}
+
+/// Pushed bodies of `kind` a client got (batches flattened).
+fn bodies(seen: &Seen, kind: u64) -> Vec<Value> {
+    let mut out = Vec::new();
+    for f in seen.frames.iter().filter(|f| f["t"] == "push") {
+        let items = match &f["b"] {
+            Value::Array(a) => a.clone(),
+            b => vec![b.clone()],
+        };
+        out.extend(items.into_iter().filter(|m| m["kind"] == kind).map(|m| m["data"].clone()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and nats-server"]
+async fn events_roster_diffs_and_reconnect_grace_across_a_cluster() {
+    use room_core::ExitReason;
+    use roomkit::host::{EventKind, RoomEvent};
+    use roomkit::wire::HandOp;
+
+    let (_redis, _nats, nodes) = start_cluster().await;
+    let mut streams: Vec<_> = nodes.iter().map(|n| n.service.events()).collect();
+    let owner_id = nodes[0].service.inspect(|c| c.room_owner(ROOM)).expect("a route");
+    let owner = nodes.iter().position(|n| n.service.id() == owner_id).expect("an owner");
+    // Every member on a node that does not own the room.
+    let away = |uin: u64| (owner + 1 + uin as usize % 2) % 3;
+
+    let mut teacher = (connect(&nodes, away(1), 1), Seen::default());
+    until(Duration::from_secs(10), "the teacher entered", || {
+        teacher.1.drain(&mut teacher.0);
+        teacher.1.entered()
+    })
+    .await;
+    let mut students: Vec<(u64, usize, Connection, Seen)> =
+        (2..=6).map(|uin| (uin, away(uin), connect(&nodes, away(uin), uin), Seen::default())).collect();
+    until(Duration::from_secs(10), "every student entered", || {
+        students.iter_mut().all(|(_, _, conn, seen)| {
+            seen.drain(conn);
+            seen.entered()
+        })
+    })
+    .await;
+    let welcome = students[2].3.frames.iter().find(|f| f["t"] == "welcome").cloned().expect("welcome");
+    let (epoch, head) = (welcome["epoch"].as_u64().expect("epoch"), welcome["head"].as_u64().expect("head"));
+
+    // A hand and an answer, sent on nodes that do not own the room.
+    nodes[students[0].1].service.handle_text(students[0].2.id, r#"{"t":"hand","op":"raise"}"#).expect("sent");
+    nodes[away(1)].service.handle_text(teacher.0.id, r#"{"t":"card_open","options":2}"#).expect("sent");
+    until(Duration::from_secs(5), "student 3 saw the card", || {
+        let (_, _, conn, seen) = &mut students[1];
+        seen.drain(conn);
+        bodies(seen, 6).iter().any(|card| card["op"] == "open")
+    })
+    .await;
+    nodes[students[1].1].service.handle_text(students[1].2.id, r#"{"t":"card_answer","option":1}"#).expect("sent");
+
+    // Student 4's socket drops; the teacher speaks meanwhile; it comes
+    // back on another node inside the heartbeat timeout and recovers.
+    let (uin4, node4) = (students[2].0, students[2].1);
+    nodes[node4].service.disconnect(students[2].2.id);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    nodes[away(1)].service.handle_text(teacher.0.id, r#"{"t":"say","text":"while you were away"}"#).expect("sent");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let back_on = (node4 + 1) % 3;
+    let mut again = (connect(&nodes, back_on, uin4), Seen::default());
+    until(Duration::from_secs(5), "student 4 is back", || {
+        again.1.drain(&mut again.0);
+        again.1.entered()
+    })
+    .await;
+    nodes[back_on]
+        .service
+        .handle_text(again.0.id, &format!(r#"{{"t":"check","epoch":{epoch},"after":{head}}}"#))
+        .expect("sent");
+    until(Duration::from_secs(5), "student 4 recovered what it missed", || {
+        again.1.drain(&mut again.0);
+        again.1.frames.iter().any(|f| {
+            f["t"] == "recover"
+                && f["frames"]
+                    .as_array()
+                    .is_some_and(|fs| fs.iter().any(|m| m["b"]["data"]["text"] == "while you were away"))
+        })
+    })
+    .await;
+
+    // Student 5 leaves; student 6 is kicked from a third node, once a
+    // roster has told their entries (an entry and an exit between two
+    // rosters cancel out).
+    until(Duration::from_secs(5), "a roster told every entry", || {
+        teacher.1.drain(&mut teacher.0);
+        let joined: Vec<u64> = bodies(&teacher.1, 8)
+            .iter()
+            .flat_map(|r| r["joined"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["uin"].as_u64())
+            .collect();
+        (2..=6).all(|uin| joined.contains(&uin))
+    })
+    .await;
+    nodes[students[3].1].service.handle_text(students[3].2.id, r#"{"t":"leave"}"#).expect("sent");
+    let kicker = (students[4].1 + 1) % 3;
+    assert!(nodes[kicker].service.kick(ROOM.member(Uin(6)), "disruptive", None).await.expect("answered"));
+
+    // The events: all from the room's owner, numbered in a row, each
+    // change once; no leave and no second entry for student 4.
+    let mut got: Vec<Vec<RoomEvent>> = vec![Vec::new(); 3];
+    let wanted = |got: &Vec<Vec<RoomEvent>>| {
+        let all: Vec<&EventKind> = got.iter().flatten().filter(|e| e.room == ROOM).map(|e| &e.what).collect();
+        all.iter().any(|e| matches!(e, EventKind::Left { uin: Uin(6), .. }))
+            && all.iter().any(|e| matches!(e, EventKind::Left { uin: Uin(5), .. }))
+            && all.iter().any(|e| matches!(e, EventKind::Answer { .. }))
+    };
+    let t = Instant::now();
+    while !wanted(&got) {
+        assert!(t.elapsed() < Duration::from_secs(10), "the events came: {got:?}");
+        for (i, stream) in streams.iter_mut().enumerate() {
+            while let Some(next) = stream.try_next() {
+                got[i].push(next.expect("a reader that keeps up does not lag"));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (i, events) in got.iter().enumerate() {
+        let here = events.iter().filter(|e| e.room == ROOM).count();
+        assert_eq!(here > 0, i == owner, "node {i} told {here} of the room's events; the owner is {owner}");
+    }
+    let events: Vec<EventKind> = got[owner].iter().map(|e| e.what.clone()).collect();
+    assert!(got[owner].windows(2).all(|w| w[1].seq == w[0].seq + 1), "numbered in a row: {:?}", got[owner]);
+    for uin in 1..=6 {
+        let entries = events.iter().filter(|e| matches!(e, EventKind::Entered { uin: u, .. } if u.0 == uin)).count();
+        assert_eq!(entries, 1, "member {uin} entered once: {events:?}");
+    }
+    assert!(events.iter().any(|e| matches!(e, EventKind::Hand { uin: Uin(2), op: HandOp::Raise, by: Uin(2) })));
+    assert!(events.iter().any(|e| matches!(e, EventKind::Answer { uin: Uin(3), option: 1, .. })));
+    let lefts: Vec<&EventKind> = events.iter().filter(|e| matches!(e, EventKind::Left { .. })).collect();
+    assert_eq!(
+        lefts,
+        [
+            &EventKind::Left { uin: Uin(5), reason: ExitReason::Left },
+            &EventKind::Left { uin: Uin(6), reason: ExitReason::Kicked }
+        ],
+        "student 4 never left"
+    );
+
+    // The teacher's rosters said who joined and who left, never student 4
+    // leaving.
+    let t = Instant::now();
+    loop {
+        teacher.1.drain(&mut teacher.0);
+        let left: Vec<u64> = bodies(&teacher.1, 8)
+            .iter()
+            .flat_map(|r| r["left"].as_array().cloned().unwrap_or_default())
+            .filter_map(|u| u.as_u64())
+            .collect();
+        if left.contains(&5) && left.contains(&6) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "the rosters told both exits: {:?}", bodies(&teacher.1, 8));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rosters = bodies(&teacher.1, 8);
+    let joined: Vec<u64> = rosters
+        .iter()
+        .flat_map(|r| r["joined"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["uin"].as_u64())
+        .collect();
+    let left: Vec<u64> = rosters
+        .iter()
+        .flat_map(|r| r["left"].as_array().cloned().unwrap_or_default())
+        .filter_map(|u| u.as_u64())
+        .collect();
+    assert!((2..=6).all(|uin| joined.contains(&uin)), "joins told: {rosters:?}");
+    assert!(!left.contains(&uin4), "a reconnect is not a leave: {rosters:?}");
+    println!(
+        "{} events from the owner, in a row; rosters told {} joins and {} leaves; a reconnect on another node was no leave",
+        events.len(),
+        joined.len(),
+        left.len()
+    );
 }
