@@ -8,6 +8,9 @@
 //! `ROOMKIT_HEARTBEAT_SECS` (default 20), `RUST_LOG` (default info), and
 //! `ROOMKIT_API_KEY`: the bearer key of the host API for a business
 //! backend (`/api/v1`, docs/HOST_API.md); unset, the API is off.
+//!
+//! `GET /metrics` serves the server's metrics for Prometheus
+//! (docs/METRICS.md), without authentication: keep it on a private network.
 #![forbid(unsafe_code)]
 
 use std::time::Duration;

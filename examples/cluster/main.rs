@@ -19,6 +19,10 @@
 //! business backend under `/api/v1` behind that bearer key
 //! (docs/HOST_API.md); unset, the API is off.
 //!
+//! Every node serves its metrics for Prometheus at `GET /metrics`
+//! (docs/METRICS.md), without authentication: keep those ports on a
+//! private network.
+//!
 //! Each node is roomkit's room service (the one the quickstart runs in
 //! memory) over NATS and Redis: an access and push node, the heartbeat
 //! owner of the sessions the router gives it, a member-list replica, and
@@ -105,8 +109,11 @@ async fn run_node(a: &Args, id: u64) -> Result<(), Box<dyn std::error::Error>> {
     serve_with_options(listener, node.service.clone(), Arc::new(keys), None, options)?;
     tracing::info!(node = id, %port, host_api = api_on, "serving");
     let mut every = tokio::time::interval(Duration::from_secs(5));
+    // The engines' health and the service's counters, for `GET /metrics`.
+    let mut sample = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
+            _ = sample.tick() => node.record_metrics(),
             _ = every.tick() => {
                 let s = node.service.stats();
                 tracing::info!(

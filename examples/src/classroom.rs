@@ -61,6 +61,8 @@ pub struct Running {
 /// Starts the service and the server on `listener`.
 pub async fn serve(listener: TcpListener, config: ClassroomConfig) -> Result<Running, Box<dyn std::error::Error>> {
     let keys = KeyRing::new("demo", config.key)?;
+    // The recorder first, so that the service's first counts reach it.
+    crate::metrics::install();
     let mut service_config = ServiceConfig::new(keys.clone());
     service_config.node.heartbeat = config.heartbeat;
     service_config.node.expected_learners = config.expected_learners;

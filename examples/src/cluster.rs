@@ -96,6 +96,9 @@ impl ClusterNode {
     /// yet), registers, and starts the service. Needs a tokio runtime.
     pub async fn start(config: ClusterConfig) -> Result<ClusterNode, ClusterError> {
         let me = config.service.node.node;
+        // The recorder first, so that the engines' and the service's first
+        // counts reach it.
+        crate::metrics::install();
         let mut nats_config = config.nats.clone();
         nats_config.name = format!("roomkit-node-{}", me.0);
         let nats = room_nats::connect(&nats_config).await?;
@@ -130,6 +133,18 @@ impl ClusterNode {
     /// Times the NATS client reconnected.
     pub fn nats_reconnects(&self) -> u64 {
         self.nats.reconnects()
+    }
+
+    /// Sets the engines' health gauges (`roomkit_redis_up` per engine,
+    /// `roomkit_nats_up`) and samples the service's counters into metrics
+    /// (see [`crate::metrics`]); a node process calls it every second.
+    pub fn record_metrics(&self) {
+        let up = |up: bool| if up { 1.0 } else { 0.0 };
+        metrics::gauge!("roomkit_redis_up", "engine" => "cache").set(up(self.cache.health() == room_redis::Health::Up));
+        metrics::gauge!("roomkit_redis_up", "engine" => "limiter")
+            .set(up(self.limiter.health() == room_redis::Health::Up));
+        metrics::gauge!("roomkit_nats_up").set(up(self.nats.health() == room_nats::Health::Up));
+        self.service.record_metrics();
     }
 
     /// Stops the node as a crash would.

@@ -3,10 +3,15 @@
 //! the service, and what the service writes goes to the socket.
 //!
 //! * `GET /`: the classroom page (when the server has one);
+//! * `GET /roomkit.js`: the JavaScript client SDK the page uses
+//!   (`@roomkit/client`, clients/js);
 //! * `GET /ticket?room=&uin=&role=&terminal=`: the demo's stand-in for a
 //!   business backend (it trusts anyone);
 //! * `GET /ws?room=&ticket=`: the classroom protocol (docs/PROTOCOL.md);
 //! * `GET /healthz`: the node's counters as JSON;
+//! * `GET /metrics`: the process's metrics in the Prometheus text format
+//!   ([`metrics`](crate::metrics), docs/METRICS.md; unauthenticated: keep
+//!   it on a private network);
 //! * `/api/v1/...`: the host API for a business backend
 //!   ([`host_api`](crate::host_api), docs/HOST_API.md), on when
 //!   [`EdgeOptions::api_key`] is set.
@@ -155,12 +160,16 @@ pub fn serve_with_options(
         (None, Some(_)) => tracing::warn!(%addr, "the host API's key is empty: the API stays off"),
         (None, None) => tracing::debug!(%addr, "host API off (no key)"),
     }
+    crate::metrics::install();
+    crate::metrics::spawn_upkeep();
     let app = App { service: service.clone(), keys, page };
     let router = Router::new()
         .route("/", get(index))
+        .route("/roomkit.js", get(roomkit_js))
         .route("/ticket", get(ticket))
         .route("/ws", get(ws))
         .route("/healthz", get(health))
+        .route("/metrics", get(scrape))
         .with_state(app)
         .merge(crate::host_api::router(service, api_key));
     tokio::spawn(accept(listener, router, options.limits));
@@ -239,6 +248,16 @@ async fn index(State(app): State<App>) -> Response {
     }
 }
 
+/// The JavaScript client SDK (`@roomkit/client`, clients/js), served as it
+/// is (one ES module, no build step) for the classroom page.
+pub const ROOMKIT_JS: &str = include_str!("../../clients/js/roomkit.js");
+
+/// `GET /roomkit.js`: the JavaScript client SDK.
+async fn roomkit_js() -> Response {
+    let headers = [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")];
+    (headers, ROOMKIT_JS).into_response()
+}
+
 async fn health(State(app): State<App>) -> Response {
     let s = app.service.stats();
     let body = serde_json::json!({
@@ -252,6 +271,12 @@ async fn health(State(app): State<App>) -> Response {
         "timed_out": s.timed_out,
     });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// `GET /metrics`: the process's metrics, sampled now, for Prometheus.
+async fn scrape(State(app): State<App>) -> Response {
+    let body = crate::metrics::render(&app.service);
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
 /// A `/ticket` query.

@@ -6,3 +6,9 @@ pub mod classroom;
 pub mod cluster;
 pub mod edge;
 pub mod host_api;
+pub mod metrics;
+
+/// The README's code, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -1,3 +1,7 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ---
+//!
 //! Roomkit: the backend of live classes, as crates a platform embeds.
 //!
 //! This facade re-exports the parts and wires them:
@@ -9,7 +13,7 @@
 //! * [`ticket`]: signed, expiring room entry tickets (always).
 //! * [`classroom`], [`wire`], [`node`] (the room service's sans-IO core,
 //!   `room-service`): raised hands, reactions, answer cards and red
-//!   packets; the JSON protocol clients speak (docs/PROTOCOL.md); one node
+//!   packets; the JSON protocol clients speak ([`protocol`]); one node
 //!   of a room service and the transports it runs over.
 //! * `service` (feature `service`, on by default): [`service::RoomService`],
 //!   that node on tokio, for a single process (in memory) or a node of a
@@ -73,8 +77,8 @@
 //! # let _ = (present, told); Ok(()) }
 //! ```
 //!
-//! The example servers put the same calls behind an HTTP API
-//! (docs/HOST_API.md, docs/openapi.json).
+//! The repository's example servers put the same calls behind an HTTP
+//! API with an OpenAPI document, for backends in other languages.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -88,12 +92,12 @@ pub use room_memberlist as memberlist;
 #[cfg(feature = "push")]
 pub use room_push as push;
 
-pub use room_service::{classroom, host, kinds, peer, transport, wire};
+pub use room_service::{classroom, host, kinds, peer, protocol, transport, wire};
 /// The room service's sans-IO core ([`room_service`]).
 pub mod node {
     pub use room_service::{
-        Admission, CacheAnswer, CacheOp, ClientSink, ConfigError, EntryError, FrameError, NodeStats, Outbound, Output,
-        RoomNode, RoomNodeConfig,
+        Admission, Budgets, CacheAnswer, CacheOp, ClientSink, ConfigError, EntryError, FrameError, NodeStats, Outbound,
+        Output, RoomNode, RoomNodeConfig,
     };
 }
 #[cfg(feature = "service")]

@@ -36,6 +36,10 @@
 //! service.disconnect(conn.id);
 //! # Ok(()) }
 //! ```
+//!
+//! With the `metrics` feature the service records its metrics through the
+//! `metrics` facade (the `telemetry` module, docs/METRICS.md): install a
+//! recorder before starting it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,7 +55,7 @@ use room_service::host::{HostAnswer, HostError, HostRequest, Revocation};
 use room_service::host::{RoomEvent, TicketStamp};
 pub use room_service::peer::CloseReason;
 use room_service::transport::{Transports, run_cache};
-pub use room_service::{Admission, FrameError, NodeStats, Outbound, RoomNodeConfig};
+pub use room_service::{Admission, FrameError, NodeStats, Outbound, RoomNodeConfig, RoomSizes};
 use room_service::{ClientSink, Output, RoomNode};
 use std::collections::{HashMap, HashSet};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
@@ -59,7 +63,27 @@ use tokio::task::JoinHandle;
 
 use crate::ticket::{KeyRing, TicketError};
 
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod telemetry;
+
 /// How the service runs.
+///
+/// ```
+/// use std::time::Duration;
+/// use room_core::NodeId;
+/// use roomkit::node::RoomNodeConfig;
+/// use roomkit::service::ServiceConfig;
+/// use roomkit::ticket::KeyRing;
+///
+/// let keys = KeyRing::new("k1", b"shared with the business backend".to_vec())?;
+/// let mut config = ServiceConfig::new(keys);
+/// config.node = RoomNodeConfig::new(NodeId(2)); // this node's id in a cluster
+/// config.node.heartbeat = Duration::from_secs(30); // clients on mobile networks
+/// config.node.room_idle = Duration::from_secs(300); // classes that pause
+/// config.events = 16_384; // events held for a slow host
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ServiceConfig {
@@ -221,9 +245,53 @@ struct Inner {
     events: broadcast::Sender<RoomEvent>,
     /// Host requests waiting for their answers, by id.
     host_waiters: Mutex<HashMap<u64, oneshot::Sender<Result<HostAnswer, HostError>>>>,
+    /// The `node` label of this node's metrics.
+    #[cfg(feature = "metrics")]
+    node_label: metrics::SharedString,
+    /// The histograms every turn records into, registered once.
+    #[cfg(feature = "metrics")]
+    turns: telemetry::Turns,
+    /// The node's cache timeout: answers later than it are counted late.
+    #[cfg(feature = "metrics")]
+    cache_timeout: Duration,
 }
 
 /// The room service. Cheap to clone; every clone is the same service.
+///
+/// Call order: [`start`](RoomService::start) (one node in memory) or
+/// [`start_with`](RoomService::start_with) (a node of a cluster); per
+/// socket [`connect`](RoomService::connect) with the client's ticket,
+/// write every frame of [`Connection::outbound`] to the socket, hand every
+/// text frame to [`handle_text`](RoomService::handle_text), and call
+/// [`disconnect`](RoomService::disconnect) when the socket closes.
+///
+/// ```
+/// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+/// use room_core::{BusinessId, Role, RoomId, RoomKey, Terminal, Uin};
+/// use roomkit::service::{Outbound, RoomService, ServiceConfig};
+/// use roomkit::ticket::{JoinTicket, KeyRing};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let keys = KeyRing::new("k1", b"shared with the business backend".to_vec())?;
+/// let service = RoomService::start(ServiceConfig::new(keys.clone())).await?;
+///
+/// // The business backend issued this ticket; the client presents it.
+/// let room = RoomKey::new(BusinessId(1), RoomId(42));
+/// let expires_at = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 600;
+/// let ticket = keys.issue(&JoinTicket { room, uin: Uin(1), role: Role::Teacher, terminal: Terminal::Pc, expires_at });
+///
+/// let mut conn = service.connect(room, &ticket)?;
+/// let Some(Outbound::Text(welcome)) = conn.outbound.recv().await else { panic!("no welcome") };
+/// assert!(welcome.starts_with(br#"{"t":"welcome""#));
+///
+/// service.handle_text(conn.id, r#"{"t":"say","text":"good morning"}"#)?;
+/// let said = tokio::time::timeout(Duration::from_secs(5), conn.outbound.recv()).await?;
+/// assert!(said.is_some());
+///
+/// service.leave(conn.id); // or disconnect(): the place is kept until the heartbeat timeout
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct RoomService {
     inner: Arc<Inner>,
@@ -237,10 +305,28 @@ impl std::fmt::Debug for RoomService {
 
 /// Counts an event through the `metrics` facade (feature `metrics`).
 macro_rules! count {
-    ($name:literal) => {
+    ($inner:expr, $name:literal) => {
         #[cfg(feature = "metrics")]
-        metrics::counter!($name).increment(1);
+        telemetry::count(&$inner.node_label, $name);
     };
+}
+
+/// When a turn started (feature `metrics`; nothing without it).
+#[cfg(feature = "metrics")]
+type Started = std::time::Instant;
+/// When a turn started (feature `metrics`; nothing without it).
+#[cfg(not(feature = "metrics"))]
+#[derive(Clone, Copy)]
+struct Started;
+
+#[cfg(feature = "metrics")]
+fn started() -> Started {
+    std::time::Instant::now()
+}
+
+#[cfg(not(feature = "metrics"))]
+fn started() -> Started {
+    Started
 }
 
 impl RoomService {
@@ -269,6 +355,12 @@ impl RoomService {
             core.set_view(now(), view);
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        #[cfg(feature = "metrics")]
+        telemetry::describe();
+        #[cfg(feature = "metrics")]
+        let cache_timeout = config.node.cache_timeout;
+        #[cfg(feature = "metrics")]
+        let node_label: metrics::SharedString = Arc::<str>::from(me.0.to_string()).into();
         let inner = Arc::new(Inner {
             keys: config.keys,
             outbound: config.outbound.max(8),
@@ -281,15 +373,24 @@ impl RoomService {
             tasks: Mutex::new(Vec::new()),
             host_waiters: Mutex::new(HashMap::new()),
             events: broadcast::channel(config.events.max(16)).0,
+            #[cfg(feature = "metrics")]
+            turns: telemetry::Turns::new(&node_label),
+            #[cfg(feature = "metrics")]
+            node_label,
+            #[cfg(feature = "metrics")]
+            cache_timeout,
         });
         let service = RoomService { inner };
-        let tasks = vec![
+        #[allow(unused_mut)]
+        let mut tasks = vec![
             tokio::spawn(service.clone().carry_out(rx, transports.clone())),
             tokio::spawn(service.clone().follow_views(views)),
             tokio::spawn(service.clone().deliver_bus(bus_in)),
             tokio::spawn(service.clone().deliver_peers(peers_in)),
             tokio::spawn(service.clone().timers()),
         ];
+        #[cfg(feature = "metrics")]
+        tasks.push(tokio::spawn(service.clone().sample_metrics()));
         service.inner.tasks.lock().extend(tasks);
         tracing::info!(node = %me, "room service started");
         Ok(service)
@@ -305,6 +406,46 @@ impl RoomService {
         self.inner.core.lock().stats()
     }
 
+    /// The rooms this node owns, by member count (a walk over them: once
+    /// in a while, not per request).
+    pub fn room_sizes(&self) -> RoomSizes {
+        self.inner.core.lock().room_sizes()
+    }
+
+    /// Copies the node's counters ([`stats`](Self::stats),
+    /// [`room_sizes`](Self::room_sizes)) into metrics now (feature
+    /// `metrics`; see [`telemetry`]). The service does it every
+    /// [`SAMPLE_EVERY`](telemetry::SAMPLE_EVERY) on its own; a host calls it
+    /// before rendering a scrape so that the scrape is current.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn record_metrics(&self) {
+        let (stats, sizes) = {
+            let core = self.inner.core.lock();
+            (core.stats(), core.room_sizes())
+        };
+        telemetry::record(&self.inner.node_label, &stats, &sizes);
+    }
+
+    /// Samples the node's counters into metrics every
+    /// [`SAMPLE_EVERY`](telemetry::SAMPLE_EVERY).
+    #[cfg(feature = "metrics")]
+    async fn sample_metrics(self) {
+        let mut every = tokio::time::interval(telemetry::SAMPLE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            every.tick().await;
+            self.record_metrics();
+        }
+    }
+
+    /// Records how long a turn that began at `began` held the node.
+    fn turn_done(&self, began: Started) {
+        #[cfg(feature = "metrics")]
+        self.inner.turns.turn(began.elapsed());
+        let _ = began;
+    }
+
     /// The nodes this node routes to.
     pub fn view(&self) -> Vec<NodeId> {
         self.inner.core.lock().view()
@@ -318,9 +459,11 @@ impl RoomService {
     /// Runs `f` on the node and carries out what it asks for.
     fn with_core<T>(&self, f: impl FnOnce(&mut RoomNode, Timestamp) -> T) -> T {
         let mut core = self.inner.core.lock();
+        let began = started();
         let t = now();
         let result = f(&mut core, t);
         self.pump(&mut core, t);
+        self.turn_done(began);
         result
     }
 
@@ -345,7 +488,11 @@ impl RoomService {
             }
             let _ = self.inner.outputs.send(output);
         }
+        let began = started();
         core.flush(t, &mut *self.inner.writers.lock());
+        #[cfg(feature = "metrics")]
+        self.inner.turns.flush(began.elapsed());
+        let _ = began;
         if core.poll_timeout().is_some_and(|at| at.as_micros() < self.inner.armed.load(Ordering::Relaxed)) {
             self.inner.wake.notify_one();
         }
@@ -357,7 +504,9 @@ impl RoomService {
         let verified = match self.inner.keys.verify_full(ticket, room, unix_secs()) {
             Ok(v) => v,
             Err(e) => {
-                count!("roomkit_entries_refused_total");
+                #[cfg(feature = "metrics")]
+                metrics::counter!("roomkit_entries_refused_total", "node" => self.inner.node_label.clone(), "by" => "ticket")
+                    .increment(1);
                 tracing::info!(%room, error = %e, "entry refused");
                 return Err(e.into());
             }
@@ -367,13 +516,21 @@ impl RoomService {
         let stamp = TicketStamp { id: verified.id.0, issued_at: verified.issued_at.unwrap_or(0) };
         let who = Admission::new(room, ticket.uin, ticket.role, ticket.terminal).with_ticket(stamp);
         let mut core = self.inner.core.lock();
+        let began = started();
         let t = now();
-        let conn = core.connect(t, who)?;
+        let conn = match core.connect(t, who) {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.turn_done(began);
+                return Err(e.into());
+            }
+        };
         // The writer is in place before anything can be flushed to it.
         self.inner.writers.lock().channels.insert(conn, tx);
         self.pump(&mut core, t);
+        self.turn_done(began);
         drop(core);
-        count!("roomkit_entries_total");
+        count!(self.inner, "roomkit_entries_total");
         Ok(Connection {
             id: conn,
             member: room.member(ticket.uin),
@@ -438,6 +595,7 @@ impl RoomService {
         let (tx, rx) = oneshot::channel();
         {
             let mut core = self.inner.core.lock();
+            let began = started();
             let t = now();
             let id = core.host(t, request);
             if let Ok(id) = id {
@@ -445,6 +603,7 @@ impl RoomService {
                 self.inner.host_waiters.lock().insert(id, tx);
             }
             self.pump(&mut core, t);
+            self.turn_done(began);
             id?;
         }
         // A service killed meanwhile drops the waiter: no owner answered.
@@ -578,20 +737,32 @@ impl RoomService {
             match output {
                 Output::Peer { to, msg } => {
                     if let Err(e) = transports.peers.send(me, to, msg.encode()).await {
+                        count!(self.inner, "roomkit_peer_send_errors_total");
                         tracing::debug!(error = %e, %to, "peer message not sent");
                     }
                 }
-                Output::Publish(env) => {
-                    if let Err(e) = transports.bus.publish(&env).await {
+                Output::Publish(env) => match transports.bus.publish(&env).await {
+                    Ok(()) => {
+                        #[cfg(feature = "metrics")]
+                        metrics::counter!(
+                            "roomkit_bus_published_total",
+                            "node" => self.inner.node_label.clone(),
+                            "class" => telemetry::class_label(env.message.class)
+                        )
+                        .increment(1);
+                    }
+                    Err(e) => {
+                        count!(self.inner, "roomkit_bus_publish_errors_total");
                         tracing::warn!(error = %e, "not published");
                     }
-                }
+                },
                 Output::Interest { room, on } => {
                     let mut delay = Duration::from_millis(20);
                     for _ in 0..8 {
                         match transports.bus.set_interest(me, room, on).await {
                             Ok(()) => break,
                             Err(e) => {
+                                count!(self.inner, "roomkit_bus_interest_retries_total");
                                 tracing::warn!(error = %e, %room, "bus interest not set; retrying");
                                 tokio::time::sleep(delay).await;
                                 delay = (delay * 2).min(Duration::from_secs(1));
@@ -603,7 +774,15 @@ impl RoomService {
                     let cache = transports.cache.clone();
                     let service = self.clone();
                     tokio::spawn(async move {
+                        #[cfg(feature = "metrics")]
+                        let (op_label, began) = (telemetry::cache_op(&op), std::time::Instant::now());
                         let answer = run_cache(cache.as_ref(), op).await;
+                        #[cfg(feature = "metrics")]
+                        {
+                            let took = began.elapsed();
+                            let late = took > service.inner.cache_timeout;
+                            telemetry::cache_done(&service.inner.node_label, op_label, took, &answer, late);
+                        }
                         service.with_core(|core, t| core.handle_cache(t, id, answer));
                     });
                 }
@@ -611,7 +790,11 @@ impl RoomService {
                     let limiter = transports.limiter.clone();
                     let service = self.clone();
                     tokio::spawn(async move {
+                        let began = started();
                         let answer = limiter.check(&key, quota, now(), cost).await;
+                        #[cfg(feature = "metrics")]
+                        telemetry::limit_done(&service.inner.node_label, began.elapsed(), answer.is_err());
+                        let _ = began;
                         service.with_core(|core, t| core.handle_limit(t, id, answer));
                     });
                 }

@@ -1,3 +1,7 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ---
+//!
 //! Roomkit's room service as a sans-IO core.
 //!
 //! A platform deploys one room service: on one machine it is a cluster of
@@ -18,7 +22,7 @@
 //! * [`peer`]: what nodes say to each other.
 //! * [`classroom`]: raised hands, reactions, answer cards and red packets
 //!   (sans-IO, with snapshots a room's next owner restores).
-//! * [`wire`]: the JSON protocol clients speak (docs/PROTOCOL.md).
+//! * [`wire`]: the JSON protocol clients speak, described in [`protocol`].
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -27,10 +31,12 @@ pub mod host;
 pub mod kinds;
 mod node;
 pub mod peer;
+#[doc = include_str!("../PROTOCOL.md")]
+pub mod protocol {}
 pub mod transport;
 pub mod wire;
 
 pub use node::{
     Admission, Budgets, CacheAnswer, CacheOp, ClientSink, ConfigError, EntryError, FrameError, NodeStats, Outbound,
-    Output, RoomNode, RoomNodeConfig,
+    Output, RoomNode, RoomNodeConfig, RoomSizes,
 };

@@ -83,7 +83,7 @@ pub enum FrameError {
 }
 
 impl FrameError {
-    /// A short stable code for clients (PROTOCOL.md lists them).
+    /// A short stable code for clients ([`crate::protocol`] lists them).
     pub fn code(&self) -> &'static str {
         match self {
             FrameError::TooLarge { .. } => codes::TOO_LARGE,
@@ -385,6 +385,8 @@ impl RoomNode {
             },
             ActReply::Refused { code, message, retry_after_ms } => {
                 self.stats.refused_frames += 1;
+                self.stats.refused_by_owner += 1;
+                self.stats.rate_limited += u64::from(retry_after_ms.is_some());
                 ServerFrame::Error { code, message, retry_after_ms }
             }
             ActReply::State { data } => ServerFrame::State { data: crate::wire::RawJson(data) },
@@ -434,6 +436,7 @@ impl RoomNode {
             FrameError::RateLimited { retry_after_ms } => Some(*retry_after_ms),
             _ => None,
         };
+        self.stats.rate_limited += u64::from(retry_after_ms.is_some());
         self.reply(conn, ServerFrame::Error { code: e.code().to_owned(), message: e.to_string(), retry_after_ms });
     }
 

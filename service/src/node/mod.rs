@@ -424,8 +424,16 @@ pub struct NodeStats {
     pub rooms: usize,
     /// Entries refused (by this node or the room's owner).
     pub refused_entries: u64,
-    /// Client frames refused.
+    /// Client frames refused (with an error frame to the client), whoever
+    /// refused them.
     pub refused_frames: u64,
+    /// Of [`refused_frames`](Self::refused_frames), those the room's owner
+    /// refused (its gate: mutes, roles, the room's limits; its classroom: a
+    /// closed card, an empty packet).
+    pub refused_by_owner: u64,
+    /// Of [`refused_frames`](Self::refused_frames), those refused as over a
+    /// limit: the error told the client when to retry (`rate_limited`).
+    pub rate_limited: u64,
     /// Sessions ended here because their client stopped beating.
     pub timed_out: u64,
     /// Sessions adopted here after a failover, without a second entry.
@@ -456,6 +464,43 @@ pub struct NodeStats {
     pub replies_dropped: u64,
     /// The push node's counters.
     pub push: room_push::NodeStats,
+}
+
+/// The rooms a node owns, by how many members each has
+/// ([`RoomNode::room_sizes`]): a bounded set of buckets for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RoomSizes {
+    /// Rooms in each bucket of [`RoomSizes::BUCKETS`].
+    pub rooms: [u64; 6],
+    /// Members of the rooms in each bucket.
+    pub members: [u64; 6],
+}
+
+impl RoomSizes {
+    /// The buckets' names: rooms with no member (yet, or any more), then
+    /// 1-10 members, 11-100, 101-1000, 1001-10000 and more than 10,000.
+    pub const BUCKETS: [&'static str; 6] = ["0", "1-10", "11-100", "101-1000", "1001-10000", ">10000"];
+
+    /// The bucket of a room of `members`: an index into
+    /// [`BUCKETS`](Self::BUCKETS).
+    pub const fn bucket(members: u64) -> usize {
+        match members {
+            0 => 0,
+            1..=10 => 1,
+            11..=100 => 2,
+            101..=1_000 => 3,
+            1_001..=10_000 => 4,
+            _ => 5,
+        }
+    }
+
+    /// Counts a room of `members`.
+    pub fn add(&mut self, members: u64) {
+        let b = Self::bucket(members);
+        self.rooms[b] += 1;
+        self.members[b] += members;
+    }
 }
 
 /// Deadlines by key, earliest first.
@@ -665,6 +710,18 @@ impl RoomNode {
             push: self.push.stats(),
             ..self.stats
         }
+    }
+
+    /// The rooms this node owns, by member count. It walks every owned
+    /// room (O(rooms), each count O(1)): for metrics once in a while, not
+    /// per input.
+    pub fn room_sizes(&self) -> RoomSizes {
+        use room_memberlist::MemberStore;
+        let mut sizes = RoomSizes::default();
+        for room in self.rooms.keys() {
+            sizes.add(self.replica.counts(*room).map_or(0, |c| u64::from(c.total())));
+        }
+        sizes
     }
 
     /// The nodes this node routes to, in id order.

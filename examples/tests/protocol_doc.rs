@@ -5,9 +5,9 @@
 use std::collections::BTreeSet;
 
 use room_push::{GateConfig, Kind, NodeConfig};
-use room_service::peer::CloseReason;
-use room_service::wire::{ClientMsg, ServerFrame, codes, kinds};
-use room_service::{Budgets, RoomNodeConfig};
+use roomkit::node::{Budgets, RoomNodeConfig};
+use roomkit::peer::CloseReason;
+use roomkit::wire::{ClientMsg, ServerFrame, codes, kinds};
 
 const DOC: &str = include_str!("../../docs/PROTOCOL.md");
 
@@ -139,8 +139,8 @@ fn documented_limits_are_the_defaults() {
         format!("at most {} messages", NodeConfig::default().max_check_answer),
         format!("took nothing for {} s", node.slow_client_lag.as_secs()),
         format!("Kinds from {} to {} are the host's own", kinds::HOST_FIRST.0, Kind::RESERVED_FROM - 1),
-        format!("`reason` (the host's words, ≤ {} chars)", room_service::host::MAX_REASON),
-        format!("at most {} changes, `more` when there were more", room_service::wire::data::MAX_ROSTER_DIFF),
+        format!("`reason` (the host's words, ≤ {} chars)", roomkit::host::MAX_REASON),
+        format!("at most {} changes, `more` when there were more", roomkit::wire::data::MAX_ROSTER_DIFF),
     ] {
         assert!(DOC.contains(&phrase), "PROTOCOL.md does not say {phrase:?}");
     }
