@@ -1,3 +1,7 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ---
+//!
 //! Roomkit's heartbeat service: who is connected, and who has really left.
 //!
 //! Clients beat every 20 s (configurable per business). Proxies route each

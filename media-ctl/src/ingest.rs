@@ -195,7 +195,7 @@ pub fn parse_callback(body: &[u8], received_at: Millis) -> Result<Segment, Inges
             timed_on_arrival: true,
         });
     }
-    // Roomkit's own (SEED.md's fields): times in milliseconds.
+    // Roomkit's own fields: times in milliseconds.
     let file_name = str_field(&v, &["file_name"])?.to_owned();
     checked(Segment {
         stream: str_field(&v, &["stream_id", "terminal_id"])?.to_owned(),

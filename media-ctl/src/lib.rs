@@ -1,5 +1,9 @@
-//! Roomkit's media control plane: what SEED.md's live-streaming section
-//! does around the encoders. It plans, validates, tracks and verifies;
+#![doc = include_str!("../README.md")]
+//!
+//! ---
+//!
+//! Roomkit's media control plane: what a live-class platform does around
+//! its encoders. It plans, validates, tracks and verifies;
 //! encoding is a backend's job (ffmpeg here, a cloud service elsewhere).
 //!
 //! * [`layout`]: typed mix templates (single, side by side, picture in
@@ -10,7 +14,7 @@
 //! * [`orchestrate`]: a class session's state machine (sans-IO): streams
 //!   up and down, relays, recordings, the mix and its layout, transcoding;
 //!   idempotent commands with ids, retried with backoff, state queryable.
-//! * [`ingest`]: recording callbacks in Roomkit's own fields (SEED.md),
+//! * [`ingest`]: recording callbacks in Roomkit's own fields,
 //!   Tencent Cloud's (event_type 100) and SRS's (on_dvr, on_hls); retries
 //!   dropped, segments ordered per stream, gaps and overlaps found.
 //! * [`plan`]: from the timelines, a render plan on one axis: each file's

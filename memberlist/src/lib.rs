@@ -1,8 +1,12 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ---
+//!
 //! Roomkit member lists: who is in each room, held in memory.
 //!
-//! SEED.md's member-list service replaced a KV store of serialized lists
-//! (one value per room, read-modify-CAS) by in-memory maps. This crate is
-//! that service's core:
+//! Member lists used to live in a KV store as serialized lists (one value
+//! per room, read-modify-CAS); this crate holds them in memory instead, as
+//! the core of a member-list service:
 //!
 //! * [`LocalStore`]: bid -> room -> member, each room behind its own lock.
 //!   A member has a uin, a role, the terminals it is present on, a join

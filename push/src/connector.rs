@@ -43,6 +43,27 @@ pub enum SendError {
 /// Writes frames to clients: a websocket server, an app push service, a PC
 /// long connection. Implemented by the host. `send` must not block: a
 /// connection that cannot take a frame now answers [`SendError::WouldBlock`].
+///
+/// ```
+/// use std::collections::HashMap;
+/// use room_push::{ConnId, Connector, Frame, SendError};
+///
+/// /// Bounded per-connection queues that a socket task drains.
+/// struct Queues(HashMap<ConnId, Vec<bytes::Bytes>>);
+///
+/// impl Connector for Queues {
+///     fn send(&mut self, frame: &Frame<'_>) -> Result<(), SendError> {
+///         let queue = self.0.get_mut(&frame.conn).ok_or(SendError::Closed)?;
+///         if queue.len() >= 256 {
+///             return Err(SendError::WouldBlock); // the node keeps it in the lane
+///         }
+///         // The body is shared by every recipient; the header is this
+///         // connection's (sequence number, previous number).
+///         queue.push(frame.body.clone());
+///         Ok(())
+///     }
+/// }
+/// ```
 pub trait Connector {
     /// Writes (or buffers) one frame.
     fn send(&mut self, frame: &Frame<'_>) -> Result<(), SendError>;

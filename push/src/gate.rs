@@ -27,7 +27,7 @@ pub struct GateConfig {
     pub user_quota: Quota,
     /// Chat per room, all senders together.
     pub room_chat_quota: Quota,
-    /// Signal and teacher messages per room (SEED.md: under 100 a second).
+    /// Signal and teacher messages per room (a class's teacher and signals stay under 100 a second).
     pub room_reliable_quota: Quota,
     /// Learners per sub-class.
     pub subclass_size: u32,
@@ -198,6 +198,33 @@ pub struct Joined {
 
 /// The logic side of push. One gate numbers a room's messages: in a
 /// cluster, the room's owner runs it.
+///
+/// Call order: open the room, `join` members (it places learners in
+/// sub-classes), `publish` messages (checked, limited, numbered), hand the
+/// envelopes to every push node that holds the room's connections.
+///
+/// ```
+/// use room_core::{BusinessId, Role, RoomId, RoomKey, Timestamp, Uin};
+/// use room_push::{Class, Gate, GateConfig, GateError, Kind, Message, Sender};
+///
+/// let room = RoomKey::new(BusinessId(1), RoomId(42));
+/// let now = Timestamp::from_millis(1_000);
+/// let mut gate = Gate::new(GateConfig::default());
+/// gate.open_room(now, room)?;
+/// gate.join(now, room, Uin(1), Role::Teacher)?;
+/// gate.join(now, room, Uin(7), Role::Student)?;
+///
+/// let teacher = Sender { uin: Uin(1), role: Role::Teacher };
+/// let first = gate.publish(now, Message::new(room, Class::Teacher, Kind(2), &b"hello"[..]).from_sender(teacher))?;
+/// let second = gate.publish(now, Message::new(room, Class::Teacher, Kind(2), &b"page 3"[..]).from_sender(teacher))?;
+/// assert_eq!((first.seq, second.seq), (1, 2)); // reliable classes are numbered per room
+///
+/// // A learner may not speak as the teacher.
+/// let learner = Sender { uin: Uin(7), role: Role::Student };
+/// let refused = gate.publish(now, Message::new(room, Class::Teacher, Kind(2), &b"hi"[..]).from_sender(learner));
+/// assert!(matches!(refused, Err(GateError::NotAllowed { .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Gate {
     config: GateConfig,

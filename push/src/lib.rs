@@ -1,8 +1,12 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ---
+//!
 //! Roomkit push: what reaches whom, in what order, and what is given up
 //! first when things go wrong.
 //!
-//! SEED.md's push layer replaced logic servers that each pulled member
-//! lists and pushed to every terminal themselves with one interface:
+//! In the design this follows, logic servers that each pulled member
+//! lists and pushed to every terminal themselves gave way to one interface:
 //! logic -> message queue -> push proxy -> per-terminal channels. This
 //! crate is that layer, sans-IO:
 //!
@@ -37,38 +41,6 @@
 //! * [`GlobalLimiter`]: a limiter shared by every node to protect
 //!   downstream services ([`LocalGlobalLimiter`] in memory; Redis in the
 //!   adapters), and [`Governor`], which turns load samples into levels.
-//!
-//! # Flow
-//!
-//! ```
-//! use room_core::{BusinessId, Role, RoomId, RoomKey, Terminal, Timestamp, Uin};
-//! use room_push::*;
-//!
-//! # #[derive(Default)] struct Socket(Vec<FrameHeader>);
-//! # impl Connector for Socket {
-//! #     fn send(&mut self, f: &Frame<'_>) -> Result<(), SendError> { self.0.push(f.header); Ok(()) }
-//! # }
-//! let room = RoomKey::new(BusinessId(1), RoomId(42));
-//! let now = Timestamp::from_millis(1_000);
-//! let mut gate = Gate::new(GateConfig::default());
-//! gate.open_room(now, room)?;
-//! let mut node = PushNode::new(NodeConfig::default());
-//!
-//! let joined = gate.join(now, room, Uin(7), Role::Student)?;
-//! let spec = ConnSpec::new(room, Uin(7), Role::Student, Terminal::Ios).in_subclass(joined.subclass);
-//! let connected = node.connect(spec)?;
-//! let mut client = ReliableReceiver::new(&connected);
-//!
-//! let page_turn = Message::new(room, Class::Signal, Kind(1), &b"page 3"[..]);
-//! let envelope = gate.publish(now, page_turn)?; // (over the bus in a cluster)
-//! node.handle_envelope(now, &envelope)?;
-//!
-//! let mut socket = Socket::default();
-//! node.flush(now, &mut socket);
-//! assert_eq!(client.on_frame(&socket.0[0]), Received::Deliver);
-//! assert_eq!(client.ack(), (envelope.epoch, 1));
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
 //!
 //! # Guarantees
 //!

@@ -1,8 +1,8 @@
 //! Splitting a big room into sub-classes.
 //!
 //! A room of 60,000 learners where everyone's chat reaches everyone is
-//! noise at 1,000 lines a second; SEED.md split big rooms into small
-//! classes. The planner assigns each learner to a sub-class of at most
+//! noise at 1,000 lines a second; large platforms split big rooms into
+//! small classes. The planner assigns each learner to a sub-class of at most
 //! `size` members, deterministically (the same joins and leaves in the same
 //! order give the same assignment on any machine) and balanced: sub-class
 //! sizes never differ by more than one.

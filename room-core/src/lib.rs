@@ -1,3 +1,7 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ---
+//!
 //! The core of Roomkit: identifiers, roles, terminals, stable key hashing,
 //! the consistent-hash router and the cluster view.
 //!

@@ -167,6 +167,37 @@ pub enum KeyError {
 }
 
 /// Ticket keys by id: verify with any, issue with the active one.
+///
+/// The business backend issues a ticket for each entry; the service
+/// verifies it against the room the client asks for. Rotation: add the new
+/// key active, keep the old one until its last tickets have expired.
+///
+/// ```
+/// use room_core::{BusinessId, Role, RoomId, RoomKey, Terminal, Uin};
+/// use roomkit::ticket::{JoinTicket, KeyRing, TicketError};
+///
+/// let room = RoomKey::new(BusinessId(1), RoomId(42));
+/// let now = 1_800_000_000; // Unix seconds
+/// let mut keys = KeyRing::new("2026-11", b"a secret of at least 16 bytes".to_vec())?;
+/// let ticket = keys.issue(&JoinTicket {
+///     room,
+///     uin: Uin(3300117),
+///     role: Role::Student,
+///     terminal: Terminal::Web,
+///     expires_at: now + 600,
+/// });
+/// assert_eq!(keys.verify(&ticket, room, now)?.uin, Uin(3300117));
+///
+/// // Another room, or too late: refused with a typed error.
+/// let other = RoomKey::new(BusinessId(1), RoomId(43));
+/// assert!(matches!(keys.verify(&ticket, other, now), Err(TicketError::WrongRoom { .. })));
+/// assert!(keys.verify(&ticket, room, now + 601).is_err());
+///
+/// // Rotation: new tickets use the new key; old ones still verify.
+/// keys.add("2026-12", b"the next secret, 16+ bytes".to_vec(), true)?;
+/// assert!(keys.verify(&ticket, room, now).is_ok());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct KeyRing {
     keys: BTreeMap<String, Vec<u8>>,

@@ -373,7 +373,7 @@ pub enum ActReply {
     },
     /// Refused: the client gets an error frame with this code.
     Refused {
-        /// The stable code (see PROTOCOL.md).
+        /// The stable code (see [`crate::protocol`]).
         code: String,
         /// What was wrong.
         message: String,
@@ -422,7 +422,7 @@ impl CloseReason {
     ];
 
     /// The websocket close code a host should send (4000-4999 are the
-    /// application's; PROTOCOL.md lists them).
+    /// application's; [`crate::protocol`] lists them).
     pub fn close_code(self) -> u16 {
         match self {
             CloseReason::Refused => 4001,

@@ -1,6 +1,21 @@
 //! The JSON wire protocol between the room service and clients
-//! (documented in docs/PROTOCOL.md), and the push codec that encodes
+//! (documented in [`crate::protocol`]), and the push codec that encodes
 //! message bodies once in it.
+//!
+//! ```
+//! use room_service::wire::{ClientMsg, ServerFrame, codes};
+//!
+//! // What a client sends, typed (unknown fields and kinds are refused).
+//! let msg: ClientMsg = serde_json::from_str(r#"{"t":"card_answer","option":1}"#)?;
+//! assert_eq!(msg, ClientMsg::CardAnswer { option: 1 });
+//! assert!(serde_json::from_str::<ClientMsg>(r#"{"t":"teleport"}"#).is_err());
+//!
+//! // What the server answers, rendered once.
+//! let frame = ServerFrame::error(codes::RATE_LIMITED, "slow down");
+//! let text = frame.to_bytes();
+//! assert!(text.starts_with(br#"{"t":"error","code":"rate_limited""#));
+//! # Ok::<(), serde_json::Error>(())
+//! ```
 
 use std::fmt::Write as _;
 
@@ -40,7 +55,7 @@ pub mod kinds {
 }
 
 /// The codes of error frames (`{"t":"error","code"}`), one source for the
-/// server and docs/PROTOCOL.md (a test holds them equal).
+/// server and [`crate::protocol`] (a test holds them equal).
 pub mod codes {
     /// Not JSON, an unknown `t`, fields missing, extra or out of range.
     pub const MALFORMED: &str = "malformed";
@@ -545,7 +560,7 @@ pub struct MemberRowWire {
 
 /// What the server sends a client besides pushed messages
 /// (`{"t":"push",...}`, rendered by [`push_frame`]). Serialised with
-/// [`ServerFrame::to_bytes`]; docs/PROTOCOL.md describes each.
+/// [`ServerFrame::to_bytes`]; [`crate::protocol`] describes each.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -554,7 +569,7 @@ pub enum ServerFrame {
     Welcome(Welcome),
     /// Something the client sent (or its entry) was refused.
     Error {
-        /// A short stable code (see PROTOCOL.md).
+        /// A short stable code (see [`crate::protocol`]).
         code: String,
         /// What was wrong, for people.
         message: String,

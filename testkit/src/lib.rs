@@ -1,3 +1,7 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ---
+//!
 //! Deterministic simulation for Roomkit's tests.
 //!
 //! Roomkit's cores are sans-IO state machines: they take `now` and inputs,
@@ -14,29 +18,6 @@
 //!   that steps virtual time to the next wake-up and stops with
 //!   [`SimError::Livelock`] after a bounded number of steps at one instant.
 //!
-//! ```
-//! use room_core::Timestamp;
-//! use room_testkit::{Addr, Outbox, Sim, SimNode};
-//! use std::time::Duration;
-//!
-//! /// Answers every ping with a pong.
-//! struct Echo { pongs: u32 }
-//! impl SimNode<&'static str> for Echo {
-//!     fn handle_message(&mut self, _now: Timestamp, from: Addr, msg: &'static str, out: &mut Outbox<&'static str>) {
-//!         match msg {
-//!             "ping" => out.send(from, "pong"),
-//!             _ => self.pongs += 1,
-//!         }
-//!     }
-//! }
-//!
-//! let mut sim = Sim::new(7);
-//! let a = sim.add_node("a", Echo { pongs: 0 });
-//! let b = sim.add_node("b", Echo { pongs: 0 });
-//! sim.send(a, b, "ping");
-//! sim.run_for(Duration::from_secs(1)).unwrap();
-//! assert_eq!(sim.node::<Echo>(a).unwrap().pongs, 1);
-//! ```
 #![forbid(unsafe_code)]
 
 mod clock;

@@ -1,3 +1,7 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ---
+//!
 //! Roomkit's NATS adapter: what carries a cluster's traffic between nodes.
 //!
 //! * [`NatsBus`]: the push [`Bus`](room_push::Bus). One subject per room

@@ -1,3 +1,7 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ---
+//!
 //! Roomkit's Redis adapter.
 //!
 //! [`RedisLimiter`] is a [`GlobalLimiter`](room_push::GlobalLimiter) shared by every node of a
