@@ -942,7 +942,7 @@ impl Tracker {
     /// straddle two). A hint only: any slot is fine, an unknown one does
     /// nothing.
     ///
-    /// The one `unsafe` block of the crate. `docs/BENCHMARKS.md` measures
+    /// The one `unsafe` block of the crate. The tracker benchmark measures
     /// it: without the prefetch a hinted `beat_batch` at 1M sessions costs
     /// 50 ns a beat, with it 31 ns (a safe "touch" load is slower than
     /// nothing, 58 ns, because loads that miss hold up retirement).

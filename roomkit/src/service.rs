@@ -38,7 +38,7 @@
 //! ```
 //!
 //! With the `metrics` feature the service records its metrics through the
-//! `metrics` facade (the `telemetry` module, docs/METRICS.md): install a
+//! `metrics` facade (every metric is listed in [`telemetry::METRICS`]): install a
 //! recorder before starting it.
 
 use std::sync::Arc;

@@ -62,7 +62,7 @@ const fn m(name: &'static str, kind: MetricKind, labels: &'static [&'static str]
 use MetricKind::{Counter as C, Gauge as G, Histogram as H};
 
 /// Every metric the room service records, with its help text
-/// (docs/METRICS.md has the same list).
+/// (the repository's docs/METRICS.md explains each for operators).
 pub const METRICS: &[Metric] = &[
     // What the node holds now.
     m("roomkit_connections", G, &[], "Client connections held by this node."),
