@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use room_media_ctl::auth::{HmacAuth, TencentSign};
-use room_media_ctl::ingest::{FileFormat, Ingestor, Segment};
+use room_media_ctl::ingest::{FileFormat, Ingestor, Segment, Timing};
 use room_media_ctl::layout::{Canvas, Corner, Input, InputKind, Limits, Rgb, Template};
 use room_media_ctl::plan::{GapFill, LayoutSwitch, Output, PlanRequest, plan};
 
@@ -30,7 +30,7 @@ fn class() -> (Ingestor, PlanRequest) {
                 end: start + 9_000,
                 url: format!("https://files.example/s{s}/{n}.flv"),
                 format: FileFormat::Flv,
-                timed_on_arrival: false,
+                timing: Timing::Reported,
             })
             .unwrap();
             t = start + 9_000 + if n % 7 == 6 { 1_000 } else { 0 };

@@ -3,6 +3,13 @@
 //! segments are then encrypted here (AES-128-CBC, PKCS#7), with the key
 //! rotating every N segments. Also the relay command (RTMP in, out to
 //! RTMP/FLV/HLS).
+//!
+//! Nothing reaches ffmpeg unchecked: every input and output URL passes the
+//! [`InputPolicy`] allow-list (local files only inside its directory, as
+//! `file:` and their canonical path), and every input and output is
+//! preceded by `-protocol_whitelist` with exactly the protocols it needs,
+//! so ffmpeg itself refuses anything else (a playlist naming `concat:` or
+//! `file:` URLs, a redirect to another scheme).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -13,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use aes::cipher::{BlockEncryptMut, KeyIvInit, block_padding::Pkcs7};
 
+use crate::input::{InputError, InputPolicy, Purpose};
 use crate::layout::{Fit, InputKind, Placed};
 use crate::plan::{GapFill, HlsKey, Output, PlannedInput, RenderPlan};
 
@@ -45,10 +53,54 @@ pub enum FfmpegError {
     /// A plan the backend cannot render (built by hand, not by `plan`).
     #[error("cannot render this plan: {0}")]
     BadPlan(&'static str),
+    /// A URL or path the allow-list refuses.
+    #[error("refused input: {0}")]
+    Input(#[from] InputError),
+    /// An HLS playlist naming a segment that is not a plain file name in
+    /// its directory (`../x`, `/etc/x`, `a/b`).
+    #[error("HLS playlist names an unsafe segment {0:?}")]
+    UnsafeSegment(String),
 }
 
 fn secs(ms: i64) -> String {
-    format!("{}.{:03}", ms / 1000, ms % 1000)
+    let sign = if ms < 0 { "-" } else { "" };
+    let abs = ms.unsigned_abs();
+    format!("{sign}{}.{:03}", abs / 1000, abs % 1000)
+}
+
+/// `-protocol_whitelist <protocols> -i <url>`, for one checked input.
+fn input_args(args: &mut Vec<String>, policy: &InputPolicy, url: &str) -> Result<(), FfmpegError> {
+    let checked = policy.check(url, Purpose::Download)?;
+    args.extend(["-protocol_whitelist".to_owned(), checked.protocols().to_owned(), "-i".to_owned(), checked.arg]);
+    Ok(())
+}
+
+/// Refuses a hand-built plan whose numbers do not hold together (so that
+/// nothing below can wrap or divide by zero).
+fn check_plan(plan: &RenderPlan) -> Result<i64, FfmpegError> {
+    if !(1..=60).contains(&plan.fps) || plan.frames == 0 {
+        return Err(FfmpegError::BadPlan("no frames, or a frame rate outside 1..=60"));
+    }
+    let axis = plan.frames.checked_mul(1000).map(|ms| ms / u64::from(plan.fps));
+    let axis = axis.and_then(|ms| i64::try_from(ms).ok()).ok_or(FfmpegError::BadPlan("the axis is too long"))?;
+    for p in &plan.inputs {
+        for piece in &p.pieces {
+            let end = piece.at.checked_add(piece.duration);
+            let inside = piece.at >= 0 && piece.skip >= 0 && piece.duration > 0 && end.is_some_and(|e| e <= axis);
+            if !inside || piece.skip.checked_add(piece.duration).is_none() {
+                return Err(FfmpegError::BadPlan("a piece outside the axis"));
+            }
+        }
+        if p.first < 0 || p.last < p.first || p.last > axis {
+            return Err(FfmpegError::BadPlan("an input shown outside the axis"));
+        }
+    }
+    for l in &plan.layouts {
+        if l.span.from < 0 || l.span.to < l.span.from || l.span.to > axis {
+            return Err(FfmpegError::BadPlan("a layout outside the axis"));
+        }
+    }
+    Ok(axis)
 }
 
 fn scale_for(p: &Placed) -> String {
@@ -76,14 +128,14 @@ pub struct Job {
 }
 
 /// The filter graph and input arguments that render `plan`'s picture to
-/// `[vout]` and its sound (if any input has sound) to `[aout]`.
-pub fn render_graph(plan: &RenderPlan) -> Result<(Vec<String>, String, bool), FfmpegError> {
+/// `[vout]` and its sound (if any input has sound) to `[aout]`. Every
+/// input URL is checked against `policy` and carries its
+/// `-protocol_whitelist`.
+pub fn render_graph(plan: &RenderPlan, policy: &InputPolicy) -> Result<(Vec<String>, String, bool), FfmpegError> {
     let canvas = plan.layouts.first().map(|l| l.layout.canvas).ok_or(FfmpegError::BadPlan("no layout"))?;
-    if plan.fps == 0 || plan.frames == 0 {
-        return Err(FfmpegError::BadPlan("no frames"));
-    }
+    let axis = check_plan(plan)?;
     let fps = plan.fps;
-    let dur = secs(plan.duration_ms());
+    let dur = secs(axis);
     let mut args = Vec::new();
     let mut g = String::new();
     let mut next_input = 0usize;
@@ -94,9 +146,10 @@ pub fn render_graph(plan: &RenderPlan) -> Result<(Vec<String>, String, bool), Ff
         for piece in &p.pieces {
             if p.input.kind == InputKind::Image {
                 // A still picture, repeated for as long as the piece lasts.
-                args.extend(["-loop".to_owned(), "1".to_owned(), "-t".to_owned(), secs(piece.skip + piece.duration)]);
+                let t = secs(piece.skip.saturating_add(piece.duration));
+                args.extend(["-loop".to_owned(), "1".to_owned(), "-t".to_owned(), t]);
             }
-            args.extend(["-i".to_owned(), piece.url.clone()]);
+            input_args(&mut args, policy, &piece.url)?;
             next_input += 1;
         }
         if let InputKind::Color(c) = p.input.kind {
@@ -186,11 +239,11 @@ pub fn render_graph(plan: &RenderPlan) -> Result<(Vec<String>, String, bool), Ff
             let text = text.replace('\\', "\\\\").replace('\'', "\\'").replace(':', "\\:");
             let _ = write!(
                 g,
-                "[{base}]drawtext=text='{text}':x={}:y={}:fontsize={}:fontcolor=white[{next}];",
+                "[{base}]drawtext=text='{text}':expansion=none:x={}:y={}:fontsize={}:fontcolor=white[{next}];",
                 w.x, w.y, w.size
             );
         } else if let Some(image) = &w.image {
-            args.extend(["-i".to_owned(), image.clone()]);
+            input_args(&mut args, policy, image)?;
             let _ =
                 write!(g, "[{next_input}:v]scale={}:-2[wm];[{base}][wm]overlay=x={}:y={}[{next}];", w.size, w.x, w.y);
         }
@@ -212,7 +265,7 @@ pub fn render_graph(plan: &RenderPlan) -> Result<(Vec<String>, String, bool), Ff
 /// Time between a piece's end and the next piece's start (0 for the last).
 fn gap_after(p: &PlannedInput, k: usize) -> i64 {
     let piece = &p.pieces[k];
-    p.pieces.get(k + 1).map_or(0, |n| n.at - (piece.at + piece.duration))
+    p.pieces.get(k + 1).map_or(0, |n| n.at.saturating_sub(piece.at.saturating_add(piece.duration)))
 }
 
 /// `[x0][x1]...` for a stream's pieces.
@@ -261,9 +314,11 @@ fn audio_chain(g: &mut String, p: &PlannedInput, pi: usize, first_input: usize) 
 
 /// The ffmpeg invocation that writes `output` of `plan` to `path` (for HLS,
 /// `path` is a directory: `index.m3u8` and `seg%05d.ts`, unencrypted;
-/// [`encrypt_hls`] encrypts them afterwards).
-pub fn render_job(plan: &RenderPlan, output: &Output, path: &Path) -> Result<Job, FfmpegError> {
-    let (mut args, graph, has_audio) = render_graph(plan)?;
+/// [`encrypt_hls`] encrypts them afterwards). Inputs and `path` are
+/// checked against `policy`: `path` must lie in its local directory.
+pub fn render_job(plan: &RenderPlan, output: &Output, path: &Path, policy: &InputPolicy) -> Result<Job, FfmpegError> {
+    let (mut args, graph, has_audio) = render_graph(plan, policy)?;
+    let out = policy.check_output(path)?;
     let mut a = vec!["-hide_banner".to_owned(), "-nostdin".to_owned(), "-y".to_owned()];
     a.append(&mut args);
     a.extend(["-filter_complex".to_owned(), graph.clone(), "-map".to_owned(), "[vout]".to_owned()]);
@@ -313,31 +368,38 @@ pub fn render_job(plan: &RenderPlan, output: &Output, path: &Path) -> Result<Job
                 ]
                 .map(str::to_owned),
             );
-            a.push(path.join("seg%05d.ts").display().to_string());
+            // `out` is the canonical directory: the names below are ours.
+            a.push(format!("{}/seg%05d.ts", out.arg));
         }
     }
     let target = match output {
-        Output::Hls { .. } => path.join("index.m3u8"),
-        _ => path.to_owned(),
+        Output::Hls { .. } => format!("{}/index.m3u8", out.arg),
+        _ => out.arg,
     };
-    a.push(target.display().to_string());
+    a.extend(["-protocol_whitelist".to_owned(), "file".to_owned(), target]);
     Ok(Job { args: a, graph })
 }
 
-/// The relay: RTMP in, copied out to each target (RTMP URLs, `.flv` files,
-/// or `.m3u8` playlists for HLS).
-pub fn relay_job(input: &str, targets: &[String]) -> Job {
-    let mut a: Vec<String> = ["-hide_banner", "-nostdin", "-i", input].map(str::to_owned).to_vec();
+/// The relay: a live stream in (`rtmp`, `rtmps` or `srt`), copied out to
+/// each target (live URLs, `.flv` files, or `.m3u8` playlists for HLS in
+/// the policy's local directory). Each URL is checked against `policy` and
+/// carries its `-protocol_whitelist`.
+pub fn relay_job(input: &str, targets: &[String], policy: &InputPolicy) -> Result<Job, FfmpegError> {
+    let source = policy.check(input, Purpose::Live)?;
+    let mut a: Vec<String> =
+        ["-hide_banner", "-nostdin", "-protocol_whitelist", source.protocols(), "-i"].map(str::to_owned).to_vec();
+    a.push(source.arg);
     for t in targets {
+        let target = policy.check(t, Purpose::RelayTarget)?;
         a.extend(["-map", "0", "-c", "copy"].map(str::to_owned));
-        if t.ends_with(".m3u8") {
+        if target.kind == crate::input::UrlKind::Local && t.ends_with(".m3u8") {
             a.extend(["-f", "hls", "-hls_time", "4"].map(str::to_owned));
         } else {
             a.extend(["-f", "flv"].map(str::to_owned));
         }
-        a.push(t.clone());
+        a.extend(["-protocol_whitelist".to_owned(), target.protocols().to_owned(), target.arg]);
     }
-    Job { args: a, graph: String::new() }
+    Ok(Job { args: a, graph: String::new() })
 }
 
 /// Progress reports while ffmpeg runs.
@@ -414,7 +476,13 @@ type Aes128CbcEnc = cbc::Encryptor<aes::Aes128>;
 /// AES-128-CBC (PKCS#7), the key changing every `rotate_every` segments
 /// through `keys` (the last key stays once they run out), and the playlist
 /// rewritten with an `#EXT-X-KEY` line wherever the key changes.
+///
+/// A playlist line that is not a plain file name (a path, `..`) is an
+/// [`FfmpegError::UnsafeSegment`], and nothing is written past it.
 pub fn encrypt_hls(dir: &Path, keys: &[HlsKey], rotate_every: u32) -> Result<Vec<PathBuf>, FfmpegError> {
+    if keys.is_empty() {
+        return Err(FfmpegError::BadPlan("HLS encryption needs at least one key"));
+    }
     let playlist = dir.join("index.m3u8");
     let text = std::fs::read_to_string(&playlist)?;
     let mut out = String::new();
@@ -435,12 +503,18 @@ pub fn encrypt_hls(dir: &Path, keys: &[HlsKey], rotate_every: u32) -> Result<Vec
             }
         } else if !line.starts_with('#') && !line.trim().is_empty() {
             let key = &keys[key_for(segment)];
-            let path = dir.join(line.trim());
+            let name = line.trim();
+            let plain_name =
+                !matches!(name, "." | "..") && !name.contains(['/', '\\', ':']) && !name.chars().any(char::is_control);
+            if !plain_name {
+                return Err(FfmpegError::UnsafeSegment(crate::input::excerpt(name, 256)));
+            }
+            let path = dir.join(name);
             let plain = std::fs::read(&path)?;
             let cipher = Aes128CbcEnc::new(&key.key.into(), &key.iv.into()).encrypt_padded_vec_mut::<Pkcs7>(&plain);
             std::fs::write(&path, cipher)?;
             written.push(path);
-            segment += 1;
+            segment = segment.saturating_add(1);
         }
         out.push_str(line);
         out.push('\n');

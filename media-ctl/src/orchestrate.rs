@@ -193,6 +193,10 @@ pub enum OrchestrateError {
     /// More streams than a mix can hold.
     #[error("at most {0} streams per session")]
     TooManyStreams(usize),
+    /// A stream id that is empty, longer than 256 bytes, or holds a
+    /// control character.
+    #[error("bad stream id: {0}")]
+    BadStreamId(crate::input::InputError),
 }
 
 /// Retries and targets.
@@ -338,6 +342,7 @@ impl Orchestrator {
                 self.running = !self.ended;
             }
             HostEvent::StreamUp { stream, kind } => {
+                crate::input::check_id("stream id", &stream).map_err(OrchestrateError::BadStreamId)?;
                 if !self.running {
                     return Err(OrchestrateError::NotRunning);
                 }
@@ -357,6 +362,7 @@ impl Orchestrator {
                 self.mix(now);
             }
             HostEvent::StreamDown { stream } => {
+                crate::input::check_id("stream id", &stream).map_err(OrchestrateError::BadStreamId)?;
                 if !self.running {
                     return Err(OrchestrateError::NotRunning);
                 }

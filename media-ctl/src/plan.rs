@@ -1,11 +1,25 @@
 //! Playback composition: from the timelines of a class's streams, a render
 //! plan on one time axis: where each recording sits, what fills its gaps,
 //! which layout is in force when, the watermark, and the outputs.
+//!
+//! Every time computation is checked or saturating: timelines hold times
+//! in `0..=`[`MAX_TIME_MS`](crate::ingest::MAX_TIME_MS), the axis is at
+//! most [`MAX_AXIS_MS`] long, and a layout switch at any `i64` is clamped
+//! onto the axis.
 
 use std::collections::BTreeMap;
 
 use crate::ingest::{Millis, Span, Timeline};
 use crate::layout::{Canvas, Input, InputKind, Layout, LayoutError, Limits, Rgb, Template, Watermark, layout};
+
+/// The longest axis a plan covers (a week).
+pub const MAX_AXIS_MS: Millis = 7 * 24 * 3600 * 1000;
+
+/// The most inputs a plan takes (streams per session).
+pub const MAX_PLAN_INPUTS: usize = 64;
+
+/// The most layout switches a plan takes.
+pub const MAX_SWITCHES: usize = 10_000;
 
 /// What fills a stream's gaps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -144,14 +158,16 @@ pub struct RenderPlan {
 }
 
 impl RenderPlan {
-    /// The output's length in ms (whole frames).
+    /// The output's length in ms (whole frames); 0 without a frame rate,
+    /// saturated for a hand-built plan too long to express.
     pub fn duration_ms(&self) -> Millis {
-        (self.frames * 1000 / u64::from(self.fps)) as Millis
+        let ms = self.frames.saturating_mul(1000).checked_div(u64::from(self.fps)).unwrap_or(0);
+        Millis::try_from(ms).unwrap_or(Millis::MAX)
     }
 
-    /// The frame shown at axis time `ms`.
+    /// The frame shown at axis time `ms` (saturating).
     pub fn frame_at(&self, ms: Millis) -> u64 {
-        (ms.max(0) as u64 * u64::from(self.fps)).div_ceil(1000)
+        (ms.max(0).unsigned_abs().saturating_mul(u64::from(self.fps))).div_ceil(1000)
     }
 }
 
@@ -174,6 +190,28 @@ pub enum PlanError {
     /// An output that cannot be made.
     #[error("bad output: {0}")]
     BadOutput(&'static str),
+    /// The recordings span more than [`MAX_AXIS_MS`].
+    #[error("the recordings span {span_ms} ms, more than {max_ms}")]
+    TooLong {
+        /// From the first recording's start to the last one's end.
+        span_ms: Millis,
+        /// The bound.
+        max_ms: Millis,
+    },
+    /// More inputs or layout switches than a plan takes.
+    #[error("{count} {what}, more than {max}")]
+    TooMany {
+        /// What ("inputs", "layout switches").
+        what: &'static str,
+        /// How many.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// A recording time outside the range timelines hold (a timeline
+    /// edited by hand): no arithmetic is attempted on it.
+    #[error("recording time {0} is out of range")]
+    TimeOutOfRange(Millis),
     /// The recordings span less than one frame: nothing to render.
     #[error("the recordings span {span_ms} ms, less than one frame at {fps} fps")]
     TooShort {
@@ -200,6 +238,12 @@ pub fn plan(req: &PlanRequest, timelines: &BTreeMap<String, Timeline>) -> Result
     if req.switches.is_empty() {
         return Err(PlanError::NoLayout);
     }
+    if req.inputs.len() > MAX_PLAN_INPUTS {
+        return Err(PlanError::TooMany { what: "inputs", count: req.inputs.len(), max: MAX_PLAN_INPUTS });
+    }
+    if req.switches.len() > MAX_SWITCHES {
+        return Err(PlanError::TooMany { what: "layout switches", count: req.switches.len(), max: MAX_SWITCHES });
+    }
     for o in &req.outputs {
         if let Output::Hls { segment_seconds, keys, rotate_every } = o
             && (*segment_seconds == 0 || (keys.len() > 1 && *rotate_every == 0))
@@ -218,11 +262,26 @@ pub fn plan(req: &PlanRequest, timelines: &BTreeMap<String, Timeline>) -> Result
     }
     let start = spans.iter().map(|s| s.from).min().ok_or(PlanError::NoRecordings)?;
     let end = spans.iter().map(|s| s.to).max().ok_or(PlanError::NoRecordings)?;
-    let frames = ((end - start) as u64 * u64::from(req.fps)) / 1000;
-    if frames == 0 {
-        return Err(PlanError::TooShort { span_ms: end - start, fps: req.fps });
+    for t in [start, end] {
+        if !(0..=crate::ingest::MAX_TIME_MS).contains(&t) {
+            return Err(PlanError::TimeOutOfRange(t));
+        }
     }
-    let axis_end = (frames * 1000 / u64::from(req.fps)) as Millis;
+    // Both in 0..=MAX_TIME_MS: no wrap below, and the span is bounded.
+    let span_ms = end - start;
+    if span_ms > MAX_AXIS_MS {
+        return Err(PlanError::TooLong { span_ms, max_ms: MAX_AXIS_MS });
+    }
+    let fps = u64::from(req.fps);
+    let frames = span_ms.unsigned_abs() * fps / 1000;
+    if frames == 0 {
+        return Err(PlanError::TooShort { span_ms, fps: req.fps });
+    }
+    // At most MAX_AXIS_MS: fits.
+    let axis_end = (frames * 1000 / fps) as Millis;
+    // Axis time of an instant, clamped onto 0..=axis_end (saturating: a
+    // switch may be any i64).
+    let on_axis = |t: Millis| t.saturating_sub(start).clamp(0, axis_end);
 
     let mut inputs = Vec::with_capacity(req.inputs.len());
     for input in &req.inputs {
@@ -241,6 +300,11 @@ pub fn plan(req: &PlanRequest, timelines: &BTreeMap<String, Timeline>) -> Result
         let mut pieces: Vec<Piece> = Vec::new();
         let mut covered: Option<Millis> = None;
         for seg in t.segments() {
+            if !(0..=crate::ingest::MAX_TIME_MS).contains(&seg.start) || seg.end < seg.start {
+                return Err(PlanError::TimeOutOfRange(seg.start));
+            }
+            // start <= seg.start <= seg.end <= end: both differences are
+            // within 0..=span_ms.
             let (s, e) = (seg.start - start, (seg.end - start).min(axis_end));
             let from = covered.map_or(s, |c| c.max(s));
             if e <= from {
@@ -263,8 +327,8 @@ pub fn plan(req: &PlanRequest, timelines: &BTreeMap<String, Timeline>) -> Result
     let mut switches: Vec<(usize, &LayoutSwitch)> = req.switches.iter().enumerate().collect();
     switches.sort_by_key(|(_, s)| s.at);
     for (k, (index, sw)) in switches.iter().enumerate() {
-        let from = if k == 0 { 0 } else { (sw.at - start).clamp(0, axis_end) };
-        let to = switches.get(k + 1).map_or(axis_end, |(_, next)| (next.at - start).clamp(0, axis_end));
+        let from = if k == 0 { 0 } else { on_axis(sw.at) };
+        let to = switches.get(k + 1).map_or(axis_end, |(_, next)| on_axis(next.at));
         let resolved = layout(req.canvas, &sw.template, &req.inputs, req.watermark.as_ref(), req.limits)
             .map_err(|error| PlanError::Layout { index: *index, error })?;
         if to > from {

@@ -2,7 +2,7 @@
 //! inside the window is refused.
 
 use proptest::prelude::*;
-use room_media_ctl::auth::{AuthError, HmacAuth, Signed, TencentSign};
+use room_media_ctl::auth::{AgoraSign, AuthError, HmacAuth, LiveKitWebhookAuth, Signed, TencentSign, TrtcSign};
 
 const NOW: u64 = 1_800_000_000;
 
@@ -58,6 +58,47 @@ proptest! {
         prop_assert!(matches!(late, Err(AuthError::Expired { .. })), "late replay: {:?}", late);
     }
 
+    /// TRTC, Agora (V1 and V2) and LiveKit: a signature over a body
+    /// passes for that body, and any single changed byte of the body or
+    /// of the signature text is refused.
+    #[test]
+    fn provider_signatures_refuse_any_changed_byte(
+        body in proptest::collection::vec(any::<u8>(), 0..300),
+        at in any::<prop::sample::Index>(),
+        flip in 1u8..=255,
+        scheme in 0u8..4,
+        in_body in any::<bool>(),
+    ) {
+        let trtc = TrtcSign::new("trtc-key");
+        let agora = AgoraSign::new("agora-secret");
+        let livekit = LiveKitWebhookAuth::new("APIkey", "livekit-secret", 10);
+        let sign = |b: &[u8]| match scheme {
+            0 => trtc.sign(b),
+            1 => agora.sign_v1(b),
+            2 => agora.sign_v2(b),
+            _ => livekit.sign(b, NOW, 600),
+        };
+        let verify = |sig: &str, b: &[u8]| match scheme {
+            0 => trtc.verify(sig, b),
+            1 => agora.verify_v1(sig, b),
+            2 => agora.verify_v2(sig, b),
+            _ => livekit.verify(sig, b, NOW + 1),
+        };
+        let sig = sign(&body);
+        prop_assert_eq!(verify(&sig, &body), Ok(()));
+        let (mut sig2, mut body2) = (sig.clone().into_bytes(), body.clone());
+        if in_body && !body2.is_empty() {
+            let i = at.index(body2.len());
+            body2[i] ^= flip;
+        } else {
+            let i = at.index(sig2.len());
+            sig2[i] ^= flip;
+        }
+        let sig2 = String::from_utf8_lossy(&sig2).into_owned();
+        prop_assume!((sig2.as_str(), body2.as_slice()) != (sig.as_str(), body.as_slice()));
+        prop_assert!(verify(&sig2, &body2).is_err(), "accepted {:?}", sig2);
+    }
+
     #[test]
     fn tencent_signs_verify_and_altered_ones_do_not(t in NOW..NOW + 3_600, at in any::<prop::sample::Index>(), flip in 1u8..=255) {
         let sign = TencentSign::new("tencent-key", 86_400);
@@ -92,4 +133,53 @@ fn expiry_nonces_and_the_cache_bound() {
     assert_eq!(auth.nonces(), 1);
     let empty = Signed { timestamp: NOW, nonce: String::new(), signature: String::new() };
     assert_eq!(auth.verify(&empty, b"x", NOW), Err(AuthError::BadNonce));
+}
+
+#[test]
+fn trtc_and_agora_match_their_documented_examples() {
+    // TRTC's "Verify Signature Example": key 123654 over its example body.
+    let body = "{\n\t\"EventGroupId\":\t2,\n\t\"EventType\":\t204,\n\t\"CallbackTs\":\t1664209748188,\n\t\"EventInfo\":\t{\n\t\t\"RoomId\":\t8489,\n\t\t\"EventTs\":\t1664209748,\n\t\t\"EventMsTs\":\t1664209748180,\n\t\t\"UserId\":\t\"user_85034614\",\n\t\t\"Reason\":\t0\n\t}\n}";
+    let trtc = TrtcSign::new("123654");
+    assert_eq!(trtc.sign(body.as_bytes()), "kkoFeO3Oh2ZHnjtg8tEAQhtXK16/KI05W3BQff8IvGA=");
+    assert_eq!(trtc.verify("kkoFeO3Oh2ZHnjtg8tEAQhtXK16/KI05W3BQff8IvGA=", body.as_bytes()), Ok(()));
+    assert_eq!(
+        trtc.verify("kkoFeO3Oh2ZHnjtg8tEAQhtXK16/KI05W3BQff8IvGA", body.as_bytes()),
+        Err(AuthError::MalformedSignature)
+    );
+    assert_eq!(
+        TrtcSign::new("123655").verify("kkoFeO3Oh2ZHnjtg8tEAQhtXK16/KI05W3BQff8IvGA=", body.as_bytes()),
+        Err(AuthError::BadSignature)
+    );
+
+    // Agora's signature example: secret "secret" over its example body.
+    let body = br#"{"eventType":10,"noticeId":"4eb720f0-8da7-11e9-a43e-53f411c2761f","notifyMs":1560408533119,"payload":{"a":"1","b":2},"productId":1}"#;
+    let agora = AgoraSign::new("secret");
+    assert_eq!(agora.sign_v1(body), "5a3bb6a6d9fad2ea9ae3fb707a14c9d7f3136df1");
+    assert_eq!(agora.sign_v2(body), "de96da5acf03b0021ac3b4fa2225e7ae6f3533a30d50bb02c08ea4fa748bda24");
+    assert_eq!(agora.verify_v1("5a3bb6a6d9fad2ea9ae3fb707a14c9d7f3136df1", body), Ok(()));
+    assert_eq!(agora.verify_v2("de96da5acf03b0021ac3b4fa2225e7ae6f3533a30d50bb02c08ea4fa748bda24", body), Ok(()));
+    assert_eq!(agora.verify_v2("5a3bb6a6d9fad2ea9ae3fb707a14c9d7f3136df1", body), Err(AuthError::MalformedSignature));
+}
+
+#[test]
+fn livekit_tokens_are_checked_for_issuer_time_algorithm_and_body() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let auth = LiveKitWebhookAuth::new("APIkey", "secret", 10);
+    let body = br#"{"event":"room_started","room":{"name":"class1"}}"#;
+    let token = auth.sign(body, NOW, 300);
+    assert_eq!(auth.verify(&token, body, NOW), Ok(()));
+    assert_eq!(auth.verify(&format!("Bearer {token}"), body, NOW + 300), Ok(()));
+    assert_eq!(auth.verify(&token, b"{}", NOW), Err(AuthError::BodyMismatch));
+    assert_eq!(auth.verify(&token, body, NOW + 311), Err(AuthError::Expired { at: NOW + 300, now: NOW + 311 }));
+    assert_eq!(auth.verify(&token, body, NOW - 11), Err(AuthError::Expired { at: NOW, now: NOW - 11 }));
+    assert_eq!(LiveKitWebhookAuth::new("other", "secret", 10).verify(&token, body, NOW), Err(AuthError::WrongIssuer));
+    assert_eq!(LiveKitWebhookAuth::new("APIkey", "other", 10).verify(&token, body, NOW), Err(AuthError::BadSignature));
+    // alg "none" with an empty signature, and a body swapped under a valid header.
+    let claims = token.split('.').nth(1).expect("claims");
+    let none = format!("{}.{claims}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#));
+    assert_eq!(auth.verify(&none, body, NOW), Err(AuthError::UnsupportedAlgorithm("none".into())));
+    assert!(matches!(auth.verify("a.b", body, NOW), Err(AuthError::MalformedToken(_))));
+    assert!(matches!(auth.verify(&"x".repeat(10_000), body, NOW), Err(AuthError::MalformedToken(_))));
+    assert!(matches!(auth.verify("!!.!!.!!", body, NOW), Err(AuthError::MalformedToken(_))));
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 
 use room_media_ctl::ffmpeg::{encrypt_hls, render_job, run};
 use room_media_ctl::ingest::Ingestor;
+use room_media_ctl::input::InputPolicy;
 use room_media_ctl::layout::{Canvas, Fit, Input, InputKind, Length, Limits, RegionSpec, Rgb, Template};
 use room_media_ctl::plan::{GapFill, HlsKey, LayoutSwitch, Output, PlanRequest, plan};
 
@@ -132,6 +133,7 @@ fn recordings_to_verified_playback() {
     let student = p.inputs.iter().find(|i| i.input.id == "student").expect("student");
     assert_eq!(student.first, 7_000);
 
+    let policy = InputPolicy::with_local_dir(d).expect("a local directory");
     let cancel = Arc::new(AtomicBool::new(false));
     let mp4 = d.join("out.mp4");
     let flv = d.join("out.flv");
@@ -141,7 +143,12 @@ fn recordings_to_verified_playback() {
     for (output, path) in
         [(&p.outputs[0], mp4.as_path()), (&p.outputs[1], flv.as_path()), (&p.outputs[2], hls.as_path())]
     {
-        let job = render_job(&p, output, path).expect("a renderable plan");
+        let job = render_job(&p, output, path, &policy).expect("a renderable plan");
+        // Every input and the output carry exactly the protocols they need.
+        let whitelists = job.args.iter().filter(|a| *a == "-protocol_whitelist").count();
+        let inputs = job.args.iter().filter(|a| *a == "-i").count();
+        assert_eq!(whitelists, inputs + 1, "{:?}", job.args);
+        assert!(job.args.windows(2).all(|w| w[0] != "-protocol_whitelist" || w[1] == "file"), "{:?}", job.args);
         run("ffmpeg", &job, &cancel, |_| reports += 1)
             .unwrap_or_else(|e| panic!("render {path:?}: {e}\n{}", job.graph));
     }
@@ -229,8 +236,10 @@ fn tiny_plan(url: &str) -> room_media_ctl::plan::RenderPlan {
 
 #[test]
 fn a_missing_ffmpeg_is_a_typed_error() {
-    let p = tiny_plan("/nonexistent.flv");
-    let job = render_job(&p, &Output::Mp4, Path::new("/tmp/never.mp4")).expect("a renderable plan");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = InputPolicy::with_local_dir(dir.path()).expect("a local directory");
+    let p = tiny_plan("https://files.example/a.flv");
+    let job = render_job(&p, &Output::Mp4, &dir.path().join("never.mp4"), &policy).expect("a renderable plan");
     let cancel = Arc::new(AtomicBool::new(false));
     let err = run("/nonexistent/ffmpeg", &job, &cancel, |_| {}).expect_err("no such program");
     assert!(matches!(err, room_media_ctl::ffmpeg::FfmpegError::Missing { .. }), "{err}");
@@ -240,12 +249,15 @@ fn a_missing_ffmpeg_is_a_typed_error() {
 #[ignore = "needs ffmpeg"]
 fn a_failing_render_and_a_cancelled_one_are_typed_errors() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let p = tiny_plan("/nonexistent/input.flv");
-    let job = render_job(&p, &Output::Mp4, &dir.path().join("out.mp4")).expect("a renderable plan");
+    let policy = InputPolicy::with_local_dir(dir.path()).expect("a local directory");
+    let p = tiny_plan(&dir.path().join("nonexistent-input.flv").display().to_string());
+    let job = render_job(&p, &Output::Mp4, &dir.path().join("out.mp4"), &policy).expect("a renderable plan");
     let cancel = Arc::new(AtomicBool::new(false));
     let err = run("ffmpeg", &job, &cancel, |_| {}).expect_err("no input file");
     match err {
-        room_media_ctl::ffmpeg::FfmpegError::Failed { tail, .. } => assert!(tail.contains("nonexistent"), "{tail}"),
+        room_media_ctl::ffmpeg::FfmpegError::Failed { tail, .. } => {
+            assert!(tail.contains("nonexistent-input"), "{tail}")
+        }
         other => panic!("unexpected {other}"),
     }
     // A relay from a source that never ends, cancelled from its progress callback.
@@ -276,22 +288,35 @@ fn a_failing_render_and_a_cancelled_one_are_typed_errors() {
 
 #[test]
 fn a_hand_built_plan_without_layouts_is_refused() {
-    let mut p = tiny_plan("/x.flv");
+    let mut p = tiny_plan("https://files.example/x.flv");
     p.layouts.clear();
-    let err = render_job(&p, &Output::Mp4, Path::new("/tmp/x.mp4")).expect_err("no layout");
+    let err =
+        render_job(&p, &Output::Mp4, Path::new("/tmp/x.mp4"), &InputPolicy::network_only()).expect_err("no layout");
     assert!(matches!(err, room_media_ctl::ffmpeg::FfmpegError::BadPlan(_)), "{err}");
 }
 
 #[test]
 fn the_relay_copies_to_every_target() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = InputPolicy::with_local_dir(dir.path()).expect("a local directory");
+    let local = policy.local_dir().expect("set").join("index.m3u8");
     let job = room_media_ctl::ffmpeg::relay_job(
         "rtmp://in/live/t",
-        &["rtmp://cdn/live/t".into(), "/srv/t/index.m3u8".into()],
-    );
+        &["rtmp://cdn/live/t".into(), local.display().to_string()],
+        &policy,
+    )
+    .expect("allowed");
     let args = job.args.join(" ");
-    assert!(args.contains("-i rtmp://in/live/t"));
-    assert!(args.contains("-c copy -f flv rtmp://cdn/live/t"));
-    assert!(args.contains("-f hls -hls_time 4 /srv/t/index.m3u8"));
+    assert!(args.contains("-protocol_whitelist rtmp,tcp -i rtmp://in/live/t"), "{args}");
+    assert!(args.contains("-c copy -f flv -protocol_whitelist rtmp,tcp rtmp://cdn/live/t"), "{args}");
+    assert!(args.contains(&format!("-f hls -hls_time 4 -protocol_whitelist file file:{}", local.display())), "{args}");
+    // A relay from anything but a live URL, or to a file outside the directory, is refused.
+    for (input, target) in
+        [("concat:a|b", "rtmp://cdn/x"), ("rtmp://in/x", "/etc/passwd"), ("file:/dev/zero", "rtmp://cdn/x")]
+    {
+        let err = room_media_ctl::ffmpeg::relay_job(input, &[target.into()], &policy).expect_err(input);
+        assert!(matches!(err, room_media_ctl::ffmpeg::FfmpegError::Input(_)), "{err}");
+    }
 }
 
 #[test]
@@ -317,7 +342,8 @@ fn a_text_watermark_renders() {
     )
     .expect("valid");
     let out = dir.path().join("wm.mp4");
-    let job = render_job(&p, &Output::Mp4, &out).expect("a renderable plan");
+    let policy = InputPolicy::with_local_dir(dir.path()).expect("a local directory");
+    let job = render_job(&p, &Output::Mp4, &out, &policy).expect("a renderable plan");
     assert!(job.graph.contains("drawtext=text='Roomkit\\: demo'"), "{}", job.graph);
     run("ffmpeg", &job, &Arc::new(AtomicBool::new(false)), |_| {}).expect("renders");
     assert_eq!(frame_count(&out.display().to_string()), p.frames);
@@ -373,7 +399,8 @@ fn image_and_colour_inputs_render() {
     };
     let p = plan(&req, ingest.timelines()).expect("a plan");
     let out = dir.path().join("slides.mp4");
-    let job = render_job(&p, &Output::Mp4, &out).expect("a renderable plan");
+    let policy = InputPolicy::with_local_dir(dir.path()).expect("a local directory");
+    let job = render_job(&p, &Output::Mp4, &out, &policy).expect("a renderable plan");
     run("ffmpeg", &job, &Arc::new(AtomicBool::new(false)), |_| {}).unwrap_or_else(|e| panic!("{e}\n{}", job.graph));
     assert_eq!(frame_count(&out.display().to_string()), 50);
     // Left half green (the slide), right half blue (the colour input), on the last frame too.

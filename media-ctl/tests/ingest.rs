@@ -2,7 +2,8 @@
 //! in-order single delivery; bad callbacks get typed errors.
 
 use proptest::prelude::*;
-use room_media_ctl::ingest::{IngestError, Ingested, Ingestor, Span};
+use room_media_ctl::ingest::{IngestError, Ingested, Ingestor, Provider, Span, Timing};
+use room_media_ctl::input::{InputError, Purpose};
 
 /// A callback body in one of the provider shapes.
 fn callback(shape: u8, stream: &str, n: usize, start_s: i64, len_s: i64) -> String {
@@ -74,11 +75,16 @@ proptest! {
 #[test]
 fn bad_callbacks_get_typed_errors_and_change_nothing() {
     let mut ing = Ingestor::new();
+    let field = |provider, field| IngestError::Field { provider, field };
     let cases: Vec<(&str, IngestError)> = vec![
         ("{", IngestError::Json(String::new())),
-        ("[1,2]", IngestError::UnknownShape),
-        (r#"{"event_type":1,"stream_id":"s"}"#, IngestError::NotRecording(1)),
-        (r#"{"event_type":100,"stream_id":"s","file_id":"f","start_time":10}"#, IngestError::Field("end_time")),
+        ("[1,2]", IngestError::UnknownShape { seen: "a JSON array".into() }),
+        (r#"{"foo":1}"#, IngestError::UnknownShape { seen: r#"top-level fields "foo""#.into() }),
+        (r#"{"event_type":1}"#, field(Provider::TencentCss, "stream_id")),
+        (
+            r#"{"event_type":100,"stream_id":"s","file_id":"f","start_time":10}"#,
+            field(Provider::TencentCss, "end_time"),
+        ),
         (
             r#"{"event_type":100,"stream_id":"s","file_id":"f","start_time":10,"end_time":5,"video_url":"u"}"#,
             IngestError::EndBeforeStart { start: 10_000, end: 5_000 },
@@ -87,9 +93,24 @@ fn bad_callbacks_get_typed_errors_and_change_nothing() {
             r#"{"event_type":100,"stream_id":"s","file_id":"f","start_time":10,"end_time":999999,"video_url":"u"}"#,
             IngestError::AbsurdDuration { duration_ms: 999_989_000 },
         ),
-        (r#"{"stream_id":"s","file_name":"a.flv","start":1,"end":2}"#, IngestError::Field("download_url")),
-        (r#"{"action":"on_publish","stream":"s"}"#, IngestError::UnknownShape),
-        (r#"{"action":"on_hls","stream":"s","file":"x.ts"}"#, IngestError::Field("duration")),
+        (r#"{"stream_id":"s","file_name":"a.flv","start":1,"end":2}"#, field(Provider::Roomkit, "download_url")),
+        (
+            r#"{"stream_id":"s","file_name":"a.flv","start":9000000000000000000,"end":9000000000000000001,"download_url":"u"}"#,
+            IngestError::TimeOutOfRange { field: "start", value: 9_000_000_000_000_000_000 },
+        ),
+        (
+            r#"{"stream_id":"s","file_name":"a.flv","start":1,"end":2,"download_url":"concat:a.flv|b.flv"}"#,
+            IngestError::Input {
+                field: "url",
+                error: InputError::Scheme {
+                    scheme: "concat".into(),
+                    purpose: Purpose::Download,
+                    allowed: "http, https, local paths",
+                },
+            },
+        ),
+        (r#"{"action":"on_dvr","stream":"s"}"#, field(Provider::Srs, "file")),
+        (r#"{"action":"on_hls","stream":"s","file":"x.ts"}"#, field(Provider::Srs, "duration")),
     ];
     for (body, want) in cases {
         let got = ing.ingest(body.as_bytes(), 1_000_000).expect_err(body);
@@ -99,6 +120,12 @@ fn bad_callbacks_get_typed_errors_and_change_nothing() {
         }
     }
     assert!(ing.timelines().is_empty());
+    // The unknown-shape message lists what is recognised, never a missing field.
+    let msg = ing.ingest(br#"{"foo":1}"#, 0).expect_err("unknown").to_string();
+    assert!(
+        msg.contains("recognised") && msg.contains("nginx-rtmp") && !msg.contains("file_name\" is missing"),
+        "{msg}"
+    );
     let ok = r#"{"stream_id":"s","file_name":"a.flv","start":1000,"end":2000,"download_url":"u1"}"#;
     let changed = r#"{"stream_id":"s","file_name":"a.flv","start":1000,"end":2500,"download_url":"u1"}"#;
     assert_eq!(ing.ingest(ok.as_bytes(), 0), Ok(Ingested::New));
@@ -113,7 +140,7 @@ fn srs_callbacks_are_timed_on_arrival_and_their_retries_are_duplicates() {
     assert_eq!(ing.ingest(hls.as_bytes(), 100_000), Ok(Ingested::New));
     assert_eq!(ing.ingest(hls.as_bytes(), 103_000), Ok(Ingested::Duplicate));
     let seg = ing.timeline("live/t1").expect("held").segments().next().expect("one").clone();
-    assert_eq!((seg.start, seg.end), (90_500, 100_000));
+    assert_eq!((seg.start, seg.end, seg.timing), (90_500, 100_000, Timing::OnArrival));
     let dvr = r#"{"action":"on_dvr","client_id":"c1","ip":"127.0.0.1","vhost":"v","app":"live","stream":"t1","param":"","cwd":"/srs","file":"./objs/live/t1.1700000000.flv"}"#;
     assert_eq!(ing.ingest(dvr.as_bytes(), 200_000), Ok(Ingested::New));
     let t = ing.timeline("live/t1").expect("held");

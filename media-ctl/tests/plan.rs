@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use room_media_ctl::ingest::{FileFormat, Ingestor, Segment, Span};
+use room_media_ctl::ingest::{FileFormat, Ingestor, Segment, Span, Timing};
 use room_media_ctl::layout::{Canvas, Input, InputKind, Limits, Rgb, Template};
 use room_media_ctl::plan::{GapFill, LayoutSwitch, Output, PlanError, PlanRequest, plan};
 
@@ -15,9 +15,9 @@ fn seg(stream: &str, n: usize, start: i64, end: i64) -> Segment {
         user: None,
         start,
         end,
-        url: format!("/rec/{stream}-{n}.flv"),
+        url: format!("https://files.example/rec/{stream}-{n}.flv"),
         format: FileFormat::Flv,
-        timed_on_arrival: false,
+        timing: Timing::Reported,
     }
 }
 
@@ -151,7 +151,8 @@ fn a_colour_input_needs_no_recording_and_spans_the_axis() {
     let p = plan(&req, ing.timelines()).expect("a plan");
     let bg = p.inputs.iter().find(|i| i.input.id == "bg").expect("planned");
     assert_eq!((bg.first, bg.last, bg.pieces.len()), (0, 4_000, 0));
-    let (_, graph, _) = room_media_ctl::ffmpeg::render_graph(&p).expect("renderable");
+    let policy = room_media_ctl::input::InputPolicy::network_only();
+    let (_, graph, _) = room_media_ctl::ffmpeg::render_graph(&p, &policy).expect("renderable");
     assert!(graph.contains("color=c=0x0000FF:s=320x360"), "{graph}");
 }
 
