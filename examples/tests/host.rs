@@ -78,6 +78,8 @@ impl Seen {
     }
 }
 
+/// Waits for `cond`; the limits are generous because they only bound a
+/// wait for what must come, on a machine that may be busy with other work.
 async fn until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let t = Instant::now();
     while !cond() {
@@ -105,7 +107,7 @@ async fn start_cluster() -> (RedisServer, NatsServer, Vec<ClusterNode>) {
             .expect("registers");
         nodes.push(ClusterNode::start(config).await.expect("node starts"));
     }
-    until(Duration::from_secs(10), "the cluster formed", || nodes.iter().all(|n| n.service.view().len() == 3)).await;
+    until(Duration::from_secs(30), "the cluster formed", || nodes.iter().all(|n| n.service.view().len() == 3)).await;
     (redis, nats, nodes)
 }
 
@@ -132,7 +134,7 @@ async fn the_host_acts_on_a_room_from_any_node_of_a_cluster() {
         if conns.iter().all(|c| c.3.entered()) {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "every member entered");
+        assert!(t.elapsed() < Duration::from_secs(30), "every member entered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -147,7 +149,7 @@ async fn the_host_acts_on_a_room_from_any_node_of_a_cluster() {
         if conns.iter().all(|c| c.3.notices("class starts in 1 minute") == 1) {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "every member got the notice once");
+        assert!(t.elapsed() < Duration::from_secs(20), "every member got the notice once");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!("a notice asked on a node that does not own the room reached {MEMBERS} members once, seq {seq}");
@@ -166,7 +168,7 @@ async fn the_host_acts_on_a_room_from_any_node_of_a_cluster() {
         if conns.iter().enumerate().all(|(i, c)| i == teacher || strokes(&c.3) == 1) {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "every member got the stroke once");
+        assert!(t.elapsed() < Duration::from_secs(20), "every member got the stroke once");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(strokes(&conns[teacher].3), 0, "not back to the sender");
@@ -201,7 +203,7 @@ async fn the_host_acts_on_a_room_from_any_node_of_a_cluster() {
         .await
         .expect("kicked");
     assert!(present);
-    until(Duration::from_secs(5), "the kicked client closed", || {
+    until(Duration::from_secs(20), "the kicked client closed", || {
         let (_, _, conn, seen) = &mut conns[kicked];
         seen.drain(conn);
         seen.closed.is_some()
@@ -214,7 +216,7 @@ async fn the_host_acts_on_a_room_from_any_node_of_a_cluster() {
     }
     let mut again = connect(&nodes, owner, kicked_uin);
     let mut refused = Seen::default();
-    until(Duration::from_secs(5), "the banned member's entry refused", || {
+    until(Duration::from_secs(20), "the banned member's entry refused", || {
         refused.drain(&mut again);
         refused.closed.is_some()
     })
@@ -230,7 +232,7 @@ async fn the_host_acts_on_a_room_from_any_node_of_a_cluster() {
         let mut seen = Seen::default();
         let t = Instant::now();
         while !(seen.entered() || seen.closed.is_some()) {
-            assert!(t.elapsed() < Duration::from_secs(5), "no answer to the entry");
+            assert!(t.elapsed() < Duration::from_secs(20), "no answer to the entry");
             tokio::time::sleep(Duration::from_millis(20)).await;
             seen.drain(&mut conn);
         }
@@ -273,7 +275,7 @@ async fn the_host_acts_on_a_room_from_any_node_of_a_cluster() {
         if conns.iter().enumerate().all(|(i, c)| i == kicked || c.3.closed.is_some()) {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "every client closed");
+        assert!(t.elapsed() < Duration::from_secs(20), "every client closed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for (i, (_, _, _, seen)) in conns.iter().enumerate().filter(|(i, _)| *i != kicked) {
@@ -283,7 +285,7 @@ async fn the_host_acts_on_a_room_from_any_node_of_a_cluster() {
     for node in &nodes {
         assert_eq!(node.service.counts(ROOM).await.expect("answered").total(), 0);
     }
-    until(Duration::from_secs(5), "the owner let the room go", || {
+    until(Duration::from_secs(20), "the owner let the room go", || {
         nodes[owner].service.inspect(|n| !n.runs_room(ROOM))
             && nodes.iter().all(|n| n.service.stats().connections == 0 && n.service.stats().sessions == 0)
     })
@@ -319,14 +321,14 @@ async fn events_roster_diffs_and_reconnect_grace_across_a_cluster() {
     let away = |uin: u64| (owner + 1 + uin as usize % 2) % 3;
 
     let mut teacher = (connect(&nodes, away(1), 1), Seen::default());
-    until(Duration::from_secs(10), "the teacher entered", || {
+    until(Duration::from_secs(30), "the teacher entered", || {
         teacher.1.drain(&mut teacher.0);
         teacher.1.entered()
     })
     .await;
     let mut students: Vec<(u64, usize, Connection, Seen)> =
         (2..=6).map(|uin| (uin, away(uin), connect(&nodes, away(uin), uin), Seen::default())).collect();
-    until(Duration::from_secs(10), "every student entered", || {
+    until(Duration::from_secs(30), "every student entered", || {
         students.iter_mut().all(|(_, _, conn, seen)| {
             seen.drain(conn);
             seen.entered()
@@ -339,7 +341,7 @@ async fn events_roster_diffs_and_reconnect_grace_across_a_cluster() {
     // A hand and an answer, sent on nodes that do not own the room.
     nodes[students[0].1].service.handle_text(students[0].2.id, r#"{"t":"hand","op":"raise"}"#).expect("sent");
     nodes[away(1)].service.handle_text(teacher.0.id, r#"{"t":"card_open","options":2}"#).expect("sent");
-    until(Duration::from_secs(5), "student 3 saw the card", || {
+    until(Duration::from_secs(20), "student 3 saw the card", || {
         let (_, _, conn, seen) = &mut students[1];
         seen.drain(conn);
         bodies(seen, 6).iter().any(|card| card["op"] == "open")
@@ -356,7 +358,7 @@ async fn events_roster_diffs_and_reconnect_grace_across_a_cluster() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let back_on = (node4 + 1) % 3;
     let mut again = (connect(&nodes, back_on, uin4), Seen::default());
-    until(Duration::from_secs(5), "student 4 is back", || {
+    until(Duration::from_secs(20), "student 4 is back", || {
         again.1.drain(&mut again.0);
         again.1.entered()
     })
@@ -365,7 +367,7 @@ async fn events_roster_diffs_and_reconnect_grace_across_a_cluster() {
         .service
         .handle_text(again.0.id, &format!(r#"{{"t":"check","epoch":{epoch},"after":{head}}}"#))
         .expect("sent");
-    until(Duration::from_secs(5), "student 4 recovered what it missed", || {
+    until(Duration::from_secs(20), "student 4 recovered what it missed", || {
         again.1.drain(&mut again.0);
         again.1.frames.iter().any(|f| {
             f["t"] == "recover"
@@ -379,7 +381,7 @@ async fn events_roster_diffs_and_reconnect_grace_across_a_cluster() {
     // Student 5 leaves; student 6 is kicked from a third node, once a
     // roster has told their entries (an entry and an exit between two
     // rosters cancel out).
-    until(Duration::from_secs(5), "a roster told every entry", || {
+    until(Duration::from_secs(20), "a roster told every entry", || {
         teacher.1.drain(&mut teacher.0);
         let joined: Vec<u64> = bodies(&teacher.1, 8)
             .iter()
@@ -404,7 +406,7 @@ async fn events_roster_diffs_and_reconnect_grace_across_a_cluster() {
     };
     let t = Instant::now();
     while !wanted(&got) {
-        assert!(t.elapsed() < Duration::from_secs(10), "the events came: {got:?}");
+        assert!(t.elapsed() < Duration::from_secs(30), "the events came: {got:?}");
         for (i, stream) in streams.iter_mut().enumerate() {
             while let Some(next) = stream.try_next() {
                 got[i].push(next.expect("a reader that keeps up does not lag"));
@@ -447,7 +449,7 @@ async fn events_roster_diffs_and_reconnect_grace_across_a_cluster() {
         if left.contains(&5) && left.contains(&6) {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "the rosters told both exits: {:?}", bodies(&teacher.1, 8));
+        assert!(t.elapsed() < Duration::from_secs(20), "the rosters told both exits: {:?}", bodies(&teacher.1, 8));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rosters = bodies(&teacher.1, 8);

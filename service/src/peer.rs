@@ -192,6 +192,9 @@ pub enum PeerMsg {
     /// Room owner -> session owner: end these members' sessions (a kick, a
     /// room closed); their clients are told `message` and closed.
     Remove {
+        /// The delivery, for the acknowledgement ([`PeerMsg::Delivered`]);
+        /// sent again until acknowledged.
+        id: u64,
         /// Who.
         members: Vec<MemberKey>,
         /// Why.
@@ -202,12 +205,22 @@ pub enum PeerMsg {
     /// Session owner -> access: a connection is closed by the service; its
     /// client is told `message` first.
     Bye {
+        /// The delivery, for the acknowledgement ([`PeerMsg::Delivered`]);
+        /// sent again until acknowledged.
+        id: u64,
         /// The connection.
         conn: ConnId,
         /// Why.
         reason: CloseReason,
         /// For the client.
         message: String,
+    },
+    /// A message sent until acknowledged ([`PeerMsg::Remove`],
+    /// [`PeerMsg::Bye`]) arrived and was handled; handling it again is
+    /// harmless, so a lost acknowledgement costs one more send.
+    Delivered {
+        /// The delivery.
+        id: u64,
     },
 }
 

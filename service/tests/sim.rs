@@ -988,3 +988,43 @@ fn the_host_acts_from_any_node_and_its_requests_survive_the_owner() {
         assert_eq!(closed, 11, "seed {seed}");
     }
 }
+
+/// Kicks and closes cross nodes as peer messages (the room's owner tells
+/// session owners, who tell access nodes): over links between nodes that
+/// lose two messages in five, each is sent again until acknowledged, so
+/// every client is still told and closed, once.
+#[test]
+fn kicks_and_closes_reach_every_client_over_links_that_lose_messages() {
+    for seed in 0..20 {
+        let mut class = Class::new(seed, 3, 24, lossy_bus());
+        let lossy = LinkConfig::LAN.with_loss(0.4).with_duplicate(0.1);
+        for &(_, a) in &class.nodes.clone() {
+            for &(_, b) in &class.nodes.clone() {
+                if a != b {
+                    class.sim.set_link(a, b, lossy);
+                }
+            }
+        }
+        let owner = class.owner();
+        let (_, asker_addr) = *class.nodes.iter().find(|(n, _)| *n != owner).expect("a node");
+        let kicked: Vec<Addr> = class.students().into_iter().take(6).collect();
+        for &c in &kicked {
+            let uin = class.client(c).uin;
+            let kick = HostRequest::Kick { member: ROOM.member(Uin(uin)), reason: "out".into(), ban_ms: None };
+            class.sim.send(asker_addr, asker_addr, M::Host(kick));
+        }
+        class.run(Duration::from_secs(5));
+        for &c in &kicked {
+            assert_eq!(class.client(c).bye, Some((4005, "out".to_owned())), "seed {seed}: client {c:?}");
+            assert_eq!(class.client(c).closed, Some(CloseReason::Kicked), "seed {seed}: client {c:?}");
+        }
+        assert_eq!(class.listed(), 19, "seed {seed}");
+        class.sim.send(asker_addr, asker_addr, M::Host(HostRequest::CloseRoom { room: ROOM, reason: "over".into() }));
+        class.run(Duration::from_secs(5));
+        for c in class.clients.iter().copied().filter(|c| !kicked.contains(c)) {
+            assert_eq!(class.client(c).bye, Some((4006, "over".to_owned())), "seed {seed}: client {c:?}");
+            assert_eq!(class.client(c).closed, Some(CloseReason::RoomClosed), "seed {seed}: client {c:?}");
+        }
+        assert_eq!(class.listed(), 0, "seed {seed}");
+    }
+}

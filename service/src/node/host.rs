@@ -181,8 +181,9 @@ impl RoomNode {
         self.drain_replica();
         for (owner, members) in by_owner {
             for chunk in members.chunks(REMOVE_CHUNK) {
-                let msg = PeerMsg::Remove { members: chunk.to_vec(), reason, message: message.clone() };
-                self.send_peer(owner, msg);
+                let id = self.new_req();
+                let msg = PeerMsg::Remove { id, members: chunk.to_vec(), reason, message: message.clone() };
+                self.deliver(now, owner, id, msg);
             }
         }
         self.room_changed(now, room);
@@ -203,7 +204,8 @@ impl RoomNode {
                     continue;
                 };
                 let access = Self::access_node_of(conn);
-                self.send_peer(access, PeerMsg::Bye { conn, reason, message: message.clone() });
+                let id = self.new_req();
+                self.deliver(now, access, id, PeerMsg::Bye { id, conn, reason, message: message.clone() });
             }
             let _ = self.sessions.remove(now, member, exit_reason(reason));
         }
@@ -217,6 +219,71 @@ impl RoomNode {
         }
         self.reply(conn, ServerFrame::Bye { code: reason.close_code(), reason: message });
         self.close_conn(now, conn, reason, false);
+    }
+}
+
+/// A message to a peer sent again until the peer acknowledges it: a kick
+/// or a closed room is delayed by a lost message, never lost with it.
+#[derive(Debug)]
+pub(super) struct Delivery {
+    to: NodeId,
+    msg: PeerMsg,
+    attempts: u32,
+    deadline: Timestamp,
+}
+
+impl RoomNode {
+    /// Sends `msg` (which carries `id`) to `to`, and again every
+    /// [`forward_timeout`](super::RoomNodeConfig::forward_timeout) until
+    /// `to` acknowledges it or
+    /// [`forward_attempts`](super::RoomNodeConfig::forward_attempts) run out.
+    pub(super) fn deliver(&mut self, now: Timestamp, to: NodeId, id: u64, msg: PeerMsg) {
+        let deadline = now.saturating_add(self.config.forward_timeout);
+        self.deliveries.insert(id, Delivery { to, msg: msg.clone(), attempts: 1, deadline });
+        self.delivery_deadlines.insert(deadline, id);
+        self.send_peer(to, msg);
+    }
+
+    /// A peer acknowledged a delivery.
+    pub(super) fn delivered(&mut self, id: u64) {
+        if let Some(delivery) = self.deliveries.remove(&id) {
+            self.delivery_deadlines.remove(delivery.deadline, id);
+        }
+    }
+
+    pub(super) fn deliveries_timeout(&mut self, now: Timestamp) {
+        for id in self.delivery_deadlines.due(now) {
+            let Some(mut delivery) = self.deliveries.remove(&id) else { continue };
+            if delivery.attempts >= self.config.forward_attempts {
+                self.stats.forward_failures += 1;
+                continue;
+            }
+            if !self.in_view(delivery.to) {
+                self.redeliver_elsewhere(now, delivery.msg);
+                continue;
+            }
+            delivery.attempts += 1;
+            delivery.deadline = now.saturating_add(self.config.forward_timeout);
+            self.stats.forward_retries += 1;
+            self.delivery_deadlines.insert(delivery.deadline, id);
+            self.send_peer(delivery.to, delivery.msg.clone());
+            self.deliveries.insert(id, delivery);
+        }
+    }
+
+    /// The node a delivery was for left the view: the members of a
+    /// `Remove` have new session owners (which adopt their sessions as
+    /// their clients beat); a `Bye`'s connection went with its node.
+    fn redeliver_elsewhere(&mut self, now: Timestamp, msg: PeerMsg) {
+        let PeerMsg::Remove { members, reason, message, .. } = msg else { return };
+        let mut by_owner: std::collections::BTreeMap<NodeId, Vec<MemberKey>> = std::collections::BTreeMap::new();
+        for member in members {
+            by_owner.entry(self.session_owner_of(&member)).or_default().push(member);
+        }
+        for (owner, members) in by_owner {
+            let id = self.new_req();
+            self.deliver(now, owner, id, PeerMsg::Remove { id, members, reason, message: message.clone() });
+        }
     }
 }
 

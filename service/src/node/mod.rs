@@ -585,6 +585,9 @@ pub struct RoomNode {
     parked: HashMap<RoomKey, access::Parked, ahash::RandomState>,
     forwards: HashMap<u64, access::Forward, ahash::RandomState>,
     forward_deadlines: Deadlines<u64>,
+    /// Messages to peers sent again until acknowledged.
+    deliveries: HashMap<u64, host::Delivery, ahash::RandomState>,
+    delivery_deadlines: Deadlines<u64>,
     tail_checks: HashMap<RoomKey, Timestamp, ahash::RandomState>,
     tail_deadlines: Deadlines<RoomKey>,
     /// Connections whose writer would not take a frame, since when.
@@ -664,6 +667,8 @@ impl RoomNode {
             parked: HashMap::with_hasher(ahash::RandomState::new()),
             forwards: HashMap::with_hasher(ahash::RandomState::new()),
             forward_deadlines: Deadlines::default(),
+            deliveries: HashMap::with_hasher(ahash::RandomState::new()),
+            delivery_deadlines: Deadlines::default(),
             tail_checks: HashMap::with_hasher(ahash::RandomState::new()),
             tail_deadlines: Deadlines::default(),
             stalled: HashMap::with_hasher(ahash::RandomState::new()),
@@ -785,6 +790,7 @@ impl RoomNode {
             self.replica.poll_timeout(),
             self.room_timers.first(),
             self.forward_deadlines.first(),
+            self.delivery_deadlines.first(),
             self.tail_deadlines.first(),
             self.stalled_deadlines.first(),
             self.waiting_deadlines.first(),
@@ -803,6 +809,7 @@ impl RoomNode {
         self.replica.handle_timeout(now);
         self.drain_replica();
         self.forwards_timeout(now);
+        self.deliveries_timeout(now);
         self.waiting_timeout(now);
         self.parked_timeout(now);
         self.tails_timeout(now);
@@ -961,8 +968,15 @@ impl RoomNode {
             PeerMsg::Ended { member, terminal, last, reason } => self.owner_ended(now, member, terminal, last, reason),
             PeerMsg::Host { req, request } => self.owner_host(now, from, req, request),
             PeerMsg::HostDone { req, answer } => self.access_host_done(req, answer),
-            PeerMsg::Remove { members, reason, message } => self.session_remove(now, members, reason, message),
-            PeerMsg::Bye { conn, reason, message } => self.access_bye(now, conn, reason, message),
+            PeerMsg::Remove { id, members, reason, message } => {
+                self.session_remove(now, members, reason, message);
+                self.send_peer(from, PeerMsg::Delivered { id });
+            }
+            PeerMsg::Bye { id, conn, reason, message } => {
+                self.access_bye(now, conn, reason, message);
+                self.send_peer(from, PeerMsg::Delivered { id });
+            }
+            PeerMsg::Delivered { id } => self.delivered(id),
             PeerMsg::Adopted { member, role, terminal } => self.owner_adopted(now, member, role, terminal),
             PeerMsg::Probe { id, conn } => {
                 let alive = self.client_alive(now, conn);
