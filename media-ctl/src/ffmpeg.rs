@@ -402,6 +402,71 @@ pub fn relay_job(input: &str, targets: &[String], policy: &InputPolicy) -> Resul
     Ok(Job { args: a, graph: String::new() })
 }
 
+/// The relay as a live job (for [`crate::live`]): [`relay_job`]'s
+/// arguments, with a read timeout on the input (`-rw_timeout`, so that a
+/// publisher that vanishes ends the job instead of stalling it), progress
+/// on stdout twice a second, and stdin left open: a live job is stopped
+/// with `q`, which lets ffmpeg close its outputs properly.
+pub fn live_relay_job(
+    input: &str,
+    targets: &[String],
+    policy: &InputPolicy,
+    read_timeout: std::time::Duration,
+) -> Result<Job, FfmpegError> {
+    let source = policy.check(input, Purpose::Live)?;
+    let mut a = live_input_args(&source, read_timeout);
+    for t in targets {
+        let target = policy.check(t, Purpose::RelayTarget)?;
+        a.extend(["-map", "0", "-c", "copy"].map(str::to_owned));
+        if target.kind == crate::input::UrlKind::Local && t.ends_with(".m3u8") {
+            a.extend(["-f", "hls", "-hls_time", "4"].map(str::to_owned));
+        } else {
+            a.extend(["-f", "flv"].map(str::to_owned));
+        }
+        a.extend(["-protocol_whitelist".to_owned(), target.protocols().to_owned(), target.arg]);
+    }
+    Ok(Job { args: a, graph: String::new() })
+}
+
+/// A live stream recorded as FLV segments of `segment` length in `dir`
+/// (inside the policy's local directory), named after the stream and the
+/// wall-clock second each segment starts (so that a restarted job never
+/// overwrites an earlier segment).
+pub fn live_record_job(
+    input: &str,
+    stream: &str,
+    dir: &Path,
+    segment: std::time::Duration,
+    policy: &InputPolicy,
+    read_timeout: std::time::Duration,
+) -> Result<Job, FfmpegError> {
+    crate::input::check_name("stream id", stream)?;
+    let source = policy.check(input, Purpose::Live)?;
+    let out = policy.check_output(dir)?;
+    let mut a = live_input_args(&source, read_timeout);
+    let seconds = segment.as_secs().clamp(1, 3_600).to_string();
+    a.extend(
+        ["-map", "0", "-c", "copy", "-f", "segment", "-segment_format", "flv", "-segment_time", &seconds]
+            .map(str::to_owned),
+    );
+    a.extend(["-reset_timestamps", "1", "-strftime", "1"].map(str::to_owned));
+    a.extend(["-protocol_whitelist".to_owned(), "file".to_owned()]);
+    a.push(format!("{}/{stream}-%Y%m%d-%H%M%S.flv", out.arg));
+    Ok(Job { args: a, graph: String::new() })
+}
+
+fn live_input_args(source: &crate::input::CheckedUrl, read_timeout: std::time::Duration) -> Vec<String> {
+    let micros = read_timeout.as_micros().clamp(100_000, 600_000_000).to_string();
+    let mut a: Vec<String> =
+        ["-hide_banner", "-loglevel", "warning", "-nostats", "-progress", "pipe:1"].map(str::to_owned).to_vec();
+    a.extend(
+        ["-stats_period", "0.5", "-rw_timeout", &micros, "-protocol_whitelist", source.protocols(), "-i"]
+            .map(str::to_owned),
+    );
+    a.push(source.arg.clone());
+    a
+}
+
 /// Progress reports while ffmpeg runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {

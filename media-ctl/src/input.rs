@@ -138,6 +138,19 @@ pub enum InputError {
         /// Where.
         at: usize,
     },
+    /// A character a file name made from this id may not hold (a path
+    /// separator, `%` that ffmpeg would expand, a leading dot).
+    #[error("character rule: {what} has {found:?} at byte {at}; a name takes {allowed}")]
+    NotAName {
+        /// What was checked.
+        what: &'static str,
+        /// The character.
+        found: char,
+        /// Where.
+        at: usize,
+        /// What a name may hold.
+        allowed: &'static str,
+    },
     /// A scheme (ffmpeg protocol) not on the allow-list for this use.
     #[error("scheme rule: {scheme:?} is not allowed for {purpose} (allowed: {allowed})")]
     Scheme {
@@ -225,6 +238,21 @@ pub fn check_id(what: &'static str, id: &str) -> Result<(), InputError> {
 /// characters.
 pub fn check_file_id(what: &'static str, id: &str) -> Result<(), InputError> {
     check_text(what, id, MAX_FILE_ID_BYTES)
+}
+
+/// Checks an id that becomes part of a file name (a stream recorded to
+/// `<stream>-<time>.flv`): 1 to 128 bytes of ASCII letters, digits, `_`,
+/// `-` and `.`, not starting with `.`.
+pub fn check_name(what: &'static str, id: &str) -> Result<(), InputError> {
+    const ALLOWED: &str = "ASCII letters, digits, '_', '-' and '.', not a leading '.'";
+    check_text(what, id, 128)?;
+    let bad = id
+        .char_indices()
+        .find(|&(at, c)| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-') || (c == '.' && at > 0)));
+    match bad {
+        Some((at, found)) => Err(InputError::NotAName { what, found, at, allowed: ALLOWED }),
+        None => Ok(()),
+    }
 }
 
 /// Splits `scheme:` off a URL the way ffmpeg would see a protocol prefix:

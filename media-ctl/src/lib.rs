@@ -36,6 +36,12 @@
 //!   under `-protocol_whitelist`; HLS segments encrypted afterwards with
 //!   rotating keys; the relay command.
 //!
+//! * [`live`]: live jobs (relays and recordings of live streams) as
+//!   supervised ffmpeg processes: read timeouts, restarts with backoff
+//!   when a publisher drops and returns, health, stop within a grace
+//!   period; a backend that runs the orchestrator's commands with them
+//!   and reports losses and recoveries back.
+//!
 //! # Bad input
 //!
 //! | input | answer |
@@ -48,6 +54,8 @@
 //! | the same callback again (providers retry up to 12 times) | [`ingest::Ingested::Duplicate`]; the same file id with other contents: [`ingest::IngestError::Conflict`] |
 //! | a wrong or expired signature, a replayed nonce, a flood of nonces, a webhook token for another body or with another algorithm | [`auth::AuthError`] |
 //! | a callback for a command never issued | [`orchestrate::OrchestrateError::UnknownCommand`]; repeats of a callback change nothing |
+//! | a stream id that cannot be part of a file name (`/`, `%`, a leading `.`) | [`input::InputError::NotAName`] |
+//! | a live command the backend does not run, more live jobs than allowed | [`live::LiveError`] |
 //! | ffmpeg missing, failing or cancelled | [`ffmpeg::FfmpegError`] with ffmpeg's last lines |
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -57,5 +65,6 @@ pub mod ffmpeg;
 pub mod ingest;
 pub mod input;
 pub mod layout;
+pub mod live;
 pub mod orchestrate;
 pub mod plan;

@@ -133,6 +133,17 @@ pub enum BackendEvent {
     Accepted(CommandId),
     /// Finished.
     Succeeded(CommandId),
+    /// Running, but its input or output was lost; the backend is
+    /// restoring it on its own (a live job restarting after a publisher
+    /// dropped).
+    Degraded {
+        /// Which.
+        id: CommandId,
+        /// Why.
+        reason: String,
+    },
+    /// Running again after [`BackendEvent::Degraded`].
+    Recovered(CommandId),
     /// Failed; `retry` says whether trying again may help.
     Failed {
         /// Which.
@@ -154,6 +165,19 @@ pub enum SessionEvent {
         id: CommandId,
         /// Why.
         reason: String,
+    },
+    /// A running command lost its input or output; the backend is
+    /// restoring it.
+    CommandDegraded {
+        /// Which.
+        id: CommandId,
+        /// Why.
+        reason: String,
+    },
+    /// A degraded command runs again.
+    CommandRecovered {
+        /// Which.
+        id: CommandId,
     },
     /// The mix now shows these streams.
     MixChanged {
@@ -202,8 +226,14 @@ pub enum OrchestrateError {
 /// Retries and targets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrchestratorConfig {
-    /// CDN targets every relay goes to.
+    /// CDN targets of every relay. `{stream}` in a target is replaced by
+    /// the stream's id (`rtmp://edge-1.example/live/{stream}`), so each
+    /// stream goes to its own place on the edge.
     pub relay_targets: Vec<String>,
+    /// Targets for streams of one kind, instead of
+    /// [`relay_targets`](Self::relay_targets) (the teacher's camera to
+    /// more edges than slides); `{stream}` is replaced the same way.
+    pub relay_targets_by_kind: BTreeMap<StreamKind, Vec<String>>,
     /// How long a command may wait for its acknowledgement.
     pub ack_timeout: Duration,
     /// The first retry's delay; it doubles each time.
@@ -220,6 +250,7 @@ impl Default for OrchestratorConfig {
     fn default() -> Self {
         OrchestratorConfig {
             relay_targets: Vec::new(),
+            relay_targets_by_kind: BTreeMap::new(),
             ack_timeout: Duration::from_secs(10),
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
@@ -248,6 +279,8 @@ pub struct Orchestrator {
     ended: bool,
     streams: BTreeMap<String, StreamKind>,
     recordings: BTreeMap<String, CommandId>,
+    /// Streams being relayed.
+    relays: BTreeSet<String>,
     commands: BTreeMap<CommandId, Record>,
     timers: BTreeSet<(Timestamp, CommandId)>,
     next_id: u64,
@@ -264,6 +297,7 @@ impl Orchestrator {
             ended: false,
             streams: BTreeMap::new(),
             recordings: BTreeMap::new(),
+            relays: BTreeSet::new(),
             commands: BTreeMap::new(),
             timers: BTreeSet::new(),
             next_id: 1,
@@ -353,8 +387,9 @@ impl Orchestrator {
                     return Err(OrchestrateError::TooManyStreams(self.config.max_streams));
                 }
                 self.streams.insert(stream.clone(), kind);
-                if !self.config.relay_targets.is_empty() {
-                    let targets = self.config.relay_targets.clone();
+                let targets = self.relay_targets(&stream, kind);
+                if !targets.is_empty() {
+                    self.relays.insert(stream.clone());
                     self.issue(now, CommandKind::StartRelay { stream: stream.clone(), targets });
                 }
                 let rec = self.issue(now, CommandKind::StartRecording { stream: stream.clone() });
@@ -389,8 +424,14 @@ impl Orchestrator {
         Ok(())
     }
 
+    /// The relay targets of `stream`, `{stream}` replaced.
+    fn relay_targets(&self, stream: &str, kind: StreamKind) -> Vec<String> {
+        let templates = self.config.relay_targets_by_kind.get(&kind).unwrap_or(&self.config.relay_targets);
+        templates.iter().map(|t| t.replace("{stream}", stream)).collect()
+    }
+
     fn stop_stream(&mut self, now: Timestamp, stream: &str) {
-        if !self.config.relay_targets.is_empty() {
+        if self.relays.remove(stream) {
             self.issue(now, CommandKind::StopRelay { stream: stream.to_owned() });
         }
         self.issue(now, CommandKind::StopRecording { stream: stream.to_owned() });
@@ -436,7 +477,11 @@ impl Orchestrator {
     /// A backend callback. Repeats of a callback change nothing.
     pub fn handle_backend(&mut self, now: Timestamp, event: BackendEvent) -> Result<(), OrchestrateError> {
         let id = match &event {
-            BackendEvent::Accepted(id) | BackendEvent::Succeeded(id) | BackendEvent::Failed { id, .. } => *id,
+            BackendEvent::Accepted(id)
+            | BackendEvent::Succeeded(id)
+            | BackendEvent::Recovered(id)
+            | BackendEvent::Degraded { id, .. }
+            | BackendEvent::Failed { id, .. } => *id,
         };
         let r = self.commands.get_mut(&id).ok_or(OrchestrateError::UnknownCommand(id))?;
         if matches!(r.state, CommandState::Done | CommandState::Failed { .. }) {
@@ -455,6 +500,17 @@ impl Orchestrator {
                 }
                 r.state = CommandState::Done;
                 self.check_ready(now);
+            }
+            // Only a command that runs can lose and regain its stream.
+            BackendEvent::Degraded { reason, .. } => {
+                if r.state == CommandState::Running {
+                    self.actions.push_back(Action::Event(SessionEvent::CommandDegraded { id, reason }));
+                }
+            }
+            BackendEvent::Recovered(_) => {
+                if r.state == CommandState::Running {
+                    self.actions.push_back(Action::Event(SessionEvent::CommandRecovered { id }));
+                }
             }
             BackendEvent::Failed { reason, retry, .. } => {
                 if retry {

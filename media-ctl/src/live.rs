@@ -1,0 +1,605 @@
+//! Live jobs: ffmpeg processes that relay and record live streams, each
+//! supervised by a thread of its own, and a backend that runs the
+//! [`Orchestrator`](crate::orchestrate::Orchestrator)'s commands with them.
+//!
+//! A [`LiveJob`] owns one ffmpeg process at a time. Its input has a read
+//! timeout, so a publisher that vanishes ends the process instead of
+//! stalling it; the job then starts ffmpeg again after a backoff that
+//! doubles up to a ceiling (and starts over once a run has been healthy
+//! for a while), so a publisher that returns is picked up without the
+//! host doing anything. [`LiveJob::stop`] asks ffmpeg to quit (`q` on its
+//! stdin, so that outputs get their trailers), kills it if it has not
+//! within [`LiveConfig::stop_grace`], and returns once the process is gone.
+//! Health (state, frames, output time, restarts) can be read at any time;
+//! changes arrive as [`LiveEvent`]s on a channel.
+//!
+//! [`LiveBackend`] maps the orchestrator's commands onto jobs (a relay or
+//! a recording per stream; a repeated command id is the same command) and
+//! turns job events into the orchestrator's [`BackendEvent`]s.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, BufReader, Write as _};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command as Process, Stdio};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::ffmpeg::{FfmpegError, Job, live_record_job, live_relay_job};
+use crate::input::InputPolicy;
+use crate::orchestrate::{BackendEvent, Command, CommandId, CommandKind};
+
+/// How live jobs run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveConfig {
+    /// The ffmpeg program.
+    pub program: String,
+    /// How long an input may send nothing before ffmpeg gives up on it
+    /// (and the job starts it again).
+    pub read_timeout: Duration,
+    /// The first restart's delay; it doubles each time.
+    pub backoff: Duration,
+    /// The longest delay between restarts.
+    pub max_backoff: Duration,
+    /// A run at least this long puts the backoff back to its start.
+    pub healthy_after: Duration,
+    /// Restarts in a row before the job is given up on (`None`: while
+    /// the job is wanted).
+    pub max_restarts: Option<u32>,
+    /// How long ffmpeg may take to quit when asked before it is killed.
+    pub stop_grace: Duration,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            program: "ffmpeg".to_owned(),
+            read_timeout: Duration::from_secs(5),
+            backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(10),
+            healthy_after: Duration::from_secs(10),
+            max_restarts: None,
+            stop_grace: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A live job's id, given by whoever starts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(pub u64);
+
+/// Where a job stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobState {
+    /// ffmpeg is starting (or opening its input).
+    Starting,
+    /// Frames are flowing.
+    Running,
+    /// ffmpeg ended on its own; it starts again after a delay.
+    Restarting {
+        /// Restarts in a row, this one included.
+        attempt: u32,
+    },
+    /// Stopped by the host.
+    Stopped,
+    /// Given up on.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A job's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Where it stands.
+    pub state: JobState,
+    /// Frames written by the current process.
+    pub frames: u64,
+    /// Output time reached by the current process, in ms.
+    pub out_ms: i64,
+    /// Processes started after the first.
+    pub restarts: u32,
+    /// When ffmpeg last reported progress.
+    pub last_progress: Option<Instant>,
+    /// The process's id, while one runs.
+    pub pid: Option<u32>,
+}
+
+/// What happened to a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LiveEvent {
+    /// Frames flow for the first time.
+    Flowing(JobId),
+    /// ffmpeg ended on its own (the input went away, a target refused);
+    /// the job starts it again after `after`.
+    Lost {
+        /// Which.
+        job: JobId,
+        /// Why, with ffmpeg's last lines.
+        reason: String,
+        /// Restarts in a row, this one included.
+        attempt: u32,
+        /// The delay before it.
+        after: Duration,
+    },
+    /// Frames flow again after a loss.
+    Recovered(JobId),
+    /// Stopped by the host.
+    Stopped(JobId),
+    /// Given up on: ffmpeg is missing, or the restarts ran out.
+    Failed {
+        /// Which.
+        job: JobId,
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+struct Slot {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    stop: bool,
+    health: Health,
+}
+
+#[derive(Debug)]
+struct Shared {
+    slot: Mutex<Slot>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Slot> {
+        // A panic elsewhere must not make a running ffmpeg unstoppable.
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One supervised ffmpeg job. Dropping it stops it.
+#[derive(Debug)]
+pub struct LiveJob {
+    id: JobId,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    grace: Duration,
+}
+
+impl LiveJob {
+    /// Starts `job` under `config`; its events go to `events`.
+    pub fn spawn(id: JobId, job: Job, config: &LiveConfig, events: Sender<LiveEvent>) -> LiveJob {
+        let shared = Arc::new(Shared {
+            slot: Mutex::new(Slot {
+                child: None,
+                stdin: None,
+                stop: false,
+                health: Health {
+                    state: JobState::Starting,
+                    frames: 0,
+                    out_ms: 0,
+                    restarts: 0,
+                    last_progress: None,
+                    pid: None,
+                },
+            }),
+            wake: Condvar::new(),
+        });
+        let supervisor = Supervisor { id, job, config: config.clone(), shared: shared.clone(), events };
+        let thread =
+            std::thread::Builder::new().name(format!("live-job-{}", id.0)).spawn(move || supervisor.run()).ok();
+        let job = LiveJob { id, shared, thread, grace: config.stop_grace };
+        if job.thread.is_none() {
+            job.shared.lock().health.state = JobState::Failed { reason: "no thread for the job".to_owned() };
+        }
+        job
+    }
+
+    /// Its id.
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+
+    /// Its health now.
+    pub fn health(&self) -> Health {
+        self.shared.lock().health.clone()
+    }
+
+    /// Stops the job: ffmpeg is asked to quit, killed if it has not
+    /// within the grace period, and gone when this returns. Returns how
+    /// long that took.
+    pub fn stop(mut self) -> Duration {
+        self.halt()
+    }
+
+    fn halt(&mut self) -> Duration {
+        let start = Instant::now();
+        {
+            let mut slot = self.shared.lock();
+            slot.stop = true;
+            if let Some(stdin) = slot.stdin.as_mut() {
+                // ffmpeg reads `q` between frames and closes its outputs.
+                let _ = stdin.write_all(b"q\n");
+                let _ = stdin.flush();
+            }
+            self.shared.wake.notify_all();
+        }
+        let Some(thread) = self.thread.take() else { return start.elapsed() };
+        while !thread.is_finished() && start.elapsed() < self.grace {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if !thread.is_finished() {
+            // Still opening its input, or deaf to `q`: killed.
+            if let Some(child) = self.shared.lock().child.as_mut() {
+                let _ = child.kill();
+            }
+        }
+        let _ = thread.join();
+        start.elapsed()
+    }
+}
+
+impl Drop for LiveJob {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.halt();
+        }
+    }
+}
+
+struct Supervisor {
+    id: JobId,
+    job: Job,
+    config: LiveConfig,
+    shared: Arc<Shared>,
+    events: Sender<LiveEvent>,
+}
+
+impl Supervisor {
+    fn run(self) {
+        let mut backoff = self.config.backoff;
+        let mut in_a_row = 0u32;
+        let mut ever_flowed = false;
+        loop {
+            if self.shared.lock().stop {
+                break;
+            }
+            let started = Instant::now();
+            let (flowed, reason) = match self.run_once(ever_flowed && in_a_row > 0) {
+                Ok(outcome) => outcome,
+                Err(reason) => {
+                    self.finish(JobState::Failed { reason: reason.clone() });
+                    let _ = self.events.send(LiveEvent::Failed { job: self.id, reason });
+                    return;
+                }
+            };
+            ever_flowed |= flowed;
+            if self.shared.lock().stop {
+                break;
+            }
+            if started.elapsed() >= self.config.healthy_after {
+                backoff = self.config.backoff;
+                in_a_row = 0;
+            }
+            in_a_row = in_a_row.saturating_add(1);
+            if self.config.max_restarts.is_some_and(|max| in_a_row > max) {
+                let reason = format!("gave up after {} restarts in a row: {reason}", in_a_row - 1);
+                self.finish(JobState::Failed { reason: reason.clone() });
+                let _ = self.events.send(LiveEvent::Failed { job: self.id, reason });
+                return;
+            }
+            {
+                let mut slot = self.shared.lock();
+                slot.health.state = JobState::Restarting { attempt: in_a_row };
+                slot.health.restarts = slot.health.restarts.saturating_add(1);
+            }
+            #[cfg(feature = "tracing")]
+            tracing::warn!(job = self.id.0, attempt = in_a_row, %reason, "live job lost; restarting");
+            let lost = LiveEvent::Lost { job: self.id, reason, attempt: in_a_row, after: backoff };
+            let _ = self.events.send(lost);
+            let until = Instant::now() + backoff;
+            let mut slot = self.shared.lock();
+            while !slot.stop {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                slot = self.shared.wake.wait_timeout(slot, left).unwrap_or_else(PoisonError::into_inner).0;
+            }
+            drop(slot);
+            backoff = backoff.saturating_mul(2).min(self.config.max_backoff);
+        }
+        self.finish(JobState::Stopped);
+        let _ = self.events.send(LiveEvent::Stopped(self.id));
+    }
+
+    fn finish(&self, state: JobState) {
+        let mut slot = self.shared.lock();
+        slot.health.state = state;
+        slot.health.pid = None;
+    }
+
+    /// Runs ffmpeg once, until it exits. `Ok((flowed, why it ended))`, or
+    /// `Err` when it cannot be started at all.
+    fn run_once(&self, recovering: bool) -> Result<(bool, String), String> {
+        let mut slot = self.shared.lock();
+        if slot.stop {
+            return Ok((false, "stopped".to_owned()));
+        }
+        let mut child = Process::new(&self.config.program)
+            .args(&self.job.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| FfmpegError::Missing { program: self.config.program.clone(), source }.to_string())?;
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        slot.stdin = child.stdin.take();
+        slot.health.pid = Some(child.id());
+        slot.health.state = JobState::Starting;
+        slot.health.frames = 0;
+        slot.health.out_ms = 0;
+        slot.child = Some(child);
+        drop(slot);
+        #[cfg(feature = "tracing")]
+        tracing::info!(job = self.id.0, program = %self.config.program, "live job started");
+        let tail = stderr.map(|stderr| {
+            std::thread::spawn(move || {
+                let mut lines: VecDeque<String> = VecDeque::new();
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if lines.len() == 8 {
+                        lines.pop_front();
+                    }
+                    // ffmpeg's lines are short; a hostile input's are cut.
+                    lines.push_back(crate::input::excerpt(&line, 512));
+                }
+                lines.into_iter().collect::<Vec<_>>().join(" | ")
+            })
+        });
+        let mut flowed = false;
+        let (mut frames, mut out_ms) = (0u64, 0i64);
+        if let Some(stdout) = stdout {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(v) = line.strip_prefix("out_time_us=") {
+                    out_ms = v.trim().parse::<i64>().map_or(out_ms, |us| us / 1000);
+                } else if let Some(v) = line.strip_prefix("frame=") {
+                    frames = v.trim().parse().unwrap_or(frames);
+                } else if line.starts_with("progress=") {
+                    let mut slot = self.shared.lock();
+                    let advanced = frames > slot.health.frames || out_ms > slot.health.out_ms;
+                    slot.health.frames = frames;
+                    slot.health.out_ms = out_ms;
+                    slot.health.last_progress = Some(Instant::now());
+                    if advanced && !flowed {
+                        flowed = true;
+                        slot.health.state = JobState::Running;
+                        drop(slot);
+                        let event =
+                            if recovering { LiveEvent::Recovered(self.id) } else { LiveEvent::Flowing(self.id) };
+                        let _ = self.events.send(event);
+                    }
+                }
+            }
+        }
+        // stdout closed: the process is ending; reap it.
+        let child = {
+            let mut slot = self.shared.lock();
+            slot.stdin = None;
+            slot.health.pid = None;
+            slot.child.take()
+        };
+        let status = child.map(|mut c| c.wait());
+        let tail = tail.and_then(|t| t.join().ok()).unwrap_or_default();
+        let status = match status {
+            Some(Ok(status)) => status.to_string(),
+            Some(Err(e)) => e.to_string(),
+            None => "gone".to_owned(),
+        };
+        Ok((flowed, format!("ffmpeg {status}: {tail}")))
+    }
+}
+
+/// Why the backend refused a command.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LiveError {
+    /// Its URLs, paths or ids failed the allow-list.
+    #[error(transparent)]
+    Refused(#[from] FfmpegError),
+    /// A command this backend does not run.
+    #[error("the live backend does not run {0}")]
+    Unsupported(&'static str),
+    /// More jobs than [`LiveBackendConfig::max_jobs`].
+    #[error("at most {0} live jobs")]
+    TooManyJobs(usize),
+}
+
+/// Where the live backend reads and writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveBackendConfig {
+    /// The origin's live application: stream `s` is read from
+    /// `<origin>/<s>` (`rtmp://origin:1935/live`, or an `srt://` URL).
+    pub origin: String,
+    /// Where recordings go (inside the policy's local directory).
+    pub recordings: PathBuf,
+    /// The length of a recorded segment.
+    pub segment: Duration,
+    /// Jobs at once.
+    pub max_jobs: usize,
+    /// How each job runs.
+    pub live: LiveConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum JobKey {
+    Ingest(String),
+    Relay(String),
+    Recording(String),
+}
+
+/// Runs the orchestrator's relay and recording commands as live jobs.
+///
+/// Call [`execute`](Self::execute) with each [`Command`] the orchestrator
+/// asks for and hand what it returns to
+/// [`Orchestrator::handle_backend`](crate::orchestrate::Orchestrator::handle_backend);
+/// poll [`poll_event`](Self::poll_event) (or block in
+/// [`wait_event`](Self::wait_event)) for what happens to jobs later.
+#[derive(Debug)]
+pub struct LiveBackend {
+    config: LiveBackendConfig,
+    policy: InputPolicy,
+    jobs: BTreeMap<JobKey, (CommandId, LiveJob)>,
+    next_job: u64,
+    events_in: Sender<LiveEvent>,
+    events: Receiver<LiveEvent>,
+    /// Jobs by id, for their events.
+    commands: BTreeMap<JobId, CommandId>,
+}
+
+impl LiveBackend {
+    /// A backend with no job.
+    pub fn new(config: LiveBackendConfig, policy: InputPolicy) -> LiveBackend {
+        let (events_in, events) = channel();
+        LiveBackend { config, policy, jobs: BTreeMap::new(), next_job: 1, events_in, events, commands: BTreeMap::new() }
+    }
+
+    /// Runs a command; the answer is for the orchestrator. A command
+    /// already running (a retry with the same id) is accepted again.
+    pub fn execute(&mut self, command: &Command) -> Result<BackendEvent, LiveError> {
+        match &command.kind {
+            CommandKind::StartRelay { stream, targets } => {
+                let input = self.stream_url(stream)?;
+                let job = live_relay_job(&input, targets, &self.policy, self.config.live.read_timeout)?;
+                self.start(command.id, JobKey::Relay(stream.clone()), job)
+            }
+            CommandKind::StartRecording { stream } => {
+                let input = self.stream_url(stream)?;
+                let job = live_record_job(
+                    &input,
+                    stream,
+                    &self.config.recordings,
+                    self.config.segment,
+                    &self.policy,
+                    self.config.live.read_timeout,
+                )?;
+                self.start(command.id, JobKey::Recording(stream.clone()), job)
+            }
+            CommandKind::StopRelay { stream } => Ok(self.stop(command.id, &JobKey::Relay(stream.clone()))),
+            CommandKind::StopRecording { stream } => Ok(self.stop(command.id, &JobKey::Recording(stream.clone()))),
+            CommandKind::Mix { .. } | CommandKind::StopMix => Err(LiveError::Unsupported("live mixing")),
+            CommandKind::Transcode => Err(LiveError::Unsupported("transcoding (render the playback plan)")),
+        }
+    }
+
+    fn stream_url(&self, stream: &str) -> Result<String, LiveError> {
+        crate::input::check_name("stream id", stream).map_err(FfmpegError::from)?;
+        Ok(format!("{}/{stream}", self.config.origin.trim_end_matches('/')))
+    }
+
+    fn start(&mut self, id: CommandId, key: JobKey, job: Job) -> Result<BackendEvent, LiveError> {
+        if self.jobs.get(&key).is_some_and(|(running, _)| *running == id) {
+            return Ok(BackendEvent::Accepted(id));
+        }
+        // A new command for the same stream replaces the old job.
+        if let Some((_, job)) = self.jobs.remove(&key) {
+            self.commands.remove(&job.id());
+            job.stop();
+        }
+        if self.jobs.len() >= self.config.max_jobs {
+            return Err(LiveError::TooManyJobs(self.config.max_jobs));
+        }
+        let job_id = JobId(self.next_job);
+        self.next_job += 1;
+        let live = LiveJob::spawn(job_id, job, &self.config.live, self.events_in.clone());
+        self.commands.insert(job_id, id);
+        self.jobs.insert(key, (id, live));
+        Ok(BackendEvent::Accepted(id))
+    }
+
+    fn stop(&mut self, id: CommandId, key: &JobKey) -> BackendEvent {
+        if let Some((_, job)) = self.jobs.remove(key) {
+            self.commands.remove(&job.id());
+            job.stop();
+        }
+        // Stopping what is not running is done too (a retried stop).
+        BackendEvent::Succeeded(id)
+    }
+
+    /// Takes a client's upload into the origin as `stream`: `from` is
+    /// where it arrives, typically SRT in listener mode
+    /// (`srt://0.0.0.0:9000?mode=listener`) or an RTMP URL to pull; it is
+    /// remuxed (no re-encoding) to `<origin>/<stream>`, where relays,
+    /// recordings and the mixer read it. Like every job it comes back on
+    /// its own when the uploader drops and returns; a second call for the
+    /// same stream replaces the first.
+    pub fn start_ingest(&mut self, stream: &str, from: &str) -> Result<JobId, LiveError> {
+        let origin = self.stream_url(stream)?;
+        let job = live_relay_job(from, &[origin], &self.policy, self.config.live.read_timeout)?;
+        if let Some((_, old)) = self.jobs.remove(&JobKey::Ingest(stream.to_owned())) {
+            old.stop();
+        }
+        if self.jobs.len() >= self.config.max_jobs {
+            return Err(LiveError::TooManyJobs(self.config.max_jobs));
+        }
+        let job_id = JobId(self.next_job);
+        self.next_job += 1;
+        let live = LiveJob::spawn(job_id, job, &self.config.live, self.events_in.clone());
+        // Not a command of the orchestrator's: no command id to report.
+        self.jobs.insert(JobKey::Ingest(stream.to_owned()), (CommandId(u64::MAX), live));
+        Ok(job_id)
+    }
+
+    /// Stops the ingest of `stream`; returns how long that took.
+    pub fn stop_ingest(&mut self, stream: &str) -> Option<Duration> {
+        self.jobs.remove(&JobKey::Ingest(stream.to_owned())).map(|(_, job)| job.stop())
+    }
+
+    /// The health of the relay or recording of `stream`.
+    pub fn health(&self, stream: &str, recording: bool) -> Option<Health> {
+        let key = if recording { JobKey::Recording(stream.to_owned()) } else { JobKey::Relay(stream.to_owned()) };
+        self.jobs.get(&key).map(|(_, job)| job.health())
+    }
+
+    /// Jobs running.
+    pub fn jobs(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// The next job event, if one came, with what to tell the orchestrator.
+    pub fn poll_event(&mut self) -> Option<(LiveEvent, Option<BackendEvent>)> {
+        let event = self.events.try_recv().ok()?;
+        Some(self.translate(event))
+    }
+
+    /// The next job event, waiting at most `timeout` for one.
+    pub fn wait_event(&mut self, timeout: Duration) -> Option<(LiveEvent, Option<BackendEvent>)> {
+        let event = self.events.recv_timeout(timeout).ok()?;
+        Some(self.translate(event))
+    }
+
+    fn translate(&mut self, event: LiveEvent) -> (LiveEvent, Option<BackendEvent>) {
+        let backend = match &event {
+            LiveEvent::Lost { job, reason, .. } => {
+                self.commands.get(job).map(|&id| BackendEvent::Degraded { id, reason: reason.clone() })
+            }
+            LiveEvent::Recovered(job) => self.commands.get(job).map(|&id| BackendEvent::Recovered(id)),
+            LiveEvent::Failed { job, reason } => {
+                let id = self.commands.remove(job);
+                self.jobs.retain(|_, (_, j)| j.id() != *job);
+                id.map(|id| BackendEvent::Failed { id, reason: reason.clone(), retry: false })
+            }
+            _ => None,
+        };
+        (event, backend)
+    }
+
+    /// Stops every job; returns the longest stop.
+    pub fn stop_all(&mut self) -> Duration {
+        self.commands.clear();
+        std::mem::take(&mut self.jobs).into_values().map(|(_, job)| job.stop()).max().unwrap_or_default()
+    }
+}
