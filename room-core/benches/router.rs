@@ -15,6 +15,12 @@
 //! surviving nodes (zero for a minimal-disruption scheme). The quality table
 //! is also written to target/criterion/router-quality.md.
 //!
+//! The `router_build` group times this crate's router alone: construction
+//! with the default 2^21 slots at 5 and 64 equal nodes (`new`), the same
+//! followed by `slot_counts`, which needs every slot's owner (`full`), and
+//! adding then removing a node on a router whose table is complete
+//! (`add_remove`).
+//!
 //! Run: `cargo bench -p room-core --bench router`
 
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -97,6 +103,9 @@ struct Ours(Router, Vec<u64>);
 impl Ours {
     fn new(ids: Vec<u64>) -> Self {
         let router = Router::with_nodes(RouterConfig::new(), ids.iter().map(|&i| (NodeId(i), 100))).unwrap();
+        // The table fills on demand; complete it, as a host that wants
+        // even lookup times does, so lookups are timed on a full table.
+        router.fill_table();
         Ours(router, ids)
     }
 }
@@ -342,5 +351,32 @@ fn bench_router(c: &mut Criterion) {
     let _ = std::fs::write(path, &table);
 }
 
-criterion_group!(benches, bench_router);
+fn bench_build(c: &mut Criterion) {
+    let mut group = c.benchmark_group("router_build");
+    group.sample_size(10);
+    for n in [5u64, 64] {
+        let nodes: Vec<(NodeId, u32)> = (0..n).map(|i| (NodeId(1000 + i), 100)).collect();
+        group.bench_with_input(BenchmarkId::new("new", n), &nodes, |b, nodes| {
+            b.iter(|| Router::with_nodes(RouterConfig::new(), black_box(nodes).iter().copied()).unwrap())
+        });
+        group.bench_with_input(BenchmarkId::new("full", n), &nodes, |b, nodes| {
+            b.iter(|| {
+                let router = Router::with_nodes(RouterConfig::new(), black_box(nodes).iter().copied()).unwrap();
+                router.slot_counts().len()
+            })
+        });
+        let mut router = Router::with_nodes(RouterConfig::new(), nodes.iter().copied()).unwrap();
+        let _ = router.slot_counts();
+        group.bench_function(BenchmarkId::new("add_remove", n), |b| {
+            b.iter(|| {
+                router.add_node(NodeId(1), 100).unwrap();
+                router.remove_node(NodeId(1)).unwrap();
+                let _ = router.slot_counts();
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_router, bench_build);
 criterion_main!(benches);

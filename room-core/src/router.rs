@@ -23,7 +23,7 @@
 //!   maximum of a fixed order.)
 //!
 //! Balance comes from the slot count: each node's share of slots is
-//! binomial, so the default of 2^21 slots (a 4 MiB table) keeps the busiest
+//! binomial, so the default of 2^21 slots (a 2 MiB table) keeps the busiest
 //! of 64 equal nodes within about 1.2% of the mean. See docs/BENCHMARKS.md.
 //!
 //! The logarithm is computed with basic IEEE-754 operations only (no libm),
@@ -39,14 +39,29 @@
 //!
 //! # Cost
 //!
-//! A membership change updates the table incrementally in `O(slots)` score
-//! evaluations (a few milliseconds at 2^21 slots); building a table from
-//! scratch costs `O(slots × nodes)` cheap integer mixes. Lookups never
-//! allocate. [`Router::successors`] ranks all nodes for one slot, `O(nodes)`.
+//! The table is filled on demand: building a router allocates it and
+//! computes no owner; a slot's owner is computed the first time a lookup
+//! reaches it, in `O(nodes)` cheap integer mixes (and about one logarithm),
+//! and read from the table ever after. So building stays cheap even in an
+//! unoptimised build (a dependent's debug profile), where computing all
+//! `slots × nodes` scores up front took seconds. The answer never depends on
+//! when a slot was computed. [`Router::fill_table`] computes every slot at
+//! once, `O(slots × nodes)`, for a host that wants every lookup equally
+//! quick from the start; [`Router::slot_counts`], [`Router::diff`] and
+//! bounded-load mode (whose caps need every slot's ranking) do so too, and
+//! so does a router with exactly 256 node indexes, whose one-byte entries
+//! have no value left to mark a slot not computed yet.
+//!
+//! A membership change updates the slots computed so far incrementally, in
+//! `O(slots)` score evaluations at most (tens of milliseconds at 2^21 slots):
+//! slots that lost their owner are forgotten until next asked for. Lookups
+//! never allocate. [`Router::successors`] ranks all nodes for one slot,
+//! `O(nodes)`.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU64, Ordering};
 
 use crate::cluster::ClusterView;
 use crate::hash::{RouteKey, mix64, stable_hash_tagged};
@@ -65,39 +80,257 @@ pub const MAX_WEIGHT: u32 = 1_000_000;
 /// The largest accepted load-bound ε.
 pub const MAX_LOAD_BOUND: f64 = 16.0;
 
-/// Marks a slot no node owns in the working placement (only while the router
-/// is empty; the served table is then empty instead).
-const NO_NODE: u16 = u16::MAX;
-
-/// The table lookups read: one node index per slot, one byte wide while the
-/// router has at most 256 node indexes. Width is speed here: at 2^21 slots a
-/// 2 MiB table stays far warmer in cache than a 4 MiB one (12 ns against
-/// 23 ns a lookup on the benchmark machine).
-#[derive(Clone)]
-enum SlotTable {
-    Narrow(Vec<u8>),
-    Wide(Vec<u16>),
+/// A slot table: one node index a slot, filled on demand. The rendezvous
+/// placement lives in one, a slot's owner computed the first time something
+/// asks for it, so building a router costs an allocation, not `slots ×
+/// nodes` score evaluations; bounded-load mode's capped placement lives in a
+/// complete one.
+///
+/// Entries are one byte wide while the router has at most 256 node indexes,
+/// else two. Width is speed: at 2^21 slots a 2 MiB table stays far warmer in
+/// cache than a 4 MiB one (12 ns against 23 ns a lookup on the benchmark
+/// machine). An all-ones entry is a slot not computed yet, and is no node's
+/// index: the lookup's bounds check on the index-to-id table, which it makes
+/// anyway, is what sends it to compute the owner, so a lookup of a computed
+/// slot costs what it did when tables were built up front. The one table
+/// where all ones is an index, a narrow one with 256 node indexes, is kept
+/// complete.
+///
+/// Lookups fill the table through `&self`, hence the atomics (a relaxed load
+/// or store is a plain one). A slot's owner is a function of the membership,
+/// which only changes under `&mut self`, so racing fills store the same
+/// value, and an entry that is not all ones is always a computed owner. A
+/// fill stores the entry, then sets its bit with release ordering; a clone,
+/// which trusts the bits, reads them with acquire ordering and then reads
+/// the entries. Outside a fill, an entry holds an owner exactly when its bit
+/// is set: updates visit only those.
+struct LazyTable {
+    entries: Entries,
+    /// One bit a slot: set once the slot's entry holds its owner.
+    known: Vec<AtomicU64>,
 }
 
-impl SlotTable {
-    /// The owner index of `slot`; `None` when the table is empty.
+enum Entries {
+    Narrow(Vec<AtomicU8>),
+    Wide(Vec<AtomicU16>),
+}
+
+/// Entries are allocated in chunks of constant arrays, then flattened: a
+/// loop over single atomics is slow unoptimised.
+const CHUNK: usize = 256;
+const _: () = assert!(1 << MIN_SLOT_BITS >= CHUNK && CHUNK.is_multiple_of(64));
+
+impl Clone for LazyTable {
+    /// Copies the entries whose bits are set. A racing lookup may store an
+    /// entry while this runs; the copy leaves it out rather than hold an
+    /// entry without its bit.
+    fn clone(&self) -> Self {
+        let mut copy = LazyTable::new(self.slot_count(), self.is_wide());
+        for k in 0..self.known.len() {
+            let known = self.known[k].load(Ordering::Acquire);
+            // Plain loops per width: this copies up to every slot, and
+            // stays quick unoptimised.
+            match (&self.entries, &mut copy.entries) {
+                (Entries::Narrow(from), Entries::Narrow(to)) => {
+                    let (from, to) = (&from[k * 64..k * 64 + 64], &mut to[k * 64..k * 64 + 64]);
+                    let mut bit = 0;
+                    while bit < 64 {
+                        if (known >> bit) & 1 == 1 {
+                            *to[bit].get_mut() = from[bit].load(Ordering::Relaxed);
+                        }
+                        bit += 1;
+                    }
+                }
+                (Entries::Wide(from), Entries::Wide(to)) => {
+                    let (from, to) = (&from[k * 64..k * 64 + 64], &mut to[k * 64..k * 64 + 64]);
+                    let mut bit = 0;
+                    while bit < 64 {
+                        if (known >> bit) & 1 == 1 {
+                            *to[bit].get_mut() = from[bit].load(Ordering::Relaxed);
+                        }
+                        bit += 1;
+                    }
+                }
+                // `new` gave the copy the same width.
+                _ => {}
+            }
+            *copy.known[k].get_mut() = known;
+        }
+        copy
+    }
+}
+
+impl LazyTable {
+    /// A table of `slots` (a multiple of [`CHUNK`]) slots, none computed.
+    fn new(slots: usize, wide: bool) -> LazyTable {
+        let entries = if wide {
+            let mut chunks = Vec::with_capacity(slots / CHUNK);
+            for _ in 0..slots / CHUNK {
+                chunks.push([const { AtomicU16::new(u16::MAX) }; CHUNK]);
+            }
+            Entries::Wide(chunks.into_flattened())
+        } else {
+            let mut chunks = Vec::with_capacity(slots / CHUNK);
+            for _ in 0..slots / CHUNK {
+                chunks.push([const { AtomicU8::new(u8::MAX) }; CHUNK]);
+            }
+            Entries::Narrow(chunks.into_flattened())
+        };
+        let mut known = Vec::with_capacity(slots / 64);
+        for _ in 0..slots / 64 {
+            known.push(AtomicU64::new(0));
+        }
+        LazyTable { entries, known }
+    }
+
+    fn slot_count(&self) -> usize {
+        self.known.len() * 64
+    }
+
+    fn is_wide(&self) -> bool {
+        matches!(self.entries, Entries::Wide(_))
+    }
+
+    /// `slot`'s entry as it stands, widened: its owner index if computed,
+    /// else no node's index; `usize::MAX` out of range.
     #[inline]
-    fn get(&self, slot: usize) -> Option<usize> {
-        match self {
-            SlotTable::Narrow(t) => t.get(slot).map(|&i| usize::from(i)),
-            SlotTable::Wide(t) => t.get(slot).map(|&i| usize::from(i)),
+    fn entry(&self, slot: usize) -> usize {
+        match &self.entries {
+            Entries::Narrow(t) => t.get(slot).map_or(usize::MAX, |e| usize::from(e.load(Ordering::Relaxed))),
+            Entries::Wide(t) => t.get(slot).map_or(usize::MAX, |e| usize::from(e.load(Ordering::Relaxed))),
         }
     }
 
-    /// The served form of `placement`, narrow if every index fits a byte.
-    fn from_placement(placement: &[u16], index_count: usize) -> SlotTable {
-        if index_count == 0 {
-            SlotTable::Narrow(Vec::new())
-        } else if index_count <= 256 {
-            // Every index is below index_count <= 256, so the cast is exact.
-            SlotTable::Narrow(placement.iter().map(|&i| i as u8).collect())
-        } else {
-            SlotTable::Wide(placement.to_vec())
+    /// The entry of `slot`: its owner index if the slot is known.
+    fn known_index(&self, slot: usize) -> u16 {
+        match &self.entries {
+            Entries::Narrow(t) => t.get(slot).map_or(0, |e| u16::from(e.load(Ordering::Relaxed))),
+            Entries::Wide(t) => t.get(slot).map_or(0, |e| e.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Stores `index` as the entry of `slot`, without marking it known.
+    fn store(&self, slot: usize, index: u16) {
+        match &self.entries {
+            // Narrow while every index fits a byte.
+            Entries::Narrow(t) => t[slot].store(index as u8, Ordering::Relaxed),
+            Entries::Wide(t) => t[slot].store(index, Ordering::Relaxed),
+        }
+    }
+
+    /// Records `index` as the owner of `slot`: the entry, then its bit.
+    fn publish(&self, slot: usize, index: u16) {
+        self.store(slot, index);
+        self.known[slot >> 6].fetch_or(1 << (slot & 63), Ordering::Release);
+    }
+
+    /// Makes `index` the owner of `slot`.
+    fn set(&mut self, slot: usize, index: u16) {
+        self.store(slot, index);
+        *self.known[slot >> 6].get_mut() |= 1 << (slot & 63);
+    }
+
+    /// The entries of the 64 slots of `known` word `k`, widened (a narrow
+    /// table's all-ones entry reads as 255).
+    fn read_word(&mut self, k: usize, out: &mut [u16; 64]) {
+        let mut bit = 0;
+        match &mut self.entries {
+            Entries::Narrow(t) => {
+                let t = &mut t[k * 64..k * 64 + 64];
+                while bit < 64 {
+                    out[bit] = u16::from(*t[bit].get_mut());
+                    bit += 1;
+                }
+            }
+            Entries::Wide(t) => {
+                let t = &mut t[k * 64..k * 64 + 64];
+                while bit < 64 {
+                    out[bit] = *t[bit].get_mut();
+                    bit += 1;
+                }
+            }
+        }
+    }
+
+    /// Stores the entries of `known` word `k` whose bits are in `mask` (an
+    /// index, or `u16::MAX` for "not computed"), leaving the bits alone.
+    fn write_word(&mut self, k: usize, entries: &[u16; 64], mask: u64) {
+        let mut bit = 0;
+        match &mut self.entries {
+            Entries::Narrow(t) => {
+                let t = &mut t[k * 64..k * 64 + 64];
+                while bit < 64 {
+                    if (mask >> bit) & 1 == 1 {
+                        // Narrow while every index fits a byte; all ones
+                        // stays all ones.
+                        *t[bit].get_mut() = entries[bit] as u8;
+                    }
+                    bit += 1;
+                }
+            }
+            Entries::Wide(t) => {
+                let t = &mut t[k * 64..k * 64 + 64];
+                while bit < 64 {
+                    if (mask >> bit) & 1 == 1 {
+                        *t[bit].get_mut() = entries[bit];
+                    }
+                    bit += 1;
+                }
+            }
+        }
+    }
+
+    /// A complete table holding `placement`.
+    fn from_placement(placement: &[u16], wide: bool) -> LazyTable {
+        let mut table = LazyTable::new(placement.len(), wide);
+        for (slot, &index) in placement.iter().enumerate() {
+            table.set(slot, index);
+        }
+        table
+    }
+
+    /// The same placement in two-byte entries.
+    fn widen(&mut self) {
+        let mut wide = LazyTable::new(self.slot_count(), true);
+        for k in 0..self.known.len() {
+            let mut bits = *self.known[k].get_mut();
+            while bits != 0 {
+                let slot = k * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                wide.set(slot, self.known_index(slot));
+            }
+        }
+        *self = wide;
+    }
+
+    /// Computes every slot not known yet.
+    fn fill(&self, all: &Candidates) {
+        if all.len() == 0 {
+            return;
+        }
+        let mut scratch = Scratch::new();
+        for (k, known) in self.known.iter().enumerate() {
+            let bits = known.load(Ordering::Relaxed);
+            if bits == u64::MAX {
+                continue;
+            }
+            let mut filled = 0u64;
+            let mut bit = 0;
+            while bit < 64 {
+                if (bits >> bit) & 1 == 0 {
+                    let slot = k * 64 + bit;
+                    if let Some(index) = all.best(slot as u32, &mut scratch) {
+                        self.store(slot, index);
+                        filled |= 1 << bit;
+                    }
+                }
+                bit += 1;
+            }
+            // The entries are stored: now their bits. An RMW, so that racing
+            // publishers' release orderings carry through it.
+            if filled != 0 {
+                known.fetch_or(filled, Ordering::Release);
+            }
         }
     }
 }
@@ -189,7 +422,8 @@ impl RouterConfig {
     }
 
     /// Uses `2^bits` slots. More slots balance better and cost memory
-    /// (2 bytes a slot) and time per membership change.
+    /// (a byte and a bit a slot while the router has held at most 256 nodes,
+    /// else two bytes and a bit) and time per membership change.
     pub fn with_slot_bits(mut self, bits: u8) -> Result<Self, RouterError> {
         if !(MIN_SLOT_BITS..=MAX_SLOT_BITS).contains(&bits) {
             return Err(RouterError::SlotBitsOutOfRange { bits, min: MIN_SLOT_BITS, max: MAX_SLOT_BITS });
@@ -291,24 +525,22 @@ pub(crate) fn neg_ln(u: f64) -> f64 {
         exponent += 1;
     }
     // ln m = 2 atanh(s) = 2 (s + s^3/3 + s^5/5 + …) with |s| <= 0.1716, so
-    // eleven terms reach the last bit.
+    // eleven terms reach the last bit. Horner's rule, written out: a loop
+    // over the coefficients costs more than the arithmetic unoptimised. The
+    // operations and their order are fixed; Rust never fuses them.
     let s = (m - 1.0) / (m + 1.0);
     let s2 = s * s;
     let mut p = 1.0 / 23.0;
-    for c in [
-        1.0 / 21.0,
-        1.0 / 19.0,
-        1.0 / 17.0,
-        1.0 / 15.0,
-        1.0 / 13.0,
-        1.0 / 11.0,
-        1.0 / 9.0,
-        1.0 / 7.0,
-        1.0 / 5.0,
-        1.0 / 3.0,
-    ] {
-        p = p * s2 + c;
-    }
+    p = p * s2 + 1.0 / 21.0;
+    p = p * s2 + 1.0 / 19.0;
+    p = p * s2 + 1.0 / 17.0;
+    p = p * s2 + 1.0 / 15.0;
+    p = p * s2 + 1.0 / 13.0;
+    p = p * s2 + 1.0 / 11.0;
+    p = p * s2 + 1.0 / 9.0;
+    p = p * s2 + 1.0 / 7.0;
+    p = p * s2 + 1.0 / 5.0;
+    p = p * s2 + 1.0 / 3.0;
     let ln_m = 2.0 * s + 2.0 * s * s2 * p;
     -(exponent as f64 * std::f64::consts::LN_2 + ln_m)
 }
@@ -350,12 +582,17 @@ pub struct SlotMove {
 pub struct Router {
     config: RouterConfig,
     shift: u32,
-    /// The working placement, slot -> node index: every slot's rendezvous
-    /// winner, kept up to date incrementally.
-    rendezvous: Vec<u16>,
-    /// What lookups read: `rendezvous` itself, or in bounded-load mode the
-    /// capped placement derived from it; empty while there are no nodes.
-    served: SlotTable,
+    /// What lookups read, slot -> node index. Without a load bound, the
+    /// working placement: every slot's rendezvous winner, computed on first
+    /// use and then kept up to date incrementally. In bounded-load mode, the
+    /// capped placement derived from `uncapped`, complete while there are
+    /// nodes.
+    served: LazyTable,
+    /// Bounded-load mode only: the working placement, complete while there
+    /// are nodes.
+    uncapped: Option<LazyTable>,
+    /// The live nodes, for computing a slot's owner on first use.
+    all: Candidates,
     /// Node index -> entry; `None` for freed indexes.
     entries: Vec<Option<Entry>>,
     /// Node index -> id, for the lookup path.
@@ -388,8 +625,9 @@ impl Router {
         let slots = config.slot_count();
         Router {
             shift: 64 - u32::from(config.slot_bits),
-            rendezvous: vec![NO_NODE; slots],
-            served: SlotTable::Narrow(Vec::new()),
+            served: LazyTable::new(slots, false),
+            uncapped: config.load_bound.map(|_| LazyTable::new(slots, false)),
+            all: Candidates::default(),
             config,
             entries: Vec::new(),
             ids: Vec::new(),
@@ -420,7 +658,7 @@ impl Router {
 
     /// The slot count.
     pub fn slot_count(&self) -> usize {
-        self.rendezvous.len()
+        self.config.slot_count()
     }
 
     /// How many nodes the router holds.
@@ -462,17 +700,52 @@ impl Router {
     /// The node that owns the key whose stable hash is `hash`.
     #[inline]
     pub fn route_hash(&self, hash: u64) -> Result<NodeId, RouterError> {
-        self.served
-            .get((hash >> self.shift) as usize)
-            .and_then(|i| self.ids.get(i))
-            .copied()
-            .ok_or(RouterError::NoNodes)
+        self.owner_id((hash >> self.shift) as usize).ok_or(RouterError::NoNodes)
     }
 
     /// The owner of `slot`, or `None` if the router is empty or the slot is
     /// out of range.
     pub fn owner_of_slot(&self, slot: u32) -> Option<NodeId> {
-        self.served.get(slot as usize).and_then(|i| self.ids.get(i)).copied()
+        self.owner_id(slot as usize)
+    }
+
+    /// Computes the owner of every slot that has not been asked for yet, so
+    /// that no later lookup has to: `O(slots × nodes)`. Optional: a lookup
+    /// computes its slot's owner on first use (`O(nodes)`), and the answer
+    /// is the same either way. A host that wants every lookup equally quick
+    /// from the start calls this after building the router.
+    pub fn fill_table(&self) {
+        if self.uncapped.is_none() {
+            self.served.fill(&self.all);
+        }
+    }
+
+    /// The owner of `slot`: one read of the slot table and one of the ids,
+    /// unless the slot's owner was never computed (then its all-ones entry
+    /// is no index of `ids`). `None` if the router is empty or the slot is
+    /// out of range.
+    #[inline]
+    fn owner_id(&self, slot: usize) -> Option<NodeId> {
+        match self.ids.get(self.served.entry(slot)) {
+            Some(&id) => Some(id),
+            None => self.compute_owner(slot).and_then(|index| self.ids.get(usize::from(index))).copied(),
+        }
+    }
+
+    /// Computes, records and returns the owner index of a slot whose owner
+    /// was never computed; `None` if the router is empty or the slot is out
+    /// of range.
+    #[cold]
+    #[inline(never)]
+    fn compute_owner(&self, slot: usize) -> Option<u16> {
+        if slot >= self.slot_count() || self.uncapped.is_some() {
+            // Out of range, or bounded-load mode, whose table is complete
+            // unless there are no nodes.
+            return None;
+        }
+        let index = self.all.best(slot as u32, &mut Scratch::new())?;
+        self.served.publish(slot, index);
+        Some(index)
     }
 
     /// Up to `n` distinct nodes for `key`, in failover order: the owner first,
@@ -502,9 +775,11 @@ impl Router {
 
     /// How many slots each node owns, by id.
     pub fn slot_counts(&self) -> BTreeMap<NodeId, usize> {
+        self.fill_table();
         let mut per_index = vec![0usize; self.entries.len()];
         for slot in 0..self.slot_count() {
-            if let Some(c) = self.served.get(slot).and_then(|i| per_index.get_mut(i)) {
+            // Complete now: every entry is an index (all ones if empty).
+            if let Some(c) = per_index.get_mut(self.served.entry(slot)) {
                 *c += 1;
             }
         }
@@ -517,6 +792,8 @@ impl Router {
         if self.slot_count() != newer.slot_count() {
             return Err(RouterError::SlotCountMismatch { ours: self.slot_count(), theirs: newer.slot_count() });
         }
+        self.fill_table();
+        newer.fill_table();
         let mut moves: Vec<SlotMove> = Vec::new();
         for slot in 0..self.slot_count() as u32 {
             let (from, to) = (self.owner_of_slot(slot), newer.owner_of_slot(slot));
@@ -624,7 +901,8 @@ impl Router {
                 index
             }
             None => {
-                // MAX_NODES < NO_NODE, so the index fits and is never NO_NODE.
+                // MAX_NODES < u16::MAX, so the index fits, and is never the
+                // all-ones entry of a wide table.
                 let index = self.entries.len() as u16;
                 self.entries.push(Some(entry));
                 self.ids.push(entry.id);
@@ -645,38 +923,94 @@ impl Router {
         Candidates::new(indexes.into_iter().filter_map(|i| self.entry(i).map(|e| (i, *e))))
     }
 
-    /// Re-establishes "every slot is owned by its best-scoring node" after a
-    /// batch change, touching only what the change can affect.
+    /// Re-establishes "every known slot is owned by its best-scoring node"
+    /// after a batch change, touching only what the change can affect: slots
+    /// whose owner went away or lost weight are forgotten (recomputed on
+    /// next use), the other known slots are challenged by the new or
+    /// heavier nodes, and slots never computed stay so.
     fn apply_update(&mut self, update: &Update) {
         let live = self.live_indexed();
-        let all = self.candidates(live.iter().map(|&(i, _)| i));
-        let challengers = self.candidates(update.challengers.iter().copied());
-        let mut scratch = Vec::with_capacity(all.len());
-        let entries = &self.entries;
-        for (slot, owner) in self.rendezvous.iter_mut().enumerate() {
-            let slot = slot as u32;
-            let current = if *owner == NO_NODE || update.invalidated.get(usize::from(*owner)).copied().unwrap_or(true) {
-                None
-            } else {
-                entries.get(usize::from(*owner)).and_then(|e| *e)
-            };
-            *owner = match current {
-                // The owner survives unchanged or improved: only new or
-                // improved nodes can beat it.
-                Some(entry) => challengers.challenge(slot, *owner, &entry),
-                None => all.best(slot, &mut scratch).unwrap_or(NO_NODE),
-            };
+        if live.is_empty() {
+            // No node left: forget every index too, so that no entry, not
+            // even an all-ones one, names a node.
+            let slots = self.slot_count();
+            self.entries.clear();
+            self.ids.clear();
+            self.free.clear();
+            self.all = Candidates::default();
+            self.served = LazyTable::new(slots, false);
+            self.uncapped = self.config.load_bound.map(|_| LazyTable::new(slots, false));
+            return;
         }
-        self.served = match self.config.load_bound {
-            _ if live.is_empty() => SlotTable::Narrow(Vec::new()),
-            Some(epsilon) => SlotTable::from_placement(&self.bounded_placement(epsilon, &live), self.entries.len()),
-            None => SlotTable::from_placement(&self.rendezvous, self.entries.len()),
+        self.all = Candidates::new(live.iter().copied());
+        let wide = self.entries.len() > 256;
+        let challengers = self.candidates(update.challengers.iter().copied());
+        let working = match &mut self.uncapped {
+            Some(table) => table,
+            None => &mut self.served,
         };
+        if wide && !working.is_wide() {
+            working.widen();
+        }
+        if challengers.len() > 0 || update.invalidated.contains(&true) {
+            let entries = &self.entries;
+            // A word of the bitmap at a time: its 64 owners read out, the
+            // changed ones written back.
+            let mut owners = [0u16; 64];
+            for k in 0..working.known.len() {
+                let known = *working.known[k].get_mut();
+                if known == 0 {
+                    continue;
+                }
+                working.read_word(k, &mut owners);
+                let (mut changed, mut cleared) = (0u64, 0u64);
+                let mut bit = 0;
+                while bit < 64 {
+                    if (known >> bit) & 1 == 1 {
+                        let owner = owners[bit];
+                        let current = if update.invalidated.get(usize::from(owner)).copied().unwrap_or(true) {
+                            None
+                        } else {
+                            entries.get(usize::from(owner)).and_then(|e| *e)
+                        };
+                        match current {
+                            // The owner survives unchanged or improved: only
+                            // new or improved nodes can beat it.
+                            Some(entry) => {
+                                let best = challengers.challenge((k * 64 + bit) as u32, owner, &entry);
+                                if best != owner {
+                                    owners[bit] = best;
+                                    changed |= 1 << bit;
+                                }
+                            }
+                            None => {
+                                owners[bit] = u16::MAX;
+                                cleared |= 1 << bit;
+                            }
+                        }
+                    }
+                    bit += 1;
+                }
+                if changed | cleared != 0 {
+                    working.write_word(k, &owners, changed | cleared);
+                    *working.known[k].get_mut() = known & !cleared;
+                }
+            }
+        }
+        if !wide && self.entries.len() == 256 && self.uncapped.is_none() {
+            // Index 255's entry is all ones, like a slot not computed:
+            // compute them all, so that all ones only means 255.
+            self.served.fill(&self.all);
+        }
+        if let (Some(epsilon), Some(uncapped)) = (self.config.load_bound, &self.uncapped) {
+            uncapped.fill(&self.all);
+            self.served = LazyTable::from_placement(&self.bounded_placement(epsilon, uncapped, &live), wide);
+        }
     }
 
     /// The rendezvous placement with every node capped at its bound: slots in
     /// index order, each to the first node of its ranking that has room.
-    fn bounded_placement(&self, epsilon: f64, live: &[(u16, Entry)]) -> Vec<u16> {
+    fn bounded_placement(&self, epsilon: f64, uncapped: &LazyTable, live: &[(u16, Entry)]) -> Vec<u16> {
         // Integer weights sum exactly in f64 (at most 2^32 in all), so the
         // caps do not depend on summation order.
         let total_weight: f64 = live.iter().map(|(_, e)| f64::from(e.weight)).sum();
@@ -688,7 +1022,9 @@ impl Router {
         }
         let mut counts = vec![0usize; self.entries.len()];
         let mut placement = Vec::with_capacity(self.slot_count());
-        for (slot, &preferred) in self.rendezvous.iter().enumerate() {
+        for slot in 0..self.slot_count() {
+            // The table is complete here.
+            let preferred = uncapped.known_index(slot);
             let preferred_index = usize::from(preferred);
             if counts[preferred_index] < caps[preferred_index] {
                 counts[preferred_index] += 1;
@@ -711,12 +1047,28 @@ impl Router {
     }
 }
 
+/// How many nodes [`Candidates::best`] bounds before it scores any.
+const BLOCK: usize = 64;
+
+/// [`Candidates::best`]'s working space: one block's draws and lower bounds.
+struct Scratch {
+    draws: [f64; BLOCK],
+    lowers: [f64; BLOCK],
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        Scratch { draws: [0.0; BLOCK], lowers: [0.0; BLOCK] }
+    }
+}
+
 /// Orders (score, id) pairs: lower score first, ties to the lower id.
 fn cmp_score(a: &(f64, NodeId), b: &(f64, NodeId)) -> std::cmp::Ordering {
     a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
 }
 
-/// Nodes as flat arrays, for the per-slot scans of an update.
+/// Nodes as flat arrays, for the per-slot scans.
+#[derive(Clone, Default)]
 struct Candidates {
     index: Vec<u16>,
     id: Vec<NodeId>,
@@ -745,27 +1097,50 @@ impl Candidates {
     }
 
     /// The index of the best-scoring node for `slot`, or `None` if empty.
-    /// First the smallest upper bound, then exact scores only for the nodes
-    /// whose lower bound does not exceed it (one or two, typically).
-    fn best(&self, slot: u32, draws: &mut Vec<(f64, f64)>) -> Option<u16> {
-        draws.clear();
-        let mut least_upper = f64::INFINITY;
-        for (&seed, &inv_weight) in self.seed.iter().zip(&self.inv_weight) {
-            let u = draw(seed, slot);
-            let (lower, upper) = score_bounds(u, inv_weight);
-            draws.push((u, lower));
-            // Shaped as one `minsd`: no NaN can occur here.
-            least_upper = if upper < least_upper { upper } else { least_upper };
-        }
+    ///
+    /// Per block of up to [`BLOCK`] nodes: first the block's smallest upper
+    /// bound, then exact scores only for the nodes whose lower bound exceeds
+    /// neither it nor the best exact score so far (one or two, typically).
+    /// Plain indexed loops over fixed arrays, no allocation: this runs on a
+    /// lookup's first visit to a slot, and stays quick unoptimised.
+    fn best(&self, slot: u32, scratch: &mut Scratch) -> Option<u16> {
+        let count = self.seed.len();
+        let (seeds, inv_weights) = (&self.seed[..count], &self.inv_weight[..count]);
+        let Scratch { draws, lowers } = scratch;
         let mut best: Option<(f64, NodeId, u16)> = None;
-        for (k, &(u, lower)) in draws.iter().enumerate() {
-            if lower > least_upper {
-                continue;
+        let mut start = 0;
+        while start < count {
+            let len = if count - start < BLOCK { count - start } else { BLOCK };
+            // Any bound at least the winning score prunes safely: the best
+            // exact score so far is one.
+            let mut threshold = match best {
+                Some((score, _, _)) => score,
+                None => f64::INFINITY,
+            };
+            // `while`, not `for … in 0..len`: a range iterator is two calls a
+            // step unoptimised.
+            let mut j = 0;
+            while j < len {
+                let u = draw(seeds[start + j], slot);
+                let (lower, upper) = score_bounds(u, inv_weights[start + j]);
+                draws[j] = u;
+                lowers[j] = lower;
+                // Shaped as one `minsd`: no NaN can occur here.
+                threshold = if upper < threshold { upper } else { threshold };
+                j += 1;
             }
-            let candidate = (neg_ln(u) * self.inv_weight[k], self.id[k], self.index[k]);
-            if best.is_none_or(|b| cmp_score(&(candidate.0, candidate.1), &(b.0, b.1)).is_lt()) {
-                best = Some(candidate);
+            j = 0;
+            while j < len {
+                if lowers[j] <= threshold {
+                    let k = start + j;
+                    let candidate = (neg_ln(draws[j]) * inv_weights[k], self.id[k], self.index[k]);
+                    if best.is_none_or(|b| cmp_score(&(candidate.0, candidate.1), &(b.0, b.1)).is_lt()) {
+                        best = Some(candidate);
+                    }
+                }
+                j += 1;
             }
+            start += len;
         }
         best.map(|(_, _, index)| index)
     }
@@ -854,6 +1229,146 @@ mod tests {
                     proptest::prop_assert_eq!(router.owner_of_slot(slot), reference_owner(&target, slot));
                 }
             }
+        }
+    }
+
+    /// A slot visiting order derived from `seed`: a random-looking subset or
+    /// permutation without pulling in a generator.
+    fn slot_order(slots: u32, seed: u64) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..slots).collect();
+        order.sort_by_key(|&s| mix64(u64::from(s) ^ seed));
+        order
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// Owners computed on first use, in any order and on tables left
+        /// partly computed across changes, equal a from-scratch scan; so do
+        /// the owners `fill_table` computes in bulk.
+        #[test]
+        fn lazily_computed_owners_match_the_reference_model(
+            steps in proptest::collection::vec(
+                (
+                    proptest::collection::btree_map(0u64..24, 1u32..=500, 0..10),
+                    proptest::prelude::any::<u64>(),
+                    0u32..=512,
+                    proptest::prelude::any::<bool>(),
+                ),
+                1..8,
+            )
+        ) {
+            let mut router = Router::new(RouterConfig::new().with_slot_bits(9).unwrap());
+            for (target, seed, touched, bulk) in steps {
+                router.set_nodes(target.iter().map(|(&n, &w)| (NodeId(n), w))).unwrap();
+                let order = slot_order(router.slot_count() as u32, seed);
+                if bulk {
+                    router.fill_table();
+                }
+                // Ask for some slots only, in a shuffled order: the next step
+                // starts from a partly computed table.
+                for &slot in &order[..touched as usize] {
+                    proptest::prop_assert_eq!(router.owner_of_slot(slot), reference_owner(&target, slot));
+                }
+                // A fresh router, filled in bulk, agrees on every slot.
+                let fresh = Router::with_nodes(*router.config(), target.iter().map(|(&n, &w)| (NodeId(n), w))).unwrap();
+                fresh.fill_table();
+                for &slot in &order[..touched as usize] {
+                    proptest::prop_assert_eq!(fresh.owner_of_slot(slot), router.owner_of_slot(slot));
+                }
+            }
+            let target: BTreeMap<u64, u32> = router.nodes().map(|(id, w)| (id.0, w)).collect();
+            for slot in 0..router.slot_count() as u32 {
+                proptest::prop_assert_eq!(router.owner_of_slot(slot), reference_owner(&target, slot));
+            }
+        }
+    }
+
+    /// A narrow table's all-ones entry is "not computed" until a 256th node
+    /// index makes it index 255; the table is then kept complete. Past 256
+    /// indexes the table widens, keeping what it knows. With no node left,
+    /// no stale entry answers.
+    #[test]
+    fn index_255_and_widening_match_the_reference_model() {
+        let config = RouterConfig::new().with_slot_bits(11).unwrap();
+        let check = |router: &Router, target: &BTreeMap<u64, u32>, slots: &[u32]| {
+            for &slot in slots {
+                assert_eq!(router.owner_of_slot(slot), reference_owner(target, slot), "slot {slot}");
+            }
+        };
+        let complete = |router: &Router| router.served.known.iter().all(|w| w.load(Ordering::Relaxed) == u64::MAX);
+        let mut target: BTreeMap<u64, u32> = (0..255u64).map(|n| (n * 7 + 3, 50 + (n as u32 * 13) % 400)).collect();
+        let mut router = Router::with_nodes(config, target.iter().map(|(&n, &w)| (NodeId(n), w))).unwrap();
+        let order = slot_order(router.slot_count() as u32, 0x5eed);
+        check(&router, &target, &order[..order.len() / 3]);
+        assert!(!complete(&router));
+        // The 256th index: narrow still, and complete.
+        let highest = NodeId(255 * 7 + 3);
+        router.add_node(highest, 77).unwrap();
+        target.insert(highest.0, 77);
+        assert!(!router.served.is_wide() && complete(&router));
+        check(&router, &target, &order);
+        assert!(router.slot_counts()[&highest] > 0, "index 255 must own slots for this test to mean anything");
+        let copy = router.clone();
+        check(&copy, &target, &order);
+        let bounded = Router::with_nodes(config.with_load_bound(0.5).unwrap(), router.nodes()).unwrap();
+        assert!(order.iter().all(|&slot| bounded.owner_of_slot(slot).is_some()));
+        assert_eq!(bounded.slot_counts().values().sum::<usize>(), bounded.slot_count());
+        assert!(bounded.slot_counts()[&highest] > 0);
+        // A removal keeps 256 indexes: the forgotten slots are computed again.
+        router.remove_node(NodeId(3)).unwrap();
+        target.remove(&3);
+        assert!(complete(&router));
+        check(&router, &target, &order);
+        // Past 256 indexes: wide, filled on demand again.
+        for n in 1000..1003u64 {
+            router.add_node(NodeId(n), 100).unwrap();
+            target.insert(n, 100);
+        }
+        assert!(router.served.is_wide());
+        check(&router, &target, &order[..order.len() / 2]);
+        let copy = router.clone();
+        check(&copy, &target, &order);
+        // No node left, in both modes.
+        let narrow = Router::with_nodes(config, router.nodes().take(256)).unwrap();
+        for mut emptied in [narrow, Router::with_nodes(config, router.nodes()).unwrap(), bounded] {
+            emptied.fill_table();
+            emptied.set_nodes([]).unwrap();
+            assert!(order.iter().all(|&slot| emptied.owner_of_slot(slot).is_none()));
+            assert_eq!(emptied.route_hash(u64::MAX), Err(RouterError::NoNodes));
+        }
+    }
+
+    /// Threads that compute the same slots at once agree with each other and
+    /// with a table filled in one go.
+    #[test]
+    fn concurrent_lookups_agree() {
+        fn shared<T: Send + Sync>(value: &T) -> &T {
+            value
+        }
+        let config = RouterConfig::new().with_slot_bits(12).unwrap();
+        let nodes = (1..=9u64).map(|n| (NodeId(n), 100 * n as u32));
+        let router = Router::with_nodes(config, nodes.clone()).unwrap();
+        let answers: Vec<Vec<Option<NodeId>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4u64)
+                .map(|t| {
+                    let router = shared(&router);
+                    scope.spawn(move || {
+                        let mut owners = vec![None; router.slot_count()];
+                        for slot in slot_order(router.slot_count() as u32, t) {
+                            owners[slot as usize] = router.owner_of_slot(slot);
+                        }
+                        owners
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let filled = Router::with_nodes(config, nodes).unwrap();
+        filled.fill_table();
+        let expected: Vec<Option<NodeId>> = (0..filled.slot_count() as u32).map(|s| filled.owner_of_slot(s)).collect();
+        for owners in answers {
+            assert_eq!(owners, expected);
         }
     }
 
