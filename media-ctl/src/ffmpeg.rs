@@ -62,6 +62,11 @@ pub enum FfmpegError {
     UnsafeSegment(String),
 }
 
+/// Text for `drawtext=text='...'` inside a filter graph.
+pub(crate) fn escape_drawtext(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\'', "\\'").replace(':', "\\:")
+}
+
 fn secs(ms: i64) -> String {
     let sign = if ms < 0 { "-" } else { "" };
     let abs = ms.unsigned_abs();
@@ -236,7 +241,7 @@ pub fn render_graph(plan: &RenderPlan, policy: &InputPolicy) -> Result<(Vec<Stri
     if let Some(w) = plan.layouts.iter().find_map(|l| l.layout.watermark.as_ref()) {
         let next = "basew".to_owned();
         if let Some(text) = &w.text {
-            let text = text.replace('\\', "\\\\").replace('\'', "\\'").replace(':', "\\:");
+            let text = escape_drawtext(text);
             let _ = write!(
                 g,
                 "[{base}]drawtext=text='{text}':expansion=none:x={}:y={}:fontsize={}:fontcolor=white[{next}];",

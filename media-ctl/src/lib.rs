@@ -40,7 +40,10 @@
 //!   supervised ffmpeg processes: read timeouts, restarts with backoff
 //!   when a publisher drops and returns, health, stop within a grace
 //!   period; a backend that runs the orchestrator's commands with them
-//!   and reports losses and recoveries back.
+//!   and reports losses and recoveries back; the live mixer
+//!   ([`live::mixer`]): live inputs on a canvas, layout switches while it
+//!   runs (filter commands between two frames: no restart, no hole), out to
+//!   RTMP, live HLS with AES-128 and rotating keys, FLV and MP4.
 //!
 //! # Bad input
 //!
@@ -56,6 +59,7 @@
 //! | a callback for a command never issued | [`orchestrate::OrchestrateError::UnknownCommand`]; repeats of a callback change nothing |
 //! | a stream id that cannot be part of a file name (`/`, `%`, a leading `.`) | [`input::InputError::NotAName`] |
 //! | a live command the backend does not run, more live jobs than allowed | [`live::LiveError`] |
+//! | a mix with no output, a frame rate outside 1..=60, an input twice, more regions than inputs, a path `tee` would misread, a layout ffmpeg refused | [`live::mixer::MixError`]; the layout in force stays |
 //! | ffmpeg missing, failing or cancelled | [`ffmpeg::FfmpegError`] with ffmpeg's last lines |
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

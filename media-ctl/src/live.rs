@@ -27,7 +27,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::ffmpeg::{FfmpegError, Job, live_record_job, live_relay_job};
+
+pub mod mixer;
+mod zmtp;
 use crate::input::InputPolicy;
+use crate::layout::Template;
 use crate::orchestrate::{BackendEvent, Command, CommandId, CommandKind};
 
 /// How live jobs run.
@@ -141,6 +145,8 @@ pub enum LiveEvent {
 
 #[derive(Debug)]
 struct Slot {
+    /// What the next process runs.
+    job: Job,
     child: Option<Child>,
     stdin: Option<ChildStdin>,
     stop: bool,
@@ -174,6 +180,7 @@ impl LiveJob {
     pub fn spawn(id: JobId, job: Job, config: &LiveConfig, events: Sender<LiveEvent>) -> LiveJob {
         let shared = Arc::new(Shared {
             slot: Mutex::new(Slot {
+                job,
                 child: None,
                 stdin: None,
                 stop: false,
@@ -188,7 +195,7 @@ impl LiveJob {
             }),
             wake: Condvar::new(),
         });
-        let supervisor = Supervisor { id, job, config: config.clone(), shared: shared.clone(), events };
+        let supervisor = Supervisor { id, config: config.clone(), shared: shared.clone(), events };
         let thread =
             std::thread::Builder::new().name(format!("live-job-{}", id.0)).spawn(move || supervisor.run()).ok();
         let job = LiveJob { id, shared, thread, grace: config.stop_grace };
@@ -201,6 +208,12 @@ impl LiveJob {
     /// Its id.
     pub fn id(&self) -> JobId {
         self.id
+    }
+
+    /// What ffmpeg runs from its next start on (the process running now
+    /// goes on; the live mixer keeps this at the layout in force).
+    pub(crate) fn replace_job(&self, job: Job) {
+        self.shared.lock().job = job;
     }
 
     /// Its health now.
@@ -252,7 +265,6 @@ impl Drop for LiveJob {
 
 struct Supervisor {
     id: JobId,
-    job: Job,
     config: LiveConfig,
     shared: Arc<Shared>,
     events: Sender<LiveEvent>,
@@ -330,7 +342,7 @@ impl Supervisor {
             return Ok((false, "stopped".to_owned()));
         }
         let mut child = Process::new(&self.config.program)
-            .args(&self.job.args)
+            .args(&slot.job.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -410,6 +422,9 @@ pub enum LiveError {
     /// Its URLs, paths or ids failed the allow-list.
     #[error(transparent)]
     Refused(#[from] FfmpegError),
+    /// The mix cannot be made or switched.
+    #[error(transparent)]
+    Mix(#[from] mixer::MixError),
     /// A command this backend does not run.
     #[error("the live backend does not run {0}")]
     Unsupported(&'static str),
@@ -419,7 +434,7 @@ pub enum LiveError {
 }
 
 /// Where the live backend reads and writes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LiveBackendConfig {
     /// The origin's live application: stream `s` is read from
     /// `<origin>/<s>` (`rtmp://origin:1935/live`, or an `srt://` URL).
@@ -432,6 +447,8 @@ pub struct LiveBackendConfig {
     pub max_jobs: usize,
     /// How each job runs.
     pub live: LiveConfig,
+    /// How the class is mixed (`None`: the backend refuses `Mix`).
+    pub mix: Option<mixer::MixSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -458,13 +475,26 @@ pub struct LiveBackend {
     events: Receiver<LiveEvent>,
     /// Jobs by id, for their events.
     commands: BTreeMap<JobId, CommandId>,
+    mixer: Option<mixer::LiveMixer>,
+    /// What streams carry, where the host said (else sound and picture).
+    kinds: BTreeMap<String, crate::layout::InputKind>,
 }
 
 impl LiveBackend {
     /// A backend with no job.
     pub fn new(config: LiveBackendConfig, policy: InputPolicy) -> LiveBackend {
         let (events_in, events) = channel();
-        LiveBackend { config, policy, jobs: BTreeMap::new(), next_job: 1, events_in, events, commands: BTreeMap::new() }
+        LiveBackend {
+            config,
+            policy,
+            jobs: BTreeMap::new(),
+            next_job: 1,
+            events_in,
+            events,
+            commands: BTreeMap::new(),
+            mixer: None,
+            kinds: BTreeMap::new(),
+        }
     }
 
     /// Runs a command; the answer is for the orchestrator. A command
@@ -490,9 +520,69 @@ impl LiveBackend {
             }
             CommandKind::StopRelay { stream } => Ok(self.stop(command.id, &JobKey::Relay(stream.clone()))),
             CommandKind::StopRecording { stream } => Ok(self.stop(command.id, &JobKey::Recording(stream.clone()))),
-            CommandKind::Mix { .. } | CommandKind::StopMix => Err(LiveError::Unsupported("live mixing")),
+            CommandKind::Mix { streams, template } => self.mix(command.id, streams, template),
+            CommandKind::StopMix => {
+                if let Some(mixer) = self.mixer.take() {
+                    self.commands.remove(&mixer.id());
+                    mixer.stop();
+                }
+                Ok(BackendEvent::Succeeded(command.id))
+            }
             CommandKind::Transcode => Err(LiveError::Unsupported("transcoding (render the playback plan)")),
         }
+    }
+
+    /// Says what `stream` carries (picture only, sound only), for the
+    /// mixer; streams not named carry both.
+    pub fn set_stream_kind(&mut self, stream: &str, kind: crate::layout::InputKind) {
+        self.kinds.insert(stream.to_owned(), kind);
+    }
+
+    /// Mixes `streams` with `template`: the running mix switches layout
+    /// when it already has exactly these inputs, else a new mix replaces
+    /// it (a new set of inputs needs a new process).
+    fn mix(&mut self, id: CommandId, streams: &[String], template: &Template) -> Result<BackendEvent, LiveError> {
+        let Some(settings) = self.config.mix.clone() else {
+            return Err(LiveError::Unsupported("mixing (no mix settings)"));
+        };
+        if let Some(mixer) = self.mixer.as_mut() {
+            let same = mixer.inputs().len() == streams.len()
+                && streams.iter().all(|s| mixer.inputs().iter().any(|i| &i.id == s));
+            if same {
+                mixer.set_layout(template)?;
+                self.commands.insert(mixer.id(), id);
+                return Ok(BackendEvent::Accepted(id));
+            }
+        }
+        let mut inputs = Vec::with_capacity(streams.len());
+        for stream in streams {
+            let url = self.stream_url(stream)?;
+            let kind = self.kinds.get(stream).copied().unwrap_or(crate::layout::InputKind::AudioVideo);
+            inputs.push(mixer::MixInput { id: stream.clone(), url, kind });
+        }
+        if let Some(old) = self.mixer.take() {
+            self.commands.remove(&old.id());
+            old.stop();
+        }
+        let job_id = JobId(self.next_job);
+        self.next_job += 1;
+        let started = mixer::LiveMixer::start(
+            job_id,
+            inputs,
+            template,
+            settings,
+            &self.policy,
+            &self.config.live,
+            self.events_in.clone(),
+        )?;
+        self.commands.insert(job_id, id);
+        self.mixer = Some(started);
+        Ok(BackendEvent::Accepted(id))
+    }
+
+    /// The running mix, if any.
+    pub fn mixer(&self) -> Option<&mixer::LiveMixer> {
+        self.mixer.as_ref()
     }
 
     fn stream_url(&self, stream: &str) -> Result<String, LiveError> {
@@ -564,9 +654,9 @@ impl LiveBackend {
         self.jobs.get(&key).map(|(_, job)| job.health())
     }
 
-    /// Jobs running.
+    /// Jobs running (the mix counts as one).
     pub fn jobs(&self) -> usize {
-        self.jobs.len()
+        self.jobs.len() + usize::from(self.mixer.is_some())
     }
 
     /// The next job event, if one came, with what to tell the orchestrator.
@@ -590,6 +680,9 @@ impl LiveBackend {
             LiveEvent::Failed { job, reason } => {
                 let id = self.commands.remove(job);
                 self.jobs.retain(|_, (_, j)| j.id() != *job);
+                if self.mixer.as_ref().is_some_and(|m| m.id() == *job) {
+                    self.mixer = None;
+                }
                 id.map(|id| BackendEvent::Failed { id, reason: reason.clone(), retry: false })
             }
             _ => None,
@@ -600,6 +693,7 @@ impl LiveBackend {
     /// Stops every job; returns the longest stop.
     pub fn stop_all(&mut self) -> Duration {
         self.commands.clear();
-        std::mem::take(&mut self.jobs).into_values().map(|(_, job)| job.stop()).max().unwrap_or_default()
+        let mix = self.mixer.take().map(mixer::LiveMixer::stop).unwrap_or_default();
+        std::mem::take(&mut self.jobs).into_values().map(|(_, job)| job.stop()).max().unwrap_or_default().max(mix)
     }
 }

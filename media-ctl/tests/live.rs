@@ -217,6 +217,7 @@ fn the_backend_runs_the_orchestrators_relays_and_recordings_and_reports_back() {
             segment: Duration::from_secs(10),
             max_jobs: 3,
             live: config(&program),
+            mix: None,
         },
         policy,
     );

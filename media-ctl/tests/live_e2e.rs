@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use room_core::Timestamp;
 use room_media_ctl::input::InputPolicy;
-use room_media_ctl::live::{JobState, LiveBackend, LiveBackendConfig, LiveConfig, LiveError, LiveEvent};
+use room_media_ctl::live::{JobState, LiveBackend, LiveBackendConfig, LiveConfig, LiveEvent};
 use room_media_ctl::orchestrate::{
     Action, BackendEvent, CommandKind, HostEvent, Orchestrator, OrchestratorConfig, SessionEvent, StreamKind,
 };
@@ -130,6 +130,14 @@ fn a_live_class_over_nginx_rtmp_survives_a_publisher_that_drops() {
         max_backoff: Duration::from_secs(1),
         ..LiveConfig::default()
     };
+    let mut mix = room_media_ctl::live::mixer::MixSettings::new(room_media_ctl::layout::Canvas {
+        width: 640,
+        height: 360,
+        color: room_media_ctl::layout::Rgb(0, 0, 0),
+    });
+    mix.input_box = (320, 240);
+    mix.video_kbps = 500;
+    mix.outputs.flv = Some(dir.path().join("mix.flv"));
     let mut backend = LiveBackend::new(
         LiveBackendConfig {
             origin: format!("rtmp://127.0.0.1:{origin}/live"),
@@ -137,6 +145,7 @@ fn a_live_class_over_nginx_rtmp_survives_a_publisher_that_drops() {
             segment: Duration::from_secs(2),
             max_jobs: 8,
             live,
+            mix: Some(mix),
         },
         policy,
     );
@@ -164,7 +173,6 @@ fn a_live_class_over_nginx_rtmp_survives_a_publisher_that_drops() {
         let Action::Command(command) = action else { continue };
         match backend.execute(&command) {
             Ok(answer) => orchestrator.handle_backend(now, answer).expect("known"),
-            Err(LiveError::Unsupported(_)) => continue,
             Err(e) => panic!("{command:?}: {e}"),
         }
         if let CommandKind::StartRelay { stream, .. } = &command.kind {
@@ -172,6 +180,10 @@ fn a_live_class_over_nginx_rtmp_survives_a_publisher_that_drops() {
         }
     }
     assert_eq!(relays.len(), 2);
+    // The teacher over the slides, from the second stream on.
+    let mixing = backend.mixer().expect("a mix runs");
+    assert!(matches!(mixing.template(), room_media_ctl::layout::Template::PictureInPicture { .. }));
+    assert_eq!(mixing.inputs().len(), 2);
     for stream in ["cam-1", "slides"] {
         until(&format!("{stream} on the edge"), Duration::from_secs(30), || {
             readable(&format!("rtmp://127.0.0.1:{edge}/live/{stream}"), 25)
@@ -218,7 +230,7 @@ fn a_live_class_over_nginx_rtmp_survives_a_publisher_that_drops() {
     let mut stops = Vec::new();
     while let Some(action) = orchestrator.poll_action() {
         let Action::Command(command) = action else { continue };
-        if matches!(command.kind, CommandKind::StopMix | CommandKind::Transcode) {
+        if matches!(command.kind, CommandKind::Transcode) {
             continue;
         }
         let start = Instant::now();
@@ -232,6 +244,16 @@ fn a_live_class_over_nginx_rtmp_survives_a_publisher_that_drops() {
         println!("stop {what}: {took:?}");
     }
     assert_eq!(backend.jobs(), 0);
+
+    // The mix was recorded.
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames"])
+        .args(["-of", "csv=p=0"])
+        .arg(dir.path().join("mix.flv"))
+        .output()
+        .expect("ffprobe runs");
+    let mixed: u64 = String::from_utf8_lossy(&probe.stdout).trim().parse().unwrap_or(0);
+    assert!(mixed > 25, "{mixed} frames mixed");
 
     // Each stream was recorded as playable FLV segments.
     for stream in ["cam-1", "slides"] {
@@ -250,4 +272,191 @@ fn a_live_class_over_nginx_rtmp_survives_a_publisher_that_drops() {
             .expect("ffprobe runs");
         assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "h264", "{}", first.display());
     }
+}
+
+/// A plain colour with a tone (or without), sent live to `url`.
+fn colour_publisher(url: &str, colour: &str, tone: bool) -> Killed {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-f", "lavfi", "-i"])
+        .arg(format!("color=c={colour}:s=640x360:r=25"));
+    if tone {
+        cmd.args(["-re", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]);
+    }
+    let child = cmd
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "25", "-pix_fmt", "yuv420p"])
+        .args(if tone { &["-c:a", "aac", "-b:a", "64k"][..] } else { &[][..] })
+        .args(["-f", "flv", url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg starts");
+    Killed(child)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Red,
+    Blue,
+    Black,
+    Other,
+}
+
+fn classify(rgb: &[u8]) -> Seen {
+    match (rgb[0], rgb[1], rgb[2]) {
+        (r, g, b) if r > 150 && g < 90 && b < 90 => Seen::Red,
+        (r, g, b) if b > 150 && r < 90 && g < 90 => Seen::Blue,
+        (r, g, b) if r < 40 && g < 40 && b < 40 => Seen::Black,
+        _ => Seen::Other,
+    }
+}
+
+#[test]
+#[ignore = "needs nginx with libnginx-mod-rtmp and ffmpeg"]
+fn the_live_mixer_switches_layouts_without_a_hole_into_encrypted_hls() {
+    use room_media_ctl::layout::{Canvas, Corner, InputKind, Length, Rgb, Template, Watermark, WatermarkKind};
+    use room_media_ctl::live::mixer::{LiveHls, LiveMixer, MixInput, MixOutputs, MixSettings};
+
+    let dir = tempfile::tempdir().expect("dir");
+    let (origin, edge) = (free_tcp_port(), free_tcp_port());
+    let _nginx = nginx(dir.path(), origin, edge);
+    let _cam = colour_publisher(&format!("rtmp://127.0.0.1:{origin}/live/cam"), "red", true);
+    let _slides = colour_publisher(&format!("rtmp://127.0.0.1:{origin}/live/slides"), "blue", false);
+    for s in ["cam", "slides"] {
+        until(&format!("{s} at the origin"), Duration::from_secs(30), || {
+            readable(&format!("rtmp://127.0.0.1:{origin}/live/{s}"), 5)
+        });
+    }
+    let hls = dir.path().join("hls");
+    std::fs::create_dir(&hls).expect("dir");
+    let policy = InputPolicy::with_local_dir(dir.path()).expect("policy");
+    let mut settings = MixSettings::new(Canvas { width: 640, height: 360, color: Rgb(0, 0, 0) });
+    settings.input_box = (640, 360);
+    settings.video_kbps = 800;
+    settings.watermark = Some(Watermark {
+        kind: WatermarkKind::Text("Roomkit".into()),
+        x: Length::Px(520),
+        y: Length::Px(330),
+        size: Length::Px(20),
+    });
+    settings.outputs = MixOutputs {
+        live: vec![format!("rtmp://127.0.0.1:{edge}/live/mix")],
+        hls: Some(LiveHls {
+            dir: hls.clone(),
+            segment: Duration::from_secs(1),
+            rotate_every: 2,
+            key_uri_prefix: String::new(),
+        }),
+        flv: Some(dir.path().join("mix.flv")),
+        mp4: None,
+    };
+    let inputs = vec![
+        MixInput { id: "cam".into(), url: format!("rtmp://127.0.0.1:{origin}/live/cam"), kind: InputKind::AudioVideo },
+        MixInput { id: "slides".into(), url: format!("rtmp://127.0.0.1:{origin}/live/slides"), kind: InputKind::Video },
+    ];
+    let (tx, events) = std::sync::mpsc::channel();
+    let live = LiveConfig { read_timeout: Duration::from_secs(3), ..LiveConfig::default() };
+    let mut mixer = LiveMixer::start(
+        room_media_ctl::live::JobId(1),
+        inputs,
+        &Template::Single { input: "cam".into() },
+        settings,
+        &policy,
+        &live,
+        tx,
+    )
+    .expect("the mix starts");
+    until("the mix flows", Duration::from_secs(30), || mixer.health().frames > 50);
+    let pid = mixer.health().pid.expect("ffmpeg runs");
+    until("the mix on the edge", Duration::from_secs(30), || {
+        readable(&format!("rtmp://127.0.0.1:{edge}/live/mix"), 10)
+    });
+    let mut switches = Vec::new();
+    for template in [
+        Template::PictureInPicture {
+            main: "slides".into(),
+            overlay: "cam".into(),
+            corner: Corner::BottomRight,
+            scale: 0.25,
+            margin: 16,
+        },
+        Template::Grid { inputs: vec!["cam".into(), "slides".into()] },
+    ] {
+        std::thread::sleep(Duration::from_secs(3));
+        // The frame being made now: the last count ffmpeg reported, and
+        // the frames since at 25 a second.
+        let health = mixer.health();
+        let since = health.last_progress.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let frames = health.frames + (since * 25.0) as u64;
+        let sent = mixer.set_layout(&template).expect("switched");
+        assert!(sent > 0);
+        switches.push(frames);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    // A template naming an input the mix does not have changes nothing.
+    assert!(mixer.set_layout(&Template::Single { input: "nobody".into() }).is_err());
+    let health = mixer.health();
+    assert_eq!((health.pid, health.restarts), (Some(pid), 0), "one ffmpeg process throughout");
+    let keys = mixer.keys();
+    let took = mixer.stop();
+    println!("mixer stop: {took:?}");
+    assert!(events.try_iter().all(|e| !matches!(e, LiveEvent::Lost { .. } | LiveEvent::Failed { .. })));
+
+    // The playlist: no discontinuity, keys rotated.
+    let playlist = std::fs::read_to_string(hls.join("index.m3u8")).expect("playlist");
+    assert!(!playlist.contains("#EXT-X-DISCONTINUITY"), "{playlist}");
+    let uris: std::collections::BTreeSet<&str> =
+        playlist.lines().filter(|l| l.starts_with("#EXT-X-KEY")).filter_map(|l| l.split('"').nth(1)).collect();
+    assert!(uris.len() >= 3 && keys.len() >= 3, "keys rotated: {uris:?}");
+    // A segment is not readable without its key.
+    let first_segment = playlist.lines().find(|l| l.ends_with(".ts")).expect("a segment");
+    let raw = std::fs::read(hls.join(first_segment)).expect("segment");
+    assert_ne!(raw.first(), Some(&0x47), "the segment is encrypted (no TS sync byte)");
+
+    // Decrypted with its keys: one pixel of every frame, and their times.
+    let decoded = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-allowed_extensions", "ALL"])
+        .args(["-protocol_whitelist", "file,crypto,data", "-i"])
+        .arg(hls.join("index.m3u8"))
+        .args(["-vf", "crop=2:2:200:30,format=rgb24", "-f", "rawvideo", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(decoded.status.success(), "{}", String::from_utf8_lossy(&decoded.stderr));
+    let seen: Vec<Seen> = decoded.stdout.chunks_exact(12).map(classify).collect();
+    let mut runs: Vec<(Seen, usize, usize)> = Vec::new();
+    for (i, s) in seen.iter().enumerate() {
+        match runs.last_mut() {
+            Some((last, _, end)) if last == s => *end = i,
+            _ => runs.push((*s, i, i)),
+        }
+    }
+    // Until the inputs' first frames the canvas shows alone (black).
+    if runs.first().is_some_and(|r| r.0 == Seen::Black) {
+        runs.remove(0);
+    }
+    let order: Vec<Seen> = runs.iter().map(|r| r.0).filter(|s| *s != Seen::Other).collect();
+    assert_eq!(order, [Seen::Red, Seen::Blue, Seen::Black], "single, then picture in picture, then grid: {runs:?}");
+    let first = |what: Seen| runs.iter().find(|r| r.0 == what).map(|r| r.1).expect("seen");
+    for (switch, shown) in switches.iter().zip([first(Seen::Blue), first(Seen::Black)]) {
+        let frames = shown as i64 - *switch as i64;
+        println!("layout switch visible {frames} frames ({:.2} s) after the command", frames as f64 / 25.0);
+    }
+    let times = Command::new("ffprobe")
+        .args(["-v", "error", "-allowed_extensions", "ALL", "-protocol_whitelist", "file,crypto,data"])
+        .args(["-select_streams", "v:0", "-show_entries", "frame=pts", "-of", "csv=p=0"])
+        .arg(hls.join("index.m3u8"))
+        .output()
+        .expect("ffprobe runs");
+    let pts: Vec<i64> = String::from_utf8_lossy(&times.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert!(pts.len() > 200, "{} frames", pts.len());
+    let steps: std::collections::BTreeSet<i64> = pts.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(steps.len(), 1, "frame times step evenly (no hole): {steps:?}");
+    // The FLV recording holds the same mix.
+    let flv = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames"])
+        .args(["-of", "csv=p=0"])
+        .arg(dir.path().join("mix.flv"))
+        .output()
+        .expect("ffprobe runs");
+    let flv_frames: usize = String::from_utf8_lossy(&flv.stdout).trim().parse().expect("a count");
+    assert!(flv_frames.abs_diff(pts.len()) <= 50, "{flv_frames} in FLV, {} in HLS", pts.len());
 }
