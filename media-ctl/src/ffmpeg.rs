@@ -434,17 +434,22 @@ pub fn live_relay_job(
 }
 
 /// A live stream recorded as FLV segments of `segment` length in `dir`
-/// (inside the policy's local directory), named after the stream and the
-/// wall-clock second each segment starts (so that a restarted job never
-/// overwrites an earlier segment).
+/// (inside the policy's local directory), named
+/// `<stream>-<tag>-<n>.flv` (`n` from 00000): give each process its own
+/// `tag` (a restart's start time) so that it never writes over an earlier
+/// file. Each finished segment is listed in `<stream>-<tag>.csv` (in
+/// `dir`), a line `name,start,end` with times in seconds from the
+/// process's output time 0.
 pub fn live_record_job(
     input: &str,
     stream: &str,
     dir: &Path,
     segment: std::time::Duration,
+    tag: &str,
     policy: &InputPolicy,
     read_timeout: std::time::Duration,
 ) -> Result<Job, FfmpegError> {
+    crate::input::check_name("recording tag", tag)?;
     crate::input::check_name("stream id", stream)?;
     let source = policy.check(input, Purpose::Live)?;
     let out = policy.check_output(dir)?;
@@ -454,9 +459,11 @@ pub fn live_record_job(
         ["-map", "0", "-c", "copy", "-f", "segment", "-segment_format", "flv", "-segment_time", &seconds]
             .map(str::to_owned),
     );
-    a.extend(["-reset_timestamps", "1", "-strftime", "1"].map(str::to_owned));
+    a.extend(["-reset_timestamps", "1"].map(str::to_owned));
+    a.extend(["-segment_list_type", "csv", "-segment_list_flags", "+live", "-segment_list"].map(str::to_owned));
+    a.push(format!("{}/{stream}-{tag}.csv", out.arg.trim_start_matches("file:")));
     a.extend(["-protocol_whitelist".to_owned(), "file".to_owned()]);
-    a.push(format!("{}/{stream}-%Y%m%d-%H%M%S.flv", out.arg));
+    a.push(format!("{}/{stream}-{tag}-%05d.flv", out.arg));
     Ok(Job { args: a, graph: String::new() })
 }
 

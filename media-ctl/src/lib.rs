@@ -43,7 +43,10 @@
 //!   and reports losses and recoveries back; the live mixer
 //!   ([`live::mixer`]): live inputs on a canvas, layout switches while it
 //!   runs (filter commands between two frames: no restart, no hole), out to
-//!   RTMP, live HLS with AES-128 and rotating keys, FLV and MP4.
+//!   RTMP, live HLS with AES-128 and rotating keys, FLV and MP4; recordings
+//!   as FLV segments reported with Unix-millisecond times, as Roomkit
+//!   recording callbacks signed afresh at each attempt and retried with
+//!   backoff ([`live::callbacks`]), which [`ingest`] reads as they are.
 //!
 //! # Bad input
 //!
@@ -59,6 +62,7 @@
 //! | a callback for a command never issued | [`orchestrate::OrchestrateError::UnknownCommand`]; repeats of a callback change nothing |
 //! | a stream id that cannot be part of a file name (`/`, `%`, a leading `.`) | [`input::InputError::NotAName`] |
 //! | a live command the backend does not run, more live jobs than allowed | [`live::LiveError`] |
+//! | more recording callbacks waiting than the queue holds | [`live::callbacks::CallbackError::Full`]; the file stays on disk |
 //! | a mix with no output, a frame rate outside 1..=60, an input twice, more regions than inputs, a path `tee` would misread, a layout ffmpeg refused | [`live::mixer::MixError`]; the layout in force stays |
 //! | ffmpeg missing, failing or cancelled | [`ffmpeg::FfmpegError`] with ffmpeg's last lines |
 #![forbid(unsafe_code)]

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::ffmpeg::{FfmpegError, Job, live_record_job, live_relay_job};
 
+pub mod callbacks;
 pub mod mixer;
 mod zmtp;
 use crate::input::InputPolicy;
@@ -110,6 +111,12 @@ pub struct Health {
     pub last_progress: Option<Instant>,
     /// The process's id, while one runs.
     pub pid: Option<u32>,
+    /// Which process this is (0 for the first, then one more per restart).
+    pub run: u32,
+    /// Unix milliseconds at the current process's output time 0 (known
+    /// from its first progress report on; a recording's segments are
+    /// dated from it).
+    pub origin_ms: Option<i64>,
 }
 
 /// What happened to a job.
@@ -134,6 +141,8 @@ pub enum LiveEvent {
     Recovered(JobId),
     /// Stopped by the host.
     Stopped(JobId),
+    /// A recording finished a file.
+    Recorded(RecordedFile),
     /// Given up on: ffmpeg is missing, or the restarts ran out.
     Failed {
         /// Which.
@@ -143,10 +152,36 @@ pub enum LiveEvent {
     },
 }
 
+/// What each process of a job runs, given its run number.
+struct JobMaker(Box<dyn FnMut(u32) -> Job + Send>);
+
+impl std::fmt::Debug for JobMaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobMaker")
+    }
+}
+
+/// A file a recording finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedFile {
+    /// The stream recorded.
+    pub stream: String,
+    /// The file's name in the recordings directory.
+    pub file_name: String,
+    /// Its path.
+    pub path: PathBuf,
+    /// Unix ms of its first instant.
+    pub start_ms: i64,
+    /// Unix ms of its last instant.
+    pub end_ms: i64,
+}
+
 #[derive(Debug)]
 struct Slot {
     /// What the next process runs.
-    job: Job,
+    job: JobMaker,
+    /// Output time 0 of recent runs, in Unix ms.
+    origins: VecDeque<(u32, i64)>,
     child: Option<Child>,
     stdin: Option<ChildStdin>,
     stop: bool,
@@ -178,9 +213,22 @@ pub struct LiveJob {
 impl LiveJob {
     /// Starts `job` under `config`; its events go to `events`.
     pub fn spawn(id: JobId, job: Job, config: &LiveConfig, events: Sender<LiveEvent>) -> LiveJob {
+        Self::spawn_with(id, move |_| job.clone(), config, events)
+    }
+
+    /// Starts a job whose process `run` (0, 1, ...) runs `make(run)`:
+    /// a restart can write to new files rather than over the last ones.
+    pub fn spawn_with(
+        id: JobId,
+        make: impl FnMut(u32) -> Job + Send + 'static,
+        config: &LiveConfig,
+        events: Sender<LiveEvent>,
+    ) -> LiveJob {
+        let job = JobMaker(Box::new(make));
         let shared = Arc::new(Shared {
             slot: Mutex::new(Slot {
                 job,
+                origins: VecDeque::new(),
                 child: None,
                 stdin: None,
                 stop: false,
@@ -191,6 +239,8 @@ impl LiveJob {
                     restarts: 0,
                     last_progress: None,
                     pid: None,
+                    run: 0,
+                    origin_ms: None,
                 },
             }),
             wake: Condvar::new(),
@@ -213,7 +263,12 @@ impl LiveJob {
     /// What ffmpeg runs from its next start on (the process running now
     /// goes on; the live mixer keeps this at the layout in force).
     pub(crate) fn replace_job(&self, job: Job) {
-        self.shared.lock().job = job;
+        self.shared.lock().job = JobMaker(Box::new(move |_| job.clone()));
+    }
+
+    /// Output time 0 of process `run`, in Unix ms, if it reported progress.
+    pub(crate) fn origin(&self, run: u32) -> Option<i64> {
+        self.shared.lock().origins.iter().find(|(r, _)| *r == run).map(|(_, at)| *at)
     }
 
     /// Its health now.
@@ -263,6 +318,13 @@ impl Drop for LiveJob {
     }
 }
 
+/// Now, in Unix milliseconds.
+pub(crate) fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 struct Supervisor {
     id: JobId,
     config: LiveConfig,
@@ -275,12 +337,15 @@ impl Supervisor {
         let mut backoff = self.config.backoff;
         let mut in_a_row = 0u32;
         let mut ever_flowed = false;
+        let mut run = 0u32;
         loop {
             if self.shared.lock().stop {
                 break;
             }
             let started = Instant::now();
-            let (flowed, reason) = match self.run_once(ever_flowed && in_a_row > 0) {
+            let outcome = self.run_once(run, ever_flowed && in_a_row > 0);
+            run = run.saturating_add(1);
+            let (flowed, reason) = match outcome {
                 Ok(outcome) => outcome,
                 Err(reason) => {
                     self.finish(JobState::Failed { reason: reason.clone() });
@@ -336,13 +401,14 @@ impl Supervisor {
 
     /// Runs ffmpeg once, until it exits. `Ok((flowed, why it ended))`, or
     /// `Err` when it cannot be started at all.
-    fn run_once(&self, recovering: bool) -> Result<(bool, String), String> {
+    fn run_once(&self, run: u32, recovering: bool) -> Result<(bool, String), String> {
         let mut slot = self.shared.lock();
         if slot.stop {
             return Ok((false, "stopped".to_owned()));
         }
+        let job = (slot.job.0)(run);
         let mut child = Process::new(&self.config.program)
-            .args(&slot.job.args)
+            .args(&job.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -355,6 +421,8 @@ impl Supervisor {
         slot.health.state = JobState::Starting;
         slot.health.frames = 0;
         slot.health.out_ms = 0;
+        slot.health.run = run;
+        slot.health.origin_ms = None;
         slot.child = Some(child);
         drop(slot);
         #[cfg(feature = "tracing")]
@@ -386,6 +454,17 @@ impl Supervisor {
                     slot.health.frames = frames;
                     slot.health.out_ms = out_ms;
                     slot.health.last_progress = Some(Instant::now());
+                    // Output time 0 is now minus the output time; the
+                    // earliest estimate is the one least delayed.
+                    let origin = unix_ms() - out_ms;
+                    if slot.health.origin_ms.is_none_or(|o| origin < o) {
+                        slot.health.origin_ms = Some(origin);
+                        slot.origins.retain(|(r, _)| *r != run);
+                        if slot.origins.len() == 16 {
+                            slot.origins.pop_front();
+                        }
+                        slot.origins.push_back((run, origin));
+                    }
                     if advanced && !flowed {
                         flowed = true;
                         slot.health.state = JobState::Running;
@@ -449,6 +528,9 @@ pub struct LiveBackendConfig {
     pub live: LiveConfig,
     /// How the class is mixed (`None`: the backend refuses `Mix`).
     pub mix: Option<mixer::MixSettings>,
+    /// Recording callbacks for the host (`None`: recorded files are only
+    /// reported as [`LiveEvent::Recorded`]).
+    pub callbacks: Option<callbacks::CallbackConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -478,14 +560,84 @@ pub struct LiveBackend {
     mixer: Option<mixer::LiveMixer>,
     /// What streams carry, where the host said (else sound and picture).
     kinds: BTreeMap<String, crate::layout::InputKind>,
+    /// Whose streams they are, where the host said.
+    owners: BTreeMap<String, String>,
+    /// Recordings' segment lists, by stream.
+    watches: BTreeMap<String, Watch>,
+    last_scan: Instant,
+    /// Events found by scanning, before the channel's.
+    found: VecDeque<LiveEvent>,
+    outbox: Option<callbacks::CallbackOutbox>,
+    refused_callbacks: u64,
+    /// The outbox's clock starts here.
+    epoch: Instant,
 }
+
+/// How far a recording's segment lists have been read.
+#[derive(Debug)]
+struct Watch {
+    stream: String,
+    dir: PathBuf,
+    /// Each run's tag (its files' and list's names), as the job starts it.
+    tags: Arc<Mutex<BTreeMap<u32, String>>>,
+    /// Bytes read of each run's list.
+    read: BTreeMap<u32, usize>,
+}
+
+impl Watch {
+    /// Finished segments listed since the last scan, dated from each
+    /// run's output time 0.
+    fn scan(&mut self, job: &LiveJob) -> Vec<RecordedFile> {
+        let mut found = Vec::new();
+        let current = job.health().run;
+        for run in current.saturating_sub(15)..=current {
+            let tag = self.tags.lock().unwrap_or_else(PoisonError::into_inner).get(&run).cloned();
+            let Some(tag) = tag else { continue };
+            let Ok(text) = std::fs::read_to_string(self.dir.join(format!("{}-{tag}.csv", self.stream))) else {
+                continue;
+            };
+            let Some(origin) = job.origin(run) else { continue };
+            let from = self.read.get(&run).copied().unwrap_or(0).min(text.len());
+            let Some(end) = text[from..].rfind('\n').map(|i| from + i + 1) else { continue };
+            for line in text[from..end].lines() {
+                let mut fields = line.rsplitn(3, ',');
+                let (Some(last), Some(first), Some(name)) = (fields.next(), fields.next(), fields.next()) else {
+                    continue;
+                };
+                let (Ok(first), Ok(last)) = (first.trim().parse::<f64>(), last.trim().parse::<f64>()) else { continue };
+                let name = name.trim().trim_matches('"');
+                if crate::input::check_name("file name", name).is_err() || !first.is_finite() || !last.is_finite() {
+                    continue;
+                }
+                found.push(RecordedFile {
+                    stream: self.stream.clone(),
+                    file_name: name.to_owned(),
+                    path: self.dir.join(name),
+                    start_ms: origin.saturating_add((first * 1000.0).round() as i64),
+                    end_ms: origin.saturating_add((last * 1000.0).round() as i64),
+                });
+            }
+            self.read.insert(run, end);
+        }
+        found
+    }
+}
+
+/// A recording process's tag: when it started, and which run it is.
+fn run_tag(run: u32) -> String {
+    format!("{}r{run}", unix_ms())
+}
+
+const SCAN_EVERY: Duration = Duration::from_millis(200);
+
+/// Recorded-file events held for the host at most.
+const MAX_FOUND: usize = 10_000;
 
 impl LiveBackend {
     /// A backend with no job.
     pub fn new(config: LiveBackendConfig, policy: InputPolicy) -> LiveBackend {
         let (events_in, events) = channel();
         LiveBackend {
-            config,
             policy,
             jobs: BTreeMap::new(),
             next_job: 1,
@@ -494,6 +646,14 @@ impl LiveBackend {
             commands: BTreeMap::new(),
             mixer: None,
             kinds: BTreeMap::new(),
+            owners: BTreeMap::new(),
+            watches: BTreeMap::new(),
+            last_scan: Instant::now(),
+            found: VecDeque::new(),
+            outbox: config.callbacks.clone().map(callbacks::CallbackOutbox::new),
+            refused_callbacks: 0,
+            epoch: Instant::now(),
+            config,
         }
     }
 
@@ -508,15 +668,47 @@ impl LiveBackend {
             }
             CommandKind::StartRecording { stream } => {
                 let input = self.stream_url(stream)?;
-                let job = live_record_job(
-                    &input,
-                    stream,
-                    &self.config.recordings,
-                    self.config.segment,
-                    &self.policy,
-                    self.config.live.read_timeout,
-                )?;
-                self.start(command.id, JobKey::Recording(stream.clone()), job)
+                let (dir, segment, timeout) =
+                    (self.config.recordings.clone(), self.config.segment, self.config.live.read_timeout);
+                let policy = self.policy.clone();
+                let name = stream.clone();
+                // Checked once here; each process then gets files and a
+                // list of its own (ffmpeg empties a list it opens, and a
+                // restart must not write over earlier files).
+                let first = live_record_job(&input, stream, &dir, segment, &run_tag(0), &policy, timeout)?;
+                let tags: Arc<Mutex<BTreeMap<u32, String>>> = Arc::default();
+                let make = {
+                    let (dir, tags) = (dir.clone(), tags.clone());
+                    move |run: u32| {
+                        let tag = run_tag(run);
+                        let mut tags = tags.lock().unwrap_or_else(PoisonError::into_inner);
+                        tags.insert(run, tag.clone());
+                        // The last 16 runs are read; older tags go.
+                        while tags.len() > 16 {
+                            tags.pop_first();
+                        }
+                        live_record_job(&input, &name, &dir, segment, &tag, &policy, timeout)
+                            .unwrap_or_else(|_| first.clone())
+                    }
+                };
+                let key = JobKey::Recording(stream.clone());
+                let same = self.jobs.get(&key).is_some_and(|(running, _)| *running == command.id);
+                if !same {
+                    // Another command for this stream: the old recording
+                    // ends first, its last files reported.
+                    let _ = self.stop(command.id, &key);
+                }
+                let answer = self.start_with(command.id, key, make)?;
+                let dir = self.policy.check_output(&dir).map_err(FfmpegError::from)?.arg;
+                let dir = PathBuf::from(dir.trim_start_matches("file:"));
+                // A retried command keeps its job and its watch.
+                self.watches.entry(stream.clone()).or_insert_with(|| Watch {
+                    stream: stream.clone(),
+                    dir,
+                    tags,
+                    read: BTreeMap::new(),
+                });
+                Ok(answer)
             }
             CommandKind::StopRelay { stream } => Ok(self.stop(command.id, &JobKey::Relay(stream.clone()))),
             CommandKind::StopRecording { stream } => Ok(self.stop(command.id, &JobKey::Recording(stream.clone()))),
@@ -591,6 +783,15 @@ impl LiveBackend {
     }
 
     fn start(&mut self, id: CommandId, key: JobKey, job: Job) -> Result<BackendEvent, LiveError> {
+        self.start_with(id, key, move |_| job.clone())
+    }
+
+    fn start_with(
+        &mut self,
+        id: CommandId,
+        key: JobKey,
+        make: impl FnMut(u32) -> Job + Send + 'static,
+    ) -> Result<BackendEvent, LiveError> {
         if self.jobs.get(&key).is_some_and(|(running, _)| *running == id) {
             return Ok(BackendEvent::Accepted(id));
         }
@@ -604,16 +805,23 @@ impl LiveBackend {
         }
         let job_id = JobId(self.next_job);
         self.next_job += 1;
-        let live = LiveJob::spawn(job_id, job, &self.config.live, self.events_in.clone());
+        let live = LiveJob::spawn_with(job_id, make, &self.config.live, self.events_in.clone());
         self.commands.insert(job_id, id);
         self.jobs.insert(key, (id, live));
         Ok(BackendEvent::Accepted(id))
     }
 
     fn stop(&mut self, id: CommandId, key: &JobKey) -> BackendEvent {
-        if let Some((_, job)) = self.jobs.remove(key) {
+        if let Some((_, mut job)) = self.jobs.remove(key) {
             self.commands.remove(&job.id());
-            job.stop();
+            job.halt();
+            // ffmpeg listed its last segment as it quit.
+            if let JobKey::Recording(stream) = key
+                && let Some(mut watch) = self.watches.remove(stream)
+            {
+                let files = watch.scan(&job);
+                self.recorded(files);
+            }
         }
         // Stopping what is not running is done too (a retried stop).
         BackendEvent::Succeeded(id)
@@ -661,14 +869,120 @@ impl LiveBackend {
 
     /// The next job event, if one came, with what to tell the orchestrator.
     pub fn poll_event(&mut self) -> Option<(LiveEvent, Option<BackendEvent>)> {
-        let event = self.events.try_recv().ok()?;
+        self.scan_recordings(false);
+        let event = self.found.pop_front().or_else(|| self.events.try_recv().ok())?;
         Some(self.translate(event))
     }
 
     /// The next job event, waiting at most `timeout` for one.
     pub fn wait_event(&mut self, timeout: Duration) -> Option<(LiveEvent, Option<BackendEvent>)> {
-        let event = self.events.recv_timeout(timeout).ok()?;
-        Some(self.translate(event))
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(event) = self.poll_event() {
+                return Some(event);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            // Woken by a job's event, or in time for the next scan.
+            if let Ok(event) = self.events.recv_timeout(left.min(SCAN_EVERY)) {
+                return Some(self.translate(event));
+            }
+        }
+    }
+
+    fn scan_recordings(&mut self, now: bool) {
+        if !now && self.last_scan.elapsed() < SCAN_EVERY {
+            return;
+        }
+        self.last_scan = Instant::now();
+        let mut files = Vec::new();
+        for (stream, watch) in &mut self.watches {
+            if let Some((_, job)) = self.jobs.get(&JobKey::Recording(stream.clone())) {
+                files.extend(watch.scan(job));
+            }
+        }
+        self.recorded(files);
+    }
+
+    /// Finished files: each becomes a callback (when callbacks are on)
+    /// and an event.
+    fn recorded(&mut self, files: Vec<RecordedFile>) {
+        for file in files {
+            if let Some(prefix) = self.outbox.as_ref().map(|o| o.config().download_prefix.clone()) {
+                let body = self.callback_body(&file, &prefix);
+                let now = self.clock();
+                if let Some(outbox) = self.outbox.as_mut()
+                    && outbox.push(now, body).is_err()
+                {
+                    self.refused_callbacks += 1;
+                }
+            }
+            // Events wait for a host that reads them; past the bound the
+            // oldest goes (its file and its callback stay).
+            if self.found.len() >= MAX_FOUND {
+                self.found.pop_front();
+            }
+            self.found.push_back(LiveEvent::Recorded(file));
+        }
+    }
+
+    /// Says whose stream `stream` is (a user id), for its recording
+    /// callbacks.
+    pub fn set_stream_owner(&mut self, stream: &str, user: &str) {
+        self.owners.insert(stream.to_owned(), user.to_owned());
+    }
+
+    fn clock(&self) -> room_core::Timestamp {
+        room_core::Timestamp::from_micros(u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// The next recording callback to deliver (signed for this attempt),
+    /// if one is due; answer with [`callback_delivered`](Self::callback_delivered)
+    /// or [`callback_failed`](Self::callback_failed).
+    #[must_use]
+    pub fn poll_callback(&mut self) -> Option<callbacks::Delivery> {
+        self.scan_recordings(false);
+        let now = self.clock();
+        let unix = u64::try_from(unix_ms() / 1000).unwrap_or(0);
+        self.outbox.as_mut()?.poll_delivery(now, unix)
+    }
+
+    /// The host has the callback.
+    pub fn callback_delivered(&mut self, id: u64) {
+        if let Some(outbox) = self.outbox.as_mut() {
+            outbox.delivered(id);
+        }
+    }
+
+    /// The callback did not get through: it is sent again later.
+    pub fn callback_failed(&mut self, id: u64) {
+        let now = self.clock();
+        if let Some(outbox) = self.outbox.as_mut() {
+            outbox.failed(now, id);
+        }
+    }
+
+    /// Callbacks waiting, and callbacks refused because the queue was full.
+    pub fn callbacks_pending(&self) -> (usize, u64) {
+        (self.outbox.as_ref().map_or(0, callbacks::CallbackOutbox::len), self.refused_callbacks)
+    }
+
+    /// The Roomkit recording callback of `file` (what
+    /// [`Ingestor::ingest`](crate::ingest::Ingestor::ingest) reads).
+    fn callback_body(&self, file: &RecordedFile, prefix: &str) -> Vec<u8> {
+        let mut body = serde_json::json!({
+            "stream_id": file.stream,
+            "file_name": file.file_name,
+            "start": file.start_ms,
+            "end": file.end_ms,
+            "download_url": format!("{prefix}{}", file.file_name),
+        });
+        if let Some(user) = self.owners.get(&file.stream) {
+            body["user_id"] = serde_json::Value::String(user.clone());
+        }
+        serde_json::to_vec(&body).unwrap_or_default()
     }
 
     fn translate(&mut self, event: LiveEvent) -> (LiveEvent, Option<BackendEvent>) {

@@ -34,6 +34,8 @@ fn fake_ffmpeg(dir: &Path, deaf: bool) -> PathBuf {
         r#"#!/bin/sh
 echo run >> {d}/runs
 rm -f {d}/quit
+list=""; prev=""
+for a in "$@"; do [ "$prev" = "-segment_list" ] && list="$a"; prev="$a"; done
 if [ -e {d}/down ]; then echo "Input/output error" >&2; exit 1; fi
 {read_q}
 i=0
@@ -42,6 +44,10 @@ while true; do
   echo frame=$i
   echo out_time_us=$((i*40000))
   echo progress=continue
+  if [ "$i" = 3 ] && [ -n "$list" ]; then
+    echo "seg-a.flv,0.000000,2.000000" >> "$list"
+    echo "seg-b.flv,2.000000,4.500000" >> "$list"
+  fi
   if [ -e {d}/cut ]; then rm -f {d}/cut; echo "rtmp: timeout" >&2; exit 1; fi
   if [ -e {d}/quit ]; then echo progress=end; exit 0; fi
   sleep 0.02
@@ -218,6 +224,7 @@ fn the_backend_runs_the_orchestrators_relays_and_recordings_and_reports_back() {
             max_jobs: 3,
             live: config(&program),
             mix: None,
+            callbacks: None,
         },
         policy,
     );
@@ -308,5 +315,86 @@ fn the_backend_runs_the_orchestrators_relays_and_recordings_and_reports_back() {
         assert_eq!(answer, BackendEvent::Succeeded(command.id));
         orchestrator.handle_backend(now, answer).expect("known");
     }
+    assert_eq!(backend.jobs(), 0);
+}
+
+#[test]
+fn finished_recordings_become_signed_callbacks_the_ingestor_reads() {
+    use room_media_ctl::auth::HmacAuth;
+    use room_media_ctl::ingest::{Ingested, Ingestor};
+    use room_media_ctl::live::callbacks::CallbackConfig;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let program = fake_ffmpeg(dir.path(), false);
+    let recordings = dir.path().join("recordings");
+    std::fs::create_dir(&recordings).expect("dir");
+    let policy = InputPolicy::with_local_dir(dir.path()).expect("policy");
+    let mut backend = LiveBackend::new(
+        LiveBackendConfig {
+            origin: "rtmp://127.0.0.1:1935/live".into(),
+            recordings,
+            segment: Duration::from_secs(2),
+            max_jobs: 3,
+            live: config(&program),
+            mix: None,
+            callbacks: Some(CallbackConfig::new(b"k".to_vec(), "https://cdn.example/rec/")),
+        },
+        policy,
+    );
+    backend.set_stream_owner("cam-1", "1001");
+    let record = Command {
+        id: room_media_ctl::orchestrate::CommandId(1),
+        attempt: 1,
+        kind: CommandKind::StartRecording { stream: "cam-1".into() },
+    };
+    assert!(matches!(backend.execute(&record), Ok(BackendEvent::Accepted(_))));
+    let mut files = Vec::new();
+    while files.len() < 2 {
+        if let Some((LiveEvent::Recorded(file), None)) = backend.wait_event(Duration::from_secs(20)) {
+            files.push(file);
+        }
+    }
+    assert_eq!(files[0].file_name, "seg-a.flv");
+    assert_eq!(files[1].start_ms - files[0].start_ms, 2_000, "times from the list, in ms");
+    assert_eq!((files[0].end_ms - files[0].start_ms, files[1].end_ms - files[1].start_ms), (2_000, 2_500));
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as i64;
+    assert!((files[0].start_ms - now_ms).abs() < 60_000, "dated near now: {} vs {now_ms}", files[0].start_ms);
+    let mut verifier = HmacAuth::new(b"k".to_vec(), 300, 100);
+    let mut ingestor = Ingestor::new();
+    let mut failed_once = false;
+    let mut delivered = 0;
+    for _ in 0..50 {
+        let Some(delivery) = backend.poll_callback() else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let unix = (now_ms / 1000) as u64;
+        verifier.verify(&delivery.signed, &delivery.body, unix).expect("signed, and never a replay");
+        if !failed_once {
+            // The host was down: the same callback comes again later.
+            failed_once = true;
+            backend.callback_failed(delivery.id);
+            continue;
+        }
+        assert_eq!(ingestor.ingest(&delivery.body, now_ms).expect("a Roomkit callback"), Ingested::New);
+        backend.callback_delivered(delivery.id);
+        delivered += 1;
+        if delivered == 2 {
+            break;
+        }
+    }
+    assert_eq!(delivered, 2);
+    let timeline = ingestor.timeline("cam-1").expect("a timeline");
+    let urls: Vec<&str> = timeline.segments().map(|s| s.url.as_str()).collect();
+    assert_eq!(urls, ["https://cdn.example/rec/seg-a.flv", "https://cdn.example/rec/seg-b.flv"]);
+    assert_eq!(timeline.segments().next().and_then(|s| s.user.clone()).as_deref(), Some("1001"));
+    assert_eq!(backend.callbacks_pending(), (0, 0));
+    let stop = Command {
+        id: room_media_ctl::orchestrate::CommandId(2),
+        attempt: 1,
+        kind: CommandKind::StopRecording { stream: "cam-1".into() },
+    };
+    assert_eq!(backend.execute(&stop).expect("stopped"), BackendEvent::Succeeded(stop.id));
     assert_eq!(backend.jobs(), 0);
 }

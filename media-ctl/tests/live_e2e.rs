@@ -15,13 +15,17 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use room_core::Timestamp;
+use room_media_ctl::auth::HmacAuth;
+use room_media_ctl::ingest::Ingestor;
 use room_media_ctl::input::InputPolicy;
+use room_media_ctl::live::callbacks::CallbackConfig;
 use room_media_ctl::live::{JobState, LiveBackend, LiveBackendConfig, LiveConfig, LiveEvent};
 use room_media_ctl::orchestrate::{
     Action, BackendEvent, CommandKind, HostEvent, Orchestrator, OrchestratorConfig, SessionEvent, StreamKind,
 };
 
 const RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
+const KEY: &[u8] = b"recording-callback-key";
 
 struct Killed(Child);
 
@@ -146,9 +150,11 @@ fn a_live_class_over_nginx_rtmp_survives_a_publisher_that_drops() {
             max_jobs: 8,
             live,
             mix: Some(mix),
+            callbacks: Some(CallbackConfig::new(KEY.to_vec(), format!("{}/", recordings.display()))),
         },
         policy,
     );
+    backend.set_stream_owner("cam-1", "1001");
 
     // The teacher's camera arrives over SRT and is ingested into the origin.
     backend.start_ingest("cam-1", &format!("srt://127.0.0.1:{srt}?mode=listener")).expect("ingest");
@@ -244,6 +250,71 @@ fn a_live_class_over_nginx_rtmp_survives_a_publisher_that_drops() {
         println!("stop {what}: {took:?}");
     }
     assert_eq!(backend.jobs(), 0);
+
+    // The recordings' callbacks: signed, each file once, read by the
+    // ingestor as they are, and they drive a playback render.
+    let mut verifier = HmacAuth::new(KEY.to_vec(), 300, 10_000);
+    let mut ingestor = Ingestor::new();
+    let mut callbacks = 0;
+    while let Some(delivery) = backend.poll_callback() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs();
+        verifier.verify(&delivery.signed, &delivery.body, now).expect("signed");
+        let body: serde_json::Value = serde_json::from_slice(&delivery.body).expect("JSON");
+        if body["stream_id"] == "cam-1" {
+            assert_eq!(body["user_id"], "1001", "{body}");
+        }
+        let ingested = ingestor.ingest(&delivery.body, body["end"].as_i64().expect("end") + 100).expect("ingested");
+        assert_eq!(ingested, room_media_ctl::ingest::Ingested::New, "each file once");
+        backend.callback_delivered(delivery.id);
+        callbacks += 1;
+    }
+    assert_eq!(backend.callbacks_pending(), (0, 0));
+    let camera = ingestor.timeline("cam-1").expect("the camera's recordings");
+    let files: Vec<_> = camera.segments().collect();
+    assert!(files.len() >= 3 && callbacks >= files.len(), "{} files, {callbacks} callbacks", files.len());
+    for pair in files.windows(2) {
+        assert!((pair[1].start - pair[0].end).abs() <= 100, "contiguous: {:?} then {:?}", pair[0], pair[1]);
+    }
+    let first = files[0].start;
+    let request = room_media_ctl::plan::PlanRequest {
+        canvas: room_media_ctl::layout::Canvas { width: 320, height: 240, color: room_media_ctl::layout::Rgb(0, 0, 0) },
+        fps: 25,
+        inputs: vec![room_media_ctl::layout::Input {
+            id: "cam-1".into(),
+            kind: room_media_ctl::layout::InputKind::AudioVideo,
+            width: 320,
+            height: 240,
+        }],
+        switches: vec![room_media_ctl::plan::LayoutSwitch {
+            at: first,
+            template: room_media_ctl::layout::Template::Single { input: "cam-1".into() },
+        }],
+        fill: room_media_ctl::plan::GapFill::RepeatLastFrame,
+        watermark: None,
+        outputs: vec![room_media_ctl::plan::Output::Mp4],
+        limits: room_media_ctl::layout::Limits::default(),
+    };
+    let mut timelines = ingestor.timelines().clone();
+    timelines.retain(|stream, _| stream == "cam-1");
+    let playback = room_media_ctl::plan::plan(&request, &timelines).expect("a plan");
+    let out = dir.path().join("playback.mp4");
+    let render_policy = InputPolicy::with_local_dir(dir.path()).expect("policy");
+    let job = room_media_ctl::ffmpeg::render_job(&playback, &playback.outputs[0], &out, &render_policy).expect("a job");
+    room_media_ctl::ffmpeg::run(
+        "ffmpeg",
+        &job,
+        &std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        |_| {},
+    )
+    .expect("rendered");
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames"])
+        .args(["-of", "csv=p=0"])
+        .arg(&out)
+        .output()
+        .expect("ffprobe runs");
+    let rendered: u64 = String::from_utf8_lossy(&probe.stdout).trim().parse().expect("a count");
+    assert_eq!(rendered, playback.frames, "the playback is frame-exact");
 
     // The mix was recorded.
     let probe = Command::new("ffprobe")
