@@ -260,10 +260,15 @@ impl LiveJob {
         self.id
     }
 
-    /// What ffmpeg runs from its next start on (the process running now
-    /// goes on; the live mixer keeps this at the layout in force).
-    pub(crate) fn replace_job(&self, job: Job) {
-        self.shared.lock().job = JobMaker(Box::new(move |_| job.clone()));
+    /// Ends the running process the way a stop does (`q`, so its outputs
+    /// are closed properly) but keeps the job: it starts a new process
+    /// after the backoff, which opens its inputs again.
+    pub(crate) fn restart(&self) {
+        let mut slot = self.shared.lock();
+        if let Some(stdin) = slot.stdin.as_mut() {
+            let _ = stdin.write_all(b"q\n");
+            let _ = stdin.flush();
+        }
     }
 
     /// Output time 0 of process `run`, in Unix ms, if it reported progress.
@@ -316,6 +321,19 @@ impl Drop for LiveJob {
             self.halt();
         }
     }
+}
+
+/// Progress reports that settle a run's output time 0.
+const ORIGIN_SAMPLES: u32 = 8;
+
+/// Keeps the current run's output time 0 for dating its files.
+fn settle_origin(slot: &mut Slot, run: u32) {
+    let Some(origin) = slot.health.origin_ms else { return };
+    slot.origins.retain(|(r, _)| *r != run);
+    if slot.origins.len() == 16 {
+        slot.origins.pop_front();
+    }
+    slot.origins.push_back((run, origin));
 }
 
 /// Now, in Unix milliseconds.
@@ -442,6 +460,7 @@ impl Supervisor {
         });
         let mut flowed = false;
         let (mut frames, mut out_ms) = (0u64, 0i64);
+        let mut samples = 0u32;
         if let Some(stdout) = stdout {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(v) = line.strip_prefix("out_time_us=") {
@@ -455,15 +474,19 @@ impl Supervisor {
                     slot.health.out_ms = out_ms;
                     slot.health.last_progress = Some(Instant::now());
                     // Output time 0 is now minus the output time; the
-                    // earliest estimate is the one least delayed.
-                    let origin = unix_ms() - out_ms;
-                    if slot.health.origin_ms.is_none_or(|o| origin < o) {
-                        slot.health.origin_ms = Some(origin);
-                        slot.origins.retain(|(r, _)| *r != run);
-                        if slot.origins.len() == 16 {
-                            slot.origins.pop_front();
+                    // earliest estimate is the one least delayed. It is
+                    // settled after a few reports and then kept, so that
+                    // every file of a run is dated from the same instant
+                    // (contiguous files stay contiguous).
+                    if samples < ORIGIN_SAMPLES && out_ms > 0 {
+                        let origin = unix_ms() - out_ms;
+                        if slot.health.origin_ms.is_none_or(|o| origin < o) {
+                            slot.health.origin_ms = Some(origin);
                         }
-                        slot.origins.push_back((run, origin));
+                        samples += 1;
+                        if samples == ORIGIN_SAMPLES {
+                            settle_origin(&mut slot, run);
+                        }
                     }
                     if advanced && !flowed {
                         flowed = true;
@@ -479,6 +502,10 @@ impl Supervisor {
         // stdout closed: the process is ending; reap it.
         let child = {
             let mut slot = self.shared.lock();
+            if samples < ORIGIN_SAMPLES {
+                // A short run: dated from the best estimate it had.
+                settle_origin(&mut slot, run);
+            }
             slot.stdin = None;
             slot.health.pid = None;
             slot.child.take()
@@ -772,6 +799,22 @@ impl LiveBackend {
         Ok(BackendEvent::Accepted(id))
     }
 
+    /// A stream's publisher came back (its relay, recording or ingest
+    /// recovered): a mix that reads it opens it again. ffmpeg does not
+    /// reopen an input that ended, so the mix's process is restarted; it
+    /// continues its HLS playlist and records to new files.
+    fn restart_mix_for(&mut self, job: JobId) {
+        let stream = self.jobs.iter().find(|(_, (_, j))| j.id() == job).map(|(key, _)| match key {
+            JobKey::Ingest(s) | JobKey::Relay(s) | JobKey::Recording(s) => s.clone(),
+        });
+        let Some(stream) = stream else { return };
+        if let Some(mixer) = self.mixer.as_ref()
+            && mixer.inputs().iter().any(|i| i.id == stream)
+        {
+            mixer.restart();
+        }
+    }
+
     /// The running mix, if any.
     pub fn mixer(&self) -> Option<&mixer::LiveMixer> {
         self.mixer.as_ref()
@@ -990,7 +1033,10 @@ impl LiveBackend {
             LiveEvent::Lost { job, reason, .. } => {
                 self.commands.get(job).map(|&id| BackendEvent::Degraded { id, reason: reason.clone() })
             }
-            LiveEvent::Recovered(job) => self.commands.get(job).map(|&id| BackendEvent::Recovered(id)),
+            LiveEvent::Recovered(job) => {
+                self.restart_mix_for(*job);
+                self.commands.get(job).map(|&id| BackendEvent::Recovered(id))
+            }
             LiveEvent::Failed { job, reason } => {
                 let id = self.commands.remove(job);
                 self.jobs.retain(|_, (_, j)| j.id() != *job);

@@ -229,6 +229,16 @@ fn a_live_class_over_nginx_rtmp_survives_a_publisher_that_drops() {
         readable(&format!("rtmp://127.0.0.1:{edge}/live/slides"), 25)
     });
     assert_eq!(backend.health("slides", false).map(|h| h.state), Some(JobState::Running));
+    // The mix, which lost the slides too, opens them again with no host
+    // action: its process restarts and records to a new file.
+    until("the mix restarted", Duration::from_secs(30), || {
+        while backend.poll_event().is_some() {}
+        backend.mixer().is_some_and(|m| {
+            let h = m.health();
+            h.run >= 1 && h.state == JobState::Running && h.frames > 25
+        })
+    });
+    assert!(dir.path().join("mix-r1.flv").exists(), "the restarted mix records to a new file");
     assert!(backend.health("slides", false).is_some_and(|h| h.restarts >= 1));
 
     // The class ends: every job stops, each quickly.

@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 use room_media_ctl::layout::{self, Canvas, Corner, Input, InputKind, Limits, Rect, Rgb, Template};
-use room_media_ctl::live::mixer::{MixInput, MixSettings, SlotState, mixer_graph, slots, switch_commands};
+use room_media_ctl::live::mixer::{MixInput, MixSettings, SlotState, mixer_graph, mixer_job, slots, switch_commands};
 
 fn inputs(n: usize) -> Vec<MixInput> {
     (0..n)
@@ -185,4 +185,37 @@ fn the_graph_has_a_slot_per_input_and_refuses_bad_settings() {
     )
     .expect("layout");
     assert!(slots(&grid, &ins[..2], &settings).is_err());
+}
+
+#[test]
+fn a_restarted_mix_continues_its_playlist_and_records_to_new_files() {
+    let dir = tempfile::tempdir().expect("dir");
+    let policy = room_media_ctl::input::InputPolicy::with_local_dir(dir.path()).expect("policy");
+    let hls = dir.path().join("hls");
+    std::fs::create_dir(&hls).expect("dir");
+    let mut settings = settings(1280, 720, 640, 360);
+    settings.outputs.flv = Some(dir.path().join("mix.flv"));
+    settings.outputs.hls = Some(room_media_ctl::live::mixer::LiveHls {
+        dir: hls,
+        segment: std::time::Duration::from_secs(2),
+        rotate_every: 0,
+        key_uri_prefix: String::new(),
+    });
+    let ins = inputs(2);
+    let described: Vec<Input> =
+        ins.iter().map(|i| Input { id: i.id.clone(), kind: i.kind, width: 640, height: 360 }).collect();
+    let l =
+        layout::layout(settings.canvas, &Template::Single { input: "s0".into() }, &described, None, Limits::default())
+            .expect("layout");
+    let state = slots(&l, &ins, &settings).expect("slots");
+    let control = "127.0.0.1:5555".parse().expect("addr");
+    let timeout = std::time::Duration::from_secs(5);
+    let first = mixer_job(&ins, &state, &settings, control, &policy, timeout, 0).expect("job").args.join(" ");
+    let again = mixer_job(&ins, &state, &settings, control, &policy, timeout, 3).expect("job").args.join(" ");
+    assert!(!first.contains("append_list"), "{first}");
+    assert!(again.contains("+append_list:"), "{again}");
+    assert!(first.contains("/mix.flv") && again.contains("/mix-r3.flv"), "{again}");
+    // A live target outside the allow-list is refused.
+    settings.outputs.live = vec!["file:///etc/passwd".into()];
+    assert!(mixer_job(&ins, &state, &settings, control, &policy, timeout, 0).is_err());
 }

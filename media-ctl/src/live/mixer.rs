@@ -13,7 +13,8 @@
 //! matched by their timestamps (the filters' frame sync), each counted
 //! from its first frame. A change of the set of inputs needs a new
 //! process (a new graph); the job is supervised like every live job, and
-//! a restart starts with the layout in force.
+//! a restart starts with the layout in force, appends to the HLS playlist
+//! (after a discontinuity) and records to new files.
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
@@ -396,8 +397,24 @@ pub fn mixer_graph(
     Ok(MixGraph { graph: g, image, audio: !sounds.is_empty() })
 }
 
+/// `mix.flv` for run 0, `mix-r<run>.flv` after: a restarted mix never
+/// writes over the recording of the last one.
+fn run_path(path: &Path, run: u32) -> PathBuf {
+    if run == 0 {
+        return path.to_owned();
+    }
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-r{run}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-r{run}"),
+    };
+    path.with_file_name(name)
+}
+
 /// The ffmpeg job of a mix: `inputs` composed as `state` says, commands
-/// taken on `control`.
+/// taken on `control`. `run` is which process of the mix this is (0, then
+/// one more per restart): a restart continues the HLS playlist (marked as
+/// a discontinuity, since its times start again) and records to new files.
 pub fn mixer_job(
     inputs: &[MixInput],
     state: &[SlotState],
@@ -405,6 +422,7 @@ pub fn mixer_job(
     control: SocketAddr,
     policy: &InputPolicy,
     read_timeout: Duration,
+    run: u32,
 ) -> Result<Job, MixError> {
     let mix = mixer_graph(inputs, state, settings, control)?;
     let micros = read_timeout.as_micros().clamp(100_000, 600_000_000).to_string();
@@ -474,15 +492,18 @@ pub fn mixer_job(
     if let Some(hls) = &o.hls {
         let dir = tee_path(policy, &hls.dir)?;
         let secs = hls.segment.as_secs();
+        // (append_list marks a discontinuity where it starts appending.)
+        let restart = if run > 0 { "+append_list" } else { "" };
         slaves.push(format!(
-            "[f=hls:hls_time={secs}:hls_list_size=0:hls_flags=periodic_rekey+independent_segments+temp_file:hls_key_info_file={dir}/keyinfo:hls_segment_filename={dir}/seg%05d.ts]{dir}/index.m3u8"
+            "[f=hls:hls_time={secs}:hls_list_size=0:hls_flags=periodic_rekey+independent_segments+temp_file{restart}:hls_key_info_file={dir}/keyinfo:hls_segment_filename={dir}/seg%05d.ts]{dir}/index.m3u8"
         ));
     }
     if let Some(flv) = &o.flv {
-        slaves.push(format!("[f=flv]{}", tee_path(policy, flv)?));
+        slaves.push(format!("[f=flv]{}", tee_path(policy, &run_path(flv, run))?));
     }
     if let Some(mp4) = &o.mp4 {
-        slaves.push(format!("[f=mp4:movflags=+frag_keyframe+empty_moov+default_base_moof]{}", tee_path(policy, mp4)?));
+        let mp4 = tee_path(policy, &run_path(mp4, run))?;
+        slaves.push(format!("[f=mp4:movflags=+frag_keyframe+empty_moov+default_base_moof]{mp4}"));
     }
     a.extend(["-f".to_owned(), "tee".to_owned(), slaves.join("|")]);
     Ok(Job { args: a, graph: String::new() })
@@ -536,10 +557,10 @@ impl Drop for Rotation {
 #[derive(Debug)]
 pub struct LiveMixer {
     job: LiveJob,
+    /// The layout a new process starts with.
+    shared: Arc<Mutex<Vec<SlotState>>>,
     inputs: Vec<MixInput>,
     settings: MixSettings,
-    policy: InputPolicy,
-    read_timeout: Duration,
     control: SocketAddr,
     dealer: Option<Dealer>,
     state: Vec<SlotState>,
@@ -570,7 +591,7 @@ impl LiveMixer {
         let state = slots(&input_layout(template, &inputs, &settings)?, &inputs, &settings)?;
         // A free local port for the control socket.
         let control = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let job = mixer_job(&inputs, &state, &settings, control, policy, live.read_timeout)?;
+        let first = mixer_job(&inputs, &state, &settings, control, policy, live.read_timeout, 0)?;
         let keys = Arc::new(Mutex::new(Vec::new()));
         let rotation = match &settings.outputs.hls {
             Some(hls) => {
@@ -591,13 +612,22 @@ impl LiveMixer {
             }
             None => None,
         };
-        let job = LiveJob::spawn(id, job, live, events);
+        // Each process starts with the layout in force then.
+        let shared = Arc::new(Mutex::new(state.clone()));
+        let make = {
+            let (inputs, settings, policy, shared) = (inputs.clone(), settings.clone(), policy.clone(), shared.clone());
+            let timeout = live.read_timeout;
+            move |run: u32| {
+                let state = shared.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                mixer_job(&inputs, &state, &settings, control, &policy, timeout, run).unwrap_or_else(|_| first.clone())
+            }
+        };
+        let job = LiveJob::spawn_with(id, make, live, events);
         Ok(LiveMixer {
+            shared,
             job,
             inputs,
             settings,
-            policy: policy.clone(),
-            read_timeout: live.read_timeout,
             control,
             dealer: None,
             state,
@@ -618,8 +648,7 @@ impl LiveMixer {
             self.send(&commands)?;
         }
         // A restart of ffmpeg starts with this layout.
-        let job = mixer_job(&self.inputs, &next, &self.settings, self.control, &self.policy, self.read_timeout)?;
-        self.job.replace_job(job);
+        *self.shared.lock().unwrap_or_else(PoisonError::into_inner) = next.clone();
         self.state = next;
         self.template = template.clone();
         Ok(commands.len())
@@ -684,6 +713,13 @@ impl LiveMixer {
     /// The job's id.
     pub fn id(&self) -> JobId {
         self.job.id()
+    }
+
+    /// Ends the mix's process and starts a new one with the layout in
+    /// force (inputs opened again); the HLS playlist goes on, marked as a
+    /// discontinuity, and recordings go to new files (`mix-r1.flv`, ...).
+    pub fn restart(&self) {
+        self.job.restart();
     }
 
     /// Stops the mix (outputs closed properly); returns how long it took.
