@@ -394,17 +394,25 @@ pub fn relay_job(input: &str, targets: &[String], policy: &InputPolicy) -> Resul
     let mut a: Vec<String> =
         ["-hide_banner", "-nostdin", "-protocol_whitelist", source.protocols(), "-i"].map(str::to_owned).to_vec();
     a.push(source.arg);
+    relay_outputs(&mut a, targets, policy)?;
+    Ok(Job { args: a, graph: String::new() })
+}
+
+/// Copies of the input to each target: HLS for a local `.m3u8`, MPEG-TS
+/// for SRT, FLV for RTMP and local files.
+fn relay_outputs(a: &mut Vec<String>, targets: &[String], policy: &InputPolicy) -> Result<(), FfmpegError> {
     for t in targets {
         let target = policy.check(t, Purpose::RelayTarget)?;
         a.extend(["-map", "0", "-c", "copy"].map(str::to_owned));
-        if target.kind == crate::input::UrlKind::Local && t.ends_with(".m3u8") {
-            a.extend(["-f", "hls", "-hls_time", "4"].map(str::to_owned));
-        } else {
-            a.extend(["-f", "flv"].map(str::to_owned));
-        }
+        let format: &[&str] = match target.kind {
+            crate::input::UrlKind::Local if t.ends_with(".m3u8") => &["-f", "hls", "-hls_time", "4"],
+            crate::input::UrlKind::Srt => &["-f", "mpegts"],
+            _ => &["-f", "flv"],
+        };
+        a.extend(format.iter().map(|s| (*s).to_owned()));
         a.extend(["-protocol_whitelist".to_owned(), target.protocols().to_owned(), target.arg]);
     }
-    Ok(Job { args: a, graph: String::new() })
+    Ok(())
 }
 
 /// The relay as a live job (for [`crate::live`]): [`relay_job`]'s
@@ -420,16 +428,7 @@ pub fn live_relay_job(
 ) -> Result<Job, FfmpegError> {
     let source = policy.check(input, Purpose::Live)?;
     let mut a = live_input_args(&source, read_timeout);
-    for t in targets {
-        let target = policy.check(t, Purpose::RelayTarget)?;
-        a.extend(["-map", "0", "-c", "copy"].map(str::to_owned));
-        if target.kind == crate::input::UrlKind::Local && t.ends_with(".m3u8") {
-            a.extend(["-f", "hls", "-hls_time", "4"].map(str::to_owned));
-        } else {
-            a.extend(["-f", "flv"].map(str::to_owned));
-        }
-        a.extend(["-protocol_whitelist".to_owned(), target.protocols().to_owned(), target.arg]);
-    }
+    relay_outputs(&mut a, targets, policy)?;
     Ok(Job { args: a, graph: String::new() })
 }
 

@@ -187,6 +187,19 @@ fn every_ffmpeg_input_and_output_carries_its_protocol_whitelist() {
     let args = job.args.join(" ");
     assert!(args.contains("-protocol_whitelist srt -i srt://in.example:9000"), "{args}");
     assert!(args.contains("-protocol_whitelist rtmps,tls,tcp rtmps://cdn.example/app/s"), "{args}");
+    // Each target in its container: FLV for RTMP, MPEG-TS for SRT.
+    let targets = ["rtmp://edge.example/live/s".to_owned(), "srt://edge.example:9000?streamid=s".to_owned()];
+    let job = room_media_ctl::ffmpeg::live_relay_job(
+        "rtmp://origin.example/live/s",
+        &targets,
+        &policy,
+        std::time::Duration::from_secs(3),
+    )
+    .expect("allowed");
+    let args = job.args.join(" ");
+    assert!(args.contains("-f flv -protocol_whitelist rtmp,tcp rtmp://edge.example/live/s"), "{args}");
+    assert!(args.contains("-f mpegts -protocol_whitelist srt srt://edge.example:9000?streamid=s"), "{args}");
+    assert!(args.contains("-rw_timeout 3000000") && !args.contains("-nostdin"), "{args}");
 }
 
 /// Strings built from pieces hostile to URL parsers.
