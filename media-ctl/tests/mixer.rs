@@ -210,12 +210,17 @@ fn a_restarted_mix_continues_its_playlist_and_records_to_new_files() {
     let state = slots(&l, &ins, &settings).expect("slots");
     let control = "127.0.0.1:5555".parse().expect("addr");
     let timeout = std::time::Duration::from_secs(5);
-    let first = mixer_job(&ins, &state, &settings, control, &policy, timeout, 0).expect("job").args.join(" ");
-    let again = mixer_job(&ins, &state, &settings, control, &policy, timeout, 3).expect("job").args.join(" ");
-    assert!(!first.contains("append_list"), "{first}");
+    let first = mixer_job(&ins, &state, &settings, control, &policy, timeout).expect("job").args.join(" ");
+    assert!(!first.contains("append_list") && first.contains("/mix.flv"), "{first}");
+    // The first process wrote its playlist and recording: the next one
+    // continues the one and leaves the other alone.
+    std::fs::write(dir.path().join("hls/index.m3u8"), "#EXTM3U\n").expect("playlist");
+    std::fs::write(dir.path().join("mix.flv"), "FLV").expect("recording");
+    std::fs::write(dir.path().join("mix-1.flv"), "FLV").expect("recording");
+    let again = mixer_job(&ins, &state, &settings, control, &policy, timeout).expect("job").args.join(" ");
     assert!(again.contains("+append_list:"), "{again}");
-    assert!(first.contains("/mix.flv") && again.contains("/mix-r3.flv"), "{again}");
+    assert!(again.contains("/mix-2.flv"), "{again}");
     // A live target outside the allow-list is refused.
     settings.outputs.live = vec!["file:///etc/passwd".into()];
-    assert!(mixer_job(&ins, &state, &settings, control, &policy, timeout, 0).is_err());
+    assert!(mixer_job(&ins, &state, &settings, control, &policy, timeout).is_err());
 }

@@ -397,24 +397,26 @@ pub fn mixer_graph(
     Ok(MixGraph { graph: g, image, audio: !sounds.is_empty() })
 }
 
-/// `mix.flv` for run 0, `mix-r<run>.flv` after: a restarted mix never
-/// writes over the recording of the last one.
-fn run_path(path: &Path, run: u32) -> PathBuf {
-    if run == 0 {
+/// `path` if nothing is there yet, else the first of `mix-1.flv`,
+/// `mix-2.flv`, ... that is free: a restarted mix, or a new mix of the
+/// same class, never writes over an earlier recording.
+fn free_path(path: &Path) -> PathBuf {
+    if !path.exists() {
         return path.to_owned();
     }
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let name = match path.extension() {
-        Some(ext) => format!("{stem}-r{run}.{}", ext.to_string_lossy()),
-        None => format!("{stem}-r{run}"),
-    };
-    path.with_file_name(name)
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    (1u32..)
+        .map(|n| path.with_file_name(format!("{stem}-{n}{ext}")))
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| path.to_owned())
 }
 
 /// The ffmpeg job of a mix: `inputs` composed as `state` says, commands
-/// taken on `control`. `run` is which process of the mix this is (0, then
-/// one more per restart): a restart continues the HLS playlist (marked as
-/// a discontinuity, since its times start again) and records to new files.
+/// taken on `control`. Made again for each process of a mix: a playlist
+/// already in the HLS directory is continued (after a discontinuity, since
+/// times start again), and recordings go to a free name (`mix-1.flv`, ...)
+/// when the configured one is taken.
 pub fn mixer_job(
     inputs: &[MixInput],
     state: &[SlotState],
@@ -422,7 +424,6 @@ pub fn mixer_job(
     control: SocketAddr,
     policy: &InputPolicy,
     read_timeout: Duration,
-    run: u32,
 ) -> Result<Job, MixError> {
     let mix = mixer_graph(inputs, state, settings, control)?;
     let micros = read_timeout.as_micros().clamp(100_000, 600_000_000).to_string();
@@ -493,16 +494,17 @@ pub fn mixer_job(
         let dir = tee_path(policy, &hls.dir)?;
         let secs = hls.segment.as_secs();
         // (append_list marks a discontinuity where it starts appending.)
-        let restart = if run > 0 { "+append_list" } else { "" };
+        let playlist = policy.check_output(&hls.dir.join("index.m3u8")).map_err(FfmpegError::from)?.arg;
+        let restart = if Path::new(playlist.trim_start_matches("file:")).exists() { "+append_list" } else { "" };
         slaves.push(format!(
             "[f=hls:hls_time={secs}:hls_list_size=0:hls_flags=periodic_rekey+independent_segments+temp_file{restart}:hls_key_info_file={dir}/keyinfo:hls_segment_filename={dir}/seg%05d.ts]{dir}/index.m3u8"
         ));
     }
     if let Some(flv) = &o.flv {
-        slaves.push(format!("[f=flv]{}", tee_path(policy, &run_path(flv, run))?));
+        slaves.push(format!("[f=flv]{}", tee_path(policy, &free_path(flv))?));
     }
     if let Some(mp4) = &o.mp4 {
-        let mp4 = tee_path(policy, &run_path(mp4, run))?;
+        let mp4 = tee_path(policy, &free_path(mp4))?;
         slaves.push(format!("[f=mp4:movflags=+frag_keyframe+empty_moov+default_base_moof]{mp4}"));
     }
     a.extend(["-f".to_owned(), "tee".to_owned(), slaves.join("|")]);
@@ -591,7 +593,7 @@ impl LiveMixer {
         let state = slots(&input_layout(template, &inputs, &settings)?, &inputs, &settings)?;
         // A free local port for the control socket.
         let control = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let first = mixer_job(&inputs, &state, &settings, control, policy, live.read_timeout, 0)?;
+        let first = mixer_job(&inputs, &state, &settings, control, policy, live.read_timeout)?;
         let keys = Arc::new(Mutex::new(Vec::new()));
         let rotation = match &settings.outputs.hls {
             Some(hls) => {
@@ -617,9 +619,9 @@ impl LiveMixer {
         let make = {
             let (inputs, settings, policy, shared) = (inputs.clone(), settings.clone(), policy.clone(), shared.clone());
             let timeout = live.read_timeout;
-            move |run: u32| {
+            move |_run: u32| {
                 let state = shared.lock().unwrap_or_else(PoisonError::into_inner).clone();
-                mixer_job(&inputs, &state, &settings, control, &policy, timeout, run).unwrap_or_else(|_| first.clone())
+                mixer_job(&inputs, &state, &settings, control, &policy, timeout).unwrap_or_else(|_| first.clone())
             }
         };
         let job = LiveJob::spawn_with(id, make, live, events);
@@ -717,7 +719,7 @@ impl LiveMixer {
 
     /// Ends the mix's process and starts a new one with the layout in
     /// force (inputs opened again); the HLS playlist goes on, marked as a
-    /// discontinuity, and recordings go to new files (`mix-r1.flv`, ...).
+    /// discontinuity, and recordings go to new files (`mix-1.flv`, ...).
     pub fn restart(&self) {
         self.job.restart();
     }
