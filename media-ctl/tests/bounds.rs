@@ -317,6 +317,11 @@ proptest! {
             }
             Err(PlanError::BadFps(f)) => prop_assert!(!(1..=60).contains(&f)),
             Err(PlanError::TooLong { span_ms, max_ms }) => prop_assert!(span_ms > max_ms),
+            // Recordings shorter than one frame have nothing to render.
+            Err(PlanError::TooShort { span_ms, fps: f }) => {
+                prop_assert_eq!(f, fps);
+                prop_assert!(span_ms.saturating_mul(i64::from(fps)) < 1000, "{} ms at {} fps", span_ms, fps);
+            }
             Err(e) => return Err(TestCaseError::fail(format!("unexpected {e}"))),
         }
     }
