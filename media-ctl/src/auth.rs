@@ -223,12 +223,10 @@ impl HmacAuth {
             return Err(AuthError::Expired { at: signed.timestamp, now });
         }
         // Forget nonces whose timestamps left the window: they can no longer pass.
-        while let Some((ts, _)) = self.order.front() {
-            if now.saturating_sub(*ts) <= self.window {
-                break;
+        while self.order.front().is_some_and(|(ts, _)| now.saturating_sub(*ts) > self.window) {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.seen.remove(&old);
             }
-            let (_, old) = self.order.pop_front().expect("just looked");
-            self.seen.remove(&old);
         }
         if self.seen.contains_key(&signed.nonce) {
             return Err(AuthError::Replayed);

@@ -478,6 +478,21 @@ fn live_input_args(source: &crate::input::CheckedUrl, read_timeout: std::time::D
     a
 }
 
+/// Keeps ffmpeg's last 8 lines of stderr (each cut at 512 bytes) on a
+/// thread of its own, for the error when it fails.
+pub(crate) fn stderr_tail(stderr: std::process::ChildStderr) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut lines: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.len() == 8 {
+                lines.pop_front();
+            }
+            lines.push_back(crate::input::excerpt(&line, 512));
+        }
+        lines.into_iter().collect::<Vec<_>>().join(" | ")
+    })
+}
+
 /// Progress reports while ffmpeg runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
@@ -504,20 +519,10 @@ pub fn run(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| FfmpegError::Missing { program: program.to_owned(), source })?;
-    let stderr = child.stderr.take().expect("piped");
-    let tail = std::thread::spawn(move || {
-        let mut lines: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines.len() == 8 {
-                lines.pop_front();
-            }
-            lines.push_back(line);
-        }
-        lines.into_iter().collect::<Vec<_>>().join(" | ")
-    });
-    let stdout = child.stdout.take().expect("piped");
+    let tail = child.stderr.take().map(stderr_tail);
+    let stdout = child.stdout.take();
     let mut current = Progress { out_ms: 0, frames: 0 };
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+    for line in stdout.into_iter().flat_map(|out| BufReader::new(out).lines().map_while(Result::ok)) {
         if cancel.load(Ordering::Relaxed) {
             let _ = child.kill();
             let _ = child.wait();
@@ -532,7 +537,7 @@ pub fn run(
         }
     }
     let status = child.wait()?;
-    let tail = tail.join().unwrap_or_default();
+    let tail = tail.and_then(|t| t.join().ok()).unwrap_or_default();
     if cancel.load(Ordering::Relaxed) {
         return Err(FfmpegError::Cancelled);
     }

@@ -445,19 +445,7 @@ impl Supervisor {
         drop(slot);
         #[cfg(feature = "tracing")]
         tracing::info!(job = self.id.0, program = %self.config.program, "live job started");
-        let tail = stderr.map(|stderr| {
-            std::thread::spawn(move || {
-                let mut lines: VecDeque<String> = VecDeque::new();
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if lines.len() == 8 {
-                        lines.pop_front();
-                    }
-                    // ffmpeg's lines are short; a hostile input's are cut.
-                    lines.push_back(crate::input::excerpt(&line, 512));
-                }
-                lines.into_iter().collect::<Vec<_>>().join(" | ")
-            })
-        });
+        let tail = stderr.map(crate::ffmpeg::stderr_tail);
         let mut flowed = false;
         let (mut frames, mut out_ms) = (0u64, 0i64);
         let mut samples = 0u32;
@@ -880,18 +868,18 @@ impl LiveBackend {
     pub fn start_ingest(&mut self, stream: &str, from: &str) -> Result<JobId, LiveError> {
         let origin = self.stream_url(stream)?;
         let job = live_relay_job(from, &[origin], &self.policy, self.config.live.read_timeout)?;
-        if let Some((_, old)) = self.jobs.remove(&JobKey::Ingest(stream.to_owned())) {
+        let key = JobKey::Ingest(stream.to_owned());
+        // Not a command of the orchestrator's (no command id to report),
+        // and a second call replaces the first.
+        if let Some((_, old)) = self.jobs.remove(&key) {
             old.stop();
         }
-        if self.jobs.len() >= self.config.max_jobs {
-            return Err(LiveError::TooManyJobs(self.config.max_jobs));
+        self.start(CommandId(u64::MAX), key.clone(), job)?;
+        let live = self.jobs.get(&key).map(|(_, j)| j.id());
+        if let Some(id) = live {
+            self.commands.remove(&id);
         }
-        let job_id = JobId(self.next_job);
-        self.next_job += 1;
-        let live = LiveJob::spawn(job_id, job, &self.config.live, self.events_in.clone());
-        // Not a command of the orchestrator's: no command id to report.
-        self.jobs.insert(JobKey::Ingest(stream.to_owned()), (CommandId(u64::MAX), live));
-        Ok(job_id)
+        live.ok_or(LiveError::TooManyJobs(self.config.max_jobs))
     }
 
     /// Stops the ingest of `stream`; returns how long that took.

@@ -339,8 +339,9 @@ fn a_live_class_over_nginx_rtmp_survives_a_publisher_that_drops() {
     assert_eq!(rendered, playback.frames, "the playback is frame-exact");
 
     // The mix was recorded, each process to a file of its own (none
-    // written over): the picture in picture ran longest.
-    let mut longest = 0u64;
+    // written over): at least the mix before the drop and the one after
+    // hold pictures. (How many depends on how long each ran.)
+    let mut with_frames = 0;
     for file in mixes() {
         let probe = Command::new("ffprobe")
             .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames"])
@@ -348,9 +349,10 @@ fn a_live_class_over_nginx_rtmp_survives_a_publisher_that_drops() {
             .arg(&file)
             .output()
             .expect("ffprobe runs");
-        longest = longest.max(String::from_utf8_lossy(&probe.stdout).trim().parse().unwrap_or(0));
+        let frames: u64 = String::from_utf8_lossy(&probe.stdout).trim().parse().unwrap_or(0);
+        with_frames += usize::from(frames > 0);
     }
-    assert!(longest > 100, "{longest} frames in the longest mix file");
+    assert!(with_frames >= 2, "mix files with pictures: {with_frames} of {:?}", mixes());
 
     // Each stream was recorded as playable FLV segments.
     for stream in ["cam-1", "slides"] {
