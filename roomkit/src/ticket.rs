@@ -93,7 +93,8 @@ impl std::str::FromStr for TicketId {
 
     fn from_str(s: &str) -> Result<TicketId, TicketError> {
         let bad = TicketError::Malformed("a ticket id is 32 hex digits");
-        if s.len() != 32 || !s.is_ascii() {
+        // Hex digits only: `from_str_radix` would also take a `+` sign.
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad);
         }
         let mut id = [0u8; 16];

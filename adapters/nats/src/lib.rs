@@ -50,6 +50,17 @@ pub use mailbox::{Mailbox, MailboxError, replicate};
 pub use registry::{NodeRecord, Registry, RegistryConfig, RegistryError, ensure_bucket};
 pub use transport::NatsPeers;
 
+/// The decoders of what the store holds, for the fuzz targets (`fuzz/`).
+/// Not a stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses and checks a registry entry (`key`, `value`) as the watcher does.
+    pub fn parse_record(key: &str, value: &bytes::Bytes) -> Result<crate::NodeRecord, crate::RegistryError> {
+        crate::registry::parse_record(key, value)
+    }
+}
+
 /// How to reach NATS.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

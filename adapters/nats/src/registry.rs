@@ -114,7 +114,7 @@ pub async fn ensure_bucket(js: &jetstream::Context, bucket: &str, ttl: Duration)
 }
 
 /// Parses and checks an entry.
-fn parse_record(key: &str, value: &Bytes) -> Result<NodeRecord, RegistryError> {
+pub(crate) fn parse_record(key: &str, value: &Bytes) -> Result<NodeRecord, RegistryError> {
     let bad = |reason: String| RegistryError::BadRecord { key: key.to_string(), reason };
     let record: NodeRecord = serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
     if key != record.node.0.to_string() {

@@ -206,7 +206,7 @@ fn is_garbage(e: &RedisError) -> bool {
 }
 
 /// A stored version, or garbage.
-fn parse_version(raw: &[u8]) -> Result<u64, SharedCacheError> {
+pub(crate) fn parse_version(raw: &[u8]) -> Result<u64, SharedCacheError> {
     std::str::from_utf8(raw)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -220,11 +220,11 @@ impl std::fmt::Debug for RedisCache {
 }
 
 /// The stream id of an envelope.
-fn entry_id(epoch: u64, seq: u64) -> String {
+pub(crate) fn entry_id(epoch: u64, seq: u64) -> String {
     format!("{epoch}-{seq}")
 }
 
-fn parse_id(id: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_id(id: &str) -> Option<(u64, u64)> {
     let (e, s) = id.split_once('-')?;
     Some((e.parse().ok()?, s.parse().ok()?))
 }

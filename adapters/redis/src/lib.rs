@@ -39,3 +39,22 @@ mod limiter;
 pub use breaker::Health;
 pub use cache::{RedisCache, RedisCacheConfig, RedisCacheError};
 pub use limiter::{RedisLimiter, RedisLimiterConfig, RedisLimiterError};
+
+/// The decoders of what the store holds, for the fuzz targets (`fuzz/`).
+/// Not a stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// A stored state version, or garbage.
+    pub fn parse_version(raw: &[u8]) -> Result<u64, room_push::SharedCacheError> {
+        crate::cache::parse_version(raw)
+    }
+    /// A stream entry id as `(epoch, seq)`.
+    pub fn parse_id(id: &str) -> Option<(u64, u64)> {
+        crate::cache::parse_id(id)
+    }
+    /// The stream entry id of `(epoch, seq)`.
+    pub fn entry_id(epoch: u64, seq: u64) -> String {
+        crate::cache::entry_id(epoch, seq)
+    }
+}
