@@ -1028,3 +1028,94 @@ fn kicks_and_closes_reach_every_client_over_links_that_lose_messages() {
         assert_eq!(class.listed(), 0, "seed {seed}");
     }
 }
+
+/// Bug 1 of the fault lab (false exits after a node's partition): a node
+/// is cut off from the other nodes and the bus (not from its clients, which
+/// keep beating to it) for less than the heartbeat timeout; the registry
+/// takes it out of the others' views meanwhile and brings it back when the
+/// partition heals. Nobody left: no member may be taken out.
+#[test]
+fn members_of_a_node_cut_off_for_less_than_the_timeout_are_not_taken_out() {
+    for seed in 0..20 {
+        let mut class = Class::new(seed, 3, 24, LinkConfig::LAN);
+        let owner = class.owner();
+        let (cut, cut_addr) = *class.nodes.iter().find(|(n, _)| *n != owner).expect("a node");
+        let others: Vec<(NodeId, Addr)> = class.nodes.iter().filter(|(n, _)| *n != cut).copied().collect();
+        let all: Vec<NodeId> = class.nodes.iter().map(|(n, _)| *n).collect();
+        // The bus is the node after the last room node (the cache stays reachable).
+        let bus = Addr(class.nodes.len() as u32);
+        let mut far: Vec<Addr> = others.iter().map(|(_, a)| *a).collect();
+        far.push(bus);
+        class.run(Duration::from_millis(seed * 37 % 500));
+        class.sim.partition(&[cut_addr], &far);
+        // The registry's ttl: the others see the node go.
+        class.run(Duration::from_millis(300));
+        let survivors: Vec<NodeId> = others.iter().map(|(n, _)| *n).collect();
+        for &(_, a) in &others {
+            class.sim.send(a, a, M::View(survivors.clone()));
+        }
+        // 1.2 s in all: shorter than the heartbeat timeout (3 x 500 ms).
+        class.run(Duration::from_millis(900));
+        class.sim.heal();
+        for &(_, a) in &class.nodes.clone() {
+            class.sim.send(a, a, M::View(all.clone()));
+        }
+        class.run(Duration::from_secs(4));
+        let left: Vec<u64> = class
+            .nodes
+            .iter()
+            .filter_map(|(n, _)| class.node(*n))
+            .flat_map(|h| h.events.iter())
+            .filter_map(|e| match e.what {
+                EventKind::Left { uin, .. } => Some(uin.0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(left, Vec::<u64>::new(), "seed {seed}: members taken out though their clients kept beating");
+        assert_eq!(class.timed_out(), 0, "seed {seed}: sessions timed out");
+        assert_eq!(class.listed(), 25, "seed {seed}: the list holds the class");
+    }
+}
+
+/// Bug 2 of the fault lab (one message, two numbers, under split brain):
+/// the room's owner stops (a stalled VM; for the lab, a node cut off whose
+/// inbound NATS traffic waits in TCP buffers) while the teacher talks; the
+/// others take the room over and number the teacher's retried requests;
+/// then the old owner runs again and gets the requests that waited for it.
+/// Each teacher message must reach each member once.
+#[test]
+fn an_owner_that_stalled_does_not_number_again_what_its_successor_numbered() {
+    for seed in 0..20 {
+        let mut class = Class::new(seed, 3, 12, LinkConfig::LAN);
+        let owner = class.owner();
+        let owner_addr = class.nodes.iter().find(|(n, _)| *n == owner).expect("the owner").1;
+        let others: Vec<(NodeId, Addr)> = class.nodes.iter().filter(|(n, _)| *n != owner).copied().collect();
+        let all: Vec<NodeId> = class.nodes.iter().map(|(n, _)| *n).collect();
+        class.teacher_says(3);
+        class.run(Duration::from_millis(300 + seed * 13 % 100));
+        class.sim.pause(owner_addr);
+        // The registry notices after its ttl; the teacher goes on talking.
+        class.teacher_says(5);
+        let survivors: Vec<NodeId> = others.iter().map(|(n, _)| *n).collect();
+        for &(_, a) in &others {
+            class.sim.send(a, a, M::View(survivors.clone()));
+        }
+        class.teacher_says(10);
+        class.run(Duration::from_millis(500));
+        class.sim.resume(owner_addr);
+        for &(_, a) in &class.nodes.clone() {
+            class.sim.send(a, a, M::View(all.clone()));
+        }
+        class.teacher_says(3);
+        class.run(Duration::from_secs(3));
+        for &c in &class.clients {
+            let h = class.client(c);
+            if h.node == owner_addr {
+                continue;
+            }
+            assert_eq!(h.twice, 0, "seed {seed}: client {} got a teacher message twice", h.uin);
+            let missing: Vec<&String> = class.said.iter().filter(|t| !h.texts.contains(*t)).collect();
+            assert!(missing.is_empty(), "seed {seed}: client {} missed {missing:?}", h.uin);
+        }
+    }
+}

@@ -78,6 +78,11 @@ pub struct NatsConfig {
     /// consumer and drops (a push node that stalls loses bus envelopes: it
     /// sees a gap and refills it from the shared cache).
     pub subscription_capacity: usize,
+    /// How often the client pings the server. A connection whose pings go
+    /// unanswered (three intervals) is dropped and dialled again: without
+    /// it a partition that stalls the TCP connection is noticed only by
+    /// TCP's retransmission backoff, tens of seconds after it heals.
+    pub ping_interval: Duration,
 }
 
 impl NatsConfig {
@@ -89,6 +94,7 @@ impl NatsConfig {
             name: "roomkit".into(),
             connect_timeout: Duration::from_secs(2),
             subscription_capacity: 65_536,
+            ping_interval: Duration::from_secs(2),
         }
     }
 }
@@ -165,6 +171,7 @@ pub async fn connect(config: &NatsConfig) -> Result<Connection, NatsError> {
         .name(&config.name)
         .connection_timeout(config.connect_timeout)
         .subscription_capacity(config.subscription_capacity.max(1))
+        .ping_interval(config.ping_interval.max(Duration::from_millis(100)))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .reconnect_delay_callback(|attempts| {

@@ -602,6 +602,10 @@ pub struct RoomNode {
     // session owner
     sessions: SessionOwner,
     probes: HashMap<u64, (NodeId, room_heartbeat::ProbeId), ahash::RandomState>,
+    /// Nodes that left this node's view, since when (until they come
+    /// back): a node cut off by a partition is out of the view while its
+    /// clients still beat to it.
+    departed: HashMap<NodeId, Timestamp, ahash::RandomState>,
     pending_holds: Vec<(MemberKey, Terminal, Timestamp)>,
     // room owner
     gate: FencedGate,
@@ -679,6 +683,7 @@ impl RoomNode {
             next_req: 0,
             sessions,
             probes: HashMap::with_hasher(ahash::RandomState::new()),
+            departed: HashMap::with_hasher(ahash::RandomState::new()),
             pending_holds: Vec::new(),
             gate,
             rooms: HashMap::with_hasher(ahash::RandomState::new()),
@@ -844,6 +849,14 @@ impl RoomNode {
             warn!(error = %e, "heartbeat ownership cannot follow the view");
             let _ = e;
         }
+        if let Some(old) = self.router.as_ref() {
+            for (node, _) in old.nodes() {
+                if !router.contains(node) {
+                    self.departed.entry(node).or_insert(now);
+                }
+            }
+        }
+        self.departed.retain(|node, _| !router.contains(*node));
         let _ = self.replica.set_nodes(nodes);
         self.previous_router = self.router.replace(router);
         self.retry_holds(now);
@@ -910,7 +923,7 @@ impl RoomNode {
             let timed_out = SharedCacheError::Unavailable("no answer in time".into());
             let answer = match &waiter.purpose {
                 owner::Purpose::Append { .. } => CacheAnswer::Appended(Err(timed_out)),
-                owner::Purpose::FenceHead(_) | owner::Purpose::RestoreHead(_) | owner::Purpose::CheckHead { .. } => {
+                owner::Purpose::RestoreHead(_) | owner::Purpose::CheckHead { .. } => {
                     CacheAnswer::Head(Err(timed_out))
                 }
                 owner::Purpose::RestoreTail(_)

@@ -41,7 +41,6 @@ const MAX_BANNED_PER_ROOM: usize = 100_000;
 #[derive(Debug)]
 pub(super) enum Purpose {
     Append { room: RoomKey, epoch: u64, seq: u64 },
-    FenceHead(RoomKey),
     RestoreHead(RoomKey),
     RestoreState(RoomKey),
     RestoreTail(RoomKey),
@@ -1036,7 +1035,6 @@ impl RoomNode {
             (Purpose::Append { room, epoch, seq }, CacheAnswer::Appended(result)) => {
                 self.gate.handle_appended(now, room, epoch, seq, result);
             }
-            (Purpose::FenceHead(room), CacheAnswer::Head(result)) => self.gate.handle_head(now, room, result),
             (Purpose::RestoreHead(room), CacheAnswer::Head(Err(_))) if self.retry_restore(room) => {
                 self.cache(now, CacheOp::Head(room), Purpose::RestoreHead(room));
             }
@@ -1088,8 +1086,7 @@ impl RoomNode {
                     Purpose::Append { .. } => CacheAnswer::Appended(Err(unavailable())),
                     Purpose::Save { .. } => CacheAnswer::Saved(Err(unavailable())),
                     Purpose::RestoreState(_) => CacheAnswer::State(Err(unavailable())),
-                    Purpose::FenceHead(_)
-                    | Purpose::RestoreHead(_)
+                    Purpose::RestoreHead(_)
                     | Purpose::CheckHead { .. }
                     | Purpose::TailHead(_) => CacheAnswer::Head(Err(unavailable())),
                     _ => CacheAnswer::Range(Err(unavailable())),
@@ -1255,7 +1252,27 @@ impl RoomNode {
                     self.cache(now, CacheOp::Append(batch), Purpose::Append { room, epoch, seq });
                 }
                 FenceOutput::Publish(env) => self.published(env),
-                FenceOutput::ReadHead(room) => self.cache(now, CacheOp::Head(room), Purpose::FenceHead(room)),
+                FenceOutput::ReadHead(room) => {
+                    // The shared cache refused a number: another owner
+                    // numbered this room since this node opened it (a
+                    // split brain, or this node stalled while the room
+                    // moved away and back). What this node holds of the
+                    // room is stale: the requests it answered (`seen`),
+                    // its interactions, its sequence. Numbering its queue
+                    // again after the head (the gate's own recovery)
+                    // would number again requests the other owner already
+                    // numbered, retries that waited for this node. The
+                    // room is let go and, if still this node's, restored
+                    // from the shared cache as a new owner would: the
+                    // other owner's requests are known by their origins
+                    // in the cache's tail, and the requests given up here
+                    // are told "not the owner" and retried.
+                    self.stats.fenced += 1;
+                    self.release_room(now, room);
+                    if self.owns(room) {
+                        self.ensure_room(now, room);
+                    }
+                }
                 FenceOutput::Fenced { room, .. } => {
                     self.stats.fenced += 1;
                     self.release_room(now, room);

@@ -102,8 +102,17 @@ impl RoomNode {
                     let access = Self::access_node_of(probe.suspect.conn);
                     if access == self.me || !self.in_view(access) {
                         // Known here: this node's own connection, or one on
-                        // a node that has left the view (gone with it).
-                        let alive = access == self.me && self.client_alive(now, probe.suspect.conn);
+                        // a node that has left the view. A node that left
+                        // less than a heartbeat timeout ago may only be cut
+                        // off (a partition) with its clients still beating
+                        // to it: the session gets one more timeout (a late
+                        // exit rather than a false one); after that, or for
+                        // a node never seen, the client went with its node.
+                        let alive = if access == self.me {
+                            self.client_alive(now, probe.suspect.conn)
+                        } else {
+                            self.departed_recently(now, access)
+                        };
                         let answer = if alive { ProbeAnswer::Alive } else { ProbeAnswer::Gone };
                         let _ = self.sessions.handle_probe_answer(now, probe.id, answer);
                     } else {
@@ -144,6 +153,12 @@ impl RoomNode {
         if self.probes.len() > 65_536 {
             self.probes.clear();
         }
+    }
+
+    /// Whether `node` left this node's view less than a heartbeat timeout ago.
+    fn departed_recently(&self, now: Timestamp, node: NodeId) -> bool {
+        let grace = self.config.heartbeat * self.config.misses.max(1);
+        self.departed.get(&node).is_some_and(|since| now.saturating_sub(grace) < *since)
     }
 
     fn replica_role(&self, member: MemberKey) -> Option<Role> {
