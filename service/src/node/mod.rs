@@ -923,9 +923,7 @@ impl RoomNode {
             let timed_out = SharedCacheError::Unavailable("no answer in time".into());
             let answer = match &waiter.purpose {
                 owner::Purpose::Append { .. } => CacheAnswer::Appended(Err(timed_out)),
-                owner::Purpose::RestoreHead(_) | owner::Purpose::CheckHead { .. } => {
-                    CacheAnswer::Head(Err(timed_out))
-                }
+                owner::Purpose::RestoreHead(_) | owner::Purpose::CheckHead { .. } => CacheAnswer::Head(Err(timed_out)),
                 owner::Purpose::RestoreTail(_)
                 | owner::Purpose::Refill(_)
                 | owner::Purpose::TailRefill(_)

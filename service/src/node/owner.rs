@@ -1086,9 +1086,9 @@ impl RoomNode {
                     Purpose::Append { .. } => CacheAnswer::Appended(Err(unavailable())),
                     Purpose::Save { .. } => CacheAnswer::Saved(Err(unavailable())),
                     Purpose::RestoreState(_) => CacheAnswer::State(Err(unavailable())),
-                    Purpose::RestoreHead(_)
-                    | Purpose::CheckHead { .. }
-                    | Purpose::TailHead(_) => CacheAnswer::Head(Err(unavailable())),
+                    Purpose::RestoreHead(_) | Purpose::CheckHead { .. } | Purpose::TailHead(_) => {
+                        CacheAnswer::Head(Err(unavailable()))
+                    }
                     _ => CacheAnswer::Range(Err(unavailable())),
                 };
                 if !matches!(waiter.purpose, Purpose::Chat { .. }) {
