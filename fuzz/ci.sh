@@ -33,17 +33,32 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/roomkit-fuzz.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
 failed=()
-printf "%-18s %12s %10s %8s %8s %s\n" target executions exec/s cov ft result
-for t in "${targets[@]}"; do
+# One fuzzer per core (FUZZ_JOBS, 2 by default): each is single-threaded.
+jobs="${FUZZ_JOBS:-2}"
+run_one() {
+    local t=$1
     mkdir -p "$work/corpus/$t" "$work/artifacts/$t"
     if [ -d "corpus/$t" ]; then
         cp -R "corpus/$t/." "$work/corpus/$t/"
     fi
-    log="$work/$t.log"
-    status=0
+    local status=0
     cargo "+$toolchain" fuzz run -O "$t" "$work/corpus/$t" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-        -artifact_prefix="$work/artifacts/$t/" >"$log" 2>&1 || status=$?
+        -artifact_prefix="$work/artifacts/$t/" >"$work/$t.log" 2>&1 || status=$?
+    echo "$status" >"$work/$t.status"
+}
+for t in "${targets[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do
+        sleep 1
+    done
+    run_one "$t" &
+done
+wait
+
+printf "%-18s %12s %10s %8s %8s %s\n" target executions exec/s cov ft result
+for t in "${targets[@]}"; do
+    log="$work/$t.log"
+    status="$(cat "$work/$t.status" 2>/dev/null || echo 1)"
     runs="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1 || true)"
     speed="$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1 || true)"
     last="$(grep -E '^#[0-9]+' "$log" | tail -1 || true)"
