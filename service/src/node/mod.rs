@@ -856,7 +856,9 @@ impl RoomNode {
                 }
             }
         }
-        self.departed.retain(|node, _| !router.contains(*node));
+        // Only the grace window matters: a node gone for longer is forgotten.
+        let grace = self.config.heartbeat * self.config.misses.max(1);
+        self.departed.retain(|node, since| !router.contains(*node) && now.saturating_sub(grace) < *since);
         let _ = self.replica.set_nodes(nodes);
         self.previous_router = self.router.replace(router);
         self.retry_holds(now);
