@@ -88,9 +88,10 @@ fn a_thousand_short_classes_leave_nothing_behind() {
 #[test]
 #[ignore = "a million classes: run in release (cargo test --release -p room-service --test lifecycle -- --include-ignored --nocapture)"]
 fn a_million_short_classes_leave_memory_where_it_was() {
-    // A million in release (CI's lifecycle step); a debug build (CI's run
-    // of every ignored test) checks the same on 20,000.
-    let default = if cfg!(debug_assertions) { 40_000 } else { 1_000_000 };
+    // A million in release by default (BENCHMARKS.md has the figures; CI's
+    // lifecycle step runs 200,000 through ROOMKIT_CLASSES to stay inside its
+    // time); a debug build (CI's run of every ignored test) checks 20,000.
+    let default = if cfg!(debug_assertions) { 20_000 } else { 1_000_000 };
     let classes: u64 = std::env::var("ROOMKIT_CLASSES").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
     let mut one = One::new(|c| c.room_idle = Duration::from_millis(100));
     // The in-memory stand-in for Redis keeps the newest 10,000 rooms
