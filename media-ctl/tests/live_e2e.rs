@@ -29,6 +29,14 @@ const KEY: &[u8] = b"recording-callback-key";
 
 struct Killed(Child);
 
+/// One test at a time: each runs nginx and several ffmpeg processes, and
+/// together on two cores they would miss their windows.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -122,6 +130,7 @@ fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 #[test]
 #[ignore = "needs nginx with libnginx-mod-rtmp and ffmpeg"]
 fn a_live_class_over_nginx_rtmp_survives_a_publisher_that_drops() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().expect("dir");
     let (origin, edge, srt) = (free_tcp_port(), free_tcp_port(), free_udp_port());
     let _nginx = nginx(dir.path(), origin, edge);
@@ -412,6 +421,7 @@ fn classify(rgb: &[u8]) -> Seen {
 #[test]
 #[ignore = "needs nginx with libnginx-mod-rtmp and ffmpeg"]
 fn the_live_mixer_switches_layouts_without_a_hole_into_encrypted_hls() {
+    let _serial = one_at_a_time();
     use room_media_ctl::layout::{Canvas, Corner, InputKind, Length, Rgb, Template, Watermark, WatermarkKind};
     use room_media_ctl::live::mixer::{LiveHls, LiveMixer, MixInput, MixOutputs, MixSettings};
 
@@ -558,4 +568,190 @@ fn the_live_mixer_switches_layouts_without_a_hole_into_encrypted_hls() {
         .expect("ffprobe runs");
     let flv_frames: usize = String::from_utf8_lossy(&flv.stdout).trim().parse().expect("a count");
     assert!(flv_frames.abs_diff(pts.len()) <= 50, "{flv_frames} in FLV, {} in HLS", pts.len());
+}
+
+/// Bits of the frame number each test picture carries (it counts to 1,024
+/// and starts again: 40 s at 25 a second).
+const CODE_BITS: u32 = 10;
+
+/// One source sent twice, as the teacher's camera over SRT (with a tone)
+/// and as the slides over RTMP: both pictures of a frame carry its number,
+/// as ten black or white stripes (bit `i` is stripe `i`, from the left), so
+/// that the mix shows which frame of each it put side by side.
+fn numbered_publisher(camera_srt: &str, slides_rtmp: &str) -> Killed {
+    let graph = "[0:v]format=gray,geq=lum='255*mod(floor(N/pow(2,X)),2)',scale=640:360:flags=neighbor,\
+         format=yuv420p,split=2[cam][slides]";
+    let encode = ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "25", "-pix_fmt", "yuv420p"];
+    let child = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-f", "lavfi", "-i"])
+        .arg(format!("color=c=black:s={CODE_BITS}x2:r=25"))
+        .args(["-re", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
+        .args(["-filter_complex", graph, "-map", "[cam]", "-map", "1:a"])
+        .args(encode)
+        .args(["-c:a", "aac", "-b:a", "64k", "-f", "mpegts", camera_srt, "-map", "[slides]"])
+        .args(encode)
+        .args(["-f", "flv", slides_rtmp])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg starts");
+    Killed(child)
+}
+
+/// The frame number a slot shows on a `width`-wide grey picture, read at
+/// the centre of each stripe; `None` if a stripe is neither clearly black
+/// nor clearly white (an edge being encoded, or not on screen).
+fn read_number(gray: &[u8], width: u32, slot: &room_media_ctl::live::mixer::SlotState) -> Option<u32> {
+    let mut n = 0;
+    for bit in 0..CODE_BITS {
+        // The stripe's centre and the picture's middle row, in the 640x360
+        // input box, mapped through the slot's crop and scale.
+        let (sx, sy) = (640 * (2 * bit + 1) / (2 * CODE_BITS), 180);
+        let (crop, (w, h), (ax, ay)) = (slot.crop, slot.size, slot.at);
+        if !(crop.x..crop.x + crop.width).contains(&sx) || !(crop.y..crop.y + crop.height).contains(&sy) {
+            return None;
+        }
+        let x = ax + (sx - crop.x) * w / crop.width;
+        let y = ay + (sy - crop.y) * h / crop.height;
+        let v = *gray.get((y * width + x) as usize)?;
+        match v {
+            0..=60 => {}
+            196.. => n |= 1 << bit,
+            _ => return None,
+        }
+    }
+    Some(n)
+}
+
+#[test]
+#[ignore = "needs nginx with libnginx-mod-rtmp and ffmpeg"]
+fn teacher_and_slides_meet_in_the_mix_within_one_frame() {
+    let _serial = one_at_a_time();
+    use room_media_ctl::live::mixer::MixClock;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let (origin, edge, srt) = (free_tcp_port(), free_tcp_port(), free_udp_port());
+    let _nginx = nginx(dir.path(), origin, edge);
+    let policy = InputPolicy::with_local_dir(dir.path()).expect("policy");
+    let live = LiveConfig { read_timeout: Duration::from_secs(3), ..LiveConfig::default() };
+    let mut backend = LiveBackend::new(
+        LiveBackendConfig {
+            origin: format!("rtmp://127.0.0.1:{origin}/live"),
+            recordings: dir.path().to_owned(),
+            segment: Duration::from_secs(2),
+            max_jobs: 4,
+            live: live.clone(),
+            mix: None,
+            callbacks: None,
+        },
+        policy.clone(),
+    );
+    // The camera comes in over SRT through the ingest, the slides straight
+    // to the origin over RTMP: two paths of different delay.
+    backend.start_ingest("cam", &format!("srt://127.0.0.1:{srt}?mode=listener")).expect("ingest");
+    std::thread::sleep(Duration::from_millis(500));
+    let _publisher = numbered_publisher(
+        &format!("srt://127.0.0.1:{srt}?mode=caller"),
+        &format!("rtmp://127.0.0.1:{origin}/live/slides"),
+    );
+    for s in ["cam", "slides"] {
+        until(&format!("{s} at the origin"), Duration::from_secs(30), || {
+            readable(&format!("rtmp://127.0.0.1:{origin}/live/{s}"), 5)
+        });
+    }
+
+    // The same inputs mixed twice: as they arrive, then on their clock.
+    let arrival = mix_and_read(dir.path(), origin, &policy, &live, MixClock::Arrival);
+    let source = mix_and_read(dir.path(), origin, &policy, &live, MixClock::Source);
+    backend.stop_ingest("cam");
+    for (clock, (offsets, frames, unreadable)) in [("arrival", &arrival), ("source", &source)] {
+        println!(
+            "mix clock {clock}: teacher minus slides, in frames, over {frames} mixed frames: {offsets:?}; {unreadable} unreadable"
+        );
+        let read: usize = offsets.values().sum();
+        assert!(
+            read >= 200 && read >= frames * 9 / 10,
+            "{clock}: {read} of {frames} frames read ({unreadable} unreadable)"
+        );
+    }
+    // Inputs that share a clock meet within a frame on it.
+    let (offsets, _, _) = &source;
+    let apart: usize = offsets.iter().filter(|(d, _)| d.abs() > 1).map(|(_, n)| n).sum();
+    assert_eq!(apart, 0, "frames where the teacher and the slides are more than a frame apart: {offsets:?}");
+}
+
+/// Mixes the camera and the slides from the origin side by side for 12 s
+/// on `clock`, then reads every frame of the recording from the first that
+/// shows both: how many frames the teacher's picture was ahead of the
+/// slides' (how many frames had each offset), frames, and frames that
+/// could not be read.
+fn mix_and_read(
+    dir: &Path,
+    origin: u16,
+    policy: &InputPolicy,
+    live: &LiveConfig,
+    clock: room_media_ctl::live::mixer::MixClock,
+) -> (std::collections::BTreeMap<i32, usize>, usize, usize) {
+    use room_media_ctl::layout::{Canvas, InputKind, Rgb, Template};
+    use room_media_ctl::live::mixer::{LiveMixer, MixInput, MixSettings, slots};
+
+    let recording = dir.join(format!("mix-{clock:?}.flv"));
+    let mut settings = MixSettings::new(Canvas { width: 640, height: 360, color: Rgb(128, 128, 128) });
+    settings.input_box = (640, 360);
+    settings.video_kbps = 1_500;
+    settings.clock = clock;
+    settings.outputs.flv = Some(recording.clone());
+    let inputs = vec![
+        MixInput { id: "cam".into(), url: format!("rtmp://127.0.0.1:{origin}/live/cam"), kind: InputKind::AudioVideo },
+        MixInput { id: "slides".into(), url: format!("rtmp://127.0.0.1:{origin}/live/slides"), kind: InputKind::Video },
+    ];
+    let template = Template::Grid { inputs: vec!["cam".into(), "slides".into()] };
+    let described: Vec<room_media_ctl::layout::Input> = inputs
+        .iter()
+        .map(|i| room_media_ctl::layout::Input { id: i.id.clone(), kind: i.kind, width: 640, height: 360 })
+        .collect();
+    let placed = room_media_ctl::layout::layout(
+        settings.canvas,
+        &template,
+        &described,
+        None,
+        room_media_ctl::layout::Limits::default(),
+    )
+    .expect("a layout");
+    let state = slots(&placed, &inputs, &settings).expect("slots");
+    let slot_of = |input: usize| *state.iter().find(|s| s.input == input).expect("a slot");
+    let (cam_slot, slides_slot) = (slot_of(0), slot_of(1));
+    let (tx, _events) = std::sync::mpsc::channel();
+    let mixer = LiveMixer::start(room_media_ctl::live::JobId(1), inputs, &template, settings, policy, live, tx)
+        .expect("the mix starts");
+    until("the mix flows", Duration::from_secs(30), || mixer.health().frames > 25 * 12);
+    mixer.stop();
+
+    let decoded = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-i"])
+        .arg(&recording)
+        .args(["-f", "rawvideo", "-pix_fmt", "gray", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(decoded.status.success(), "{}", String::from_utf8_lossy(&decoded.stderr));
+    let frame = 640 * 360;
+    let mut offsets = std::collections::BTreeMap::<i32, usize>::new();
+    let mut unreadable = 0;
+    // From the first frame that shows both: before it, the mix shows what
+    // it has opened so far.
+    let pictures: Vec<&[u8]> = decoded.stdout.chunks_exact(frame).collect();
+    let both = |p: &[u8]| read_number(p, 640, &cam_slot).is_some() && read_number(p, 640, &slides_slot).is_some();
+    let first = pictures.iter().position(|p| both(p)).unwrap_or(pictures.len());
+    for picture in &pictures[first..] {
+        match (read_number(picture, 640, &cam_slot), read_number(picture, 640, &slides_slot)) {
+            (Some(cam), Some(slides)) => {
+                // Both count modulo 1,024: the signed difference.
+                let d = (cam as i32 - slides as i32).rem_euclid(1 << CODE_BITS);
+                let d = if d >= 1 << (CODE_BITS - 1) { d - (1 << CODE_BITS) } else { d };
+                *offsets.entry(d).or_default() += 1;
+            }
+            _ => unreadable += 1,
+        }
+    }
+    (offsets, pictures.len() - first, unreadable)
 }

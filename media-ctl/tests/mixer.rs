@@ -224,3 +224,62 @@ fn a_restarted_mix_continues_its_playlist_and_records_to_new_files() {
     settings.outputs.live = vec!["file:///etc/passwd".into()];
     assert!(mixer_job(&ins, &state, &settings, control, &policy, timeout).is_err());
 }
+
+#[test]
+fn on_the_source_clock_the_background_takes_the_first_pictures_times() {
+    use room_media_ctl::layout::{Length, Watermark, WatermarkKind};
+    use room_media_ctl::live::mixer::MixClock;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let policy = room_media_ctl::input::InputPolicy::with_local_dir(dir.path()).expect("policy");
+    let logo = dir.path().join("logo.png");
+    std::fs::write(&logo, b"PNG").expect("logo");
+    let mut settings = settings(1280, 720, 640, 360);
+    settings.outputs.flv = Some(dir.path().join("mix.flv"));
+    settings.watermark = Some(Watermark {
+        kind: WatermarkKind::Image(logo.display().to_string()),
+        x: Length::Px(10),
+        y: Length::Px(10),
+        size: Length::Px(64),
+    });
+    // The first input is sound only: the background follows the second.
+    let mut ins = inputs(3);
+    ins[0].kind = InputKind::Audio;
+    let described: Vec<Input> =
+        ins.iter().map(|i| Input { id: i.id.clone(), kind: i.kind, width: 640, height: 360 }).collect();
+    let l =
+        layout::layout(settings.canvas, &Template::Single { input: "s1".into() }, &described, None, Limits::default())
+            .expect("layout");
+    let state = slots(&l, &ins, &settings).expect("slots");
+    let control = "127.0.0.1:5555".parse().expect("addr");
+    let timeout = std::time::Duration::from_secs(5);
+
+    let arrival = mixer_job(&ins, &state, &settings, control, &policy, timeout).expect("job").args;
+    let graph = |args: &[String]| args[args.iter().position(|a| a == "-filter_complex").expect("a graph") + 1].clone();
+    assert!(graph(&arrival).starts_with("color=c=0x000000:s=1280x720:r=25,zmq="), "{}", graph(&arrival));
+    assert!(!arrival.contains(&"-copyts".to_owned()) && arrival.contains(&"-loop".to_owned()));
+
+    settings.clock = MixClock::Source;
+    let source = mixer_job(&ins, &state, &settings, control, &policy, timeout).expect("job").args;
+    let g = graph(&source);
+    assert!(source.contains(&"-copyts".to_owned()), "{source:?}");
+    assert!(!source.contains(&"-loop".to_owned()), "the image is one frame, kept: {source:?}");
+    assert!(!g.contains("color=c=0x000000:s=1280x720"), "no generated background: {g}");
+    assert!(g.contains("split=4[n1_0][n1_1][n1_2][bgsrc]"), "the second input feeds the background: {g}");
+    assert!(
+        g.contains("[bgsrc]crop=16:16:0:0,") && g.contains(",zmq=bind_address=") && g.contains("eof_action=repeat[wm]"),
+        "{g}"
+    );
+
+    // With no picture at all there is no clock to follow.
+    let silent: Vec<MixInput> = ins
+        .iter()
+        .cloned()
+        .map(|mut i| {
+            i.kind = InputKind::Audio;
+            i
+        })
+        .collect();
+    let none = mixer_job(&silent, &state, &settings, control, &policy, timeout).expect("job").args;
+    assert!(!none.contains(&"-copyts".to_owned()) && graph(&none).starts_with("color="), "{none:?}");
+}

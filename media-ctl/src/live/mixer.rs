@@ -73,6 +73,31 @@ pub struct MixOutputs {
     pub mp4: Option<PathBuf>,
 }
 
+/// Which frames of the inputs the mix puts together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum MixClock {
+    /// Each input from the moment the mix opens it: right for inputs from
+    /// different encoders (a camera app and a screen-share tool), whose
+    /// timestamps have nothing in common. Inputs are opened one after the
+    /// other, each probed (up to 1 s) and then waiting for a keyframe, so
+    /// pictures published at the same moment are shown up to about two
+    /// seconds apart (the end-to-end test, with 1 s GOPs: 45 to 53 frames
+    /// at 25 a second).
+    #[default]
+    Arrival,
+    /// By the inputs' own timestamps: for inputs that carry one clock (one
+    /// encoder publishing the teacher's camera and the slides, a hardware
+    /// encoder's several outputs), each relayed with its timestamps kept,
+    /// as this crate's ingest and relays do. Pictures made at the same
+    /// moment are shown together (the end-to-end test: within one frame,
+    /// over SRT and RTMP paths of different delay); the mix waits for the
+    /// latest of them. Inputs whose timestamps are far apart never meet:
+    /// use [`MixClock::Arrival`] for them. The outputs' timestamps are the
+    /// inputs' (the first frame is not at zero).
+    Source,
+}
+
 /// How the mix is made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MixSettings {
@@ -89,11 +114,14 @@ pub struct MixSettings {
     pub watermark: Option<Watermark>,
     /// Where it goes.
     pub outputs: MixOutputs,
+    /// Which frames of the inputs go together.
+    pub clock: MixClock,
 }
 
 impl MixSettings {
     /// 1280x720 at 25 fps, 2,500 kbit/s, inputs boxed at 1280x720, no
-    /// watermark, no output yet.
+    /// watermark, no output yet, inputs taken as they arrive
+    /// ([`MixClock::Arrival`]).
     pub fn new(canvas: Canvas) -> MixSettings {
         MixSettings {
             canvas,
@@ -102,6 +130,7 @@ impl MixSettings {
             video_kbps: 2_500,
             watermark: None,
             outputs: MixOutputs::default(),
+            clock: MixClock::Arrival,
         }
     }
 }
@@ -319,26 +348,43 @@ pub fn mixer_graph(
     let (bw, bh) = settings.input_box;
     let n = inputs.len();
     let mut g = String::new();
-    // The control socket rides on the background, which runs at the frame
-    // rate whatever the inputs do.
-    let _ = write!(
-        g,
-        "color=c=0x{}:s={cw}x{ch}:r={fps},zmq=bind_address=tcp\\\\://{}\\\\:{}[bg];",
-        settings.canvas.color.hex(),
-        control.ip(),
-        control.port()
-    );
+    let zmq = format!("zmq=bind_address=tcp\\\\://{}\\\\:{}", control.ip(), control.port());
+    let colour = settings.canvas.color.hex();
+    // On the source clock the background takes its times from the first
+    // picture (a generated one would start at zero, far from the inputs'
+    // times); on arrival it is generated and runs at the frame rate
+    // whatever the inputs do. The control socket rides on it.
+    let clocked = match settings.clock {
+        MixClock::Source => inputs.iter().position(|i| i.kind.has_picture()),
+        MixClock::Arrival => None,
+    };
+    if clocked.is_none() {
+        let _ = write!(g, "color=c={colour}:s={cw}x{ch}:r={fps},{zmq}[bg];");
+    }
     for (i, input) in inputs.iter().enumerate() {
-        let outs: String = (0..n).map(|k| format!("[n{i}_{k}]")).collect();
+        let mut outs: String = (0..n).map(|k| format!("[n{i}_{k}]")).collect();
+        let mut copies = n;
+        if clocked == Some(i) {
+            outs.push_str("[bgsrc]");
+            copies += 1;
+        }
         if input.kind.has_picture() {
             let _ = write!(
                 g,
-                "[{i}:v]scale={bw}:{bh}:force_original_aspect_ratio=decrease,pad={bw}:{bh}:(ow-iw)/2:(oh-ih)/2,setsar=1,fps={fps},format=yuv420p,split={n}{outs};"
+                "[{i}:v]scale={bw}:{bh}:force_original_aspect_ratio=decrease,pad={bw}:{bh}:(ow-iw)/2:(oh-ih)/2,setsar=1,fps={fps},format=yuv420p,split={copies}{outs};"
             );
         } else {
             // Sound only: a black box stands in, never selected by a region.
             let _ = write!(g, "color=c=black:s={bw}x{bh}:r={fps},format=yuv420p,split={n}{outs};");
         }
+    }
+    if clocked.is_some() {
+        // A corner of the picture painted over and blown up: a plain
+        // canvas at the picture's times, for little work.
+        let _ = write!(
+            g,
+            "[bgsrc]crop=16:16:0:0,drawbox=x=0:y=0:w=iw:h=ih:color={colour}:t=fill,scale={cw}:{ch}:flags=neighbor,setsar=1,{zmq}[bg];"
+        );
     }
     let mut base = "bg".to_owned();
     for (k, slot) in state.iter().enumerate() {
@@ -377,8 +423,14 @@ pub fn mixer_graph(
                 image = Some(path.clone());
                 let _ = write!(
                     g,
-                    "[{image_input}:v]scale={}:-2,format=rgba[wmi];[{base}][wmi]overlay=x={}:y={}:shortest=1[wm];",
-                    w.size, w.x, w.y
+                    "[{image_input}:v]scale={}:-2,format=rgba[wmi];[{base}][wmi]overlay=x={}:y={}:{}[wm];",
+                    w.size,
+                    w.x,
+                    w.y,
+                    // On the source clock the image is one frame at zero,
+                    // kept: a looped one would have to count up to the
+                    // inputs' times.
+                    if clocked.is_some() { "eof_action=repeat" } else { "shortest=1" }
                 );
                 base = "wm".to_owned();
             }
@@ -431,14 +483,24 @@ pub fn mixer_job(
         ["-hide_banner", "-loglevel", "warning", "-nostats", "-progress", "pipe:1", "-stats_period", "0.5"]
             .map(str::to_owned)
             .to_vec();
+    let source_clock = settings.clock == MixClock::Source && inputs.iter().any(|i| i.kind.has_picture());
+    if source_clock {
+        a.push("-copyts".to_owned());
+    }
     for input in inputs {
         let source = policy.check(&input.url, Purpose::Live).map_err(FfmpegError::from)?;
+        // A short probe: inputs open one after the other, and every second
+        // spent probing one is a second the ones opened before it lag.
+        a.extend(["-analyzeduration", "1000000", "-probesize", "262144"].map(str::to_owned));
         a.extend(["-rw_timeout", &micros, "-protocol_whitelist", source.protocols(), "-i"].map(str::to_owned));
         a.push(source.arg);
     }
     if let Some(image) = &mix.image {
         let checked = policy.check(image, Purpose::Download).map_err(FfmpegError::from)?;
-        a.extend(["-loop", "1", "-protocol_whitelist", checked.protocols(), "-i"].map(str::to_owned));
+        if !source_clock {
+            a.extend(["-loop", "1"].map(str::to_owned));
+        }
+        a.extend(["-protocol_whitelist", checked.protocols(), "-i"].map(str::to_owned));
         a.push(checked.arg);
     }
     let sounds = mix.audio;
