@@ -33,6 +33,7 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use futures::SinkExt;
 use room_core::{BusinessId, Role, RoomId, RoomKey, Terminal, Uin};
 use roomkit::service::{Outbound, RoomService};
 use roomkit::ticket::{JoinTicket, KeyRing};
@@ -347,6 +348,20 @@ async fn refuse(socket: &mut WebSocket, why: &str) {
     let _ = socket.send(close(4001, "entry refused")).await;
 }
 
+/// Frames written to a socket in one go, at most.
+const WRITE_BATCH: usize = 64;
+
+/// A frame of the service as a websocket text message: the service's
+/// frames are UTF-8 JSON, so the bytes are checked and shared, not copied.
+fn text_message(frame: Outbound) -> WsMessage {
+    let bytes = frame.into_text();
+    match axum::extract::ws::Utf8Bytes::try_from(bytes.clone()) {
+        Ok(text) => WsMessage::Text(text),
+        // Never from the service; a binary frame rather than a lost one.
+        Err(_) => WsMessage::Binary(bytes),
+    }
+}
+
 /// A close frame with the service's code and reason.
 fn close(code: u16, reason: &str) -> WsMessage {
     WsMessage::Close(Some(CloseFrame { code, reason: reason.to_owned().into() }))
@@ -369,8 +384,28 @@ async fn session(app: App, room: RoomKey, ticket: String, mut socket: WebSocket)
                     break;
                 }
                 Some(frame) => {
-                    let Ok(text) = String::from_utf8(frame.into_text().to_vec()) else { continue };
-                    if socket.send(WsMessage::Text(text.into())).await.is_err() {
+                    // Every frame already waiting goes out with this one in
+                    // one write (up to a batch, for fairness between sockets).
+                    let mut closing = None;
+                    let mut ok = socket.feed(text_message(frame)).await.is_ok();
+                    for _ in 1..WRITE_BATCH {
+                        if !ok {
+                            break;
+                        }
+                        match conn.outbound.try_recv() {
+                            Ok(Outbound::Close(reason)) => {
+                                closing = Some(reason);
+                                break;
+                            }
+                            Ok(frame) => ok = socket.feed(text_message(frame)).await.is_ok(),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Some(reason) = closing {
+                        let _ = socket.send(close(reason.close_code(), reason.as_str())).await;
+                        break;
+                    }
+                    if !ok || socket.flush().await.is_err() {
                         break;
                     }
                 }
