@@ -16,7 +16,14 @@
 //! cargo run --release -p examples --example loadgen -- --ws 5000 --seconds 30
 //! cargo run --release -p examples --example loadgen -- --ws 3000 --server 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
 //! ```
+//!
+//! `--protocol socketio` (with `--ws N --server HOST:PORT`) drives a
+//! Socket.IO server with the same workload instead (`socketio.rs`; the
+//! peers of issue 17 in `peers/`). `--server-pid PID` reports the server
+//! process's CPU time over the measured window and its memory.
 #![forbid(unsafe_code)]
+
+mod socketio;
 
 use std::alloc::System;
 use std::collections::HashMap;
@@ -45,10 +52,39 @@ struct Args {
     teacher_rate: u32,
     ws: Option<usize>,
     server: Option<String>,
+    protocol: Protocol,
+    server_pid: Option<u32>,
+}
+
+/// What the websocket mode's clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// Roomkit's classroom protocol (docs/PROTOCOL.md).
+    Roomkit,
+    /// Socket.IO (Engine.IO v4 over a websocket).
+    SocketIo,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Roomkit => "roomkit",
+            Protocol::SocketIo => "socketio",
+        }
+    }
 }
 
 fn args() -> Args {
-    let mut a = Args { members: 60_000, seconds: 20, chat_rate: 1_000, teacher_rate: 10, ws: None, server: None };
+    let mut a = Args {
+        members: 60_000,
+        seconds: 20,
+        chat_rate: 1_000,
+        teacher_rate: 10,
+        ws: None,
+        server: None,
+        protocol: Protocol::Roomkit,
+        server_pid: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -59,6 +95,14 @@ fn args() -> Args {
             "--teacher-rate" => a.teacher_rate = value().parse().expect("--teacher-rate N"),
             "--ws" => a.ws = Some(value().parse().expect("--ws N")),
             "--server" => a.server = Some(value()),
+            "--protocol" => {
+                a.protocol = match value().as_str() {
+                    "roomkit" => Protocol::Roomkit,
+                    "socketio" => Protocol::SocketIo,
+                    other => panic!("--protocol roomkit|socketio, not {other}"),
+                }
+            }
+            "--server-pid" => a.server_pid = Some(value().parse().expect("--server-pid PID")),
             other => panic!("unknown option {other} (see the file's header)"),
         }
     }
@@ -104,6 +148,13 @@ impl Latencies {
                 self.by_class.entry("signal").or_default().push(now.saturating_sub(*sent));
             }
         }
+    }
+
+    /// The `q` quantile of a class's latencies, in milliseconds.
+    fn percentile(&mut self, class: &str, q: f64) -> Option<f64> {
+        let v = self.by_class.get_mut(class).filter(|v| !v.is_empty())?;
+        v.sort_unstable();
+        Some(v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1_000.0)
     }
 
     fn report(&mut self) {
@@ -299,6 +350,7 @@ fn over_websockets(a: &Args, clients: usize) -> Result<(), Box<dyn std::error::E
     runtime.block_on(async {
         let (bases, keys): (Vec<String>, _) = match &a.server {
             Some(addrs) => (addrs.split(',').map(str::to_owned).collect(), None),
+            None if a.protocol != Protocol::Roomkit => return Err("--protocol socketio needs --server".into()),
             None => {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 let config = ClassroomConfig { expected_learners: clients, ..ClassroomConfig::default() };
@@ -306,139 +358,407 @@ fn over_websockets(a: &Args, clients: usize) -> Result<(), Box<dyn std::error::E
                 (vec![running.addr.to_string()], Some(running.keys))
             }
         };
-        let http = |base: String, path: String| {
-            async move {
-                // A minimal HTTP GET for the demo ticket endpoint.
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut s = tokio::net::TcpStream::connect(&base).await?;
-                s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {base}\r\nConnection: close\r\n\r\n").as_bytes())
-                    .await?;
-                let mut body = String::new();
-                s.read_to_string(&mut body).await?;
-                let start = body.find("\"ticket\":\"").map(|i| i + 10).unwrap_or(0);
-                let end = body[start..].find('"').map(|i| start + i).unwrap_or(start);
-                Ok::<String, std::io::Error>(body[start..end].to_owned())
+        match a.protocol {
+            Protocol::Roomkit => drive(a, clients, &Roomkit { bases, keys }).await,
+            Protocol::SocketIo => drive(a, clients, &socketio::SocketIo { bases }).await,
+        }
+    })
+}
+
+/// A websocket of the websocket mode's clients.
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Clients per source address over loopback: servers cap connections per
+/// address (the classroom edge at 2,000), so client `n` comes from
+/// 127.0.0.1 + `n / 1000`.
+const CLIENTS_PER_SOURCE: u64 = 1_000;
+
+/// Opens a websocket to `ws://{base}{path}` for client `n`.
+async fn dial(base: &str, path: &str, n: u64) -> Result<Ws, Box<dyn std::error::Error>> {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    let addr = tokio::net::lookup_host(base).await?.next().ok_or_else(|| format!("{base}: no address"))?;
+    let socket = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            let source = Ipv4Addr::from(u32::from(Ipv4Addr::LOCALHOST) + (n / CLIENTS_PER_SOURCE) as u32);
+            socket.bind(SocketAddr::new(source.into(), 0))?;
+            socket
+        }
+        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    let stream = socket.connect(addr).await?;
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{base}{path}"), stream).await?;
+    Ok(ws)
+}
+
+/// What the websocket mode's clients speak: how one enters the class and
+/// how the workload's frames are spelled. The workload, the clients' loop
+/// and the measurement are the same for every server ([`drive`]).
+trait Dialect: 'static {
+    /// The client's heartbeat frame, sent every 20 s, if the protocol has
+    /// one at this level.
+    const BEAT: Option<&'static str>;
+    /// Opens client `n`'s socket (0 is the teacher) and enters the class;
+    /// `sender`: the teacher's second connection, the one it speaks through.
+    async fn enter(&self, n: u64, sender: bool) -> Result<Ws, Box<dyn std::error::Error>>;
+    /// A chat line carrying its send time.
+    fn chat(micros: u64) -> String;
+    /// A teacher message carrying its send time.
+    fn say(micros: u64) -> String;
+    /// What a text frame from the server is.
+    fn read(frame: &str) -> Frame;
+}
+
+/// A text frame from the server.
+enum Frame {
+    /// Workload traffic of this class (`"teacher"` or `"chat"`): its send
+    /// times (`"text":"t=<micros>"`) are measured.
+    Class(&'static str),
+    /// A frame the client answers at once with this one (a ping's pong).
+    Reply(&'static str),
+    /// Anything else.
+    Other,
+}
+
+/// Roomkit's classroom protocol (docs/PROTOCOL.md).
+struct Roomkit {
+    bases: Vec<String>,
+    keys: Option<std::sync::Arc<KeyRing>>,
+}
+
+impl Dialect for Roomkit {
+    const BEAT: Option<&'static str> = Some(r#"{"t":"beat"}"#);
+
+    async fn enter(&self, n: u64, sender: bool) -> Result<Ws, Box<dyn std::error::Error>> {
+        let base = &self.bases[n as usize % self.bases.len()];
+        let role = if n == 0 { "teacher" } else { "student" };
+        let ticket = match (&self.keys, sender) {
+            (Some(k), false) => demo_ticket(k, ROOM_ID, n + 1, role.parse()?, Terminal::Web),
+            (Some(k), true) => demo_ticket(k, ROOM_ID, 1, Role::Teacher, Terminal::Pc),
+            (None, false) => http_ticket(base, &format!("/ticket?room={ROOM_ID}&uin={}&role={role}", n + 1)).await?,
+            (None, true) => {
+                http_ticket(base, &format!("/ticket?room={ROOM_ID}&uin=1&role=teacher&terminal=pc")).await?
             }
         };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(&'static str, u64)>();
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        let mut teacher_sink = None;
-        let mut chatters: Vec<tokio::sync::mpsc::UnboundedSender<String>> = Vec::new();
-        for n in 0..clients as u64 {
-            let role = if n == 0 { "teacher" } else { "student" };
-            let base = bases[n as usize % bases.len()].clone();
-            let ticket = match &keys {
-                Some(k) => demo_ticket(k, ROOM_ID, n + 1, role.parse()?, Terminal::Web),
-                None => http(base.clone(), format!("/ticket?room={ROOM_ID}&uin={}&role={role}", n + 1)).await?,
-            };
-            let url = format!("ws://{base}/ws?room={ROOM_ID}&ticket={ticket}");
-            let (ws, _) = tokio_tungstenite::connect_async(url).await?;
-            let (mut sink, mut stream) = ws.split();
-            let tx = tx.clone();
-            // The first students also chat, on the main loop's command.
-            let (say_tx, mut say_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-            if n > 0 && chatters.len() < CHATTERS {
-                chatters.push(say_tx);
-            }
-            tasks.push(tokio::spawn(async move {
-                let mut beat = tokio::time::interval(Duration::from_secs(20));
-                loop {
-                    tokio::select! {
-                        msg = stream.next() => match msg {
-                            Some(Ok(WsMessage::Text(t))) => {
-                                let t = t.as_str();
-                                let class = if t.contains("\"c\":\"teacher\"") { "teacher" } else { "chat" };
-                                let mut rest = t;
-                                while let Some(i) = rest.find("\"text\":\"t=") {
-                                    rest = &rest[i + 10..];
-                                    if let Ok(sent) = rest[..rest.find('"').unwrap_or(0)].parse::<u64>() {
-                                        let _ = tx.send((class, micros_now().saturating_sub(sent)));
-                                    }
-                                }
-                            }
-                            Some(Ok(_)) => {}
-                            _ => break,
-                        },
-                        Some(line) = say_rx.recv() => {
-                            if sink.send(WsMessage::Text(line.into())).await.is_err() {
-                                break;
-                            }
-                        }
-                        _ = beat.tick() => {
-                            if sink.send(WsMessage::Text(r#"{"t":"beat"}"#.into())).await.is_err() {
-                                break;
+        dial(base, &format!("/ws?room={ROOM_ID}&ticket={ticket}"), n).await
+    }
+
+    fn chat(micros: u64) -> String {
+        format!(r#"{{"t":"chat","text":"t={micros}"}}"#)
+    }
+
+    fn say(micros: u64) -> String {
+        format!(r#"{{"t":"say","text":"t={micros}"}}"#)
+    }
+
+    fn read(frame: &str) -> Frame {
+        Frame::Class(if frame.contains("\"c\":\"teacher\"") { "teacher" } else { "chat" })
+    }
+}
+
+/// A minimal HTTP GET for the demo ticket endpoint.
+async fn http_ticket(base: &str, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(base).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {base}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    let start = body.find("\"ticket\":\"").map(|i| i + 10).unwrap_or(0);
+    let end = body[start..].find('"').map(|i| start + i).unwrap_or(start);
+    Ok(body[start..end].to_owned())
+}
+
+/// A send time a client read: its class, the client, the time and how long
+/// it took to arrive (microseconds).
+struct Sample {
+    class: &'static str,
+    client: u32,
+    sent: u64,
+    micros: u64,
+}
+
+/// One client: reads what the server sends (measuring the send times in
+/// it), sends the chat lines the main loop hands it, and beats.
+async fn client<D: Dialect>(
+    n: u32,
+    ws: Ws,
+    tx: tokio::sync::mpsc::UnboundedSender<Sample>,
+    mut say_rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (mut sink, mut stream) = ws.split();
+    let mut beat = tokio::time::interval(Duration::from_secs(20));
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(WsMessage::Text(t))) => match D::read(t.as_str()) {
+                    Frame::Class(class) => {
+                        let mut rest = t.as_str();
+                        while let Some(i) = rest.find("\"text\":\"t=") {
+                            rest = &rest[i + 10..];
+                            if let Ok(sent) = rest[..rest.find('"').unwrap_or(0)].parse::<u64>() {
+                                let micros = micros_now().saturating_sub(sent);
+                                let _ = tx.send(Sample { class, client: n, sent, micros });
                             }
                         }
                     }
+                    Frame::Reply(answer) => {
+                        if sink.send(WsMessage::Text(answer.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Frame::Other => {}
+                },
+                Some(Ok(_)) => {}
+                _ => break,
+            },
+            Some(line) = say_rx.recv() => {
+                if sink.send(WsMessage::Text(line.into())).await.is_err() {
+                    break;
                 }
-            }));
-            if n == 0 {
-                // The teacher speaks through its own second connection.
-                let ticket = match &keys {
-                    Some(k) => demo_ticket(k, ROOM_ID, 1, Role::Teacher, Terminal::Pc),
-                    None => {
-                        http(base.clone(), format!("/ticket?room={ROOM_ID}&uin=1&role=teacher&terminal=pc")).await?
-                    }
-                };
-                let (ws, _) =
-                    tokio_tungstenite::connect_async(format!("ws://{base}/ws?room={ROOM_ID}&ticket={ticket}")).await?;
-                teacher_sink = Some(ws);
             }
-            if (n + 1) % 1_000 == 0 {
-                tracing::info!(connected = n + 1, elapsed = ?started.elapsed(), "connecting");
+            _ = beat.tick(), if D::BEAT.is_some() => {
+                if sink.send(WsMessage::Text(D::BEAT.unwrap_or_default().into())).await.is_err() {
+                    break;
+                }
             }
         }
-        let join_time = started.elapsed();
+    }
+}
+
+/// Which teacher messages each client got.
+#[derive(Default)]
+struct TeacherLedger {
+    /// Send times of the teacher messages, in order.
+    sent: Vec<u64>,
+    /// By client, by message: received.
+    seen: Vec<Vec<bool>>,
+    unique: u64,
+    duplicates: u64,
+}
+
+impl TeacherLedger {
+    fn record(&mut self, s: &Sample) {
+        let Ok(i) = self.sent.binary_search(&s.sent) else { return };
+        let client = s.client as usize;
+        if self.seen.len() <= client {
+            self.seen.resize_with(client + 1, Vec::new);
+        }
+        let seen = &mut self.seen[client];
+        if seen.len() <= i {
+            seen.resize(i + 1, false);
+        }
+        if seen[i] {
+            self.duplicates += 1;
+        } else {
+            seen[i] = true;
+            self.unique += 1;
+        }
+    }
+
+    /// Adds a sample to the latencies and, for the teacher's, to the ledger.
+    fn take(&mut self, lat: &mut Latencies, s: Sample) {
+        if s.class == "teacher" {
+            self.record(&s);
+        }
+        lat.by_class.entry(s.class).or_default().push(s.micros);
+    }
+
+    fn lost(&self, clients: usize) -> u64 {
+        (self.sent.len() as u64 * clients as u64).saturating_sub(self.unique)
+    }
+}
+
+/// CPU and memory of the server's process, from /proc.
+#[derive(Debug, Clone, Copy)]
+struct ProcSample {
+    /// utime + stime, in clock ticks.
+    ticks: u64,
+    rss_kib: u64,
+    hwm_kib: u64,
+}
+
+impl ProcSample {
+    /// [`read`](Self::read), or `None` with a warning (the server gone, say).
+    fn read_or_warn(pid: u32) -> Option<ProcSample> {
+        ProcSample::read(pid).map_err(|e| tracing::warn!(pid, error = %e, "cannot read the server's /proc")).ok()
+    }
+
+    fn read(pid: u32) -> std::io::Result<ProcSample> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // The fields after the command's closing parenthesis: state is
+        // field 3, utime 14 and stime 15.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        };
+        Ok(ProcSample {
+            ticks: field(11) + field(12),
+            rss_kib: kib("VmRSS:").unwrap_or(0),
+            hwm_kib: kib("VmHWM:").unwrap_or(0),
+        })
+    }
+}
+
+/// Clock ticks a second (`getconf CLK_TCK`; 100 if that fails).
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// Reads what reached the teacher's sending connection (not measured),
+/// answering what needs an answer.
+async fn drain_sender<D: Dialect>(teacher: &mut Ws) -> Result<(), Box<dyn std::error::Error>> {
+    while let Some(Some(Ok(msg))) = futures::FutureExt::now_or_never(teacher.next()) {
+        if let WsMessage::Text(t) = msg
+            && let Frame::Reply(answer) = D::read(t.as_str())
+        {
+            teacher.send(WsMessage::Text(answer.into())).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Connects `clients` clients (client 0 is the teacher, who speaks through
+/// a second connection), runs the workload for `a.seconds` and reports.
+async fn drive<D: Dialect>(a: &Args, clients: usize, dialect: &D) -> Result<(), Box<dyn std::error::Error>> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sample>();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let mut teacher_sink = None;
+    let mut chatters: Vec<tokio::sync::mpsc::UnboundedSender<String>> = Vec::new();
+    for n in 0..clients as u64 {
+        let ws = dialect.enter(n, false).await?;
+        // The first students also chat, on the main loop's command.
+        let (say_tx, say_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        if n > 0 && chatters.len() < CHATTERS {
+            chatters.push(say_tx);
+        }
+        tasks.push(tokio::spawn(client::<D>(n as u32, ws, tx.clone(), say_rx)));
+        if n == 0 {
+            // The teacher speaks through its own second connection.
+            teacher_sink = Some(dialect.enter(0, true).await?);
+        }
+        if (n + 1) % 1_000 == 0 {
+            tracing::info!(connected = n + 1, elapsed = ?started.elapsed(), "connecting");
+        }
+    }
+    let join_time = started.elapsed();
+    println!(
+        "{clients} websocket clients connected in {:.2} s ({:.0}/s)",
+        join_time.as_secs_f64(),
+        clients as f64 / join_time.as_secs_f64()
+    );
+    let mut teacher = teacher_sink.expect("a teacher");
+    let mut lat = Latencies::default();
+    let mut ledger = TeacherLedger::default();
+    let server_before = a.server_pid.and_then(ProcSample::read_or_warn);
+    let window = Instant::now();
+    let end = Instant::now() + Duration::from_secs(a.seconds);
+    let period = Duration::from_millis(1_000 / u64::from(a.teacher_rate.clamp(1, 1_000)));
+    let mut next = Instant::now();
+    let mut next_progress = Instant::now() + Duration::from_secs(1);
+    let chat_period = Duration::from_micros(1_000_000 / u64::from(a.chat_rate.max(1)));
+    let mut next_chat = Instant::now();
+    let mut chat_sent = 0u64;
+    while Instant::now() < end {
+        while a.chat_rate > 0 && !chatters.is_empty() && Instant::now() >= next_chat {
+            next_chat += chat_period;
+            let who = chat_sent as usize % chatters.len();
+            let _ = chatters[who].send(D::chat(micros_now()));
+            chat_sent += 1;
+        }
+        if Instant::now() >= next {
+            next += period;
+            let now = micros_now();
+            ledger.sent.push(now);
+            teacher.send(WsMessage::Text(D::say(now).into())).await?;
+        }
+        while let Ok(s) = rx.try_recv() {
+            ledger.take(&mut lat, s);
+        }
+        drain_sender::<D>(&mut teacher).await?;
+        if Instant::now() >= next_progress {
+            next_progress += Duration::from_secs(1);
+            let got = lat.by_class.get("teacher").map_or(0, Vec::len);
+            tracing::info!(teacher_deliveries = got, "running");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let window = window.elapsed();
+    let server_after = a.server_pid.and_then(ProcSample::read_or_warn);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait up to 10 s more for teacher messages still on their way (the
+    // teacher's connection keeps answering pings meanwhile).
+    let drain_end = Instant::now() + Duration::from_secs(10);
+    loop {
+        while let Ok(s) = rx.try_recv() {
+            ledger.take(&mut lat, s);
+        }
+        if ledger.lost(clients) == 0 || Instant::now() >= drain_end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drain_sender::<D>(&mut teacher).await?;
+    }
+    let alive = tasks.iter().filter(|t| !t.is_finished()).count();
+    println!("after {} s: {alive} of {clients} clients still connected; {chat_sent} chat lines sent", a.seconds);
+    println!("fan-out latency, send to receipt by the client over loopback websockets:");
+    lat.report();
+    let lost = ledger.lost(clients);
+    println!(
+        "teacher messages: {} sent, {} of {} deliveries, {lost} lost, {} duplicates",
+        ledger.sent.len(),
+        ledger.unique,
+        ledger.sent.len() * clients,
+        ledger.duplicates
+    );
+    let mut summary = format!(
+        "summary protocol={} clients={clients} teacher_sent={} teacher_deliveries={} teacher_lost={lost}",
+        a.protocol.name(),
+        ledger.sent.len(),
+        ledger.unique
+    );
+    for (class, name) in [("teacher", "teacher"), ("chat", "chat")] {
+        let mut p = |q| lat.percentile(class, q).map_or("-".to_owned(), |ms| format!("{ms:.2}"));
+        summary += &format!(" {name}_p50_ms={} {name}_p99_ms={}", p(0.5), p(0.99));
+    }
+    if let (Some(pid), Some(before), Some(after)) = (a.server_pid, server_before, server_after) {
+        let cpu = after.ticks.saturating_sub(before.ticks) as f64 / clock_ticks();
+        let mib = |kib: u64| kib as f64 / 1024.0;
         println!(
-            "{clients} websocket clients connected in {:.2} s ({:.0}/s)",
-            join_time.as_secs_f64(),
-            clients as f64 / join_time.as_secs_f64()
+            "server CPU s in the window: {cpu:.2} s over {:.2} s ({:.2} cores), pid {pid}",
+            window.as_secs_f64(),
+            cpu / window.as_secs_f64()
         );
-        let mut teacher = teacher_sink.expect("a teacher");
-        let mut lat = Latencies::default();
-        let end = Instant::now() + Duration::from_secs(a.seconds);
-        let period = Duration::from_millis(1_000 / u64::from(a.teacher_rate.clamp(1, 1_000)));
-        let mut next = Instant::now();
-        let mut next_progress = Instant::now() + Duration::from_secs(1);
-        let chat_period = Duration::from_micros(1_000_000 / u64::from(a.chat_rate.max(1)));
-        let mut next_chat = Instant::now();
-        let mut chat_sent = 0u64;
-        while Instant::now() < end {
-            while a.chat_rate > 0 && !chatters.is_empty() && Instant::now() >= next_chat {
-                next_chat += chat_period;
-                let who = chat_sent as usize % chatters.len();
-                let _ = chatters[who].send(format!(r#"{{"t":"chat","text":"t={}"}}"#, micros_now()));
-                chat_sent += 1;
-            }
-            if Instant::now() >= next {
-                next += period;
-                teacher.send(WsMessage::Text(format!(r#"{{"t":"say","text":"t={}"}}"#, micros_now()).into())).await?;
-            }
-            while let Ok((class, us)) = rx.try_recv() {
-                lat.by_class.entry(class).or_default().push(us);
-            }
-            while let Some(Some(Ok(_))) = futures::FutureExt::now_or_never(teacher.next()) {}
-            if Instant::now() >= next_progress {
-                next_progress += Duration::from_secs(1);
-                let got = lat.by_class.get("teacher").map_or(0, Vec::len);
-                tracing::info!(teacher_deliveries = got, "running");
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        while let Ok((class, us)) = rx.try_recv() {
-            lat.by_class.entry(class).or_default().push(us);
-        }
-        let alive = tasks.iter().filter(|t| !t.is_finished()).count();
-        println!("after {} s: {alive} of {clients} clients still connected; {chat_sent} chat lines sent", a.seconds);
-        println!("fan-out latency, send to receipt by the client over loopback websockets:");
-        lat.report();
-        for t in tasks {
-            t.abort();
-        }
-        Ok::<(), Box<dyn std::error::Error>>(())
-    })
+        println!(
+            "server RSS: {:.1} MiB at the window's start, {:.1} MiB at its end, peak {:.1} MiB (VmHWM)",
+            mib(before.rss_kib),
+            mib(after.rss_kib),
+            mib(after.hwm_kib)
+        );
+        summary += &format!(
+            " server_cpu_s={cpu:.2} server_rss_mib={:.1} server_hwm_mib={:.1}",
+            mib(after.rss_kib),
+            mib(after.hwm_kib)
+        );
+    }
+    println!("{summary}");
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -448,6 +768,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = args();
     match a.ws {
         Some(n) => over_websockets(&a, n),
+        None if a.protocol != Protocol::Roomkit => Err("--protocol socketio needs --ws N --server HOST:PORT".into()),
         None => in_process(&a),
     }
 }
