@@ -24,6 +24,16 @@ fn settings(w: u32, h: u32, bw: u32, bh: u32) -> MixSettings {
     s
 }
 
+/// The slots of `ins` (boxed at 640x360) showing `input` alone.
+fn single(settings: &MixSettings, ins: &[MixInput], input: &str) -> Vec<SlotState> {
+    let described: Vec<Input> =
+        ins.iter().map(|i| Input { id: i.id.clone(), kind: i.kind, width: 640, height: 360 }).collect();
+    let l =
+        layout::layout(settings.canvas, &Template::Single { input: input.into() }, &described, None, Limits::default())
+            .expect("layout");
+    slots(&l, ins, settings).expect("slots")
+}
+
 fn template(n: usize) -> BoxedStrategy<Template> {
     let single = (0..n).prop_map(|i| Template::Single { input: format!("s{i}") }).boxed();
     let grid = Just(Template::Grid { inputs: (0..n).map(|i| format!("s{i}")).collect() }).boxed();
@@ -202,12 +212,7 @@ fn a_restarted_mix_continues_its_playlist_and_records_to_new_files() {
         key_uri_prefix: String::new(),
     });
     let ins = inputs(2);
-    let described: Vec<Input> =
-        ins.iter().map(|i| Input { id: i.id.clone(), kind: i.kind, width: 640, height: 360 }).collect();
-    let l =
-        layout::layout(settings.canvas, &Template::Single { input: "s0".into() }, &described, None, Limits::default())
-            .expect("layout");
-    let state = slots(&l, &ins, &settings).expect("slots");
+    let state = single(&settings, &ins, "s0");
     let control = "127.0.0.1:5555".parse().expect("addr");
     let timeout = std::time::Duration::from_secs(5);
     let first = mixer_job(&ins, &state, &settings, control, &policy, timeout).expect("job").args.join(" ");
@@ -245,12 +250,7 @@ fn on_the_source_clock_the_background_takes_the_first_pictures_times() {
     // The first input is sound only: the background follows the second.
     let mut ins = inputs(3);
     ins[0].kind = InputKind::Audio;
-    let described: Vec<Input> =
-        ins.iter().map(|i| Input { id: i.id.clone(), kind: i.kind, width: 640, height: 360 }).collect();
-    let l =
-        layout::layout(settings.canvas, &Template::Single { input: "s1".into() }, &described, None, Limits::default())
-            .expect("layout");
-    let state = slots(&l, &ins, &settings).expect("slots");
+    let state = single(&settings, &ins, "s1");
     let control = "127.0.0.1:5555".parse().expect("addr");
     let timeout = std::time::Duration::from_secs(5);
 
