@@ -41,7 +41,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const ROOM_ID: u64 = 42;
-/// Clients that chat in websocket mode (each may send 5 lines a second).
+/// Clients that chat in websocket mode, spread over the class (each may
+/// send 5 lines a second).
 const CHATTERS: usize = 400;
 
 #[derive(Debug, Clone)]
@@ -638,11 +639,13 @@ async fn drive<D: Dialect>(a: &Args, clients: usize, dialect: &D) -> Result<(), 
     let mut tasks = Vec::new();
     let mut teacher_sink = None;
     let mut chatters: Vec<tokio::sync::mpsc::UnboundedSender<String>> = Vec::new();
+    // Students spread over the class also chat, on the main loop's command:
+    // every sub-class has its chatters.
+    let stride = ((clients as u64).saturating_sub(1) / CHATTERS as u64).max(1);
     for n in 0..clients as u64 {
         let ws = dialect.enter(n, false).await?;
-        // The first students also chat, on the main loop's command.
         let (say_tx, say_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        if n > 0 && chatters.len() < CHATTERS {
+        if n > 0 && (n - 1) % stride == 0 && chatters.len() < CHATTERS {
             chatters.push(say_tx);
         }
         tasks.push(tokio::spawn(client::<D>(n as u32, ws, tx.clone(), say_rx)));
