@@ -67,6 +67,10 @@ use crate::ticket::{KeyRing, TicketError};
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod telemetry;
 
+mod outbox;
+pub use outbox::{OutboundFrames, TryRecvError};
+use outbox::{OutboxSender, Refused, outbox};
+
 /// How the service runs.
 ///
 /// ```
@@ -150,7 +154,7 @@ pub struct Connection {
     /// Their terminal (from the ticket).
     pub terminal: Terminal,
     /// Frames for the client, in order.
-    pub outbound: mpsc::Receiver<Outbound>,
+    pub outbound: OutboundFrames,
 }
 
 /// The room events a node tells ([`RoomService::events`]).
@@ -202,7 +206,7 @@ fn unix_secs() -> u64 {
 /// The writers of this node's connections.
 #[derive(Default)]
 struct Writers {
-    channels: HashMap<ConnId, mpsc::Sender<Outbound>>,
+    channels: HashMap<ConnId, OutboxSender>,
     blocked: HashSet<ConnId>,
 }
 
@@ -211,11 +215,11 @@ impl ClientSink for Writers {
         let Some(tx) = self.channels.get(&conn) else { return Err(SendError::Closed) };
         match tx.try_send(frame) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
                 self.blocked.insert(conn);
                 Err(SendError::WouldBlock)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(Refused::Closed) => Err(SendError::Closed),
         }
     }
 
@@ -511,7 +515,7 @@ impl RoomService {
                 return Err(e.into());
             }
         };
-        let (tx, rx) = mpsc::channel(self.inner.outbound);
+        let (tx, rx) = outbox(self.inner.outbound);
         let ticket = verified.ticket;
         let stamp = TicketStamp { id: verified.id.0, issued_at: verified.issued_at.unwrap_or(0) };
         let who = Admission::new(room, ticket.uin, ticket.role, ticket.terminal).with_ticket(stamp);
@@ -850,7 +854,7 @@ impl RoomService {
                 let ready: Vec<ConnId> = w
                     .blocked
                     .iter()
-                    .filter(|c| w.channels.get(c).is_some_and(|tx| tx.capacity() > 0))
+                    .filter(|c| w.channels.get(c).is_some_and(OutboxSender::has_room))
                     .copied()
                     .collect();
                 for c in &ready {
