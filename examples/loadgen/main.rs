@@ -17,6 +17,12 @@
 //! cargo run --release -p examples --example loadgen -- --ws 3000 --server 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
 //! ```
 //!
+//! A class larger than one process's descriptors (60,000 members over
+//! the nodes of a cluster) is several processes: one speaks (`--ws N`),
+//! the others only listen (`--ws N --listen --first K`, clients K+1...,
+//! their own members; they count every teacher message they see);
+//! `examples/cluster/big-class.sh` runs it.
+//!
 //! `--protocol socketio` (with `--ws N --server HOST:PORT`) drives a
 //! Socket.IO server with the same workload instead (`socketio.rs`; the
 //! peers of issue 17 in `peers/`). `--server-pid PID` reports the server
@@ -55,6 +61,12 @@ struct Args {
     server: Option<String>,
     protocol: Protocol,
     server_pid: Option<u32>,
+    /// Websocket mode: the clients only listen (no teacher, no chat); a
+    /// class bigger than one process's descriptors is several processes.
+    listen: bool,
+    /// Websocket mode: the first client's number (uin - 1), so that
+    /// several processes fill one class without sharing members.
+    first: u64,
 }
 
 /// What the websocket mode's clients speak.
@@ -85,6 +97,8 @@ fn args() -> Args {
         server: None,
         protocol: Protocol::Roomkit,
         server_pid: None,
+        listen: false,
+        first: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -104,6 +118,8 @@ fn args() -> Args {
                 }
             }
             "--server-pid" => a.server_pid = Some(value().parse().expect("--server-pid PID")),
+            "--listen" => a.listen = true,
+            "--first" => a.first = value().parse().expect("--first N"),
             other => panic!("unknown option {other} (see the file's header)"),
         }
     }
@@ -532,6 +548,10 @@ async fn client<D: Dialect>(
 struct TeacherLedger {
     /// Send times of the teacher messages, in order.
     sent: Vec<u64>,
+    /// Listening only: messages are known from their first receipt (in
+    /// `sent` in the order they came).
+    learn: bool,
+    learnt: HashMap<u64, usize>,
     /// By client, by message: received.
     seen: Vec<Vec<bool>>,
     unique: u64,
@@ -540,7 +560,15 @@ struct TeacherLedger {
 
 impl TeacherLedger {
     fn record(&mut self, s: &Sample) {
-        let Ok(i) = self.sent.binary_search(&s.sent) else { return };
+        let i = if self.learn {
+            *self.learnt.entry(s.sent).or_insert_with(|| {
+                self.sent.push(s.sent);
+                self.sent.len() - 1
+            })
+        } else {
+            let Ok(i) = self.sent.binary_search(&s.sent) else { return };
+            i
+        };
         let client = s.client as usize;
         if self.seen.len() <= client {
             self.seen.resize_with(client + 1, Vec::new);
@@ -643,13 +671,13 @@ async fn drive<D: Dialect>(a: &Args, clients: usize, dialect: &D) -> Result<(), 
     // every sub-class has its chatters.
     let stride = ((clients as u64).saturating_sub(1) / CHATTERS as u64).max(1);
     for n in 0..clients as u64 {
-        let ws = dialect.enter(n, false).await?;
+        let ws = dialect.enter(a.first + n, false).await?;
         let (say_tx, say_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        if n > 0 && (n - 1) % stride == 0 && chatters.len() < CHATTERS {
+        if !a.listen && n > 0 && (n - 1) % stride == 0 && chatters.len() < CHATTERS {
             chatters.push(say_tx);
         }
         tasks.push(tokio::spawn(client::<D>(n as u32, ws, tx.clone(), say_rx)));
-        if n == 0 {
+        if n == 0 && !a.listen && a.first == 0 {
             // The teacher speaks through its own second connection.
             teacher_sink = Some(dialect.enter(0, true).await?);
         }
@@ -663,9 +691,10 @@ async fn drive<D: Dialect>(a: &Args, clients: usize, dialect: &D) -> Result<(), 
         join_time.as_secs_f64(),
         clients as f64 / join_time.as_secs_f64()
     );
-    let mut teacher = teacher_sink.expect("a teacher");
+    // Listening only, nobody speaks from here.
+    let mut teacher = teacher_sink;
     let mut lat = Latencies::default();
-    let mut ledger = TeacherLedger::default();
+    let mut ledger = TeacherLedger { learn: teacher.is_none(), ..TeacherLedger::default() };
     let server_before = a.server_pid.and_then(ProcSample::read_or_warn);
     let window = Instant::now();
     let end = Instant::now() + Duration::from_secs(a.seconds);
@@ -682,16 +711,18 @@ async fn drive<D: Dialect>(a: &Args, clients: usize, dialect: &D) -> Result<(), 
             let _ = chatters[who].send(D::chat(micros_now()));
             chat_sent += 1;
         }
-        if Instant::now() >= next {
-            next += period;
-            let now = micros_now();
-            ledger.sent.push(now);
-            teacher.send(WsMessage::Text(D::say(now).into())).await?;
+        if let Some(teacher) = teacher.as_mut() {
+            if Instant::now() >= next {
+                next += period;
+                let now = micros_now();
+                ledger.sent.push(now);
+                teacher.send(WsMessage::Text(D::say(now).into())).await?;
+            }
+            drain_sender::<D>(teacher).await?;
         }
         while let Ok(s) = rx.try_recv() {
             ledger.take(&mut lat, s);
         }
-        drain_sender::<D>(&mut teacher).await?;
         if Instant::now() >= next_progress {
             next_progress += Duration::from_secs(1);
             let got = lat.by_class.get("teacher").map_or(0, Vec::len);
@@ -709,11 +740,13 @@ async fn drive<D: Dialect>(a: &Args, clients: usize, dialect: &D) -> Result<(), 
         while let Ok(s) = rx.try_recv() {
             ledger.take(&mut lat, s);
         }
-        if ledger.lost(clients) == 0 || Instant::now() >= drain_end {
+        if (!ledger.learn && ledger.lost(clients) == 0) || Instant::now() >= drain_end {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        drain_sender::<D>(&mut teacher).await?;
+        if let Some(teacher) = teacher.as_mut() {
+            drain_sender::<D>(teacher).await?;
+        }
     }
     let alive = tasks.iter().filter(|t| !t.is_finished()).count();
     println!("after {} s: {alive} of {clients} clients still connected; {chat_sent} chat lines sent", a.seconds);
@@ -721,8 +754,9 @@ async fn drive<D: Dialect>(a: &Args, clients: usize, dialect: &D) -> Result<(), 
     lat.report();
     let lost = ledger.lost(clients);
     println!(
-        "teacher messages: {} sent, {} of {} deliveries, {lost} lost, {} duplicates",
+        "teacher messages: {} {}, {} of {} deliveries, {lost} lost, {} duplicates",
         ledger.sent.len(),
+        if ledger.learn { "seen (sent by another process)" } else { "sent" },
         ledger.unique,
         ledger.sent.len() * clients,
         ledger.duplicates
