@@ -142,8 +142,8 @@ impl Client {
         loop {
             let frame = match self.conn.outbound.try_recv() {
                 Ok(f) => f,
-                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => return true,
-                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return false,
+                Err(roomkit::service::TryRecvError::Empty) => return true,
+                Err(roomkit::service::TryRecvError::Disconnected) => return false,
             };
             match frame {
                 Outbound::Push { header, body } => {

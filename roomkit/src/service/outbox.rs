@@ -95,9 +95,9 @@ impl Drop for OutboxSender {
     }
 }
 
-/// Why [`OutboundFrames::try_recv`] returned nothing.
+/// Why [`OutboundFrames::try_recv`] returned nothing (complete: a queue
+/// is either empty for now or over).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum TryRecvError {
     /// Nothing is queued now.
     #[error("no frame is waiting")]
