@@ -39,6 +39,9 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
 fi
 bin="$root/target/release/examples"
 
+# Field $2 of the load client's summary line in log $1.
+field() { grep "^summary" "$1" | grep -o "$2=[^ ]*" | cut -d= -f2; }
+
 cleanup() {
   [[ -n ${cluster_pid:-} ]] && kill -INT "$cluster_pid" 2>/dev/null || true
   for p in "${listeners[@]:-}"; do [[ -n $p ]] && kill "$p" 2>/dev/null || true; done
@@ -93,26 +96,21 @@ done
 for p in "${listeners[@]}"; do wait "$p" || true; done
 listeners=()
 
-sent=$(grep -o "teacher_sent=[0-9]*" "$out/speaker.log" | cut -d= -f2)
-deliveries=$(grep -o "teacher_deliveries=[0-9]*" "$out/speaker.log" | cut -d= -f2)
+sent=$(field "$out/speaker.log" teacher_sent)
+deliveries=$(field "$out/speaker.log" teacher_deliveries)
 total=$speaker
 echo
 echo "| process | clients | teacher p50 / p99 ms | teacher messages seen | deliveries |"
 echo "|---|---:|---:|---:|---:|"
 row() {
-  local name=$1 log=$2 line
-  line=$(grep "^summary" "$log")
-  local get
-  get() { grep -o "$1=[^ ]*" <<<"$line" | cut -d= -f2; }
-  echo "| $name | $(get clients) | $(get teacher_p50_ms) / $(get teacher_p99_ms) | $(get teacher_sent) | $(get teacher_deliveries) |"
+  local name=$1 log=$2
+  echo "| $name | $(field "$log" clients) | $(field "$log" teacher_p50_ms) / $(field "$log" teacher_p99_ms) | $(field "$log" teacher_sent) | $(field "$log" teacher_deliveries) |"
 }
 row speaker "$out/speaker.log"
 for ((k = 0; k < i; k++)); do
   row "listener $k" "$out/listener-$k.log"
-  d=$(grep -o "teacher_deliveries=[0-9]*" "$out/listener-$k.log" | cut -d= -f2)
-  c=$(grep -o "summary protocol=[a-z]* clients=[0-9]*" "$out/listener-$k.log" | grep -o "[0-9]*$")
-  deliveries=$((deliveries + d))
-  total=$((total + c))
+  deliveries=$((deliveries + $(field "$out/listener-$k.log" teacher_deliveries)))
+  total=$((total + $(field "$out/listener-$k.log" clients)))
 done
 expected=$((sent * total))
 echo

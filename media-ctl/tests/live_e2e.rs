@@ -626,9 +626,9 @@ fn read_number(gray: &[u8], width: u32, slot: &room_media_ctl::live::mixer::Slot
 #[test]
 #[ignore = "needs nginx with libnginx-mod-rtmp and ffmpeg"]
 fn teacher_and_slides_meet_in_the_mix_within_one_frame() {
-    let _serial = one_at_a_time();
     use room_media_ctl::live::mixer::MixClock;
 
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().expect("dir");
     let (origin, edge, srt) = (free_tcp_port(), free_tcp_port(), free_udp_port());
     let _nginx = nginx(dir.path(), origin, edge);
@@ -693,7 +693,7 @@ fn mix_and_read(
     clock: room_media_ctl::live::mixer::MixClock,
 ) -> (std::collections::BTreeMap<i32, usize>, usize, usize) {
     use room_media_ctl::layout::{Canvas, InputKind, Rgb, Template};
-    use room_media_ctl::live::mixer::{LiveMixer, MixInput, MixSettings, slots};
+    use room_media_ctl::live::mixer::{LiveMixer, MixInput, MixSettings};
 
     let recording = dir.join(format!("mix-{clock:?}.flv"));
     let mut settings = MixSettings::new(Canvas { width: 640, height: 360, color: Rgb(128, 128, 128) });
@@ -706,24 +706,11 @@ fn mix_and_read(
         MixInput { id: "slides".into(), url: format!("rtmp://127.0.0.1:{origin}/live/slides"), kind: InputKind::Video },
     ];
     let template = Template::Grid { inputs: vec!["cam".into(), "slides".into()] };
-    let described: Vec<room_media_ctl::layout::Input> = inputs
-        .iter()
-        .map(|i| room_media_ctl::layout::Input { id: i.id.clone(), kind: i.kind, width: 640, height: 360 })
-        .collect();
-    let placed = room_media_ctl::layout::layout(
-        settings.canvas,
-        &template,
-        &described,
-        None,
-        room_media_ctl::layout::Limits::default(),
-    )
-    .expect("a layout");
-    let state = slots(&placed, &inputs, &settings).expect("slots");
-    let slot_of = |input: usize| *state.iter().find(|s| s.input == input).expect("a slot");
-    let (cam_slot, slides_slot) = (slot_of(0), slot_of(1));
     let (tx, _events) = std::sync::mpsc::channel();
     let mixer = LiveMixer::start(room_media_ctl::live::JobId(1), inputs, &template, settings, policy, live, tx)
         .expect("the mix starts");
+    let slot_of = |input: usize| *mixer.state().iter().find(|s| s.input == input).expect("a slot");
+    let (cam_slot, slides_slot) = (slot_of(0), slot_of(1));
     until("the mix flows", Duration::from_secs(30), || mixer.health().frames > 25 * 12);
     mixer.stop();
 

@@ -330,6 +330,9 @@ pub struct MixGraph {
     pub image: Option<String>,
     /// Whether `[aout]` exists.
     pub audio: bool,
+    /// Whether the mix runs on the inputs' clock (`-copyts`): asked for
+    /// ([`MixClock::Source`]) and there is a picture to follow.
+    pub source_clock: bool,
 }
 
 /// The filter graph of a mix of `inputs` as `state` says, with its
@@ -446,7 +449,7 @@ pub fn mixer_graph(
         let labels: String = sounds.iter().map(|i| format!("[a{i}]")).collect();
         let _ = write!(g, "{labels}amix=inputs={}:duration=longest:dropout_transition=0[aout]", sounds.len());
     }
-    Ok(MixGraph { graph: g, image, audio: !sounds.is_empty() })
+    Ok(MixGraph { graph: g, image, audio: !sounds.is_empty(), source_clock: clocked.is_some() })
 }
 
 /// `path` if nothing is there yet, else the first of `mix-1.flv`,
@@ -483,7 +486,7 @@ pub fn mixer_job(
         ["-hide_banner", "-loglevel", "warning", "-nostats", "-progress", "pipe:1", "-stats_period", "0.5"]
             .map(str::to_owned)
             .to_vec();
-    let source_clock = settings.clock == MixClock::Source && inputs.iter().any(|i| i.kind.has_picture());
+    let source_clock = mix.source_clock;
     if source_clock {
         a.push("-copyts".to_owned());
     }

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
@@ -81,7 +81,7 @@ fn on_connect(s: SocketRef, Data(auth): Data<Auth>, io: SocketIo, pending: Pendi
         s.join(["all".to_owned(), format!("sub-{sub}")]);
         s.on("chat", async move |Data(msg): Data<Text>| {
             let line = Line { uin, text: msg.text };
-            pending.lock().expect("not poisoned").entry(sub).or_default().push(line);
+            pending.lock().unwrap_or_else(PoisonError::into_inner).entry(sub).or_default().push(line);
         });
     }
 }
@@ -92,7 +92,7 @@ async fn flush_chat(io: SocketIo, pending: Pending) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let window = std::mem::take(&mut *pending.lock().expect("not poisoned"));
+        let window = std::mem::take(&mut *pending.lock().unwrap_or_else(PoisonError::into_inner));
         for (sub, lines) in window {
             if lines.is_empty() {
                 continue;
