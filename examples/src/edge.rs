@@ -28,17 +28,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use futures::SinkExt;
 use room_core::{BusinessId, Role, RoomId, RoomKey, Terminal, Uin};
-use roomkit::service::{Outbound, RoomService};
+use roomkit::service::RoomService;
 use roomkit::ticket::{JoinTicket, KeyRing};
+use roomkit::websocket::SocketOptions;
 use serde::Deserialize;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// The business id the demo uses.
 pub const DEMO_BID: BusinessId = BusinessId(1);
@@ -184,6 +183,11 @@ struct Open {
     total: usize,
 }
 
+/// A connection's place, handed to its websocket session when it
+/// upgrades (the HTTP connection ends there; the place must not).
+#[derive(Clone, Default)]
+struct SlotCell(Arc<parking_lot::Mutex<Option<Slot>>>);
+
 /// Gives a connection's place back when it ends.
 struct Slot {
     open: Arc<parking_lot::Mutex<Open>>,
@@ -229,7 +233,9 @@ async fn accept(listener: TcpListener, router: Router, limits: Limits) {
             Slot { open: open.clone(), ip: peer.ip() }
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let cell = SlotCell(Arc::new(parking_lot::Mutex::new(Some(slot))));
+        let service =
+            hyper_util::service::TowerToHyperService::new(router.clone().layer(axum::Extension(cell.clone())));
         tokio::spawn(async move {
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout);
@@ -237,7 +243,8 @@ async fn accept(listener: TcpListener, router: Router, limits: Limits) {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %peer, "connection ended");
             }
-            drop(slot);
+            // Unless a websocket took it, the place is free again.
+            drop(cell);
         });
     }
 }
@@ -317,7 +324,19 @@ struct WsQuery {
     ticket: Option<String>,
 }
 
-async fn ws(State(app): State<App>, Query(q): Query<WsQuery>, upgrade: WebSocketUpgrade) -> Response {
+/// `GET /ws`: the upgrade to the classroom protocol. The handshake is
+/// answered here; the socket is then served by [`roomkit::websocket`],
+/// straight on the TCP stream.
+async fn ws(
+    State(app): State<App>,
+    Query(q): Query<WsQuery>,
+    axum::Extension(cell): axum::Extension<SlotCell>,
+    mut request: Request,
+) -> Response {
+    let accept = match upgrade_key(request.headers()) {
+        Ok(key) => roomkit::websocket::accept_key(key.as_bytes()),
+        Err(refusal) => return refusal,
+    };
     // A missing or bad room or ticket is refused like any entry: in the
     // protocol, on the socket (an error frame, then 4001).
     let entry = match (q.room.as_deref().map(str::parse::<u64>), q.ticket) {
@@ -326,113 +345,65 @@ async fn ws(State(app): State<App>, Query(q): Query<WsQuery>, upgrade: WebSocket
         (None, _) => Err("no room given"),
         (_, None) => Err("no ticket given"),
     };
-    upgrade
-        .max_message_size(MAX_CLIENT_MESSAGE)
-        // Small buffers: most frames are a few hundred bytes, and a class
-        // holds tens of thousands of sockets.
-        .read_buffer_size(8 * 1024)
-        .write_buffer_size(8 * 1024)
-        .on_upgrade(move |mut socket| async move {
-            match entry {
-                Ok((room, ticket)) => session(app, room, ticket, socket).await,
-                Err(why) => refuse(&mut socket, why).await,
+    let upgrade = hyper::upgrade::on(&mut request);
+    let slot = cell.0.lock().take();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let (stream, preread) = match upgrade.await.map(|u| u.downcast::<hyper_util::rt::TokioIo<TcpStream>>()) {
+            Ok(Ok(parts)) => (parts.io.into_inner(), parts.read_buf),
+            Ok(Err(_)) => return tracing::warn!("an upgraded connection that is not a TCP stream"),
+            Err(e) => return tracing::debug!(error = %e, "the upgrade failed"),
+        };
+        let options = SocketOptions::default().max_message(MAX_CLIENT_MESSAGE);
+        match entry {
+            Ok((room, ticket)) => {
+                let ended = roomkit::websocket::serve(&app.service, stream, &preread, room, &ticket, &options).await;
+                tracing::debug!(?ended, "websocket ended");
             }
-        })
-}
-
-/// Tells the client its entry was refused, and closes.
-async fn refuse(socket: &mut WebSocket, why: &str) {
-    let frame = roomkit::wire::error_frame(roomkit::wire::codes::ENTRY_REFUSED, why);
-    let text = String::from_utf8_lossy(&frame).into_owned();
-    let _ = socket.send(WsMessage::Text(text.into())).await;
-    let _ = socket.send(close(4001, "entry refused")).await;
-}
-
-/// Frames written to a socket in one go, at most.
-const WRITE_BATCH: usize = 64;
-
-/// A frame of the service as a websocket text message: the service's
-/// frames are UTF-8 JSON, so the bytes are checked and shared, not copied.
-fn text_message(frame: Outbound) -> WsMessage {
-    let bytes = frame.into_text();
-    match axum::extract::ws::Utf8Bytes::try_from(bytes.clone()) {
-        Ok(text) => WsMessage::Text(text),
-        // Never from the service; a binary frame rather than a lost one.
-        Err(_) => WsMessage::Binary(bytes),
-    }
-}
-
-/// A close frame with the service's code and reason.
-fn close(code: u16, reason: &str) -> WsMessage {
-    WsMessage::Close(Some(CloseFrame { code, reason: reason.to_owned().into() }))
-}
-
-async fn session(app: App, room: RoomKey, ticket: String, mut socket: WebSocket) {
-    let mut conn = match app.service.connect(room, &ticket) {
-        Ok(c) => c,
-        Err(e) => {
-            // Nothing entered: tell the client why and close.
-            return refuse(&mut socket, &e.to_string()).await;
+            Err(why) => roomkit::websocket::refuse(stream, why, &options).await,
         }
+    });
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(value) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+    }
+    response
+}
+
+/// The client's `Sec-WebSocket-Key`, if the request is a websocket upgrade
+/// this server speaks (version 13); the answer to give it otherwise.
+#[allow(clippy::result_large_err)]
+fn upgrade_key(headers: &HeaderMap) -> Result<&str, Response> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
-    tracing::debug!(member = %conn.member, role = %conn.role, "connected");
-    loop {
-        tokio::select! {
-            out = conn.outbound.recv() => match out {
-                Some(Outbound::Close(reason)) => {
-                    let _ = socket.send(close(reason.close_code(), reason.as_str())).await;
-                    break;
-                }
-                Some(frame) => {
-                    // Every frame already waiting goes out with this one in
-                    // one write (up to a batch, for fairness between sockets).
-                    let mut closing = None;
-                    let mut ok = socket.feed(text_message(frame)).await.is_ok();
-                    for _ in 1..WRITE_BATCH {
-                        if !ok {
-                            break;
-                        }
-                        match conn.outbound.try_recv() {
-                            Ok(Outbound::Close(reason)) => {
-                                closing = Some(reason);
-                                break;
-                            }
-                            Ok(frame) => ok = socket.feed(text_message(frame)).await.is_ok(),
-                            Err(_) => break,
-                        }
-                    }
-                    if let Some(reason) = closing {
-                        let _ = socket.send(close(reason.close_code(), reason.as_str())).await;
-                        break;
-                    }
-                    if !ok || socket.flush().await.is_err() {
-                        break;
-                    }
-                }
-                // The service let the connection go.
-                None => break,
-            },
-            incoming = socket.recv() => match incoming {
-                Some(Ok(WsMessage::Text(text))) => {
-                    let _ = app.service.handle_text(conn.id, text.as_str());
-                }
-                Some(Ok(WsMessage::Binary(_))) => {
-                    let _ = app.service.handle_text(conn.id, "binary frames are not part of the protocol");
-                }
-                Some(Err(e)) => {
-                    // A message over the limit (or a broken stream): say so
-                    // if the socket still takes it.
-                    tracing::debug!(error = %e, member = %conn.member, "websocket error");
-                    let _ = socket.send(close(1009, "message too big or malformed")).await;
-                    break;
-                }
-                Some(Ok(WsMessage::Close(_))) | None => break,
-                Some(Ok(_)) => {}
-            },
-        }
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err((
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::UPGRADE, "websocket")],
+            "a websocket upgrade is expected here",
+        )
+            .into_response());
     }
-    app.service.disconnect(conn.id);
-    // Let a close frame we sent reach the client before the socket drops.
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    tracing::debug!(member = %conn.member, "left");
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return Err((
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::SEC_WEBSOCKET_VERSION, "13")],
+            "websocket version 13 is the one spoken here",
+        )
+            .into_response());
+    }
+    match headers.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()) {
+        // A key is 16 random bytes in base64: 24 characters.
+        Some(key) if !key.is_empty() && key.len() <= 64 => Ok(key),
+        _ => Err((StatusCode::BAD_REQUEST, "no valid Sec-WebSocket-Key").into_response()),
+    }
 }

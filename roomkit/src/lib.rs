@@ -103,3 +103,5 @@ pub mod node {
 #[cfg(feature = "service")]
 pub mod service;
 pub mod ticket;
+#[cfg(feature = "websocket")]
+pub mod websocket;

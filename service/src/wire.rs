@@ -422,30 +422,44 @@ fn frame_kind_name(kind: FrameKind) -> &'static str {
 /// A push frame as a JSON text frame:
 /// `{"t":"push","c":CLASS,"k":KIND,"e":EPOCH,"s":SEQ,"p":PREV,"b":BODY}`.
 /// The body is the shared, once-encoded part; the rest is this
-/// connection's header.
+/// connection's header. A writer that sends the parts without joining
+/// them writes [`write_push_prefix`], [`push_body`] and [`PUSH_SUFFIX`].
 pub fn push_frame(header: &FrameHeader, body: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(96 + body.len());
+    let mut b = BytesMut::with_capacity(PUSH_PREFIX_MAX + body.len() + PUSH_SUFFIX.len());
+    write_push_prefix(header, &mut b);
+    b.put_slice(push_body(body));
+    b.put_slice(PUSH_SUFFIX);
+    b.freeze()
+}
+
+/// The longest prefix [`write_push_prefix`] writes.
+pub const PUSH_PREFIX_MAX: usize = 160;
+
+/// What follows a push frame's body.
+pub const PUSH_SUFFIX: &[u8] = b"}";
+
+/// A push frame's per-connection part, up to and including `"b":` (at
+/// most [`PUSH_PREFIX_MAX`] bytes).
+pub fn write_push_prefix(header: &FrameHeader, b: &mut impl BufMut) {
     b.put_slice(b"{\"t\":\"push\",\"c\":\"");
     b.put_slice(class_name(header.class).as_bytes());
     b.put_slice(b"\",\"k\":\"");
     b.put_slice(frame_kind_name(header.kind).as_bytes());
     b.put_slice(b"\",\"e\":");
-    put_decimal(&mut b, header.epoch);
+    put_decimal(b, header.epoch);
     b.put_slice(b",\"s\":");
-    put_decimal(&mut b, header.seq);
+    put_decimal(b, header.seq);
     b.put_slice(b",\"p\":");
-    put_decimal(&mut b, header.prev);
+    put_decimal(b, header.prev);
     b.put_slice(b",\"b\":");
-    if body.is_empty() {
-        b.put_slice(b"null");
-    } else {
-        b.put_slice(body);
-    }
-    b.put_u8(b'}');
-    b.freeze()
 }
 
-fn put_decimal(b: &mut BytesMut, mut n: u64) {
+/// A push frame's body as it goes on the wire (`null` when empty).
+pub fn push_body(body: &[u8]) -> &[u8] {
+    if body.is_empty() { b"null" } else { body }
+}
+
+fn put_decimal(b: &mut impl BufMut, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {

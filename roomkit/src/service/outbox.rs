@@ -147,6 +147,23 @@ impl OutboundFrames {
         Poll::Pending
     }
 
+    /// Ready once the service has let the connection go (frames may still
+    /// be queued); a wake-up registered otherwise. For a writer that stops
+    /// taking frames while its socket is full and must still learn that
+    /// the connection is over.
+    #[must_use = "a pending poll registers a wake-up only"]
+    pub fn poll_released(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.shared.state.lock();
+        if state.sender_gone {
+            return Poll::Ready(());
+        }
+        match &mut state.waiting {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
     /// The next frame if one is queued now.
     pub fn try_recv(&mut self) -> Result<Outbound, TryRecvError> {
         let mut state = self.shared.state.lock();
