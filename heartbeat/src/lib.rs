@@ -43,6 +43,7 @@
 //! | a probe that hangs | answer timeout, retries with backoff, then the configured [`NoAnswer`] decision; probes are rate-limited |
 //! | answers to unknown or finished probes | [`ReverseError::UnknownProbe`] |
 //! | a client's join or beat naming [`ConnId::NONE`] at a [`SessionOwner`] | [`TrackError::NoConnection`] |
+//! | a stale beat or late admission of a connection older than the session's, at a [`SessionOwner`] | refused ([`BeatOutcome::Superseded`], [`JoinOutcome::Superseded`]): the session keeps its newer connection and the older one is the one replaced |
 //!
 //! The tracker's module docs list the session-level cases in detail.
 #![deny(unsafe_code)]

@@ -1,7 +1,7 @@
 //! The heartbeat ownership of one node of a cluster whose membership comes
 //! from outside: [`SessionOwner`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use room_core::{ClusterView, ExitReason, MemberKey, NodeId, Router, RouterConfig, RouterError, Terminal, Timestamp};
 
@@ -118,14 +118,20 @@ pub enum OwnerOutput {
         /// Its connection.
         conn: ConnId,
     },
-    /// A session moved from the connection `previous` to `conn` (the
-    /// client reconnected): close `previous` at its access node.
+    /// The connection `previous` is replaced by `conn`, a connection of
+    /// the same session admitted after it (the client reconnected, or
+    /// opened the room again on the same terminal): close `previous` at
+    /// its access node. Either the session just moved from `previous` to
+    /// `conn`, or a stale join or beat of the older `previous` arrived
+    /// after `conn` was admitted and the session did not move (see the
+    /// rule *the newest connection keeps the session* on
+    /// [`SessionOwner`]). Either way the newest connection stays.
     Replaced {
         /// Who.
         member: MemberKey,
         /// On which terminal.
         terminal: Terminal,
-        /// The connection to close.
+        /// The connection to close: always the older of the two.
         previous: ConnId,
         /// The connection the session follows now.
         conn: ConnId,
@@ -140,6 +146,11 @@ pub struct OwnerStats {
     pub adopted: u64,
     /// [`OwnerOutput::Replaced`] outputs.
     pub replaced: u64,
+    /// Joins and beats refused because the session follows a connection
+    /// admitted after theirs ([`JoinOutcome::Superseded`],
+    /// [`BeatOutcome::Superseded`]); each also counts in
+    /// [`OwnerStats::replaced`].
+    pub superseded: u64,
     /// Sessions started by [`SessionOwner::hold`].
     pub held: u64,
     /// Sessions dropped without an exit: another node owns them, or this
@@ -194,6 +205,28 @@ pub struct OwnerStats {
 ///
 /// # Rules
 ///
+/// * **The newest connection keeps the session.** Every join and beat
+///   names its connection's *admission stamp* `since`: when its access
+///   node accepted the connection (the room service stamps it with the
+///   access node's clock, Unix time, once, and sends the same stamp with
+///   every retry of the admission and every beat). Connections of one
+///   session are ordered by `(since, conn)`: the later stamp is the newer
+///   connection, equal stamps are broken by the larger [`ConnId`]. A join,
+///   or a beat, through a connection newer than the one the session
+///   follows moves the session to it and outputs [`OwnerOutput::Replaced`]
+///   for the older one. A join or beat through an *older* connection (a
+///   stale beat delivered late by a node cut off for a while, a late or
+///   retried admission) never moves the session, refreshes nothing, and is
+///   answered [`JoinOutcome::Superseded`] / [`BeatOutcome::Superseded`]
+///   with [`OwnerOutput::Replaced`] naming that older connection as the
+///   one to close. The outcome depends only on the stamps, never on the
+///   order in which joins and beats arrive. (A beat may move a session
+///   because a connection only beats once it was admitted, and it carries
+///   its admission's stamp: a newer connection whose admission was lost
+///   or is still on its way is not closed, nor is the session left to a
+///   connection that is gone.) Stamps from different access nodes are
+///   compared as they are: their clocks must agree to better than a
+///   client takes to reconnect.
 /// * **One end, one output.** Every session that ends here produces exactly
 ///   one [`OwnerOutput::Ended`], whose `last` says whether the member has no
 ///   session left here. The tracker's own events are drained and dropped:
@@ -223,6 +256,7 @@ pub struct OwnerStats {
 /// | input | behaviour |
 /// | --- | --- |
 /// | a join or beat naming [`ConnId::NONE`] | [`TrackError::NoConnection`], nothing changes |
+/// | a join or beat through a connection older than the session's (by `(since, conn)`) | [`JoinOutcome::Superseded`] / [`BeatOutcome::Superseded`]: the session stays; [`OwnerOutput::Replaced`] with that older connection as `previous` |
 /// | a leave naming [`ConnId::NONE`] | [`LeaveOutcome::Unknown`], nothing changes: no connection closed |
 /// | a leave from a connection the session no longer follows (reordered after a reconnect), or for a held session | [`LeaveOutcome::StaleConnection`], nothing changes, no output |
 /// | a leave for an unknown session, a repeated leave | [`LeaveOutcome::Unknown`], no output |
@@ -252,7 +286,7 @@ pub struct OwnerStats {
 ///
 /// let member = "7/100/42".parse().unwrap();
 /// let conn = ConnId::new(3, 0, 17); // held by access node 3
-/// owner.join(t0, member, Terminal::Ios, conn).unwrap();
+/// owner.join(t0, member, Terminal::Ios, conn, t0).unwrap(); // accepted at t0
 ///
 /// // Silence: after the 60 s timeout the access node is asked about it.
 /// let mut now = t0;
@@ -282,6 +316,11 @@ pub struct SessionOwner {
     /// The latest view given did not route to this node.
     cut_off: bool,
     tracker: Tracker,
+    /// The admission stamp of the connection each session follows (none
+    /// for a held session), as given by the join or beat that made the
+    /// session follow it. Entries go with their sessions; a prune keeps
+    /// strays bounded.
+    admitted: HashMap<(MemberKey, Terminal), Timestamp>,
     reverse: ReverseCheck,
     outputs: VecDeque<OwnerOutput>,
     stats: OwnerStats,
@@ -297,6 +336,7 @@ impl SessionOwner {
             router: None,
             cut_off: false,
             tracker: Tracker::new(config.tracker)?,
+            admitted: HashMap::new(),
             reverse: ReverseCheck::new(config.reverse)?,
             outputs: VecDeque::new(),
             stats: OwnerStats::default(),
@@ -345,6 +385,7 @@ impl SessionOwner {
         let me = self.me;
         let released = self.tracker.release_where(|m| router.route(m) == Ok(me));
         self.reverse.retain(|s| router.route(&s.member) == Ok(me));
+        self.admitted.retain(|(m, _), _| router.route(m) == Ok(me));
         self.stats.released += released as u64;
         Ok(ViewApplied::Applied { released })
     }
@@ -377,24 +418,41 @@ impl SessionOwner {
         !self.cut_off && self.owns(member)
     }
 
-    /// A room owner admitted a client on `terminal` through `conn`: starts
-    /// (or refreshes) its session. If the session followed another
-    /// connection, outputs [`OwnerOutput::Replaced`], unless it was held
-    /// ([`JoinOutcome::Reconnected`] with `previous` [`ConnId::NONE`]).
+    /// A room owner admitted a client on `terminal` through `conn`, which
+    /// its access node accepted at `since` (the connection's admission
+    /// stamp): starts (or refreshes) its session.
+    ///
+    /// If the session followed an older connection (by `(since, conn)`), it
+    /// moves to `conn` and [`OwnerOutput::Replaced`] names the older one,
+    /// unless the session was held ([`JoinOutcome::Reconnected`] with
+    /// `previous` [`ConnId::NONE`]). If it follows a *newer* connection,
+    /// this admission is stale: nothing changes, the reply is
+    /// [`JoinOutcome::Superseded`] and [`OwnerOutput::Replaced`] names
+    /// `conn` as the connection to close.
     pub fn join(
         &mut self,
         now: Timestamp,
         member: MemberKey,
         terminal: Terminal,
         conn: ConnId,
+        since: Timestamp,
     ) -> Result<Reply<JoinOutcome>, TrackError> {
         self.observe(now);
         if conn == ConnId::NONE {
             return Err(TrackError::NoConnection);
         }
+        let current = self.tracker.connection(&member, terminal);
+        if let Some(current) = self.newer_than(member, terminal, current, conn, since) {
+            self.superseded(member, terminal, conn, current);
+            return Ok(Reply { outcome: JoinOutcome::Superseded { current }, hint: SessionHint::NONE });
+        }
         let reply = self.tracker.join(now, member, terminal, conn);
         self.drop_tracker_events();
         let reply = reply?;
+        if reply.outcome != JoinOutcome::Refreshed {
+            // The session follows `conn` from now: its stamp is the session's.
+            self.admitted.insert((member, terminal), since);
+        }
         if let JoinOutcome::Reconnected { previous } = reply.outcome
             && previous != ConnId::NONE
         {
@@ -403,33 +461,71 @@ impl SessionOwner {
         Ok(reply)
     }
 
-    /// A heartbeat through `conn`. A session unknown here, or held without
-    /// a connection, is adopted: outputs [`OwnerOutput::Adopted`] and
-    /// returns [`BeatOutcome::Adopted`]. A beat from another connection than
-    /// the session's outputs [`OwnerOutput::Replaced`].
+    /// A heartbeat through `conn`, whose admission stamp is `since` (the
+    /// one its join carried). A session unknown here, or held without a
+    /// connection, is adopted: outputs [`OwnerOutput::Adopted`] and returns
+    /// [`BeatOutcome::Adopted`].
+    ///
+    /// A beat through another connection than the session's is ordered
+    /// like a join: from an older connection (a stale beat, delivered late)
+    /// it changes nothing, returns [`BeatOutcome::Superseded`] and outputs
+    /// [`OwnerOutput::Replaced`] naming `conn` as the connection to close;
+    /// from a newer one (admitted, its join not here yet or lost) it moves
+    /// the session to `conn` and outputs [`OwnerOutput::Replaced`] for the
+    /// older one.
     pub fn beat(
         &mut self,
         now: Timestamp,
         member: MemberKey,
         terminal: Terminal,
         conn: ConnId,
+        since: Timestamp,
         hint: SessionHint,
     ) -> Result<Reply<BeatOutcome>, TrackError> {
         self.observe(now);
         if conn == ConnId::NONE {
             return Err(TrackError::NoConnection);
         }
+        let current = self.tracker.connection_hinted(&member, terminal, hint);
+        if let Some(current) = self.newer_than(member, terminal, current, conn, since) {
+            self.superseded(member, terminal, conn, current);
+            return Ok(Reply { outcome: BeatOutcome::Superseded { current }, hint: SessionHint::NONE });
+        }
         let mut reply = self.tracker.beat(now, member, terminal, conn, hint)?;
         match reply.outcome {
-            BeatOutcome::Adopted => self.adopted(member, terminal, conn),
-            BeatOutcome::Reconnected { previous: ConnId::NONE } => {
-                reply.outcome = BeatOutcome::Adopted;
+            BeatOutcome::Adopted => {
+                self.admitted.insert((member, terminal), since);
                 self.adopted(member, terminal, conn);
             }
-            BeatOutcome::Reconnected { previous } => self.replaced(member, terminal, previous, conn),
+            BeatOutcome::Reconnected { previous: ConnId::NONE } => {
+                reply.outcome = BeatOutcome::Adopted;
+                self.admitted.insert((member, terminal), since);
+                self.adopted(member, terminal, conn);
+            }
+            BeatOutcome::Reconnected { previous } => {
+                self.admitted.insert((member, terminal), since);
+                self.replaced(member, terminal, previous, conn);
+            }
             _ => {}
         }
         Ok(reply)
+    }
+
+    /// The session's connection `current`, if it is a connection (not
+    /// [`ConnId::NONE`]) other than `conn` and newer than `conn` admitted at
+    /// `since`: the join or beat through `conn` is stale. A connection
+    /// whose stamp is unknown here counts as the oldest.
+    fn newer_than(
+        &self,
+        member: MemberKey,
+        terminal: Terminal,
+        current: Option<ConnId>,
+        conn: ConnId,
+        since: Timestamp,
+    ) -> Option<ConnId> {
+        let current = current.filter(|c| *c != ConnId::NONE && *c != conn)?;
+        let current_since = self.admitted.get(&(member, terminal)).copied().unwrap_or(Timestamp::ZERO);
+        ((current_since, current) > (since, conn)).then_some(current)
     }
 
     /// The client closed `conn`: its session ends
@@ -546,7 +642,7 @@ impl SessionOwner {
             }
             let Some(suspect) = self.tracker.poll_suspect() else { break };
             if !self.decides(&suspect.member) {
-                self.stats.released += u64::from(self.tracker.release(&suspect.member, suspect.terminal));
+                self.release(&suspect);
             } else if suspect.conn == ConnId::NONE {
                 if self.tracker.confirm_gone(now, &suspect) {
                     self.stats.timed_out += 1;
@@ -570,20 +666,46 @@ impl SessionOwner {
         while let Some(verdict) = self.reverse.poll_verdict() {
             let suspect = verdict.suspect;
             if !self.owns(&suspect.member) {
-                self.stats.released += u64::from(self.tracker.release(&suspect.member, suspect.terminal));
+                self.release(&suspect);
             } else if !verdict.kind.is_gone() {
                 self.tracker.confirm_alive(now, &suspect);
             } else if self.cut_off {
                 // Not in the view: whoever owns the session now decides.
                 // The tracker's confirm_gone drops it only if it is still
                 // this suspect; its event is dropped with the others.
-                self.stats.released += u64::from(self.tracker.confirm_gone(now, &suspect));
+                let released = self.tracker.confirm_gone(now, &suspect);
+                if released {
+                    self.admitted.remove(&(suspect.member, suspect.terminal));
+                }
+                self.stats.released += u64::from(released);
             } else if self.tracker.confirm_gone(now, &suspect) {
                 self.stats.timed_out += 1;
                 self.ended(suspect.member, suspect.terminal, suspect.conn, ExitReason::TimedOut);
             }
         }
         self.drop_tracker_events();
+        self.prune_admitted();
+    }
+
+    /// Drops a session another node decides about, without an exit.
+    fn release(&mut self, suspect: &Suspect) {
+        let released = self.tracker.release(&suspect.member, suspect.terminal);
+        if released {
+            self.admitted.remove(&(suspect.member, suspect.terminal));
+        }
+        self.stats.released += u64::from(released);
+    }
+
+    /// Forgets admission stamps of sessions gone by a way that did not drop
+    /// them (none is known; this bounds memory if one appears): once strays
+    /// could outnumber sessions, keeps only those of sessions with a
+    /// connection. Amortised O(1).
+    fn prune_admitted(&mut self) {
+        if self.admitted.len() <= 2 * self.tracker.len() + 1_024 {
+            return;
+        }
+        let tracker = &self.tracker;
+        self.admitted.retain(|(m, t), _| tracker.connection(m, *t).is_some_and(|c| c != ConnId::NONE));
     }
 
     /// The next thing to do, if any.
@@ -642,6 +764,7 @@ impl SessionOwner {
     }
 
     fn ended(&mut self, member: MemberKey, terminal: Terminal, conn: ConnId, reason: ExitReason) {
+        self.admitted.remove(&(member, terminal));
         let last = !self.tracker.is_present(&member);
         self.push(OwnerOutput::Ended { member, terminal, conn, reason, last, at: self.now });
     }
@@ -654,6 +777,13 @@ impl SessionOwner {
     fn replaced(&mut self, member: MemberKey, terminal: Terminal, previous: ConnId, conn: ConnId) {
         self.stats.replaced += 1;
         self.push(OwnerOutput::Replaced { member, terminal, previous, conn });
+    }
+
+    /// A join or beat through `stale` came after the newer `current` was
+    /// admitted: `stale` is the one replaced.
+    fn superseded(&mut self, member: MemberKey, terminal: Terminal, stale: ConnId, current: ConnId) {
+        self.stats.superseded += 1;
+        self.replaced(member, terminal, stale, current);
     }
 
     /// The tracker queues *entered* and *exited* events; the owner reports

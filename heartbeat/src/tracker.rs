@@ -260,6 +260,16 @@ pub enum JoinOutcome {
     },
     /// The session existed with this connection: refreshed.
     Refreshed,
+    /// Refused: the session follows `current`, a connection admitted after
+    /// this one (this join is stale: a late or retried admission of an
+    /// older connection). Nothing changed. Only
+    /// [`SessionOwner::join`](crate::SessionOwner::join), which orders
+    /// connections, answers this; the tracker itself follows the newest
+    /// input.
+    Superseded {
+        /// The connection the session follows.
+        current: ConnId,
+    },
 }
 
 /// What a beat did.
@@ -279,6 +289,16 @@ pub enum BeatOutcome {
     /// A beat from a connection that recently closed here (it was delayed
     /// past its own leave): ignored, nothing changed.
     ClosedConnection,
+    /// Refused: the session follows `current`, a connection admitted after
+    /// the one that beat (a stale beat, delivered late). Nothing changed:
+    /// the beat neither refreshes nor moves the session. Only
+    /// [`SessionOwner::beat`](crate::SessionOwner::beat), which orders
+    /// connections, answers this; the tracker itself follows the newest
+    /// input.
+    Superseded {
+        /// The connection the session follows.
+        current: ConnId,
+    },
 }
 
 /// What a leave did.
@@ -607,6 +627,20 @@ impl Tracker {
     /// The connection `member` is followed through on `terminal`.
     pub fn connection(&self, member: &MemberKey, terminal: Terminal) -> Option<ConnId> {
         self.find(member, terminal).and_then(|s| self.slab.get(s)).map(Rec::conn)
+    }
+
+    /// [`Tracker::connection`], trying `hint` before the keyed lookup (a
+    /// stale or foreign hint falls back to it).
+    pub(crate) fn connection_hinted(
+        &self,
+        member: &MemberKey,
+        terminal: Terminal,
+        hint: SessionHint,
+    ) -> Option<ConnId> {
+        match self.slab.get(hint.0).filter(|r| r.is(member, terminal)) {
+            Some(rec) => Some(rec.conn()),
+            None => self.connection(member, terminal),
+        }
     }
 
     fn hash(&self, member: &MemberKey, terminal: Terminal) -> u64 {

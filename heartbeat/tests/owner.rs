@@ -1,6 +1,8 @@
-//! The rules of `SessionOwner`, one test each: adoption, replacement, held
-//! sessions, leaves, removes, the reverse check, and views (release without
-//! exits; a view without this node is not applied).
+//! The rules of `SessionOwner`, one test each: adoption, replacement (the
+//! newest connection keeps the session: stale beats and late admissions of
+//! older connections do not take it back), held sessions, leaves, removes,
+//! the reverse check, and views (release without exits; a view without
+//! this node is not applied).
 
 use std::time::Duration;
 
@@ -120,14 +122,14 @@ fn before_any_view_a_node_owns_everything() {
 fn an_unknown_session_is_adopted_by_its_beat() {
     let mut owner = owner();
     let m = member(1);
-    let reply = owner.beat(secs(1), m, Terminal::Ios, conn(2, 5), SessionHint::NONE).unwrap();
+    let reply = owner.beat(secs(1), m, Terminal::Ios, conn(2, 5), secs(1), SessionHint::NONE).unwrap();
     assert_eq!(reply.outcome, BeatOutcome::Adopted);
     assert_eq!(
         drain(&mut owner, secs(1)),
         vec![OwnerOutput::Adopted { member: m, terminal: Terminal::Ios, conn: conn(2, 5) }]
     );
     // Its next beat only refreshes it.
-    let again = owner.beat(secs(2), m, Terminal::Ios, conn(2, 5), reply.hint).unwrap();
+    let again = owner.beat(secs(2), m, Terminal::Ios, conn(2, 5), secs(2), reply.hint).unwrap();
     assert_eq!(again.outcome, BeatOutcome::Refreshed);
     assert!(drain(&mut owner, secs(2)).is_empty());
     assert_eq!(owner.stats().adopted, 1);
@@ -139,17 +141,18 @@ fn an_unknown_session_is_adopted_by_its_beat() {
 fn a_new_connection_replaces_the_old_one() {
     let mut owner = owner();
     let m = member(1);
-    let reply = owner.join(secs(1), m, Terminal::Web, conn(1, 1)).unwrap();
+    let reply = owner.join(secs(1), m, Terminal::Web, conn(1, 1), secs(1)).unwrap();
     assert_eq!(reply.outcome, JoinOutcome::Entered);
     assert!(drain(&mut owner, secs(1)).is_empty(), "entries are the room owner's to announce");
     // Reconnected through another access node.
-    owner.join(secs(2), m, Terminal::Web, conn(2, 9)).unwrap();
+    owner.join(secs(2), m, Terminal::Web, conn(2, 9), secs(2)).unwrap();
     assert_eq!(
         drain(&mut owner, secs(2)),
         vec![OwnerOutput::Replaced { member: m, terminal: Terminal::Web, previous: conn(1, 1), conn: conn(2, 9) }]
     );
-    // A beat from yet another connection replaces it too.
-    let reply = owner.beat(secs(3), m, Terminal::Web, conn(3, 4), SessionHint::NONE).unwrap();
+    // A beat from yet another, newer connection (admitted, its join lost
+    // or still on its way) replaces it too.
+    let reply = owner.beat(secs(3), m, Terminal::Web, conn(3, 4), secs(3), SessionHint::NONE).unwrap();
     assert_eq!(reply.outcome, BeatOutcome::Reconnected { previous: conn(2, 9) });
     assert_eq!(
         drain(&mut owner, secs(3)),
@@ -160,14 +163,136 @@ fn a_new_connection_replaces_the_old_one() {
     assert!(drain(&mut owner, secs(4)).is_empty());
     assert_eq!(owner.connection(&m, Terminal::Web), Some(conn(3, 4)));
     assert_eq!(owner.stats().replaced, 2);
+    assert_eq!(owner.stats().superseded, 0);
+}
+
+/// The fault lab's stale beats: a member's client moved from a node that
+/// was cut off to another, and the cut-off node's beats of the old
+/// connection arrive afterwards. They neither move the session back nor
+/// keep it alive; the old connection is the one closed.
+#[test]
+fn a_stale_beat_of_an_older_connection_does_not_take_the_session_back() {
+    let mut owner = owner();
+    let m = member(1);
+    let (old, new) = (conn(1, 1), conn(2, 9));
+    owner.join(secs(1), m, Terminal::Web, old, secs(1)).unwrap();
+    owner.join(secs(2), m, Terminal::Web, new, secs(2)).unwrap();
+    assert_eq!(
+        drain(&mut owner, secs(2)),
+        vec![OwnerOutput::Replaced { member: m, terminal: Terminal::Web, previous: old, conn: new }]
+    );
+    // The old connection's beats, delivered late, many times.
+    for t in [3, 30, 50] {
+        let reply = owner.beat(secs(t), m, Terminal::Web, old, secs(1), SessionHint::NONE).unwrap();
+        assert_eq!(reply.outcome, BeatOutcome::Superseded { current: new });
+        assert_eq!(
+            drain(&mut owner, secs(t)),
+            vec![OwnerOutput::Replaced { member: m, terminal: Terminal::Web, previous: old, conn: new }],
+            "the stale connection is told it is replaced, the session stays"
+        );
+        assert_eq!(owner.connection(&m, Terminal::Web), Some(new));
+    }
+    assert_eq!(owner.stats().superseded, 3);
+    assert_eq!(owner.stats().adopted, 0);
+    // They kept nothing alive: the new connection, silent since its join,
+    // is asked about a timeout after it, not after the stale beats.
+    let out = run_until(&mut owner, secs(50), secs(2) + TIMEOUT + Duration::from_secs(2));
+    let asked: Vec<ConnId> = probes(&out).iter().map(|p| p.suspect.conn).collect();
+    assert_eq!(asked, vec![new]);
+    // The new connection's own beats refresh it as usual.
+    let reply = owner.beat(secs(70), m, Terminal::Web, new, secs(2), SessionHint::NONE).unwrap();
+    assert_eq!(reply.outcome, BeatOutcome::Refreshed);
+    // A stale connection that is the session's only one does not come back
+    // once the session ended: its beat after the leave is refused as ever.
+    assert_eq!(owner.leave(secs(71), m, Terminal::Web, new), LeaveOutcome::Exited);
+    let _ = drain(&mut owner, secs(71));
+    let reply = owner.beat(secs(72), m, Terminal::Web, new, secs(2), SessionHint::NONE).unwrap();
+    assert_eq!(reply.outcome, BeatOutcome::ClosedConnection);
+}
+
+/// A late (retried) admission of an older connection arrives after the
+/// newer one's: the newer keeps the session, whichever order they come in,
+/// and the older is the one closed. Equal stamps are ordered by connection
+/// id.
+#[test]
+fn a_late_admission_of_an_older_connection_does_not_replace_the_newer() {
+    let m = member(2);
+    let (old, new) = (conn(3, 1), conn(2, 9));
+    let replaced = OwnerOutput::Replaced { member: m, terminal: Terminal::Pc, previous: old, conn: new };
+    // In order.
+    let mut a = owner();
+    a.join(secs(5), m, Terminal::Pc, old, secs(1)).unwrap();
+    let reply = a.join(secs(6), m, Terminal::Pc, new, secs(4)).unwrap();
+    assert_eq!(reply.outcome, JoinOutcome::Reconnected { previous: old });
+    assert_eq!(drain(&mut a, secs(6)), vec![replaced]);
+    // Reordered: the old connection's admission comes last.
+    let mut b = owner();
+    b.join(secs(5), m, Terminal::Pc, new, secs(4)).unwrap();
+    let reply = b.join(secs(6), m, Terminal::Pc, old, secs(1)).unwrap();
+    assert_eq!(reply.outcome, JoinOutcome::Superseded { current: new });
+    assert_eq!(drain(&mut b, secs(6)), vec![replaced]);
+    assert_eq!(b.stats().superseded, 1);
+    for owner in [&a, &b] {
+        assert_eq!(owner.connection(&m, Terminal::Pc), Some(new));
+        assert_eq!(owner.len(), 1);
+    }
+    // A retry of the old admission, and its beats, change nothing either.
+    for t in [7, 8] {
+        assert_eq!(
+            b.join(secs(t), m, Terminal::Pc, old, secs(1)).unwrap().outcome,
+            JoinOutcome::Superseded { current: new }
+        );
+        assert_eq!(drain(&mut b, secs(t)), vec![replaced]);
+    }
+    // The newer connection's own retried admission only refreshes it.
+    assert_eq!(b.join(secs(9), m, Terminal::Pc, new, secs(4)).unwrap().outcome, JoinOutcome::Refreshed);
+    assert!(drain(&mut b, secs(9)).is_empty());
+
+    // Equal stamps: the larger connection id is the newer, in either order.
+    let (low, high) = (conn(1, 1), conn(1, 2));
+    for first_low in [true, false] {
+        let mut o = owner();
+        let (first, second) = if first_low { (low, high) } else { (high, low) };
+        o.join(secs(1), m, Terminal::Ios, first, secs(1)).unwrap();
+        o.join(secs(2), m, Terminal::Ios, second, secs(1)).unwrap();
+        assert_eq!(o.connection(&m, Terminal::Ios), Some(high));
+        assert_eq!(
+            drain(&mut o, secs(2)),
+            vec![OwnerOutput::Replaced { member: m, terminal: Terminal::Ios, previous: low, conn: high }]
+        );
+    }
+}
+
+/// Adoption is unchanged: a beat adopts a held session whatever its stamp,
+/// and the stamp it brings orders the connections that come after.
+#[test]
+fn a_held_session_is_adopted_whatever_the_stamp() {
+    let mut owner = owner();
+    let m = member(3);
+    assert!(owner.hold(secs(1), m, Terminal::Web).unwrap());
+    let reply = owner.beat(secs(2), m, Terminal::Web, conn(1, 1), Timestamp::ZERO, SessionHint::NONE).unwrap();
+    assert_eq!(reply.outcome, BeatOutcome::Adopted);
+    assert_eq!(
+        drain(&mut owner, secs(2)),
+        vec![OwnerOutput::Adopted { member: m, terminal: Terminal::Web, conn: conn(1, 1) }]
+    );
+    // An older one than the adopted connection is stale; a newer one moves it.
+    let reply = owner.beat(secs(3), m, Terminal::Web, conn(1, 0), Timestamp::ZERO, SessionHint::NONE).unwrap();
+    assert_eq!(reply.outcome, BeatOutcome::Superseded { current: conn(1, 1) });
+    let _ = drain(&mut owner, secs(3));
+    let reply = owner.join(secs(4), m, Terminal::Web, conn(2, 1), secs(3)).unwrap();
+    assert_eq!(reply.outcome, JoinOutcome::Reconnected { previous: conn(1, 1) });
 }
 
 #[test]
 fn no_connection_is_not_a_client_connection() {
     let mut owner = owner();
     let m = member(1);
-    assert_eq!(owner.join(secs(1), m, Terminal::Web, ConnId::NONE), Err(TrackError::NoConnection));
-    assert_eq!(owner.beat(secs(1), m, Terminal::Web, ConnId::NONE, SessionHint::NONE), Err(TrackError::NoConnection));
+    assert_eq!(owner.join(secs(1), m, Terminal::Web, ConnId::NONE, secs(1)), Err(TrackError::NoConnection));
+    assert_eq!(
+        owner.beat(secs(1), m, Terminal::Web, ConnId::NONE, secs(1), SessionHint::NONE),
+        Err(TrackError::NoConnection)
+    );
     assert!(owner.is_empty());
     assert!(owner.hold(secs(1), m, Terminal::Web).unwrap());
     // A held session cannot be closed by naming no connection.
@@ -186,7 +311,7 @@ fn a_held_session_is_adopted_by_a_beat_never_replaced() {
     assert_eq!(owner.stats().held, 2);
     assert!(drain(&mut owner, secs(1)).is_empty());
 
-    let reply = owner.beat(secs(5), a, Terminal::Web, conn(1, 7), SessionHint::NONE).unwrap();
+    let reply = owner.beat(secs(5), a, Terminal::Web, conn(1, 7), secs(5), SessionHint::NONE).unwrap();
     assert_eq!(reply.outcome, BeatOutcome::Adopted);
     assert_eq!(
         drain(&mut owner, secs(5)),
@@ -194,7 +319,7 @@ fn a_held_session_is_adopted_by_a_beat_never_replaced() {
     );
     // A join on a held session: the room owner admitted it; nothing to
     // close, nothing to repair.
-    let reply = owner.join(secs(6), b, Terminal::Pc, conn(2, 3)).unwrap();
+    let reply = owner.join(secs(6), b, Terminal::Pc, conn(2, 3), secs(6)).unwrap();
     assert_eq!(reply.outcome, JoinOutcome::Reconnected { previous: ConnId::NONE });
     assert!(drain(&mut owner, secs(6)).is_empty());
     assert_eq!(owner.stats().replaced, 0);
@@ -210,7 +335,7 @@ fn a_held_session_is_adopted_by_a_beat_never_replaced() {
 fn a_held_session_without_a_beat_times_out_without_a_probe() {
     let mut owner = owner();
     let m = member(3);
-    owner.join(secs(0), m, Terminal::Ios, conn(1, 1)).unwrap();
+    owner.join(secs(0), m, Terminal::Ios, conn(1, 1), secs(0)).unwrap();
     assert!(owner.hold(secs(10), m, Terminal::Web).unwrap());
     // The real session keeps beating; the held one hears nothing.
     let mut out = Vec::new();
@@ -218,7 +343,7 @@ fn a_held_session_without_a_beat_times_out_without_a_probe() {
     for t in (20..=100).step_by(20) {
         out.extend(run_until(&mut owner, now, secs(t)));
         now = secs(t);
-        owner.beat(now, m, Terminal::Ios, conn(1, 1), SessionHint::NONE).unwrap();
+        owner.beat(now, m, Terminal::Ios, conn(1, 1), now, SessionHint::NONE).unwrap();
         out.extend(drain(&mut owner, now).into_iter().map(|o| (now, o)));
     }
     assert_eq!(ended(&out), vec![(secs(10) + TIMEOUT, m, Terminal::Web, ExitReason::TimedOut, false)]);
@@ -237,8 +362,8 @@ fn a_held_session_without_a_beat_times_out_without_a_probe() {
 fn leaves_end_sessions_once_and_say_which_was_last() {
     let mut owner = owner();
     let m = member(4);
-    owner.join(secs(1), m, Terminal::Web, conn(1, 1)).unwrap();
-    owner.join(secs(1), m, Terminal::Ios, conn(2, 1)).unwrap();
+    owner.join(secs(1), m, Terminal::Web, conn(1, 1), secs(1)).unwrap();
+    owner.join(secs(1), m, Terminal::Ios, conn(2, 1), secs(1)).unwrap();
     assert_eq!(owner.leave(secs(2), m, Terminal::Ios, conn(2, 1)), LeaveOutcome::TerminalClosed);
     assert_eq!(owner.leave(secs(2), m, Terminal::Ios, conn(2, 1)), LeaveOutcome::Unknown, "a repeated leave");
     assert_eq!(owner.leave(secs(3), m, Terminal::Web, conn(1, 1)), LeaveOutcome::Exited);
@@ -264,7 +389,7 @@ fn leaves_end_sessions_once_and_say_which_was_last() {
         ]
     );
     // A beat delayed past its own leave does not bring the session back.
-    let late = owner.beat(secs(4), m, Terminal::Web, conn(1, 1), SessionHint::NONE).unwrap();
+    let late = owner.beat(secs(4), m, Terminal::Web, conn(1, 1), secs(4), SessionHint::NONE).unwrap();
     assert_eq!(late.outcome, BeatOutcome::ClosedConnection);
     assert!(drain(&mut owner, secs(4)).is_empty());
     assert!(!owner.is_present(&m));
@@ -275,8 +400,8 @@ fn leaves_end_sessions_once_and_say_which_was_last() {
 fn remove_ends_every_terminal_in_order() {
     let mut owner = owner();
     let m = member(5);
-    owner.join(secs(1), m, Terminal::Pc, conn(1, 1)).unwrap();
-    owner.beat(secs(1), m, Terminal::Web, conn(2, 2), SessionHint::NONE).unwrap();
+    owner.join(secs(1), m, Terminal::Pc, conn(1, 1), secs(1)).unwrap();
+    owner.beat(secs(1), m, Terminal::Web, conn(2, 2), secs(1), SessionHint::NONE).unwrap();
     assert!(owner.hold(secs(1), m, Terminal::Ios).unwrap());
     let _ = drain(&mut owner, secs(1));
     assert!(owner.remove(secs(2), m, ExitReason::Kicked));
@@ -301,7 +426,7 @@ fn remove_ends_every_terminal_in_order() {
     assert_eq!(owner.stats().removed, 3);
     // A beat the kicked connection sent before it was closed does not bring
     // the member back; a new connection is the room owner's to refuse.
-    let late = owner.beat(secs(4), m, Terminal::Web, conn(2, 2), SessionHint::NONE).unwrap();
+    let late = owner.beat(secs(4), m, Terminal::Web, conn(2, 2), secs(4), SessionHint::NONE).unwrap();
     assert_eq!(late.outcome, BeatOutcome::ClosedConnection);
     assert!(drain(&mut owner, secs(4)).is_empty());
     assert!(owner.is_empty());
@@ -311,8 +436,8 @@ fn remove_ends_every_terminal_in_order() {
 fn the_access_layer_decides_silent_sessions() {
     let mut owner = owner();
     let (alive, gone) = (member(6), member(7));
-    owner.join(secs(0), alive, Terminal::Web, conn(1, 1)).unwrap();
-    owner.join(secs(0), gone, Terminal::Web, conn(1, 2)).unwrap();
+    owner.join(secs(0), alive, Terminal::Web, conn(1, 1), secs(0)).unwrap();
+    owner.join(secs(0), gone, Terminal::Web, conn(1, 2), secs(0)).unwrap();
     let out = run_until(&mut owner, secs(0), secs(61));
     let asked = probes(&out);
     assert_eq!(asked.len(), 2);
@@ -354,7 +479,7 @@ fn the_access_layer_decides_silent_sessions() {
 fn an_access_layer_that_never_answers_does_not_end_the_session() {
     let mut owner = owner();
     let m = member(8);
-    owner.join(secs(0), m, Terminal::Web, conn(9, 1)).unwrap();
+    owner.join(secs(0), m, Terminal::Web, conn(9, 1), secs(0)).unwrap();
     let out = run_until(&mut owner, secs(0), secs(300));
     assert!(ended(&out).is_empty());
     assert!(owner.is_present(&m));
@@ -369,7 +494,7 @@ fn the_reverse_checks_capacity_leaves_the_rest_waiting_in_the_tracker() {
     config.reverse.capacity = 1;
     let mut owner = SessionOwner::new(ME, config).unwrap();
     for i in 0..3 {
-        owner.join(secs(0), member(i), Terminal::Web, conn(1, i as u32)).unwrap();
+        owner.join(secs(0), member(i), Terminal::Web, conn(1, i as u32), secs(0)).unwrap();
     }
     let out = run_until(&mut owner, secs(0), secs(60));
     let first = probes(&out);
@@ -396,8 +521,8 @@ fn a_probe_whose_session_ended_before_it_was_sent_is_withdrawn() {
     config.reverse.probe_rate = 1;
     let mut owner = SessionOwner::new(ME, config).unwrap();
     let (a, b) = (member(1), member(2));
-    owner.join(secs(0), a, Terminal::Web, conn(1, 1)).unwrap();
-    owner.join(secs(0), b, Terminal::Web, conn(1, 2)).unwrap();
+    owner.join(secs(0), a, Terminal::Web, conn(1, 1), secs(0)).unwrap();
+    owner.join(secs(0), b, Terminal::Web, conn(1, 2), secs(0)).unwrap();
     let out = run_until(&mut owner, secs(0), secs(60));
     assert_eq!(probes(&out).len(), 1, "the rate allows one now");
     let waiting = if probes(&out)[0].suspect.member == a { b } else { a };
@@ -417,7 +542,7 @@ fn a_view_releases_what_it_gives_away_without_an_exit() {
     let mut owner = owner();
     let members: Vec<MemberKey> = (0..300).map(member).collect();
     for (i, m) in members.iter().enumerate() {
-        owner.join(secs(0), *m, Terminal::Web, conn(1, i as u32)).unwrap();
+        owner.join(secs(0), *m, Terminal::Web, conn(1, i as u32), secs(0)).unwrap();
     }
     // Everyone falls silent: probes go out for all 300 sessions.
     let out = run_until(&mut owner, secs(0), secs(60));
@@ -467,7 +592,7 @@ fn a_suspect_this_node_does_not_own_is_released_not_probed() {
     let (theirs, also_theirs) = (not_mine.next().unwrap(), not_mine.next().unwrap());
     assert_eq!(owner.owner_of(&theirs), Some(NodeId(2)));
     // A sender with another view routed it here: tracked all the same.
-    owner.beat(secs(0), theirs, Terminal::Web, conn(1, 1), SessionHint::NONE).unwrap();
+    owner.beat(secs(0), theirs, Terminal::Web, conn(1, 1), secs(0), SessionHint::NONE).unwrap();
     assert!(owner.is_present(&theirs));
     assert!(!owner.hold(secs(0), also_theirs, Terminal::Web).unwrap(), "not this node's to hold");
     assert!(!owner.is_present(&also_theirs));
@@ -484,7 +609,7 @@ fn a_view_without_this_node_is_ignored_and_it_ends_nothing_meanwhile() {
     owner.set_view(secs(0), &view(&[1, 2], &[])).unwrap();
     let mine: Vec<MemberKey> = (0..100).map(member).filter(|m| owner.owns(m)).take(3).collect();
     for (i, m) in mine.iter().enumerate() {
-        owner.join(secs(0), *m, Terminal::Web, conn(2, i as u32)).unwrap();
+        owner.join(secs(0), *m, Terminal::Web, conn(2, i as u32), secs(0)).unwrap();
     }
     let before = owner.router().unwrap().clone();
     // The registry thinks this node is down; node 2 alone is routable.
@@ -516,7 +641,7 @@ fn a_probe_in_flight_when_the_node_is_cut_off_ends_nothing() {
     let mut owner = owner();
     owner.set_view(secs(0), &view(&[1], &[])).unwrap();
     let m = member(1);
-    owner.join(secs(0), m, Terminal::Web, conn(3, 3)).unwrap();
+    owner.join(secs(0), m, Terminal::Web, conn(3, 3), secs(0)).unwrap();
     let out = run_until(&mut owner, secs(0), secs(60));
     let asked = probes(&out);
     assert_eq!(asked.len(), 1);
@@ -532,7 +657,7 @@ fn a_probe_in_flight_when_the_node_is_cut_off_ends_nothing() {
 fn the_trackers_event_queue_never_grows_and_the_clock_never_runs_back() {
     let mut owner = owner();
     for i in 0..5_000 {
-        owner.join(secs(10), member(i), Terminal::Web, conn(1, i as u32)).unwrap();
+        owner.join(secs(10), member(i), Terminal::Web, conn(1, i as u32), secs(10)).unwrap();
     }
     for i in 0..5_000 {
         // A host clock that stepped back: the owner keeps its latest time.

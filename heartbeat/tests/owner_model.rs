@@ -1,10 +1,17 @@
 //! `SessionOwner` against a reference model: a map of sessions (connection,
-//! last beat, suspect) on a single node that owns everything. Random joins,
-//! beats, leaves, holds, removes, time advances and probe answers (alive,
-//! gone, or for probes that are not in flight) must give the same replies,
-//! the same `Ended` outputs (member, terminal, reason, last, time) in the
-//! same order, the same `Adopted` / `Replaced` outputs, and the same
-//! presence and counts.
+//! its admission stamp, last beat, suspect) on a single node that owns
+//! everything. Random joins, beats, leaves, holds, removes, time advances
+//! and probe answers (alive, gone, or for probes that are not in flight)
+//! must give the same replies, the same `Ended` outputs (member, terminal,
+//! reason, last, time) in the same order, the same `Adopted` / `Replaced`
+//! outputs, and the same presence and counts.
+//!
+//! Joins and beats carry random admission stamps from a small range (so
+//! ties, broken by the connection id, are common). The model's rule: a join
+//! or beat through a connection other than the session's real one moves
+//! the session only if `(since, conn)` is above the session's; otherwise it
+//! is stale: nothing changes (not even the session's last beat) and the
+//! stale connection is the one named replaced.
 //!
 //! The model predicts suspicion to the millisecond (1 ms ticks, a 30 ms
 //! timeout). Which waiting suspect gets the reverse check's next free slot
@@ -41,8 +48,8 @@ enum Answer {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Join { m: usize, t: usize, conn: Option<u16> },
-    Beat { m: usize, t: usize, conn: Option<u16> },
+    Join { m: usize, t: usize, conn: Option<u16>, since: u64 },
+    Beat { m: usize, t: usize, conn: Option<u16>, since: u64 },
     Leave { m: usize, t: usize, conn: Option<u16> },
     Hold { m: usize, t: usize },
     Remove { m: usize, kicked: bool },
@@ -55,8 +62,8 @@ fn op() -> impl Strategy<Value = Op> {
     let key = || (0..MEMBERS, 0..TERMINALS.len());
     let answer = prop_oneof![Just(Answer::Alive), Just(Answer::Gone), Just(Answer::NotInFlight)];
     prop_oneof![
-        3 => (key(), conn()).prop_map(|((m, t), conn)| Op::Join { m, t, conn }),
-        5 => (key(), conn()).prop_map(|((m, t), conn)| Op::Beat { m, t, conn }),
+        3 => (key(), conn(), 0u64..3).prop_map(|((m, t), conn, since)| Op::Join { m, t, conn, since }),
+        5 => (key(), conn(), 0u64..3).prop_map(|((m, t), conn, since)| Op::Beat { m, t, conn, since }),
         2 => (key(), conn()).prop_map(|((m, t), conn)| Op::Leave { m, t, conn }),
         2 => key().prop_map(|(m, t)| Op::Hold { m, t }),
         1 => (0..MEMBERS, any::<bool>()).prop_map(|(m, kicked)| Op::Remove { m, kicked }),
@@ -103,6 +110,9 @@ fn config() -> OwnerConfig {
 #[derive(Debug, Clone, Copy)]
 struct Session {
     conn: ConnId,
+    /// The admission stamp given by the join or beat that made the session
+    /// follow `conn` (refreshes keep it).
+    since: u64,
     last: u64,
     suspect: bool,
 }
@@ -134,8 +144,21 @@ impl Model {
         self.sessions.keys().any(|&(k, _)| k == m)
     }
 
-    fn refresh(&mut self, key: (usize, usize), conn: ConnId) {
-        self.sessions.insert(key, Session { conn, last: self.now, suspect: false });
+    /// The session follows `conn` (admitted at `since`), heard now. A
+    /// refresh of the same connection keeps its stamp.
+    fn refresh(&mut self, key: (usize, usize), conn: ConnId, since: u64) {
+        let since = match self.sessions.get(&key) {
+            Some(s) if s.conn == conn => s.since,
+            _ => since,
+        };
+        self.sessions.insert(key, Session { conn, since, last: self.now, suspect: false });
+    }
+
+    /// The session's real connection, if a join or beat through `conn`
+    /// admitted at `since` is stale: older by `(since, conn)`.
+    fn newer_than(&self, key: (usize, usize), conn: ConnId, since: u64) -> Option<ConnId> {
+        let s = self.sessions.get(&key)?;
+        (s.conn != ConnId::NONE && s.conn != conn && (s.since, s.conn) > (since, conn)).then_some(s.conn)
     }
 
     /// Ends a session; the output it must give.
@@ -171,7 +194,7 @@ impl Model {
         for p in expired {
             self.finished.push(p.id);
             if self.sessions.get(&p.key).is_some_and(|s| s.conn == p.conn) {
-                self.refresh(p.key, p.conn);
+                self.refresh(p.key, p.conn, 0);
             }
         }
     }
@@ -254,18 +277,24 @@ proptest! {
         let mut owner = SessionOwner::new(NodeId(1), config()).unwrap();
         let mut model = Model { now: 1_000, ..Model::default() };
         let mut sut_ended: Vec<Ended> = Vec::new();
+        let mut superseded = 0u64;
 
         for op in ops {
             let now = at(model.now);
             // What the op itself must output (probes never come here: the
             // previous drive drained them).
             let expected: Vec<OwnerOutput> = match op {
-                Op::Join { m, t, conn } => {
+                Op::Join { m, t, conn, since } => {
                     let (key, c) = ((m, t), conn_id(conn));
-                    let reply = owner.join(now, member(m), TERMINALS[t], c);
+                    let reply = owner.join(now, member(m), TERMINALS[t], c, at(since));
                     if c == ConnId::NONE {
                         prop_assert_eq!(reply, Err(TrackError::NoConnection));
                         Vec::new()
+                    } else if let Some(current) = model.newer_than(key, c, since) {
+                        // A late admission of an older connection.
+                        prop_assert_eq!(reply.map(|r| r.outcome), Ok(JoinOutcome::Superseded { current }));
+                        superseded += 1;
+                        vec![OwnerOutput::Replaced { member: member(m), terminal: TERMINALS[t], previous: c, conn: current }]
                     } else {
                         let previous = model.sessions.get(&key).map(|s| s.conn);
                         let outcome = match previous {
@@ -275,7 +304,7 @@ proptest! {
                             None => JoinOutcome::Entered,
                         };
                         prop_assert_eq!(reply.map(|r| r.outcome), Ok(outcome));
-                        model.refresh(key, c);
+                        model.refresh(key, c, since);
                         match previous {
                             Some(p) if p != c && p != ConnId::NONE => {
                                 vec![OwnerOutput::Replaced { member: member(m), terminal: TERMINALS[t], previous: p, conn: c }]
@@ -284,12 +313,17 @@ proptest! {
                         }
                     }
                 }
-                Op::Beat { m, t, conn } => {
+                Op::Beat { m, t, conn, since } => {
                     let (key, c) = ((m, t), conn_id(conn));
-                    let reply = owner.beat(now, member(m), TERMINALS[t], c, SessionHint::NONE);
+                    let reply = owner.beat(now, member(m), TERMINALS[t], c, at(since), SessionHint::NONE);
                     if c == ConnId::NONE {
                         prop_assert_eq!(reply, Err(TrackError::NoConnection));
                         Vec::new()
+                    } else if let Some(current) = model.newer_than(key, c, since) {
+                        // A stale beat: it neither moves nor refreshes the session.
+                        prop_assert_eq!(reply.map(|r| r.outcome), Ok(BeatOutcome::Superseded { current }));
+                        superseded += 1;
+                        vec![OwnerOutput::Replaced { member: member(m), terminal: TERMINALS[t], previous: c, conn: current }]
                     } else {
                         let previous = model.sessions.get(&key).map(|s| s.conn);
                         let adopted = OwnerOutput::Adopted { member: member(m), terminal: TERMINALS[t], conn: c };
@@ -305,7 +339,7 @@ proptest! {
                         };
                         prop_assert_eq!(reply.map(|r| r.outcome), Ok(outcome));
                         if outcome != BeatOutcome::ClosedConnection {
-                            model.refresh(key, c);
+                            model.refresh(key, c, since);
                         }
                         outputs
                     }
@@ -340,7 +374,7 @@ proptest! {
                     let fresh = !model.sessions.contains_key(&(m, t));
                     prop_assert_eq!(held, Ok(fresh));
                     if fresh {
-                        model.refresh((m, t), ConnId::NONE);
+                        model.refresh((m, t), ConnId::NONE, 0);
                     }
                     Vec::new()
                 }
@@ -390,7 +424,7 @@ proptest! {
                             match session {
                                 Some(s) if gone && s.suspect => vec![model.end(p.key, ExitReason::TimedOut)],
                                 Some(_) if !gone => {
-                                    model.refresh(p.key, p.conn);
+                                    model.refresh(p.key, p.conn, 0);
                                     Vec::new()
                                 }
                                 _ => Vec::new(),
@@ -429,6 +463,7 @@ proptest! {
         let timed_out = model.ended.iter().filter(|e| e.3 == ExitReason::TimedOut).count() as u64;
         prop_assert_eq!(stats.timed_out, timed_out);
         prop_assert_eq!(stats.left, model.ended.iter().filter(|e| e.3 == ExitReason::Left).count() as u64);
+        prop_assert_eq!(stats.superseded, superseded);
     }
 }
 

@@ -173,12 +173,13 @@ impl Node {
         let mut log = self.log.borrow_mut();
         match msg {
             Msg::Join { member, terminal, conn } => {
-                self.owner.join(now, member, terminal, conn).unwrap();
+                // Every session keeps one connection here: any stamp will do.
+                self.owner.join(now, member, terminal, conn, Timestamp::ZERO).unwrap();
                 self.listed.borrow_mut().insert((member, terminal));
                 log.touched.insert((self.me, (member, terminal)), now);
             }
             Msg::Beat { member, terminal, conn } => {
-                let reply = self.owner.beat(now, member, terminal, conn, SessionHint::NONE).unwrap();
+                let reply = self.owner.beat(now, member, terminal, conn, Timestamp::ZERO, SessionHint::NONE).unwrap();
                 log.beats.push((self.me, (member, terminal), now, reply.outcome));
                 if reply.outcome != BeatOutcome::ClosedConnection {
                     log.touched.insert((self.me, (member, terminal)), now);

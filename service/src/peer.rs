@@ -10,7 +10,7 @@
 //! ([`PeerMsg::encode`], [`PeerMsg::decode`]).
 
 use bytes::Bytes;
-use room_core::{ConnId, ExitReason, MemberKey, Role, Terminal, Uin};
+use room_core::{ConnId, ExitReason, MemberKey, Role, Terminal, Timestamp, Uin};
 use room_memberlist::ReplMsg;
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +34,10 @@ pub enum PeerMsg {
         terminal: Terminal,
         /// The connection at the access node.
         conn: ConnId,
+        /// The connection's admission stamp: when the access node accepted
+        /// it, on its clock. The same in every retry; it orders the
+        /// connections of one session (the newest one keeps it).
+        since: Timestamp,
         /// The ticket it came with.
         ticket: Option<crate::host::TicketStamp>,
     },
@@ -101,6 +105,10 @@ pub enum PeerMsg {
         terminal: Terminal,
         /// Their connection.
         conn: ConnId,
+        /// The connection's admission stamp, from its
+        /// [`PeerMsg::Enter`]: a late join of an older connection than the
+        /// session's does not replace it.
+        since: Timestamp,
     },
     /// Room owner -> session owner: sessions the member list shows that are
     /// now this node's to keep (the view changed); each times out unless
@@ -119,6 +127,10 @@ pub enum PeerMsg {
         terminal: Terminal,
         /// Their connection.
         conn: ConnId,
+        /// The connection's admission stamp, as in its
+        /// [`PeerMsg::Enter`]: a stale beat of an older connection than the
+        /// session's does not move it.
+        since: Timestamp,
     },
     /// Access -> session owner: the client closed its connection.
     Leave {
@@ -408,7 +420,13 @@ impl ActReply {
 pub enum CloseReason {
     /// Its entry was refused (the error frame says why).
     Refused,
-    /// A newer connection of the same member on the same terminal replaced it.
+    /// A newer connection of the same member on the same terminal replaced
+    /// it. "Newer" is by admission stamp (when its node accepted it, then
+    /// the connection id), never by arrival: the older connection is the
+    /// one closed even if its entry or heartbeats reach the member's
+    /// session owner last (see
+    /// [`SessionOwner`](room_heartbeat::SessionOwner)'s rule *the newest
+    /// connection keeps the session*).
     Replaced,
     /// Its heartbeats stopped.
     TimedOut,

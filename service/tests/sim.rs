@@ -1119,3 +1119,120 @@ fn an_owner_that_stalled_does_not_number_again_what_its_successor_numbered() {
         }
     }
 }
+
+/// The fault lab's "3 members closed as replaced (4002) by stale messages
+/// from the isolated node": a node's uplink to the other nodes stalls
+/// (what it sends waits, as in a NATS client's buffer, and arrives a second
+/// late) and nothing reaches it from them. Meanwhile members leave it for
+/// another node: one after beating through it, one after a reconnect to it
+/// whose admission was still on its way, one whose session the isolated
+/// node itself keeps (its admission on the new node cannot reach it). Then
+/// the partition heals and the isolated node's stale beats and admission
+/// arrive after the new connections' admissions. Each member keeps its new
+/// connection: none is closed as replaced (4002), none exits.
+#[test]
+fn stale_messages_of_an_isolated_node_do_not_replace_connections_made_since() {
+    const STALL: Duration = Duration::from_millis(900);
+    let mut checked = [0u32; 3];
+    for seed in 0..20 {
+        let mut class = Class::new(seed, 3, 24, LinkConfig::LAN);
+        let owner = class.owner();
+        let ids: Vec<NodeId> = class.nodes.iter().map(|(n, _)| *n).collect();
+        let router = room_core::Router::with_nodes(router_config(), ids.iter().map(|n| (*n, 100))).expect("a router");
+        let session_owner =
+            |class: &Class, c: Addr| router.route(&ROOM.member(Uin(class.client(c).uin))).expect("routed");
+        // The isolated node: not the room's owner, and homing members
+        // whose sessions other nodes keep.
+        let (cut, cut_addr) = *class.nodes.iter().find(|(n, _)| *n != owner).expect("a node");
+        let (_, to_addr) = *class.nodes.iter().find(|(n, _)| *n != cut).expect("another node");
+        let homed: Vec<Addr> = class.students().into_iter().filter(|c| class.client(*c).node == cut_addr).collect();
+        let elsewhere: Vec<Addr> = homed.iter().copied().filter(|c| session_owner(&class, *c) != cut).collect();
+        let kept_here: Option<Addr> = homed.iter().copied().find(|c| session_owner(&class, *c) == cut);
+        assert!(elsewhere.len() >= 2, "seed {seed}: two members of the isolated node kept elsewhere");
+        let (beater, reconnecter) = (elsewhere[0], elsewhere[1]);
+        let movers: Vec<Addr> = [Some(beater), Some(reconnecter), kept_here].into_iter().flatten().collect();
+        class.run(Duration::from_millis(seed * 37 % 500));
+
+        // The stall: out of the isolated node, late; into it, nothing.
+        for &(n, a) in &class.nodes.clone() {
+            if n != cut {
+                class.sim.set_link(cut_addr, a, LinkConfig::perfect(STALL));
+                class.sim.set_link(a, cut_addr, LinkConfig::LAN.with_loss(1.0));
+            }
+        }
+        // One member's socket breaks and it reconnects to the same node;
+        // the admission waits in the stalled uplink.
+        let conns_of = |class: &Class, c: Addr| -> BTreeSet<ConnId> {
+            let node = class.node(cut).expect("the isolated node");
+            node.clients.iter().filter(|(_, a)| **a == c).map(|(conn, _)| *conn).collect()
+        };
+        let before = conns_of(&class, reconnecter);
+        {
+            let h = class.client_mut(reconnecter);
+            h.entered = false;
+            let (uin, role) = (h.uin, h.role);
+            class.sim.send(reconnecter, cut_addr, M::Connect { uin, role });
+        }
+        // The others beat through the isolated node for a while.
+        class.run(Duration::from_millis(600));
+        let reconnected: Vec<ConnId> = conns_of(&class, reconnecter).difference(&before).copied().collect();
+        assert_eq!(reconnected.len(), 1, "seed {seed}: the reconnection was accepted");
+        // All three go to another node: their sockets broke, or no welcome came.
+        for &c in &movers {
+            let (uin, role) = {
+                let h = class.client_mut(c);
+                h.node = to_addr;
+                h.entered = false;
+                (h.uin, h.role)
+            };
+            class.sim.send(c, to_addr, M::Connect { uin, role });
+        }
+        class.run(Duration::from_millis(200));
+        for &c in &movers {
+            assert!(class.client(c).entered, "seed {seed}: client {c:?} entered on its new node");
+        }
+        // Healed: what the isolated node sent meanwhile still arrives late,
+        // after the new connections' admissions.
+        for &(n, a) in &class.nodes.clone() {
+            if n != cut {
+                class.sim.set_link(cut_addr, a, LinkConfig::LAN);
+                class.sim.set_link(a, cut_addr, LinkConfig::LAN);
+            }
+        }
+        class.run(Duration::from_secs(4));
+        for (i, &c) in movers.iter().enumerate() {
+            let h = class.client(c);
+            assert_eq!(h.closed, None, "seed {seed}: client {} (mover {i}) closed on its new node", h.uin);
+            assert!(h.entered, "seed {seed}: client {} (mover {i}) is still in the room", h.uin);
+            checked[i] += 1;
+        }
+        let left: Vec<u64> = class
+            .nodes
+            .iter()
+            .filter_map(|(n, _)| class.node(*n))
+            .flat_map(|h| h.events.iter())
+            .filter_map(|e| match e.what {
+                EventKind::Left { uin, .. } => Some(uin.0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(left, Vec::<u64>::new(), "seed {seed}: members taken out though they never left");
+        assert_eq!(class.listed(), 25, "seed {seed}: the list holds the class");
+        // The stale connections were the ones closed: those that beat or
+        // were admitted late, and the one the isolated node kept a session
+        // for. (The reconnecting member's first connection sent nothing
+        // stale: the close its replacement caused was lost in the
+        // partition, and it waits for its socket's own end.)
+        for &c in [beater].iter().chain(kept_here.iter()) {
+            let uin = class.client(c).uin;
+            assert_eq!(conns_of(&class, c), BTreeSet::new(), "seed {seed}: client {uin}'s old connection is open");
+        }
+        assert!(
+            !conns_of(&class, reconnecter).contains(&reconnected[0]),
+            "seed {seed}: the late admitted connection of client {} is open",
+            class.client(reconnecter).uin
+        );
+    }
+    // Every kind of move was exercised.
+    assert!(checked.iter().all(|n| *n > 0), "{checked:?}");
+}

@@ -131,6 +131,10 @@ pub(super) struct Conn {
     pub(super) hint: SessionHint,
     /// When the client last sent anything.
     pub(super) heard: Timestamp,
+    /// When this node accepted the connection: its admission stamp, sent
+    /// with its entry and its beats (it orders the connections of one
+    /// session; see [`SessionOwner`](room_heartbeat::SessionOwner)).
+    pub(super) since: Timestamp,
 }
 
 /// What the room's owner said when it admitted a connection.
@@ -209,10 +213,19 @@ impl RoomNode {
                 entering: Some(req),
                 hint: SessionHint::NONE,
                 heard: now,
+                since: now,
             },
         );
         self.add_room_ref(who.room);
-        let msg = PeerMsg::Enter { req, member, role: who.role, terminal: who.terminal, conn, ticket: who.ticket };
+        let msg = PeerMsg::Enter {
+            req,
+            member,
+            role: who.role,
+            terminal: who.terminal,
+            conn,
+            since: now,
+            ticket: who.ticket,
+        };
         self.forward(now, owner, req, conn, who.room, msg);
         self.drain_loopback(now);
         Ok(conn)
@@ -456,7 +469,7 @@ impl RoomNode {
         if c.entering.is_some() {
             return Err(FrameError::NotEntered);
         }
-        let (member, role, terminal) = (c.member, c.role, c.terminal);
+        let (member, role, terminal, since) = (c.member, c.role, c.terminal, c.since);
         let max_text = self.config.max_text;
         let check_text = |text: &str| {
             let len = text.chars().count();
@@ -484,7 +497,7 @@ impl RoomNode {
         let act = match msg {
             ClientMsg::Beat => {
                 let owner = self.session_owner_of(&member);
-                self.send_peer(owner, PeerMsg::Beat { member, role, terminal, conn });
+                self.send_peer(owner, PeerMsg::Beat { member, role, terminal, conn, since });
                 return Ok(());
             }
             ClientMsg::Ack { epoch, seq } => {

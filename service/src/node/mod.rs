@@ -964,8 +964,8 @@ impl RoomNode {
     fn dispatch(&mut self, now: Timestamp, from: NodeId, msg: PeerMsg) {
         let Some(msg) = self.owner_intake(now, from, msg) else { return };
         match msg {
-            PeerMsg::Enter { req, member, role, terminal, conn, ticket } => {
-                self.owner_enter(now, from, req, member, role, terminal, conn, ticket)
+            PeerMsg::Enter { req, member, role, terminal, conn, since, ticket } => {
+                self.owner_enter(now, from, req, member, role, terminal, conn, since, ticket)
             }
             PeerMsg::Act { req, member, role, conn, act } => self.owner_act(now, from, req, member, role, conn, act),
             PeerMsg::Entered { req, conn, subclass, epoch, head, muted, self_muted, state } => {
@@ -974,9 +974,11 @@ impl RoomNode {
             }
             PeerMsg::Done { req, conn, reply } => self.access_done(now, req, conn, reply),
             PeerMsg::NotOwner { req } | PeerMsg::Busy { req } => self.access_retry_soon(now, req),
-            PeerMsg::Join { member, terminal, conn } => self.session_join(now, member, terminal, conn),
+            PeerMsg::Join { member, terminal, conn, since } => self.session_join(now, member, terminal, conn, since),
             PeerMsg::Hold { sessions } => self.session_hold(now, sessions),
-            PeerMsg::Beat { member, role, terminal, conn } => self.session_beat(now, member, role, terminal, conn),
+            PeerMsg::Beat { member, role, terminal, conn, since } => {
+                self.session_beat(now, member, role, terminal, conn, since)
+            }
             PeerMsg::Leave { member, terminal, conn } => self.session_leave(now, member, terminal, conn),
             PeerMsg::Ended { member, terminal, last, reason } => self.owner_ended(now, member, terminal, last, reason),
             PeerMsg::Host { req, request } => self.owner_host(now, from, req, request),

@@ -355,6 +355,7 @@ impl RoomNode {
         role: Role,
         terminal: Terminal,
         conn: ConnId,
+        since: Timestamp,
         ticket: Option<TicketStamp>,
     ) {
         let room = member.room_key();
@@ -397,7 +398,7 @@ impl RoomNode {
             let _ = self.gate.mute_user(room, member.uin, true);
         }
         let session_owner = self.session_owner_of(&member);
-        self.send_peer(session_owner, PeerMsg::Join { member, terminal, conn });
+        self.send_peer(session_owner, PeerMsg::Join { member, terminal, conn, since });
         if first_terminal {
             self.event(now, room, EventKind::Entered { uin: member.uin, role, terminal });
             self.presence_changed(room, member.uin, Some(role));

@@ -12,9 +12,18 @@ const MAX_PENDING_HOLDS: usize = 1 << 18;
 use crate::peer::{CloseReason, PeerMsg};
 
 impl RoomNode {
-    /// The room's owner admitted a member: its session starts here.
-    pub(super) fn session_join(&mut self, now: Timestamp, member: MemberKey, terminal: Terminal, conn: ConnId) {
-        if let Err(e) = self.sessions.join(now, member, terminal, conn) {
+    /// The room's owner admitted a member: its session starts here. A
+    /// stale admission (of a connection older than the session's) closes
+    /// that older connection instead (the drain below).
+    pub(super) fn session_join(
+        &mut self,
+        now: Timestamp,
+        member: MemberKey,
+        terminal: Terminal,
+        conn: ConnId,
+        since: Timestamp,
+    ) {
+        if let Err(e) = self.sessions.join(now, member, terminal, conn, since) {
             warn!(%member, error = %e, "session not started");
             let _ = e;
         }
@@ -59,9 +68,10 @@ impl RoomNode {
         role: Role,
         terminal: Terminal,
         conn: ConnId,
+        since: Timestamp,
     ) {
         let hint = self.conns.get(&conn).map_or(room_heartbeat::SessionHint::NONE, |c| c.hint);
-        if let Ok(reply) = self.sessions.beat(now, member, terminal, conn, hint)
+        if let Ok(reply) = self.sessions.beat(now, member, terminal, conn, since, hint)
             && let Some(c) = self.conns.get_mut(&conn)
         {
             // The hint is a slot in this node's tracker: only a local
