@@ -350,7 +350,10 @@ async fn ws(
     tokio::spawn(async move {
         let _slot = slot;
         let (stream, preread) = match upgrade.await.map(|u| u.downcast::<hyper_util::rt::TokioIo<TcpStream>>()) {
-            Ok(Ok(parts)) => (parts.io.into_inner(), parts.read_buf),
+            // Copied out: the bytes read past the handshake (usually none)
+            // share hyper's whole read buffer, which must not live as long
+            // as the socket.
+            Ok(Ok(parts)) => (parts.io.into_inner(), parts.read_buf.to_vec()),
             Ok(Err(_)) => return tracing::warn!("an upgraded connection that is not a TCP stream"),
             Err(e) => return tracing::debug!(error = %e, "the upgrade failed"),
         };

@@ -65,6 +65,13 @@ pub struct NodeConfig {
     /// Lines per chat batch from [`Level::MergeHarder`] up; lines beyond it
     /// are sampled out (dropped and counted) until the window closes.
     pub batch_lines_under_load: usize,
+    /// A reliable message to the whole room (no sub-class, role or
+    /// terminal filter) first closes the room's open chat window: its
+    /// lines reach each connection just before the message, in the same
+    /// write, instead of in a write of their own up to a window later.
+    /// (Lines keep their acceptance order; a class whose teacher speaks
+    /// often sends its chat with the teacher's words.)
+    pub chat_rides_reliable: bool,
     /// Reaction totals are sent at most once per window.
     pub reaction_window: Duration,
     /// Reactions windows from [`Level::MergeHarder`] up.
@@ -95,6 +102,7 @@ impl Default for NodeConfig {
             chat_window_under_load: Duration::from_millis(500),
             batch_lines: 64,
             batch_lines_under_load: 32,
+            chat_rides_reliable: true,
             reaction_window: Duration::from_millis(500),
             reaction_window_under_load: Duration::from_secs(2),
             max_reaction_kinds: 32,
@@ -868,7 +876,18 @@ impl PushNode {
                 });
                 self.fan_out(room_idx, &m.target, &shared)
             }
-            _ => self.handle_reliable(now, room_idx, env),
+            _ => {
+                let t = &m.target;
+                if self.config.chat_rides_reliable
+                    && t.scope == Scope::Room
+                    && t.roles.is_none()
+                    && t.terminals.is_none()
+                    && t.subclass.is_none()
+                {
+                    self.flush_chat(room_idx);
+                }
+                self.handle_reliable(now, room_idx, env)
+            }
         };
         self.drop_overflowed(now);
         Ok(n)

@@ -403,3 +403,47 @@ fn an_empty_room_is_let_go_once_its_cache_has_aged() {
     assert_eq!(node.stats().rooms, 0);
     assert_eq!(node.poll_timeout(), None);
 }
+
+#[test]
+fn a_reliable_message_to_the_room_takes_the_open_chat_window_with_it() {
+    for rides in [true, false] {
+        let mut g = gate();
+        let mut config = NodeConfig::default();
+        config.chat_rides_reliable = rides;
+        let mut node = PushNode::new(config);
+        let conns: Vec<ConnId> = (0..3).map(|n| student(&mut node, n)).collect();
+        for i in 0..3u32 {
+            let env = g.publish(t0(), Message::new(ROOM, Class::Chat, Kind(1), i.to_le_bytes().to_vec())).expect("ok");
+            assert_eq!(node.handle_envelope(t0(), &env), Ok(0));
+        }
+        let words = g.publish(t0(), Message::new(ROOM, Class::Teacher, Kind(2), b"page 3".to_vec())).expect("ok");
+        assert_eq!(node.handle_envelope(t0(), &words), Ok(3));
+        let mut rec = Recorder::default();
+        let _ = node.flush(t0(), &mut rec);
+        for c in &conns {
+            let kinds: Vec<(Class, FrameKind)> = rec.frames[c].iter().map(|(h, _)| (h.class, h.kind)).collect();
+            if rides {
+                // Both now, in one flush: the lines and the teacher's words.
+                assert!(kinds.contains(&(Class::Chat, FrameKind::ChatBatch)), "{kinds:?}");
+                assert!(kinds.contains(&(Class::Teacher, FrameKind::Message)), "{kinds:?}");
+                let batch = rec.frames[c].iter().find(|(h, _)| h.kind == FrameKind::ChatBatch).expect("a batch");
+                assert_eq!(payloads(FrameKind::ChatBatch, &batch.1).len(), 3);
+            } else {
+                assert_eq!(kinds, [(Class::Teacher, FrameKind::Message)]);
+            }
+        }
+        // The window is closed when the lines rode along, open otherwise.
+        let chat_due = t0().saturating_add(Duration::from_millis(100));
+        assert_eq!(node.poll_timeout() == Some(chat_due), !rides);
+    }
+    // A message to a sub-class or to some roles leaves the window alone.
+    let mut g = gate();
+    let mut node = PushNode::new(NodeConfig::default());
+    let _ = student(&mut node, 1);
+    let env = g.publish(t0(), Message::new(ROOM, Class::Chat, Kind(1), vec![1])).expect("ok");
+    let _ = node.handle_envelope(t0(), &env);
+    let staff = Target::room().roles(room_core::RoleSet::staff());
+    let words = g.publish(t0(), Message::new(ROOM, Class::Teacher, Kind(2), b"x".to_vec()).to(staff)).expect("ok");
+    let _ = node.handle_envelope(t0(), &words);
+    assert_eq!(node.poll_timeout(), Some(t0().saturating_add(Duration::from_millis(100))));
+}
