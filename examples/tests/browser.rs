@@ -176,6 +176,34 @@ async fn a_class_in_the_browser() {
     wait_text(&carol, "#card-mine", "carol's own answer", |t| t == "D").await;
     wait_text(&teacher, "#card-tally", "carol's answer in the tally", |t| t == "0 / 0 / 0 / 1").await;
 
+    // ... and a packet that is half taken: she sees it and grabs a share.
+    type_into(&teacher, "#packet-amount", "90").await;
+    type_into(&teacher, "#packet-count", "3").await;
+    click(&teacher, "#packet-send").await;
+    wait_text(&alice, "#packet-state", "the second packet at alice", |t| t.contains("90 in 3")).await;
+    click(&alice, "#packet-grab").await;
+    wait_text(&teacher, "#packet-state", "alice's share taken", |t| t.contains("taken by 1 of 3")).await;
+    let dave = browser(&driver_url).await;
+    dave.goto(&format!("{base}/?role=student&uin=104&room=42")).await.expect("dave page");
+    wait_text(&dave, "#packet-state", "the half-taken packet at a late joiner", |t| t.contains("taken by 1 of 3"))
+        .await;
+    wait_text(&dave, "#card-buttons", "the open card at dave", |t| t.contains('D')).await;
+    click(&dave, "#packet-grab").await;
+    let share = wait_text(&dave, "#packet-grabbed", "dave's share", |t| t.starts_with("you got")).await;
+    click(&dave, ".card-option[data-option='1']").await;
+    wait_text(&dave, "#card-mine", "dave's own answer", |t| t == "B").await;
+    click(&dave, "#hand-raise").await;
+    wait_text(&teacher, "#hand-queue", "dave's hand", |t| t.contains("104")).await;
+    // A reload finds the same view: his answer, his share, his hand up, and
+    // the teacher still sees the hand.
+    dave.refresh().await.expect("reload");
+    wait_text(&dave, "#status", "dave back", |t| t == "connected").await;
+    wait_text(&dave, "#card-mine", "dave's answer after the reload", |t| t == "B").await;
+    wait_text(&dave, "#packet-grabbed", "dave's share after the reload", |t| t == share).await;
+    wait_text(&dave, "#hand-state", "dave's hand after the reload", |t| t == "hand up").await;
+    wait_text(&teacher, "#hand-queue", "dave's hand kept", |t| t.contains("104")).await;
+    let _ = dave.close().await;
+
     // A second tab of the teacher replaces the first, which says so and
     // stays closed (the two never take turns).
     let second = browser(&driver_url).await;

@@ -138,3 +138,51 @@ async fn an_entry_without_a_room_or_ticket_is_refused_in_the_protocol() {
         assert_eq!(code, Some(4001), "{query}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_closed_by_the_server() {
+    let mut config = ServiceConfig::new(keys());
+    config.node.slow_client_lag = Duration::from_secs(2);
+    config.outbound = 8;
+    let service = RoomService::start(config).await.expect("starts");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = serve_with(listener, service.clone(), Arc::new(keys()), None, Limits::default()).expect("serves");
+    let url = |uin: u64, role: Role| {
+        format!("ws://{addr}/ws?room=7&ticket={}", demo_ticket(&keys(), 7, uin, role, Terminal::Web))
+    };
+    let (mut teacher, _) = tokio_tungstenite::connect_async(url(1, Role::Teacher)).await.expect("teacher");
+    // A student whose socket takes little and who stops reading after the
+    // welcome.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small buffer");
+    let stream = socket.connect(addr).await.expect("connects");
+    let (mut sleeper, _) = tokio_tungstenite::client_async(url(100, Role::Student), stream).await.expect("upgrade");
+    let welcome = sleeper.next().await.expect("a frame").expect("ok");
+    let welcome: serde_json::Value = serde_json::from_str(welcome.to_text().expect("text")).expect("JSON");
+    let epoch = welcome["epoch"].as_u64().expect("an epoch");
+    assert_eq!(service.stats().connections, 2);
+
+    let started = std::time::Instant::now();
+    let mut let_go = false;
+    while started.elapsed() < Duration::from_secs(30) {
+        let text = format!(r#"{{"t":"say","text":"{}"}}"#, "x".repeat(450));
+        teacher.send(Message::Text(text.into())).await.expect("says");
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(1), teacher.next()).await {}
+        // Everything from the start, as often as its budget allows: the
+        // answers fill the socket.
+        let check = format!(r#"{{"t":"check","epoch":{epoch},"after":0}}"#);
+        let _ = tokio::time::timeout(Duration::from_millis(10), sleeper.send(Message::Text(check.into()))).await;
+        tokio::time::sleep(Duration::from_millis(70)).await;
+        if service.stats().connections == 1 {
+            let_go = true;
+            break;
+        }
+    }
+    assert!(let_go, "the service let the sleeper go after its lag");
+    // And the edge closed its socket: what was buffered, then the end.
+    assert!(closed_by_server(sleeper.get_mut(), Duration::from_secs(10)).await, "the socket was held open");
+    println!(
+        "a client that stopped reading was let go and its socket closed {:?} after the first message",
+        started.elapsed()
+    );
+}

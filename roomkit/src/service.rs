@@ -68,6 +68,7 @@ use crate::ticket::{KeyRing, TicketError};
 pub mod telemetry;
 
 mod outbox;
+mod refusals;
 pub use outbox::{OutboundFrames, TryRecvError};
 use outbox::{OutboxSender, Refused, outbox};
 
@@ -244,6 +245,10 @@ struct Inner {
     /// When the timer task will wake next (Unix micros): an input that
     /// brings the node's next timeout earlier wakes it.
     armed: AtomicU64,
+    /// Entries refused for their ticket, and the line the first of each
+    /// window gets (the rest are summed up by the timers).
+    ticket_refusals: AtomicU64,
+    ticket_refusal_line: refusals::FirstInWindow,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Room events, to every reader of [`RoomService::events`].
     events: broadcast::Sender<RoomEvent>,
@@ -374,6 +379,8 @@ impl RoomService {
             outputs: tx,
             wake: Notify::new(),
             armed: AtomicU64::new(0),
+            ticket_refusals: AtomicU64::new(0),
+            ticket_refusal_line: refusals::FirstInWindow::default(),
             tasks: Mutex::new(Vec::new()),
             host_waiters: Mutex::new(HashMap::new()),
             events: broadcast::channel(config.events.max(16)).0,
@@ -511,7 +518,11 @@ impl RoomService {
                 #[cfg(feature = "metrics")]
                 metrics::counter!("roomkit_entries_refused_total", "node" => self.inner.node_label.clone(), "by" => "ticket")
                     .increment(1);
-                tracing::info!(%room, error = %e, "entry refused");
+                self.inner.ticket_refusals.fetch_add(1, Ordering::Relaxed);
+                if self.inner.ticket_refusal_line.first(unix_secs()) {
+                    // The first of its window; the rest are summed up.
+                    tracing::info!(%room, error = %e, "entry refused (further ones this window are counted)");
+                }
                 return Err(e.into());
             }
         };
@@ -836,7 +847,18 @@ impl RoomService {
     /// Runs the node's timers at its wake-ups, and lets writers that had
     /// filled up take frames again.
     async fn timers(self) {
+        let mut refusals = refusals::RefusalWindow::new(std::time::Instant::now(), self.refusal_counts());
         loop {
+            if let Some(r) = refusals.observe(std::time::Instant::now(), self.refusal_counts()) {
+                tracing::info!(
+                    window_s = refusals::WINDOW.as_secs(),
+                    tickets = r.tickets,
+                    entries = r.entries,
+                    frames = r.frames,
+                    rate_limited = r.rate_limited,
+                    "refusals in the last window"
+                );
+            }
             let next = self.inner.core.lock().poll_timeout();
             let wait = next.map_or(Duration::from_millis(50), |at| {
                 Duration::from_micros(at.as_micros().saturating_sub(now().as_micros()))
@@ -870,6 +892,18 @@ impl RoomService {
                     core.handle_timeout(t);
                 }
             });
+        }
+    }
+}
+
+impl RoomService {
+    fn refusal_counts(&self) -> refusals::Counts {
+        let s = self.inner.core.lock().stats();
+        refusals::Counts {
+            tickets: self.inner.ticket_refusals.load(Ordering::Relaxed),
+            entries: s.refused_entries,
+            frames: s.refused_frames,
+            rate_limited: s.rate_limited,
         }
     }
 }

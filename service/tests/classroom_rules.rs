@@ -224,3 +224,129 @@ fn rosters_carry_bounded_join_and_leave_diffs() {
     assert!(rosters.iter().all(|r| r["joined"].as_array().is_some_and(|j| j.len() <= 200)));
     assert!(rosters.iter().any(|r| r["more"] == true), "the overflow is said");
 }
+
+#[test]
+fn a_late_joiner_is_told_of_mute_all_and_reaction_totals_alone() {
+    let mut one = One::new(|_| {});
+    let teacher = one.connect(1, Role::Teacher);
+    let early = one.connect(100, Role::Student);
+    // Nothing open, nothing counted, nobody muted: no state frame.
+    let late = one.connect(102, Role::Student);
+    let frames = one.take(late);
+    assert!(frames.iter().all(|f| f["t"] != "state"), "{frames:?}");
+    one.send(early, r#"{"t":"react","kind":"flower","n":3}"#);
+    one.advance(Duration::from_millis(600));
+    let late = one.connect(101, Role::Student);
+    let frames = one.take(late);
+    let state = frames.iter().find(|f| f["t"] == "state").unwrap_or_else(|| panic!("no state in {frames:?}"));
+    assert_eq!(state["data"]["flowers"].as_u64(), Some(3), "{state}");
+    one.send(teacher, r#"{"t":"mute_all","on":true}"#);
+    one.advance(Duration::from_millis(100));
+    let late = one.connect(103, Role::Student);
+    let frames = one.take(late);
+    let state = frames.iter().find(|f| f["t"] == "state").unwrap_or_else(|| panic!("no state in {frames:?}"));
+    assert_eq!(state["data"]["muted"], true, "{state}");
+}
+
+#[test]
+fn a_check_from_the_start_is_answered_in_bounded_parts() {
+    let mut one = One::new(|_| {});
+    let teacher = one.connect(1, Role::Teacher);
+    let student = one.connect(100, Role::Student);
+    for i in 0..300 {
+        one.send(teacher, &format!(r#"{{"t":"say","text":"m{i}"}}"#));
+        // Within the teacher's own budget (20 requests a second).
+        one.advance(Duration::from_millis(60));
+    }
+    assert!(codes(&one.take(teacher)).is_empty(), "every message was taken");
+    let epoch = one.take(student).iter().find_map(|f| (f["t"] == "push").then(|| f["e"].as_u64()).flatten());
+    let epoch = epoch.expect("pushes arrived");
+    one.send(student, &format!(r#"{{"t":"check","epoch":{epoch},"after":0}}"#));
+    one.advance(Duration::from_millis(10));
+    let frames = one.take(student);
+    let first = frames.iter().find(|f| f["t"] == "recover").unwrap_or_else(|| panic!("no recover in {frames:?}"));
+    let part = first["frames"].as_array().expect("frames").len();
+    let upto = first["upto"].as_u64().expect("upto");
+    assert_eq!(part, 256, "at most 256 messages in one answer");
+    assert_eq!(upto, 256, "upto says where to continue");
+    // Continuing from `upto` gives the rest.
+    one.advance(Duration::from_secs(1));
+    one.send(student, &format!(r#"{{"t":"check","epoch":{epoch},"after":{upto}}}"#));
+    one.advance(Duration::from_millis(10));
+    let frames = one.take(student);
+    let rest = frames.iter().find(|f| f["t"] == "recover").unwrap_or_else(|| panic!("no recover in {frames:?}"));
+    // The room's own signals (rosters) are numbered too: 300 and more.
+    let head = rest["upto"].as_u64().expect("upto");
+    assert!(head >= 300, "{rest}");
+    assert_eq!(rest["frames"].as_array().expect("frames").len() as u64, head - 256);
+}
+
+#[test]
+fn a_members_page_holds_at_most_100_rows_and_a_cursor() {
+    let mut one = One::new(|_| {});
+    let teacher = one.connect(1, Role::Teacher);
+    for uin in 100..250 {
+        let _ = one.connect(uin, Role::Student);
+    }
+    one.advance(Duration::from_millis(100));
+    let _ = one.take(teacher);
+    one.send(teacher, r#"{"t":"members","limit":1000}"#);
+    one.advance(Duration::from_millis(10));
+    let frames = one.take(teacher);
+    let page = frames.iter().find(|f| f["t"] == "members").unwrap_or_else(|| panic!("no page in {frames:?}"));
+    assert_eq!(page["rows"].as_array().expect("rows").len(), 100);
+    let next = page["next"].clone();
+    assert!(!next.is_null(), "a cursor to the rest");
+    one.advance(Duration::from_secs(1));
+    one.send(teacher, &format!(r#"{{"t":"members","limit":1000,"after":{next}}}"#));
+    one.advance(Duration::from_millis(10));
+    let frames = one.take(teacher);
+    let page = frames.iter().find(|f| f["t"] == "members").unwrap_or_else(|| panic!("no page in {frames:?}"));
+    assert_eq!(page["rows"].as_array().expect("rows").len(), 151 - 100);
+    assert!(page["next"].is_null());
+}
+
+#[test]
+fn a_whole_class_raising_hands_at_its_budget_does_not_touch_the_teachers() {
+    // 40 learners (the hand queue holds 50) each toggling within its own
+    // budget, about 3 times a second: each toggle is two signals of the
+    // room, about 270 a second, well over the room's quota for the
+    // teacher's messages (100 a second). The room's own signals do not draw
+    // on that quota, so the teacher is refused nothing.
+    let mut one = One::new(|_| {});
+    let teacher = one.connect(1, Role::Teacher);
+    let learners: Vec<_> = (100..140).map(|uin| one.connect(uin, Role::Student)).collect();
+    let listener = one.connect(999, Role::Student);
+    one.advance(Duration::from_millis(100));
+    for l in &learners {
+        one.take(*l);
+    }
+    one.take(listener);
+    one.take(teacher);
+    for tick in 0..51u32 {
+        // Every 100 ms the teacher says one thing; every 300 ms each
+        // learner toggles its hand.
+        if tick % 3 == 0 {
+            let op = if (tick / 3) % 2 == 0 { "raise" } else { "lower" };
+            for l in &learners {
+                one.send(*l, &format!(r#"{{"t":"hand","op":"{op}"}}"#));
+            }
+        }
+        one.send(teacher, &format!(r#"{{"t":"say","text":"m{tick}"}}"#));
+        one.advance(Duration::from_millis(100));
+    }
+    one.advance(Duration::from_millis(500));
+    let seen = one.take(listener);
+    let said: Vec<String> = pushed(&seen, 2).iter().filter_map(|d| d["text"].as_str().map(String::from)).collect();
+    let expected: Vec<String> = (0..51).map(|i| format!("m{i}")).collect();
+    assert_eq!(said, expected, "every teacher message arrived, in order");
+    assert!(codes(&one.take(teacher)).is_empty(), "the teacher was refused nothing");
+    // The learners were within their budgets: each toggle was taken.
+    let refused: Vec<String> = learners.iter().flat_map(|l| codes(&one.take(*l))).collect();
+    assert!(refused.is_empty(), "{} refusals, e.g. {:?}", refused.len(), &refused[..refused.len().min(5)]);
+    // Hands signals really flowed: the teacher sees the queue.
+    one.send(teacher, r#"{"t":"state"}"#);
+    let state = one.take(teacher).into_iter().find(|f| f["t"] == "state").expect("state")["data"].clone();
+    // The last toggle (tick 48) was a raise: all 40 hands are up.
+    assert_eq!(state["hands"].as_array().map(Vec::len), Some(40), "{state}");
+}

@@ -415,7 +415,7 @@ impl RoomNode {
         // thousand members coming back after a failover would otherwise
         // flood it).
         let viewer = Actor { uin: member.uin, role };
-        let state = if open || self_muted { self.state_data(now, room, Some(viewer)) } else { None };
+        let state = if open || mute_all || self_muted { self.state_data(now, room, Some(viewer)) } else { None };
         let entered = PeerMsg::Entered {
             req,
             conn,
@@ -1541,8 +1541,14 @@ impl RoomNode {
     }
 }
 
+/// Whether the room has anything a member arriving now should be told:
+/// an open card or packet, raised hands, or reaction totals.
 fn has_open_state(c: &Classroom) -> bool {
-    c.open_card_view().is_some() || c.packets().next().is_some() || c.hands().next().is_some()
+    c.open_card_view().is_some()
+        || c.packets().next().is_some()
+        || c.hands().next().is_some()
+        || c.reaction_total(Reaction::Flower) > 0
+        || c.reaction_total(Reaction::Like) > 0
 }
 
 fn card_result_event(r: &CardResult) -> EventKind {
