@@ -141,6 +141,10 @@ fn documented_limits_are_the_defaults() {
         format!("Kinds from {} to {} are the host's own", kinds::HOST_FIRST.0, Kind::RESERVED_FROM - 1),
         format!("`reason` (the host's words, ≤ {} chars)", roomkit::host::MAX_REASON),
         format!("at most {} changes, `more` when there were more", roomkit::wire::data::MAX_ROSTER_DIFF),
+        format!("oldest first, at most {})", roomkit::wire::data::MAX_LISTED_HANDS),
+        format!("`limit` (≤ {})", roomkit::wire::data::MAX_MEMBERS_PAGE),
+        format!("`n` (1..={}, default 1)", roomkit::classroom::ClassroomConfig::default().max_reaction_count),
+        format!("a websocket message over {} KiB", examples::edge::MAX_CLIENT_MESSAGE / 1024),
     ] {
         assert!(DOC.contains(&phrase), "PROTOCOL.md does not say {phrase:?}");
     }

@@ -839,6 +839,13 @@ pub mod data {
     /// The most joins and leaves one roster carries.
     pub const MAX_ROSTER_DIFF: usize = 200;
 
+    /// The most raised hands a `state` frame (or a hand frame's queue)
+    /// lists for the staff, oldest first.
+    pub const MAX_LISTED_HANDS: usize = 50;
+
+    /// The most rows one `members` page holds.
+    pub const MAX_MEMBERS_PAGE: u32 = 100;
+
     /// A user's own mute (kind 9).
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
     pub struct Muted {

@@ -308,7 +308,7 @@ fn a_members_page_holds_at_most_100_rows_and_a_cursor() {
 
 #[test]
 fn a_whole_class_raising_hands_at_its_budget_does_not_touch_the_teachers() {
-    // 40 learners (the hand queue holds 50) each toggling within its own
+    // 40 learners (a state frame lists 50 hands) each toggling within its own
     // budget, about 3 times a second: each toggle is two signals of the
     // room, about 270 a second, well over the room's quota for the
     // teacher's messages (100 a second). The room's own signals do not draw

@@ -607,7 +607,7 @@ impl RoomNode {
             }
             Act::Members { limit, after } => {
                 let start = after.map_or(PageStart::First, |bits| PageStart::After(Cursor::from_bits(bits)));
-                let query = PageQuery::first(limit.clamp(1, 100) as usize).start(start);
+                let query = PageQuery::first(limit.clamp(1, crate::wire::data::MAX_MEMBERS_PAGE) as usize).start(start);
                 let mut rows = Vec::new();
                 let reply = match self.replica.page(room, &query, &mut rows) {
                     Ok(info) => ActReply::Members {
@@ -685,7 +685,9 @@ impl RoomNode {
                     r.map(|()| who)
                 }
             };
-            target.map_err(Some).map(|t| (t, c.hands().take(50).map(|u| u.0).collect::<Vec<u64>>()))
+            target
+                .map_err(Some)
+                .map(|t| (t, c.hands().take(crate::wire::data::MAX_LISTED_HANDS).map(|u| u.0).collect::<Vec<u64>>()))
         });
         let (target, queue) = match result {
             Some(Ok(v)) => v,
@@ -867,7 +869,7 @@ impl RoomNode {
         let c = r.classroom.as_ref()?;
         let hands: Vec<u64> = match viewer {
             Some(v) if !v.role.is_staff() => c.hands().filter(|u| *u == v.uin).map(|u| u.0).collect(),
-            _ => c.hands().take(50).map(|u| u.0).collect(),
+            _ => c.hands().take(crate::wire::data::MAX_LISTED_HANDS).map(|u| u.0).collect(),
         };
         let card_view = c.open_card_view();
         let card = card_view.as_ref().map(|v| data::Card::Open {
