@@ -234,8 +234,18 @@ async fn accept(listener: TcpListener, router: Router, limits: Limits) {
         };
         let _ = stream.set_nodelay(true);
         let cell = SlotCell(Arc::new(parking_lot::Mutex::new(Some(slot))));
-        let service =
-            hyper_util::service::TowerToHyperService::new(router.clone().layer(axum::Extension(cell.clone())));
+        let per_request = (router.clone(), cell.clone());
+        // Each request carries the connection's place (a websocket takes
+        // it); the router is shared, not rebuilt per connection.
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            let (mut router, cell) = per_request.clone();
+            request.extensions_mut().insert(cell);
+            async move {
+                type Req = hyper::Request<hyper::body::Incoming>;
+                std::future::poll_fn(|cx| <Router as tower_service::Service<Req>>::poll_ready(&mut router, cx)).await?;
+                <Router as tower_service::Service<Req>>::call(&mut router, request).await
+            }
+        });
         tokio::spawn(async move {
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout);
