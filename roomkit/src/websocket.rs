@@ -99,6 +99,8 @@ pub enum Ended {
 const READS_PER_TURN: usize = 4;
 /// Size of the per-thread read buffer.
 const READ_CHUNK: usize = 16 * 1024;
+/// Bytes of frames gathered for one write, at most (plus one frame).
+const BATCH_BYTES: usize = 64 * 1024;
 /// Segments of one vectored write: three per frame at most.
 const MAX_SEGMENTS: usize = 3 * 64 + 1;
 
@@ -176,6 +178,10 @@ impl Socket<'_> {
             let turn = tokio::select! {
                 event = next_frame(&mut conn.outbound, idle) => match event {
                     FromService::Frame(frame) => self.write_frames(frame, &mut conn.outbound),
+                    // Let go while the socket was full: what is still
+                    // queued (a bye and close frame, say) goes if the
+                    // socket takes it within the grace.
+                    FromService::Released if !idle => return self.drain(&mut conn.outbound).await,
                     FromService::Released => Turn::End(Ended::Released),
                 },
                 ready = self.stream.writable(), if !idle => match ready {
@@ -195,6 +201,40 @@ impl Socket<'_> {
         }
     }
 
+    /// The service let the connection go while the socket was full: writes
+    /// what is pending and what is still queued, for at most the close
+    /// grace (a client that reads nothing does not hold the socket).
+    async fn drain(&mut self, outbound: &mut OutboundFrames) -> Ended {
+        let grace = self.options.close_grace;
+        let drained = tokio::time::timeout(grace, async {
+            loop {
+                if !self.writer.is_idle() {
+                    if let Err(e) = self.stream.writable().await {
+                        return Turn::End(Ended::Io(e.kind()));
+                    }
+                    if let end @ Turn::End(_) = self.writer.flush(&self.stream) {
+                        return end;
+                    }
+                    continue;
+                }
+                match outbound.try_recv() {
+                    Ok(frame) => match self.write_frames(frame, outbound) {
+                        Turn::Go => {}
+                        other => return other,
+                    },
+                    Err(_) => return Turn::End(Ended::Released),
+                }
+            }
+        })
+        .await;
+        match drained {
+            Ok(Turn::Closing(ended)) => self.finish(ended).await,
+            Ok(Turn::End(ended)) => ended,
+            // Unreachable (the loop ends only with an end), or the grace ran out.
+            Ok(Turn::Go) | Err(_) => Ended::Released,
+        }
+    }
+
     /// Takes `first` and the frames waiting behind it (up to a batch) and
     /// writes them in one go.
     fn write_frames(&mut self, first: Outbound, outbound: &mut OutboundFrames) -> Turn {
@@ -202,7 +242,9 @@ impl Socket<'_> {
         BATCH.with_borrow_mut(|batch| {
             batch.clear();
             let mut closing = batch.add(first);
-            while closing.is_none() && batch.frames < limit {
+            // A batch stops at a frame count and at a size: what a full
+            // socket leaves of it waits in memory.
+            while closing.is_none() && batch.frames < limit && batch.bytes < BATCH_BYTES {
                 match outbound.try_recv() {
                     Ok(frame) => closing = batch.add(frame),
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
@@ -380,6 +422,8 @@ struct Batch {
     bodies: Vec<Bytes>,
     segments: Vec<Segment>,
     frames: usize,
+    /// The batch's size on the wire.
+    bytes: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -395,6 +439,12 @@ impl Batch {
         self.bodies.clear();
         self.segments.clear();
         self.frames = 0;
+        self.bytes = 0;
+    }
+
+    fn push(&mut self, segment: Segment) {
+        self.bytes += self.slice(segment).len();
+        self.segments.push(segment);
     }
 
     /// Adds a frame; a close frame ends the batch (its code returned).
@@ -412,21 +462,21 @@ impl Batch {
                 let (h, n) = frame_header(Opcode::Text, len);
                 let from = start + MAX_HEADER - n;
                 self.scratch[from..start + MAX_HEADER].copy_from_slice(&h[..n]);
-                self.segments.push(Segment::Scratch(from, self.scratch.len()));
+                self.push(Segment::Scratch(from, self.scratch.len()));
                 if body.is_empty() {
-                    self.segments.push(Segment::Static(b"null"));
+                    self.push(Segment::Static(b"null"));
                 } else {
                     self.bodies.push(body);
-                    self.segments.push(Segment::Body(self.bodies.len() - 1));
+                    self.push(Segment::Body(self.bodies.len() - 1));
                 }
-                self.segments.push(Segment::Static(PUSH_SUFFIX));
+                self.push(Segment::Static(PUSH_SUFFIX));
                 None
             }
             Outbound::Close(reason) => {
                 let code = reason.close_code();
                 let start = self.scratch.len();
                 self.scratch.extend_from_slice(&close_frame(code, reason.as_str()));
-                self.segments.push(Segment::Scratch(start, self.scratch.len()));
+                self.push(Segment::Scratch(start, self.scratch.len()));
                 Some(code)
             }
             other => {
@@ -434,9 +484,9 @@ impl Batch {
                 let start = self.scratch.len();
                 let (h, n) = frame_header(Opcode::Text, text.len());
                 self.scratch.extend_from_slice(&h[..n]);
-                self.segments.push(Segment::Scratch(start, self.scratch.len()));
+                self.push(Segment::Scratch(start, self.scratch.len()));
                 self.bodies.push(text);
-                self.segments.push(Segment::Body(self.bodies.len() - 1));
+                self.push(Segment::Body(self.bodies.len() - 1));
                 None
             }
         }
