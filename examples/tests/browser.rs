@@ -77,6 +77,20 @@ async fn type_into(page: &Client, css: &str, text: &str) {
     el.send_keys(text).await.expect("type");
 }
 
+/// Connections the server has let in so far (its `/metrics`).
+async fn entries(addr: std::net::SocketAddr) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connects");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("asks");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("reads");
+    body.lines()
+        .find(|l| l.starts_with("roomkit_entries_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .map_or(0, |n| n as u64)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium and chromedriver"]
 async fn a_class_in_the_browser() {
@@ -206,6 +220,7 @@ async fn a_class_in_the_browser() {
 
     // A second tab of the teacher replaces the first, which says so and
     // stays closed (the two never take turns).
+    let before = entries(running.addr).await;
     let second = browser(&driver_url).await;
     second.goto(&format!("{base}/?role=teacher&uin=1&room=42")).await.expect("second tab");
     wait_text(&second, "#status", "the second tab connected", |t| t == "connected").await;
@@ -213,6 +228,12 @@ async fn a_class_in_the_browser() {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     wait_text(&second, "#status", "the second tab still connected", |t| t == "connected").await;
     wait_text(&teacher, "#status", "the first tab still closed", |t| t.starts_with("disconnected")).await;
+    // Two joins in all: the first tab's, long before, and the second's.
+    assert_eq!(entries(running.addr).await - before, 1, "a tab reconnected after it was replaced");
+    // The teacher's page fits a phone too.
+    second.set_window_size(390, 800).await.expect("narrow window");
+    let wide = second.execute("return document.documentElement.scrollWidth", vec![]).await.expect("width");
+    assert!(wide.as_u64().is_some_and(|w| w <= 390), "the teacher's page is {wide} px wide at 390 px");
 
     // A phone: nothing wider than 390 px; the join screen shows no class.
     carol.set_window_size(390, 800).await.expect("narrow window");
@@ -223,6 +244,16 @@ async fn a_class_in_the_browser() {
     let class_shown = fresh.find(Locator::Css("#class")).await.expect("#class").is_displayed().await.expect("shown?");
     let form_shown = fresh.find(Locator::Css("#join")).await.expect("#join").is_displayed().await.expect("shown?");
     assert!(!class_shown && form_shown, "the join screen shows the form and no class");
+    // Joining by the form, then reloading, comes back to the class as the
+    // same member.
+    type_into(&fresh, "#join-uin", "105").await;
+    click(&fresh, "#join-go").await;
+    wait_text(&fresh, "#status", "joined by the form", |t| t == "connected").await;
+    fresh.refresh().await.expect("reload");
+    wait_text(&fresh, "#status", "back after the reload", |t| t == "connected").await;
+    let url = fresh.current_url().await.expect("url");
+    assert!(url.as_str().contains("uin=105"), "the reload kept the member: {url}");
+    wait_text(&second, "#members", "105 in the teacher's list", |t| t.contains("105")).await;
     for page in [carol, second, fresh] {
         let _ = page.close().await;
     }

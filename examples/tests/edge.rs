@@ -186,3 +186,41 @@ async fn a_client_that_never_reads_is_closed_by_the_server() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_count_against_the_total_cap_and_uin_0_gets_no_ticket() {
+    let mut limits = Limits::default();
+    limits.total = 5;
+    let (addr, service) = server(limits).await;
+    let url = |uin: u64| {
+        format!("ws://{addr}/ws?room=7&ticket={}", demo_ticket(&keys(), 7, uin, Role::Student, Terminal::Web))
+    };
+    let mut sockets = Vec::new();
+    for uin in 100..105 {
+        let (ws, _) = tokio_tungstenite::connect_async(url(uin)).await.expect("within the cap");
+        sockets.push(ws);
+    }
+    // Upgraded sockets keep their places: a sixth connection is closed at once.
+    let mut sixth = TcpStream::connect(addr).await.expect("the kernel accepts");
+    assert!(closed_by_server(&mut sixth, Duration::from_secs(5)).await, "a sixth connection was served");
+    // A socket that ends gives its place back.
+    let mut gone = sockets.pop().expect("a socket");
+    gone.close(None).await.expect("closes");
+    drop(gone);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while service.stats().connections > 4 {
+        assert!(std::time::Instant::now() < deadline, "the closed socket kept its connection");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The freed place serves the demo's ticket desk, which will not issue uin 0
+    // (the sender of the room's own messages).
+    let mut s = TcpStream::connect(addr).await.expect("connects");
+    s.write_all(b"GET /ticket?room=7&uin=0&role=student HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("asks");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.expect("reads");
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("uin 0 is reserved"), "{reply}");
+}
