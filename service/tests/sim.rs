@@ -651,6 +651,19 @@ impl Class {
         self.alive.iter().filter_map(|n| self.node(*n)).map(|h| h.node.stats().timed_out).sum()
     }
 
+    /// The members every node told as gone (`Left` events), in order.
+    fn left(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter_map(|(n, _)| self.node(*n))
+            .flat_map(|h| h.events.iter())
+            .filter_map(|e| match e.what {
+                EventKind::Left { uin, .. } => Some(uin.0),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn listed(&self) -> u32 {
         use room_memberlist::MemberStore;
         let owner = self.owner();
@@ -1061,16 +1074,7 @@ fn members_of_a_node_cut_off_for_less_than_the_timeout_are_not_taken_out() {
             class.sim.send(a, a, M::View(all.clone()));
         }
         class.run(Duration::from_secs(4));
-        let left: Vec<u64> = class
-            .nodes
-            .iter()
-            .filter_map(|(n, _)| class.node(*n))
-            .flat_map(|h| h.events.iter())
-            .filter_map(|e| match e.what {
-                EventKind::Left { uin, .. } => Some(uin.0),
-                _ => None,
-            })
-            .collect();
+        let left = class.left();
         assert_eq!(left, Vec::<u64>::new(), "seed {seed}: members taken out though their clients kept beating");
         assert_eq!(class.timed_out(), 0, "seed {seed}: sessions timed out");
         assert_eq!(class.listed(), 25, "seed {seed}: the list holds the class");
@@ -1206,16 +1210,7 @@ fn stale_messages_of_an_isolated_node_do_not_replace_connections_made_since() {
             assert!(h.entered, "seed {seed}: client {} (mover {i}) is still in the room", h.uin);
             checked[i] += 1;
         }
-        let left: Vec<u64> = class
-            .nodes
-            .iter()
-            .filter_map(|(n, _)| class.node(*n))
-            .flat_map(|h| h.events.iter())
-            .filter_map(|e| match e.what {
-                EventKind::Left { uin, .. } => Some(uin.0),
-                _ => None,
-            })
-            .collect();
+        let left = class.left();
         assert_eq!(left, Vec::<u64>::new(), "seed {seed}: members taken out though they never left");
         assert_eq!(class.listed(), 25, "seed {seed}: the list holds the class");
         // The stale connections were the ones closed: those that beat or
