@@ -849,7 +849,7 @@ impl RoomService {
     async fn timers(self) {
         let mut refusals = refusals::RefusalWindow::new(std::time::Instant::now(), self.refusal_counts());
         loop {
-            if let Some(r) = refusals.observe(std::time::Instant::now(), self.refusal_counts()) {
+            if let Some(r) = refusals.observe(std::time::Instant::now(), || self.refusal_counts()) {
                 tracing::info!(
                     window_s = refusals::WINDOW.as_secs(),
                     tickets = r.tickets,

@@ -318,12 +318,13 @@ impl Socket<'_> {
 
     /// Flushes what is queued (a close frame last) and waits, briefly, for
     /// the client to close its side, so that the close frame is not lost
-    /// to a reset.
+    /// to a reset; then `ended`.
     async fn finish(&mut self, ended: Ended) -> Ended {
         self.linger().await;
         ended
     }
 
+    /// [`Socket::finish`] without a result (a refused entry).
     async fn linger(&mut self) {
         let grace = self.options.close_grace;
         let _ = tokio::time::timeout(grace, async {

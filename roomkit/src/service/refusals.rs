@@ -50,11 +50,13 @@ impl RefusalWindow {
     }
 
     /// The refusals of the window that just ended, if it ended and had
-    /// any; a new window starts with each answer.
-    pub(crate) fn observe(&mut self, now: Instant, counts: Counts) -> Option<Counts> {
+    /// any; a new window starts with each answer. `counts` is read only
+    /// when a window ended (it takes the node's lock).
+    pub(crate) fn observe(&mut self, now: Instant, counts: impl FnOnce() -> Counts) -> Option<Counts> {
         if now.duration_since(self.started) < WINDOW {
             return None;
         }
+        let counts = counts();
         let delta = counts.since(&self.at_start);
         self.started = now;
         self.at_start = counts;
@@ -92,7 +94,7 @@ mod tests {
         let mut summaries = Vec::new();
         // 30 s of a refusal every millisecond, looked at every 20 ms.
         for ms in (0..30_000u64).step_by(20) {
-            if let Some(s) = w.observe(t0 + Duration::from_millis(ms), counts(ms)) {
+            if let Some(s) = w.observe(t0 + Duration::from_millis(ms), || counts(ms)) {
                 summaries.push(s);
             }
         }
@@ -100,9 +102,9 @@ mod tests {
         assert_eq!(summaries[0], counts(10_000));
         assert_eq!(summaries[1].frames, 10_000);
         // The refusals since the last summary come with the next look.
-        assert_eq!(w.observe(t0 + Duration::from_secs(50), counts(29_980)).map(|c| c.frames), Some(9_980));
+        assert_eq!(w.observe(t0 + Duration::from_secs(50), || counts(29_980)).map(|c| c.frames), Some(9_980));
         // A quiet window says nothing.
-        assert_eq!(w.observe(t0 + Duration::from_secs(61), counts(29_980)), None);
+        assert_eq!(w.observe(t0 + Duration::from_secs(61), || counts(29_980)), None);
     }
 
     #[test]
