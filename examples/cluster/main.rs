@@ -15,6 +15,10 @@
 //! the nodes, for `--seconds`, with `--chat-rate` lines/s, 100 by default)
 //! and stops; otherwise it runs until Ctrl-C.
 //!
+//! `--per-ip N` bounds each node's connections from one client address
+//! (2,000 by default, the edge's `Limits`); a fault lab whose clients all
+//! come from one address raises it.
+//!
 //! With `ROOMKIT_API_KEY` set, every node also serves the host API for a
 //! business backend under `/api/v1` behind that bearer key
 //! (docs/HOST_API.md); unset, the API is off.
@@ -50,6 +54,7 @@ struct Args {
     loadgen: Option<usize>,
     seconds: u64,
     chat_rate: u32,
+    per_ip: Option<usize>,
 }
 
 fn args() -> Args {
@@ -63,6 +68,7 @@ fn args() -> Args {
         loadgen: None,
         seconds: 20,
         chat_rate: 100,
+        per_ip: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -77,6 +83,7 @@ fn args() -> Args {
             "--loadgen" => a.loadgen = Some(value().parse().expect("--loadgen N")),
             "--seconds" => a.seconds = value().parse().expect("--seconds N"),
             "--chat-rate" => a.chat_rate = value().parse().expect("--chat-rate N"),
+            "--per-ip" => a.per_ip = Some(value().parse().expect("--per-ip N")),
             other => panic!("unknown option {other} (see the file's header)"),
         }
     }
@@ -105,6 +112,9 @@ async fn run_node(a: &Args, id: u64) -> Result<(), Box<dyn std::error::Error>> {
     // has a key (children inherit it): any node answers for any room.
     let mut options = EdgeOptions::default();
     options.api_key = std::env::var("ROOMKIT_API_KEY").ok().filter(|k| !k.is_empty());
+    if let Some(per_ip) = a.per_ip {
+        options.limits.per_ip = per_ip;
+    }
     let api_on = options.api_key.is_some();
     serve_with_options(listener, node.service.clone(), Arc::new(keys), None, options)?;
     tracing::info!(node = id, %port, host_api = api_on, "serving");
@@ -175,6 +185,7 @@ async fn run_cluster(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let child = Command::new(&exe)
             .args(["--node", &id.to_string(), "--nats", &nats, "--redis", &redis, "--key", &key])
             .args(["--base-port", &a.base_port.to_string()])
+            .args(a.per_ip.map(|n| ["--per-ip".to_owned(), n.to_string()]).into_iter().flatten())
             .stdin(Stdio::null())
             .spawn()?;
         children.0.push(child);

@@ -154,6 +154,9 @@ impl Class {
             let mut node = lab.command(n, cluster);
             node.args(["--node", &(i + 1).to_string(), "--nats", "nats://127.0.0.1:14222"])
                 .args(["--redis", "redis://127.0.0.1:16379", "--key", &key, "--base-port", "7101"])
+                // Every member comes from the client host's one address:
+                // after a failover a node holds two thirds of the class.
+                .args(["--per-ip", "100000"])
                 .env("ROOMKIT_API_KEY", API_KEY)
                 .env("RUST_LOG", "info")
                 .stdin(Stdio::null())

@@ -1231,3 +1231,69 @@ fn stale_messages_of_an_isolated_node_do_not_replace_connections_made_since() {
     // Every kind of move was exercised.
     assert!(checked.iter().all(|n| *n > 0), "{checked:?}");
 }
+
+/// The fault lab's "members taken out after the isolated owner came back":
+/// the room's owner is cut from everything for less than a heartbeat
+/// timeout; its members reconnect to the other nodes, which take the room
+/// and the sessions over. The isolated node never learns of a new view, so
+/// when the partition heals it owns its old share of sessions again, each
+/// still following a connection that is gone. Its members now beat through
+/// other nodes, but only at their next beat would it hear of them: a
+/// session whose last beat came just before the cut times out first. The
+/// access nodes announce each connection to its new session owner when the
+/// view moves it, so no member exits.
+#[test]
+fn members_who_left_an_isolated_owner_do_not_exit_when_it_comes_back() {
+    let mut moved_total = 0;
+    for seed in 0..20 {
+        let mut class = Class::new(seed, 3, 24, LinkConfig::LAN);
+        let owner = class.owner();
+        let owner_addr = class.nodes.iter().find(|(n, _)| *n == owner).expect("the owner").1;
+        let survivors: Vec<(NodeId, Addr)> = class.nodes.iter().filter(|(n, _)| *n != owner).copied().collect();
+        let all: Vec<NodeId> = class.nodes.iter().map(|(n, _)| *n).collect();
+        let homed: Vec<Addr> = class.students().into_iter().filter(|c| class.client(*c).node == owner_addr).collect();
+        assert!(!homed.is_empty(), "seed {seed}: members on the owner");
+        class.run(Duration::from_millis(seed * 37 % 500));
+
+        // Cut from every other node, the bus, the cache and its clients.
+        class.sim.isolate(owner_addr);
+        // Its members reconnect elsewhere.
+        for (i, &c) in homed.iter().enumerate() {
+            let to = survivors[i % survivors.len()].1;
+            let (uin, role) = {
+                let h = class.client_mut(c);
+                h.node = to;
+                h.entered = false;
+                (h.uin, h.role)
+            };
+            class.sim.send(c, to, M::Connect { uin, role });
+        }
+        // The registry's ttl: the others see the owner go.
+        class.run(Duration::from_millis(300));
+        let ids: Vec<NodeId> = survivors.iter().map(|(n, _)| *n).collect();
+        for &(_, a) in &survivors {
+            class.sim.send(a, a, M::View(ids.clone()));
+        }
+        // Healed within 0.9 s in all: less than the timeout (3 x 500 ms)
+        // minus a beat interval, so the isolated node's sessions are not
+        // due yet, but some fall due before their member's next beat.
+        class.run(Duration::from_millis(600));
+        for &c in &homed {
+            assert!(class.client(c).entered, "seed {seed}: client {c:?} entered on its new node");
+        }
+        class.sim.heal();
+        for &(_, a) in &survivors {
+            class.sim.send(a, a, M::View(all.clone()));
+        }
+        class.run(Duration::from_secs(4));
+        let left = class.left();
+        assert_eq!(left, Vec::<u64>::new(), "seed {seed}: members taken out though their clients kept beating");
+        assert_eq!(class.listed(), 25, "seed {seed}: the list holds the class");
+        for &c in &homed {
+            let h = class.client(c);
+            assert_eq!(h.closed, None, "seed {seed}: client {} closed on its new node", h.uin);
+        }
+        moved_total += homed.len();
+    }
+    assert!(moved_total > 40, "members moved in all: {moved_total}");
+}

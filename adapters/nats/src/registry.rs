@@ -308,23 +308,38 @@ impl Registry {
             let mut store = None;
             let mut ticks = tokio::time::interval(config.interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // One attempt waits at most an interval. A request sent into a
+            // partition would otherwise wait for JetStream's own timeout
+            // (seconds) after the partition healed, and the others would
+            // see this node come back that much later; the next tick tries
+            // again, well within the ttl.
+            let within = config.interval;
+            let late = |what: &str| format!("no answer to the {what} within {within:?}");
             loop {
                 ticks.tick().await;
                 if store.is_none() {
-                    match ensure_bucket(&js, &config.bucket, config.ttl).await {
-                        Ok(s) => store = Some(s),
-                        Err(e) => {
+                    match tokio::time::timeout(within, ensure_bucket(&js, &config.bucket, config.ttl)).await {
+                        Ok(Ok(s)) => store = Some(s),
+                        Ok(Err(e)) => {
                             record_error(&errors, &last, e);
+                            continue;
+                        }
+                        Err(_) => {
+                            record_error(&errors, &last, RegistryError::Bucket(late("bucket's lookup")));
                             continue;
                         }
                     }
                 }
                 let Some(s) = &store else { continue };
-                if let Err(e) = s.put(&key, value.clone()).await {
-                    // The stream may be gone (a NATS restart without its
-                    // store): open (or create) it again next time.
-                    record_error(&errors, &last, RegistryError::Put(e.to_string()));
-                    store = None;
+                match tokio::time::timeout(within, s.put(&key, value.clone())).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        // The stream may be gone (a NATS restart without its
+                        // store): open (or create) it again next time.
+                        record_error(&errors, &last, RegistryError::Put(e.to_string()));
+                        store = None;
+                    }
+                    Err(_) => record_error(&errors, &last, RegistryError::Put(late("write"))),
                 }
             }
         }

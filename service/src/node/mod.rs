@@ -861,10 +861,38 @@ impl RoomNode {
         self.departed.retain(|node, since| !router.contains(*node) && now.saturating_sub(grace) < *since);
         let _ = self.replica.set_nodes(nodes);
         self.previous_router = self.router.replace(router);
+        self.announce_moved_sessions();
         self.retry_holds(now);
         self.owner_view_changed(now);
         self.drain_replica();
         self.drain_loopback(now);
+    }
+
+    /// Each connection whose session the new view gives to another node
+    /// beats to that node now rather than at its client's next beat, up to
+    /// a heartbeat interval away. The new owner may hold an older record of
+    /// the session (it owned it before a partition, and the connection it
+    /// followed is gone): a record that falls due before that beat would
+    /// take a member out whose client never stopped beating.
+    fn announce_moved_sessions(&mut self) {
+        let Some(router) = self.router.as_ref() else { return };
+        let previous = self.previous_router.as_ref();
+        let moved: Vec<(NodeId, PeerMsg)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.entering.is_none())
+            .filter_map(|(&conn, c)| {
+                let owner = router.route(&c.member).ok()?;
+                let before = previous.and_then(|r| r.route(&c.member).ok());
+                (before != Some(owner)).then_some((
+                    owner,
+                    PeerMsg::Beat { member: c.member, role: c.role, terminal: c.terminal, conn, since: c.since },
+                ))
+            })
+            .collect();
+        for (owner, beat) in moved {
+            self.send_peer(owner, beat);
+        }
     }
 
     /// A message from another node.
