@@ -211,6 +211,26 @@ struct Writers {
     blocked: HashSet<ConnId>,
 }
 
+impl Writers {
+    /// The connections whose writers had filled up and have room again.
+    /// Each leaves the blocked set, and so does every connection whose
+    /// writer is gone (a host's disconnect lets the writer go without a
+    /// close): a writer blocked when its client went holds no entry.
+    fn take_writable(&mut self) -> Vec<ConnId> {
+        let Writers { channels, blocked } = self;
+        let mut ready = Vec::new();
+        blocked.retain(|conn| match channels.get(conn) {
+            Some(tx) if tx.has_room() => {
+                ready.push(*conn);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        });
+        ready
+    }
+}
+
 impl ClientSink for Writers {
     fn send(&mut self, conn: ConnId, frame: Outbound) -> Result<(), SendError> {
         let Some(tx) = self.channels.get(&conn) else { return Err(SendError::Closed) };
@@ -577,7 +597,11 @@ impl RoomService {
     /// heartbeat timeout, so a reconnect inside it resumes (the others see
     /// no leave and enter); see [`RoomService::leave`].
     pub fn disconnect(&self, conn: ConnId) {
-        self.inner.writers.lock().channels.remove(&conn);
+        {
+            let mut writers = self.inner.writers.lock();
+            writers.channels.remove(&conn);
+            writers.blocked.remove(&conn);
+        }
         self.with_core(|core, t| core.disconnect(t, conn));
     }
 
@@ -871,19 +895,7 @@ impl RoomService {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.inner.wake.notified() => {}
             }
-            let writable: Vec<ConnId> = {
-                let mut w = self.inner.writers.lock();
-                let ready: Vec<ConnId> = w
-                    .blocked
-                    .iter()
-                    .filter(|c| w.channels.get(c).is_some_and(OutboxSender::has_room))
-                    .copied()
-                    .collect();
-                for c in &ready {
-                    w.blocked.remove(c);
-                }
-                ready
-            };
+            let writable = self.inner.writers.lock().take_writable();
             self.with_core(|core, t| {
                 for conn in writable {
                     core.set_writable(conn);
@@ -911,4 +923,38 @@ impl RoomService {
 /// An answer of the wrong kind (a node of another version).
 fn unexpected(answer: &HostAnswer) -> HostError {
     HostError::Bad(format!("unexpected answer {answer:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that filled up and whose client then went (the host's
+    /// disconnect: no close) leaves no entry behind in the blocked set; one
+    /// that drains is handed back as writable, once.
+    #[test]
+    fn blocked_writers_of_gone_clients_are_forgotten() {
+        let mut writers = Writers::default();
+        let mut receivers = Vec::new();
+        for n in 0..1_000u64 {
+            let conn = ConnId(n);
+            let (tx, rx) = outbox(8);
+            writers.channels.insert(conn, tx);
+            receivers.push(rx);
+            while writers.send(conn, Outbound::Text(bytes::Bytes::from_static(b"{}"))).is_ok() {}
+            // The client went while its writer was full.
+            writers.channels.remove(&conn);
+        }
+        assert!(writers.take_writable().is_empty());
+        assert!(writers.blocked.is_empty(), "{} blocked writers of gone clients kept", writers.blocked.len());
+
+        let (tx, mut rx) = outbox(8);
+        writers.channels.insert(ConnId(7), tx);
+        while writers.send(ConnId(7), Outbound::Text(bytes::Bytes::from_static(b"{}"))).is_ok() {}
+        assert!(writers.take_writable().is_empty(), "still full");
+        while rx.try_recv().is_ok() {}
+        assert_eq!(writers.take_writable(), vec![ConnId(7)]);
+        assert!(writers.take_writable().is_empty() && writers.blocked.is_empty());
+        drop(receivers);
+    }
 }

@@ -642,7 +642,14 @@ impl RoomNode {
         tracker.default_timing =
             Timing::new(config.heartbeat, config.misses.max(1)).map_err(|e| ConfigError(e.to_string()))?;
         tracker.tick = (config.heartbeat / 20).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        tracker.max_timeout = tracker.tick * 16_000;
+        // The wheel spans the sessions' timeout, and no more: the tracker
+        // remembers every closed connection for `max_timeout` (against a
+        // beat delayed past its leave; one delayed longer than the timeout
+        // would have found a live session timed out as well). The wheel's
+        // largest span (16,000 ticks, 4.4 hours at 1 s ticks) kept a closed
+        // connection per member who came and went for hours, up to 65,536
+        // of them (about 9 MiB).
+        tracker.max_timeout = tracker.default_timing.timeout();
         let mut owner_config = OwnerConfig::default();
         owner_config.tracker = tracker;
         owner_config.router = config.router;
