@@ -782,6 +782,16 @@ impl PushNode {
         Ok(self.conn(id)?.subclass)
     }
 
+    /// Where a connection's reliable messages stand: its room's epoch on
+    /// this node and the last sequence number the connection was given
+    /// (its room's head when it connected, then each reliable message
+    /// queued for it). Its acks and checks may not go beyond that number.
+    pub fn connection_head(&self, id: ConnId) -> Result<(u64, u64), NodeError> {
+        let c = self.conn(id)?;
+        let epoch = self.rooms.get(c.room as usize).and_then(Option::as_ref).map_or(0, |r| r.epoch);
+        Ok((epoch, c.last_seq))
+    }
+
     /// Counts a check its host answered with a reset (from a shared cache
     /// that did not hold the range either).
     pub fn count_reset(&mut self) {

@@ -339,6 +339,15 @@ impl RoomNode {
         c.entering = None;
         let (member, role, terminal) = (c.member, c.role, c.terminal);
         let _ = self.push.set_connection_subclass(conn, subclass.map(SubclassId));
+        // The owner's head may be ahead of this node: its latest messages
+        // are still on their way here over the bus, and will be pushed to
+        // this connection when they come. The welcome says where this
+        // connection's pushes start, so that the client's acks and checks
+        // stay within what it was given (beyond it, they are refused).
+        let head = match self.push.connection_head(conn) {
+            Ok((local_epoch, given)) if local_epoch == epoch && given < head => given,
+            _ => head,
+        };
         let welcome = Welcome {
             uin: member.uin.0,
             role,
