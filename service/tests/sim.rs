@@ -628,23 +628,24 @@ impl Class {
         // Their sockets break; they come back a moment later elsewhere.
         self.run(Duration::from_millis(150));
         for (i, c) in stranded.into_iter().enumerate() {
-            let to = survivors[i % survivors.len()].1;
-            let mut outbox_target = None;
-            {
-                let h = self.client_mut(c);
-                h.node = to;
-                h.entered = false;
-                outbox_target.replace((h.uin, h.role));
-            }
-            if let Some((uin, role)) = outbox_target {
-                self.sim.send(c, to, M::Connect { uin, role });
-            }
+            self.reconnect(c, survivors[i % survivors.len()].1);
         }
         self.run(ttl.saturating_sub(Duration::from_millis(150)));
         let ids: Vec<NodeId> = survivors.iter().map(|(n, _)| *n).collect();
         for &(_, a) in &survivors {
             self.sim.send(a, a, M::View(ids.clone()));
         }
+    }
+
+    /// Client `c`'s socket broke: it connects to node `to` instead.
+    fn reconnect(&mut self, c: Addr, to: Addr) {
+        let (uin, role) = {
+            let h = self.client_mut(c);
+            h.node = to;
+            h.entered = false;
+            (h.uin, h.role)
+        };
+        self.sim.send(c, to, M::Connect { uin, role });
     }
 
     fn timed_out(&self) -> u64 {
@@ -1183,13 +1184,7 @@ fn stale_messages_of_an_isolated_node_do_not_replace_connections_made_since() {
         assert_eq!(reconnected.len(), 1, "seed {seed}: the reconnection was accepted");
         // All three go to another node: their sockets broke, or no welcome came.
         for &c in &movers {
-            let (uin, role) = {
-                let h = class.client_mut(c);
-                h.node = to_addr;
-                h.entered = false;
-                (h.uin, h.role)
-            };
-            class.sim.send(c, to_addr, M::Connect { uin, role });
+            class.reconnect(c, to_addr);
         }
         class.run(Duration::from_millis(200));
         for &c in &movers {
@@ -1259,14 +1254,7 @@ fn members_who_left_an_isolated_owner_do_not_exit_when_it_comes_back() {
         class.sim.isolate(owner_addr);
         // Its members reconnect elsewhere.
         for (i, &c) in homed.iter().enumerate() {
-            let to = survivors[i % survivors.len()].1;
-            let (uin, role) = {
-                let h = class.client_mut(c);
-                h.node = to;
-                h.entered = false;
-                (h.uin, h.role)
-            };
-            class.sim.send(c, to, M::Connect { uin, role });
+            class.reconnect(c, survivors[i % survivors.len()].1);
         }
         // The registry's ttl: the others see the owner go.
         class.run(Duration::from_millis(300));
