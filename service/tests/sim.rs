@@ -1321,3 +1321,50 @@ fn members_admitted_ahead_of_their_node_ack_without_errors() {
         }
     }
 }
+
+/// The same, cut off for longer than the heartbeat timeout: the isolated
+/// owner's registry finds every record expired, its own too, and gives it
+/// a view without itself. Its members' sessions fall due meanwhile; a node
+/// out of the view ends none of them (whoever owns them now decides), so
+/// after healing no member who moved exits.
+#[test]
+fn an_owner_cut_off_longer_than_the_timeout_takes_no_member_out() {
+    let mut moved_total = 0;
+    for seed in 0..20 {
+        let mut class = Class::new(seed, 3, 24, LinkConfig::LAN);
+        let owner = class.owner();
+        let owner_addr = class.nodes.iter().find(|(n, _)| *n == owner).expect("the owner").1;
+        let survivors: Vec<(NodeId, Addr)> = class.nodes.iter().filter(|(n, _)| *n != owner).copied().collect();
+        let all: Vec<NodeId> = class.nodes.iter().map(|(n, _)| *n).collect();
+        let homed: Vec<Addr> = class.students().into_iter().filter(|c| class.client(*c).node == owner_addr).collect();
+        class.run(Duration::from_millis(seed * 37 % 500));
+        class.sim.isolate(owner_addr);
+        for (i, &c) in homed.iter().enumerate() {
+            class.reconnect(c, survivors[i % survivors.len()].1);
+        }
+        // The registry's ttl: the others see the owner go, and the owner
+        // sees every record expire, its own too.
+        class.run(Duration::from_millis(300));
+        let ids: Vec<NodeId> = survivors.iter().map(|(n, _)| *n).collect();
+        for &(_, a) in &survivors {
+            class.sim.send(a, a, M::View(ids.clone()));
+        }
+        class.sim.send(owner_addr, owner_addr, M::View(Vec::new()));
+        // 2.5 s in all: past the heartbeat timeout (3 x 500 ms).
+        class.run(Duration::from_millis(2_200));
+        class.sim.heal();
+        for &(_, a) in &class.nodes.clone() {
+            class.sim.send(a, a, M::View(all.clone()));
+        }
+        class.run(Duration::from_secs(4));
+        let left = class.left();
+        assert_eq!(left, Vec::<u64>::new(), "seed {seed}: members taken out though their clients kept beating");
+        assert_eq!(class.listed(), 25, "seed {seed}: the list holds the class");
+        for &c in &homed {
+            let h = class.client(c);
+            assert!(h.entered && h.closed.is_none(), "seed {seed}: client {} is in on its new node", h.uin);
+        }
+        moved_total += homed.len();
+    }
+    assert!(moved_total > 40, "members moved in all: {moved_total}");
+}

@@ -845,7 +845,12 @@ impl RoomNode {
     pub fn set_view(&mut self, now: Timestamp, view: &ClusterView) {
         let nodes: Vec<(NodeId, u32)> = view.routable().collect();
         if !nodes.iter().any(|(n, _)| *n == self.me) {
-            // This node is joining or cut off: it decides nothing.
+            // This node is joining or cut off (its registry saw its own
+            // record expire): it decides nothing. Its session owner is
+            // told, so that meanwhile it ends no session on a timeout but
+            // releases it to whoever owns it now: the members of a node
+            // cut off from the others have moved to them, still beating.
+            let _ = self.sessions.set_view(now, view);
             return;
         }
         let router = match Router::with_nodes(self.config.router, nodes.iter().copied()) {
