@@ -18,8 +18,8 @@
 //!
 //! Environment: `FAULTLAB_QUICK=1` shortens the faults (30 s isolations to
 //! 10 s, the minute of delay and loss to 20 s); `FAULTLAB_MEMBERS` sets the
-//! class size (3,000); `FAULTLAB_CLUSTER` the node binary
-//! (target/release/examples/cluster).
+//! class size (3,000); `FAULTLAB_ISOLATION` the isolations' seconds;
+//! `FAULTLAB_CLUSTER` the node binary (target/release/examples/cluster).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -407,6 +407,9 @@ fn bound() -> Duration {
 }
 
 fn isolation() -> Duration {
+    if let Some(s) = std::env::var("FAULTLAB_ISOLATION").ok().and_then(|v| v.parse().ok()) {
+        return Duration::from_secs(s);
+    }
     if quick() { Duration::from_secs(10) } else { Duration::from_secs(30) }
 }
 
