@@ -36,6 +36,7 @@ pub mod hash;
 pub mod id;
 pub mod role;
 pub mod router;
+pub mod table;
 pub mod terminal;
 pub mod time;
 
@@ -46,5 +47,6 @@ pub use hash::{PreHashed, RouteKey, stable_hash};
 pub use id::{BusinessId, ConnId, MemberKey, NodeId, ParseIdError, RoomId, RoomKey, Uin};
 pub use role::{CustomRole, ParseRoleError, Role, RoleSet};
 pub use router::{Router, RouterConfig, RouterError, SlotMove};
+pub use table::{ChurnMap, shrink_when_empty};
 pub use terminal::{ParseTerminalError, Terminal, TerminalSet};
 pub use time::Timestamp;
