@@ -301,10 +301,12 @@ impl InMemorySharedCache {
         if log.entries.back().is_some_and(|e| e.seq >= envelope.seq) {
             return Ok(Appended::Duplicate);
         }
-        log.entries.push_back(envelope.clone());
-        while log.entries.len() > self.max_len {
+        // Room first: a log at `max_len` that took the envelope before
+        // trimming would double its slots for good.
+        while log.entries.len() >= self.max_len {
             log.entries.pop_front();
         }
+        log.entries.push_back(envelope.clone());
         Ok(Appended::Stored)
     }
 
@@ -329,10 +331,12 @@ impl InMemorySharedCache {
             log.epoch = first.epoch;
             log.entries.clear();
         }
-        log.entries.extend(envelopes.iter().cloned());
-        while log.entries.len() > self.max_len {
-            log.entries.pop_front();
-        }
+        // Room first, then the batch: a log at `max_len` that took the
+        // batch before trimming would double its slots for good.
+        let kept = envelopes.len().min(self.max_len);
+        let over = (log.entries.len() + kept).saturating_sub(self.max_len);
+        log.entries.drain(..over);
+        log.entries.extend(envelopes[envelopes.len() - kept..].iter().cloned());
         Ok(Appended::Stored)
     }
 
@@ -432,5 +436,50 @@ impl SharedCache for InMemorySharedCache {
 
     async fn save_state(&self, room: RoomKey, after: u64, state: Bytes) -> Result<Saved, SharedCacheError> {
         self.save_state_now(room, after, state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Class, Kind, Message};
+    use room_core::{BusinessId, RoomId, Timestamp};
+
+    const ROOM: RoomKey = RoomKey::new(BusinessId(1), RoomId(2));
+
+    fn envelope(seq: u64) -> Envelope {
+        Envelope {
+            epoch: 1,
+            seq,
+            accepted_at: Timestamp::from_millis(seq),
+            message: Message::new(ROOM, Class::Signal, Kind(1), vec![seq as u8]),
+        }
+    }
+
+    fn slots(cache: &InMemorySharedCache) -> usize {
+        cache.rooms.lock().logs.get(&ROOM).map_or(0, |(_, log)| log.entries.capacity())
+    }
+
+    /// A full log trims before it appends: its slots stay those of
+    /// `max_len` envelopes, not twice as many (a VecDeque that takes one
+    /// more before trimming doubles for good).
+    #[test]
+    fn a_full_log_keeps_its_slots() {
+        let cache = InMemorySharedCache::new(1_024, 4);
+        let mut seq = 0;
+        for _ in 0..5_000 {
+            seq += 1;
+            assert_eq!(cache.append_now(&envelope(seq)), Ok(Appended::Stored));
+        }
+        assert_eq!(slots(&cache), 1_024);
+        for n in [1, 7, 1_024, 3_000] {
+            let batch: Vec<Envelope> = (seq + 1..=seq + n).map(envelope).collect();
+            seq += n;
+            assert_eq!(cache.append_batch_now(&batch), Ok(Appended::Stored));
+            assert_eq!(slots(&cache), 1_024, "after a batch of {n}");
+        }
+        // The newest 1,024, in order.
+        let log: Vec<u64> = cache.rooms.lock().logs[&ROOM].1.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(log, (seq - 1_023..=seq).collect::<Vec<u64>>());
     }
 }
