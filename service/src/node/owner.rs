@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use hashbrown::HashMap;
-use room_core::{ConnId, MemberKey, NodeId, Role, RoleSet, RoomKey, Terminal, Timestamp, Uin};
+use room_core::{ChurnMap, ConnId, MemberKey, NodeId, Role, RoleSet, RoomKey, Terminal, Timestamp, Uin};
 use room_memberlist::{Cursor, MemberStore, PageQuery, PageStart, WriteOp};
 use room_push::{Class, Decision, Envelope, FenceOutput, LimiterError, Message, Sender, SharedCacheError, Target};
 use serde::{Deserialize, Serialize};
@@ -89,15 +89,20 @@ pub(super) enum Effect {
 }
 
 /// Recently done requests of a room, with what they were answered.
+///
+/// Answers are boxed: the table is kept at most half full for the churn
+/// of requests (see [`ChurnMap`]), so a slot is kept small (16 bytes, not
+/// the 150 of an answer in place). An entry's answer is kept without the
+/// room's state it carried (see `answer_seen`).
 #[derive(Debug, Default)]
 struct Seen {
     order: VecDeque<u64>,
-    answers: HashMap<u64, Option<PeerMsg>, ahash::RandomState>,
+    answers: ChurnMap<u64, Option<Box<PeerMsg>>, ahash::RandomState>,
 }
 
 impl Seen {
     fn insert(&mut self, req: u64, answer: Option<PeerMsg>) {
-        if self.answers.insert(req, answer).is_none() {
+        if self.answers.insert(req, answer.map(Box::new)).is_none() {
             self.order.push_back(req);
             if self.order.len() > SEEN_PER_ROOM
                 && let Some(old) = self.order.pop_front()
@@ -290,10 +295,13 @@ impl RoomNode {
     /// request is answered as before. Returns the message if it is to be
     /// handled now.
     pub(super) fn owner_intake(&mut self, now: Timestamp, from: NodeId, msg: PeerMsg) -> Option<PeerMsg> {
+        let mut viewer = None;
         let (room, request) = match &msg {
-            PeerMsg::Enter { req, member, conn, .. } | PeerMsg::Act { req, member, conn, .. } => {
+            PeerMsg::Enter { req, member, conn, role, .. } => {
+                viewer = Some(Actor { uin: member.uin, role: *role });
                 (member.room_key(), Some((*req, *conn)))
             }
+            PeerMsg::Act { req, member, conn, .. } => (member.room_key(), Some((*req, *conn))),
             PeerMsg::Host { req, request } => (request.room(), Some((*req, ConnId::NONE))),
             PeerMsg::Ended { member, .. } | PeerMsg::Adopted { member, .. } => (member.room_key(), None),
             _ => return Some(msg),
@@ -323,7 +331,7 @@ impl RoomNode {
             return None;
         }
         if let Some((req, conn)) = request
-            && self.answer_seen(from, room, req, conn)
+            && self.answer_seen(now, from, room, req, conn, viewer)
         {
             return None;
         }
@@ -331,7 +339,15 @@ impl RoomNode {
     }
 
     /// Answers a retried request from what it was answered before.
-    fn answer_seen(&mut self, from: NodeId, room: RoomKey, req: u64, conn: ConnId) -> bool {
+    fn answer_seen(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        room: RoomKey,
+        req: u64,
+        conn: ConnId,
+        viewer: Option<Actor>,
+    ) -> bool {
         let Some(r) = self.rooms.get(&room) else { return false };
         if r.awaiting.contains_key(&req) || r.held.iter().any(|(_, e)| effect_req(e) == Some(req)) {
             // Still being done: the answer will come.
@@ -340,7 +356,16 @@ impl RoomNode {
         }
         let Some(answer) = r.seen.answers.get(&req) else { return false };
         self.stats.deduplicated += 1;
-        let msg = answer.clone().unwrap_or(PeerMsg::Done { req, conn, reply: None });
+        let mut msg = answer.as_deref().cloned().unwrap_or(PeerMsg::Done { req, conn, reply: None });
+        // An entry is remembered without the state it was told (that copy
+        // of what is open, a kilobyte and more per member who entered,
+        // is not kept): a retry is told what is open and muted now, as a
+        // `state` request would be.
+        if let (PeerMsg::Entered { muted, self_muted, state, .. }, Some(viewer)) = (&mut msg, viewer) {
+            let open = r.classroom.as_ref().is_some_and(has_open_state);
+            (*muted, *self_muted) = (r.mute_all, r.muted.contains(&viewer.uin));
+            *state = if open || *muted || *self_muted { self.state_data(now, room, Some(viewer)) } else { None };
+        }
         self.send_peer(from, msg);
         true
     }
@@ -416,20 +441,14 @@ impl RoomNode {
         // flood it).
         let viewer = Actor { uin: member.uin, role };
         let state = if open || mute_all || self_muted { self.state_data(now, room, Some(viewer)) } else { None };
-        let entered = PeerMsg::Entered {
-            req,
-            conn,
-            subclass: joined.map(|s| s.0),
-            epoch,
-            head,
-            muted: mute_all,
-            self_muted,
-            state,
-        };
+        let subclass = joined.map(|s| s.0);
+        let entered = |state| PeerMsg::Entered { req, conn, subclass, epoch, head, muted: mute_all, self_muted, state };
         if let Some(r) = self.rooms.get_mut(&room) {
-            r.seen.insert(req, Some(entered.clone()));
+            // Remembered without the state: a retry is told what is open
+            // then (see `answer_seen`).
+            r.seen.insert(req, Some(entered(None)));
         }
-        self.send_peer(from, entered);
+        self.send_peer(from, entered(state));
         self.reschedule(now, room);
     }
 
@@ -1337,6 +1356,7 @@ impl RoomNode {
                 ready.push(effect);
             }
         }
+        room_core::shrink_when_empty(&mut r.held);
         for effect in ready {
             self.apply_effect(now, room, effect);
         }
