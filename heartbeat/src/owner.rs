@@ -1,9 +1,11 @@
 //! The heartbeat ownership of one node of a cluster whose membership comes
 //! from outside: [`SessionOwner`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
-use room_core::{ClusterView, ExitReason, MemberKey, NodeId, Router, RouterConfig, RouterError, Terminal, Timestamp};
+use room_core::{
+    ChurnMap, ClusterView, ExitReason, MemberKey, NodeId, Router, RouterConfig, RouterError, Terminal, Timestamp,
+};
 
 use crate::reverse::{
     NoAnswer, Probe, ProbeAnswer, ProbeId, ReverseCheck, ReverseCheckConfig, ReverseConfigError, ReverseError,
@@ -320,7 +322,7 @@ pub struct SessionOwner {
     /// for a held session), as given by the join or beat that made the
     /// session follow it. Entries go with their sessions; a prune keeps
     /// strays bounded.
-    admitted: HashMap<(MemberKey, Terminal), Timestamp>,
+    admitted: ChurnMap<(MemberKey, Terminal), Timestamp>,
     reverse: ReverseCheck,
     outputs: VecDeque<OwnerOutput>,
     stats: OwnerStats,
@@ -336,7 +338,7 @@ impl SessionOwner {
             router: None,
             cut_off: false,
             tracker: Tracker::new(config.tracker)?,
-            admitted: HashMap::new(),
+            admitted: ChurnMap::default(),
             reverse: ReverseCheck::new(config.reverse)?,
             outputs: VecDeque::new(),
             stats: OwnerStats::default(),

@@ -503,6 +503,13 @@ impl Room {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
+                if self.recs.len() == self.recs.capacity() {
+                    // A quarter more, not twice: a churning room's slab
+                    // keeps growing until its tombstones' window is full
+                    // (ten minutes), and doubling would leave up to half
+                    // of it idle for good.
+                    self.recs.reserve_exact((self.recs.len() / 4).max(16));
+                }
                 self.recs.push(Rec::default());
                 (self.recs.len() - 1) as u32
             }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use hashbrown::{HashMap, HashSet};
-use room_core::{Role, RoomKey, Timestamp, Uin};
+use room_core::{ChurnMap, Role, RoomKey, Timestamp, Uin};
 
 use crate::degrade::Level;
 use crate::envelope::Envelope;
@@ -179,7 +179,7 @@ struct GateRoom {
     epoch: u64,
     next_seq: u64,
     planner: SubclassPlanner,
-    members: HashMap<Uin, Role, ahash::RandomState>,
+    members: ChurnMap<Uin, Role, ahash::RandomState>,
     mute_all: bool,
     muted: HashSet<Uin, ahash::RandomState>,
     chat_tat: u64,
@@ -290,7 +290,7 @@ impl Gate {
                 epoch,
                 next_seq: 1,
                 planner,
-                members: HashMap::with_hasher(ahash::RandomState::new()),
+                members: ChurnMap::with_hasher(ahash::RandomState::new()),
                 mute_all: false,
                 muted: HashSet::with_hasher(ahash::RandomState::new()),
                 chat_tat: 0,

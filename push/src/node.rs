@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hashbrown::HashMap;
-use room_core::{Flag, Role, RoomKey, Terminal, Timestamp, Uin};
+use room_core::{ChurnMap, Flag, Role, RoomKey, Terminal, Timestamp, Uin};
 
 use crate::cache::{Inserted, ReliableCache, Shared};
 use crate::codec::{BinaryCodec, Codec, FrameHeader, FrameKind};
@@ -405,7 +405,7 @@ struct Room {
     by_terminal: [Vec<u32>; 7],
     by_subclass: Vec<Vec<u32>>,
     unassigned: Vec<u32>,
-    by_uin: HashMap<Uin, Vec<u32>, ahash::RandomState>,
+    by_uin: ChurnMap<Uin, Vec<u32>, ahash::RandomState>,
     chat: ChatBuffer,
     reaction_totals: BTreeMap<Kind, u64>,
     reactions_due: Option<Timestamp>,
@@ -578,7 +578,7 @@ impl PushNode {
                     by_terminal: Default::default(),
                     by_subclass: Vec::new(),
                     unassigned: Vec::new(),
-                    by_uin: HashMap::with_hasher(ahash::RandomState::new()),
+                    by_uin: ChurnMap::with_hasher(ahash::RandomState::new()),
                     chat: ChatBuffer::default(),
                     reaction_totals: BTreeMap::new(),
                     reactions_due: None,

@@ -15,8 +15,7 @@
 
 use std::collections::BTreeSet;
 
-use hashbrown::HashMap;
-use room_core::Uin;
+use room_core::{ChurnMap, Uin};
 
 use crate::message::SubclassId;
 
@@ -53,7 +52,7 @@ pub const MAX_SUBCLASSES: usize = u16::MAX as usize;
 #[derive(Debug, Clone)]
 pub struct SubclassPlanner {
     size: u32,
-    members: HashMap<Uin, (u16, u32), ahash::RandomState>,
+    members: ChurnMap<Uin, (u16, u32), ahash::RandomState>,
     groups: Vec<Vec<Uin>>,
     by_size: BTreeSet<(u32, u16)>,
 }
@@ -76,7 +75,7 @@ impl SubclassPlanner {
         }
         let mut planner = SubclassPlanner {
             size,
-            members: HashMap::with_hasher(ahash::RandomState::new()),
+            members: ChurnMap::with_hasher(ahash::RandomState::new()),
             groups: Vec::new(),
             by_size: BTreeSet::new(),
         };

@@ -833,6 +833,7 @@ impl RoomNode {
                 }
             }
         }
+        room_core::shrink_when_empty(&mut self.replies);
         self.push.flush(now, &mut Sink { sink, stalls: &mut stalls });
         for conn in stalls {
             if !self.stalled.contains_key(&conn) && self.conns.contains_key(&conn) {

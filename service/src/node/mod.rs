@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hashbrown::HashMap;
 use room_core::{
-    ClusterView, ConnId, MemberKey, NodeId, Role, RoomKey, Router, RouterConfig, Terminal, Timestamp, Uin,
+    ChurnMap, ClusterView, ConnId, MemberKey, NodeId, Role, RoomKey, Router, RouterConfig, Terminal, Timestamp, Uin,
 };
 use room_heartbeat::{OwnerConfig, SessionOwner, Timing, TrackerConfig};
 use room_memberlist::{Replica, ReplicaConfig};
@@ -580,10 +580,10 @@ pub struct RoomNode {
     previous_router: Option<Router>,
     // access
     push: PushNode,
-    conns: HashMap<ConnId, access::Conn, ahash::RandomState>,
+    conns: ChurnMap<ConnId, access::Conn, ahash::RandomState>,
     room_refs: HashMap<RoomKey, usize, ahash::RandomState>,
     parked: HashMap<RoomKey, access::Parked, ahash::RandomState>,
-    forwards: HashMap<u64, access::Forward, ahash::RandomState>,
+    forwards: ChurnMap<u64, access::Forward, ahash::RandomState>,
     forward_deadlines: Deadlines<u64>,
     /// Messages to peers sent again until acknowledged.
     deliveries: HashMap<u64, host::Delivery, ahash::RandomState>,
@@ -673,10 +673,10 @@ impl RoomNode {
             router: None,
             previous_router: None,
             push,
-            conns: HashMap::with_hasher(ahash::RandomState::new()),
+            conns: ChurnMap::with_hasher(ahash::RandomState::new()),
             room_refs: HashMap::with_hasher(ahash::RandomState::new()),
             parked: HashMap::with_hasher(ahash::RandomState::new()),
-            forwards: HashMap::with_hasher(ahash::RandomState::new()),
+            forwards: ChurnMap::with_hasher(ahash::RandomState::new()),
             forward_deadlines: Deadlines::default(),
             deliveries: HashMap::with_hasher(ahash::RandomState::new()),
             delivery_deadlines: Deadlines::default(),
@@ -790,7 +790,13 @@ impl RoomNode {
     /// The next thing for the driver to do.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let output = self.outputs.pop_front();
+        if output.is_none() {
+            // Drained: what a burst (a card's answers) grew goes back.
+            room_core::shrink_when_empty(&mut self.outputs);
+            self.forwards.shrink_when_empty();
+        }
+        output
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next run.
@@ -998,6 +1004,7 @@ impl RoomNode {
             let me = self.me;
             self.dispatch(now, me, msg);
         }
+        room_core::shrink_when_empty(&mut self.loopback);
         self.drain_gate(now);
     }
 
