@@ -8,7 +8,8 @@
 #
 # Environment: SIZES (client counts, default "2000 8000 18000"), SECONDS
 # (the measured window of each run, default 20; BENCH_SECONDS is the same),
-# SERVERS (default "roomkit socketioxide socketio-node"), BASE_PORT (default
+# SERVERS (default "roomkit socketioxide socketio-node"; "roomkit-shards" is
+# the classroom server with SHARDS nodes in its process, default 2), BASE_PORT (default
 # 18092: roomkit on it, socketioxide on +1, node on +2), OUT (where the logs
 # go, default a new folder under /tmp), SKIP_BUILD=1 to use what is built.
 #
@@ -51,6 +52,7 @@ peer="$peer_target/release/socketioxide-classroom"
 start_server() {
   case $1 in
     roomkit) ROOMKIT_ADDR="127.0.0.1:$2" RUST_LOG=warn "$classroom" >"$3" 2>&1 & ;;
+    roomkit-shards) ROOMKIT_SHARDS=${SHARDS:-2} ROOMKIT_ADDR="127.0.0.1:$2" RUST_LOG=warn "$classroom" >"$3" 2>&1 & ;;
     socketioxide) "$peer" --port "$2" >"$3" 2>&1 & ;;
     socketio-node) node "$root/peers/socketio-node/server.js" --port "$2" >"$3" 2>&1 & ;;
     *)
@@ -62,7 +64,7 @@ start_server() {
 }
 
 protocol_of() {
-  if [[ $1 == roomkit ]]; then echo roomkit; else echo socketio; fi
+  if [[ $1 == roomkit* ]]; then echo roomkit; else echo socketio; fi
 }
 
 # Waits until something accepts on port $1 while pid $2 lives (30 s at most).
@@ -99,6 +101,7 @@ for n in $sizes; do
     case $server in
       roomkit) port=$base_port ;;
       socketioxide) port=$((base_port + 1)) ;;
+      roomkit-shards) port=$((base_port + 3)) ;;
       *) port=$((base_port + 2)) ;;
     esac
     log="$out/$server-$n"

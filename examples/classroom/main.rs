@@ -5,7 +5,8 @@
 //! http://127.0.0.1:8080 (a teacher: http://127.0.0.1:8080/?role=teacher&uin=1).
 //!
 //! Options (environment): `ROOMKIT_ADDR` (default 127.0.0.1:8080),
-//! `ROOMKIT_HEARTBEAT_SECS` (default 20), `RUST_LOG` (default info), and
+//! `ROOMKIT_HEARTBEAT_SECS` (default 20), `ROOMKIT_SHARDS` (nodes of the
+//! process, each under its own lock; default 1), `RUST_LOG` (default info), and
 //! `ROOMKIT_API_KEY`: the bearer key of the host API for a business
 //! backend (`/api/v1`, docs/HOST_API.md); unset, the API is off.
 //!
@@ -26,8 +27,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let heartbeat = std::env::var("ROOMKIT_HEARTBEAT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     let api_key = std::env::var("ROOMKIT_API_KEY").ok().filter(|k| !k.is_empty());
+    let shards = std::env::var("ROOMKIT_SHARDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1usize).clamp(1, 64);
     let api_on = api_key.is_some();
-    let config = ClassroomConfig { heartbeat: Duration::from_secs(heartbeat), api_key, ..ClassroomConfig::default() };
+    let config =
+        ClassroomConfig { heartbeat: Duration::from_secs(heartbeat), api_key, shards, ..ClassroomConfig::default() };
     let running = serve(listener, config).await?;
     tracing::info!("classroom at http://{} (teacher view: http://{}/?role=teacher&uin=1)", running.addr, running.addr);
     if api_on {

@@ -23,6 +23,9 @@
 //! their own members; they count every teacher message they see);
 //! `examples/cluster/big-class.sh` runs it.
 //!
+//! `--shards N` runs the service (in process, or the server this process
+//! starts) as N nodes of the process, each under its own lock.
+//!
 //! `--protocol socketio` (with `--ws N --server HOST:PORT`) drives a
 //! Socket.IO server with the same workload instead (`socketio.rs`; the
 //! peers of issue 17 in `peers/`). `--server-pid PID` reports the server
@@ -67,6 +70,9 @@ struct Args {
     /// Websocket mode: the first client's number (uin - 1), so that
     /// several processes fill one class without sharing members.
     first: u64,
+    /// Nodes of the service's process (in process, or the server this
+    /// process starts): `ServiceConfig::shards`.
+    shards: usize,
 }
 
 /// What the websocket mode's clients speak.
@@ -99,6 +105,7 @@ fn args() -> Args {
         server_pid: None,
         listen: false,
         first: 0,
+        shards: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -120,6 +127,7 @@ fn args() -> Args {
             "--server-pid" => a.server_pid = Some(value().parse().expect("--server-pid PID")),
             "--listen" => a.listen = true,
             "--first" => a.first = value().parse().expect("--first N"),
+            "--shards" => a.shards = value().parse::<usize>().expect("--shards N").max(1),
             other => panic!("unknown option {other} (see the file's header)"),
         }
     }
@@ -134,6 +142,9 @@ fn micros_now() -> u64 {
 #[derive(Default)]
 struct Latencies {
     by_class: HashMap<&'static str, Vec<u64>>,
+    /// Per teacher message (by its send time): when its last recipient
+    /// read it.
+    teacher_last: HashMap<u64, u64>,
 }
 
 impl Latencies {
@@ -154,6 +165,10 @@ impl Latencies {
             let end = rest.find('"').unwrap_or(0);
             if let Ok(sent) = rest[..end].parse::<u64>() {
                 self.by_class.entry(class).or_default().push(now.saturating_sub(sent));
+                if class == "teacher" {
+                    let last = self.teacher_last.entry(sent).or_default();
+                    *last = (*last).max(now.saturating_sub(sent));
+                }
             }
         }
         if class == "signal"
@@ -175,6 +190,18 @@ impl Latencies {
     }
 
     fn report(&mut self) {
+        let mut last: Vec<u64> = self.teacher_last.values().copied().collect();
+        if !last.is_empty() {
+            last.sort_unstable();
+            let p = |q: f64| last[((last.len() as f64 * q) as usize).min(last.len() - 1)] as f64 / 1_000.0;
+            println!(
+                "  teacher message to the last member reading it (bounds publish to the last queue): \
+                 {} messages  p50 {:>8.2} ms  p99 {:>8.2} ms",
+                last.len(),
+                p(0.5),
+                p(0.99)
+            );
+        }
         for class in ["signal", "teacher", "chat"] {
             let Some(v) = self.by_class.get_mut(class) else {
                 println!("  {class:8} no samples");
@@ -199,11 +226,17 @@ fn net_bytes(region: &Region<'_, System>) -> f64 {
 }
 
 fn in_process(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // One node runs on one thread; shards get a thread each.
+    let runtime = if a.shards > 1 {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    };
     runtime.block_on(async {
         let keys = KeyRing::new("load", random_key())?;
         let mut config = ServiceConfig::new(keys.clone());
         config.node.expected_learners = a.members;
+        config.shards = a.shards;
         let service = RoomService::start(config).await?;
         let room = RoomKey::new(DEMO_BID, RoomId(ROOM_ID));
         let tickets: Vec<String> = (0..a.members as u64)
@@ -336,7 +369,7 @@ fn in_process(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
             s.push.frames_sent, s.push.chat_shed, s.push.chat_sampled_out, s.push.resyncs
         );
         println!("the sender's call (parse, quota, forwarding to the room's owner; numbering and fan-out follow):");
-        let mut publish_lat = Latencies { by_class: publish };
+        let mut publish_lat = Latencies { by_class: publish, ..Latencies::default() };
         publish_lat.report();
         println!("publish to the client reading it (chat includes its merge window):");
         lat.report();
@@ -370,7 +403,8 @@ fn over_websockets(a: &Args, clients: usize) -> Result<(), Box<dyn std::error::E
             None if a.protocol != Protocol::Roomkit => return Err("--protocol socketio needs --server".into()),
             None => {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                let config = ClassroomConfig { expected_learners: clients, ..ClassroomConfig::default() };
+                let config =
+                    ClassroomConfig { expected_learners: clients, shards: a.shards, ..ClassroomConfig::default() };
                 let running = serve(listener, config).await?;
                 (vec![running.addr.to_string()], Some(running.keys))
             }

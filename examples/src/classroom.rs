@@ -27,11 +27,20 @@ pub struct ClassroomConfig {
     /// The bearer key of the host API (`/api/v1`, docs/HOST_API.md);
     /// `None` leaves the API off.
     pub api_key: Option<String>,
+    /// Nodes of the process, each under its own lock (see
+    /// `roomkit::service::ServiceConfig::shards`).
+    pub shards: usize,
 }
 
 impl Default for ClassroomConfig {
     fn default() -> Self {
-        ClassroomConfig { heartbeat: Duration::from_secs(20), key: random_key(), expected_learners: 0, api_key: None }
+        ClassroomConfig {
+            heartbeat: Duration::from_secs(20),
+            key: random_key(),
+            expected_learners: 0,
+            api_key: None,
+            shards: 1,
+        }
     }
 }
 
@@ -66,6 +75,7 @@ pub async fn serve(listener: TcpListener, config: ClassroomConfig) -> Result<Run
     let mut service_config = ServiceConfig::new(keys.clone());
     service_config.node.heartbeat = config.heartbeat;
     service_config.node.expected_learners = config.expected_learners;
+    service_config.shards = config.shards;
     let service = RoomService::start(service_config).await?;
     let keys = Arc::new(keys);
     let options = crate::edge::EdgeOptions { api_key: config.api_key, ..Default::default() };

@@ -235,6 +235,53 @@ pub struct NodeStats {
     pub frames_by_class: [u64; 4],
 }
 
+impl NodeStats {
+    /// Adds `other`'s counters to these (the nodes of one process).
+    pub fn absorb(&mut self, other: &NodeStats) {
+        // Destructured: a counter added later must be summed here too.
+        let NodeStats {
+            connections,
+            rooms,
+            queued_frames,
+            frames_sent,
+            envelopes,
+            duplicates,
+            sequence_gaps,
+            stale_epoch,
+            reactions_dropped,
+            chat_shed,
+            chat_sampled_out,
+            resyncs,
+            disconnects,
+            checks_answered,
+            resets,
+            envelopes_by_class,
+            frames_by_class,
+        } = *other;
+        self.connections += connections;
+        self.rooms += rooms;
+        self.queued_frames += queued_frames;
+        self.frames_sent += frames_sent;
+        self.envelopes += envelopes;
+        self.duplicates += duplicates;
+        self.sequence_gaps += sequence_gaps;
+        self.stale_epoch += stale_epoch;
+        self.reactions_dropped += reactions_dropped;
+        self.chat_shed += chat_shed;
+        self.chat_sampled_out += chat_sampled_out;
+        self.resyncs += resyncs;
+        self.disconnects += disconnects;
+        self.checks_answered += checks_answered;
+        self.resets += resets;
+        for (sum, n) in self.envelopes_by_class.iter_mut().zip(envelopes_by_class) {
+            *sum += n;
+        }
+        for (sum, n) in self.frames_by_class.iter_mut().zip(frames_by_class) {
+            *sum += n;
+        }
+    }
+}
+
 /// Why a node refused an input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -37,6 +37,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A process that serves many classes runs its in-memory service as
+//! several shards ([`ServiceConfig::shards`]): nodes of one process, each
+//! under its own lock, with one [`RoomService`] handle speaking for all.
+//!
 //! With the `metrics` feature the service records its metrics through the
 //! `metrics` facade (every metric is listed in [`telemetry::METRICS`]): install a
 //! recorder before starting it.
@@ -103,12 +107,29 @@ pub struct ServiceConfig {
     /// that falls further behind is told how many it missed
     /// ([`Lagged`]), and memory stays bounded.
     pub events: usize,
+    /// Nodes of this process (with [`RoomService::start`], the in-memory
+    /// service): each holds its own rooms under its own lock, so rooms on
+    /// two shards never wait on each other and the process uses as many
+    /// cores. They are a cluster of `shards` in memory: node ids
+    /// `node.node` and the ones after it. 1 (the default) is one node.
+    pub shards: usize,
+    /// With several shards, a room's members enter on the shard that owns
+    /// the room until it holds this many of them; the rest spread over
+    /// every shard by member, so a large class is pushed to by every core.
+    pub spread_above: usize,
 }
 
 impl ServiceConfig {
     /// Defaults around `keys`: node 1, 20 s heartbeats, 3 misses.
     pub fn new(keys: KeyRing) -> Self {
-        ServiceConfig { keys, node: RoomNodeConfig::new(NodeId(1)), outbound: 512, events: 65_536 }
+        ServiceConfig {
+            keys,
+            node: RoomNodeConfig::new(NodeId(1)),
+            outbound: 512,
+            events: 65_536,
+            shards: 1,
+            spread_above: 1_000,
+        }
     }
 }
 
@@ -122,6 +143,10 @@ pub enum StartError {
     /// A transport could not subscribe.
     #[error("a transport refused: {0}")]
     Transport(String),
+    /// Several shards run over in-memory transports only
+    /// ([`RoomService::start`]); a cluster runs more processes instead.
+    #[error("{0} shards need the in-memory service (RoomService::start); a cluster node is one shard")]
+    Shards(usize),
 }
 
 /// Why a connection could not enter. Nothing was entered.
@@ -158,10 +183,13 @@ pub struct Connection {
     pub outbound: OutboundFrames,
 }
 
-/// The room events a node tells ([`RoomService::events`]).
+/// The room events a node tells ([`RoomService::events`]); with several
+/// shards, every shard's, each room's in order.
 #[derive(Debug)]
 pub struct Events {
-    rx: broadcast::Receiver<RoomEvent>,
+    rx: Vec<broadcast::Receiver<RoomEvent>>,
+    /// The shard read first next time (none waits behind a busy one).
+    next: usize,
 }
 
 /// The reader fell behind and events were dropped (the oldest first):
@@ -177,20 +205,42 @@ impl Events {
     /// The next event, [`Lagged`] after a gap; `None` once the service
     /// is gone.
     pub async fn next(&mut self) -> Option<Result<RoomEvent, Lagged>> {
-        match self.rx.recv().await {
-            Ok(event) => Some(Ok(event)),
-            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Err(Lagged { missed })),
-            Err(broadcast::error::RecvError::Closed) => None,
+        loop {
+            if let Some(ready) = self.try_next() {
+                return Some(ready);
+            }
+            if self.rx.is_empty() {
+                return None;
+            }
+            // Nothing waiting: the first shard to tell something. A
+            // receiver's `recv` is cancel-safe, so the others lose nothing.
+            let waits = self.rx.iter_mut().map(|rx| Box::pin(rx.recv()));
+            let (got, shard, _) = futures::future::select_all(waits).await;
+            match got {
+                Ok(event) => return Some(Ok(event)),
+                Err(broadcast::error::RecvError::Lagged(missed)) => return Some(Err(Lagged { missed })),
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.rx.swap_remove(shard);
+                }
+            }
         }
     }
 
     /// The next event if one is waiting (no wait).
     pub fn try_next(&mut self) -> Option<Result<RoomEvent, Lagged>> {
-        match self.rx.try_recv() {
-            Ok(event) => Some(Ok(event)),
-            Err(broadcast::error::TryRecvError::Lagged(missed)) => Some(Err(Lagged { missed })),
-            Err(_) => None,
+        let n = self.rx.len();
+        for k in 0..n {
+            let shard = (self.next + k) % n;
+            match self.rx[shard].try_recv() {
+                Ok(event) => {
+                    self.next = shard + 1;
+                    return Some(Ok(event));
+                }
+                Err(broadcast::error::TryRecvError::Lagged(missed)) => return Some(Err(Lagged { missed })),
+                Err(_) => {}
+            }
         }
+        None
     }
 }
 
@@ -323,7 +373,21 @@ struct Inner {
 /// ```
 #[derive(Clone)]
 pub struct RoomService {
+    /// This node (the first shard, with several).
     inner: Arc<Inner>,
+    /// Every shard of the process, when there are several.
+    shards: Option<Arc<Shards>>,
+}
+
+/// The shards of one process: nodes of a cluster in memory.
+struct Shards {
+    /// Each a one-node handle; their node ids follow each other.
+    nodes: Box<[RoomService]>,
+    /// The first shard's node id.
+    first: u64,
+    /// Rooms to the shards that own them, as the nodes route them.
+    router: room_core::Router,
+    spread_above: usize,
 }
 
 impl std::fmt::Debug for RoomService {
@@ -361,14 +425,122 @@ fn started() -> Started {
 impl RoomService {
     /// Starts a cluster of one, in this process's memory: what the
     /// quickstart runs. Needs a tokio runtime.
-    pub async fn start(config: ServiceConfig) -> Result<RoomService, StartError> {
-        let node = config.node.node;
-        Self::start_with(config, Transports::in_memory(node)).await
+    ///
+    /// With [`ServiceConfig::shards`] above 1, the process runs that many
+    /// nodes, a cluster in memory (see [`ServiceConfig::shards`]); this
+    /// handle speaks for all of them: a connection enters on the shard
+    /// its room's members go to, and every call about it goes there.
+    pub async fn start(mut config: ServiceConfig) -> Result<RoomService, StartError> {
+        let first = config.node.node;
+        let count = config.shards.max(1);
+        if count == 1 {
+            config.shards = 1;
+            return Self::start_with(config, Transports::in_memory(first)).await;
+        }
+        let ids: Vec<NodeId> = (0..count as u64).map(|i| NodeId(first.0 + i)).collect();
+        let membership = room_service::transport::FixedMembership::new(ids.iter().copied());
+        let transports = Transports {
+            peers: Arc::new(room_service::transport::InMemoryPeers::default()),
+            membership: Arc::new(membership),
+            ..Transports::in_memory(first)
+        };
+        // Routed as the nodes route: the view's nodes, each of weight 100.
+        let router = room_core::Router::with_nodes(config.node.router, ids.iter().map(|id| (*id, 100)))
+            .map_err(|e| StartError::Config(room_service::ConfigError(e.to_string())))?;
+        if config.node.incarnation == 0 {
+            config.node.incarnation = now().as_micros();
+        }
+        let mut nodes = Vec::with_capacity(count);
+        for id in ids {
+            let mut shard = config.clone();
+            shard.shards = 1;
+            shard.node.node = id;
+            // Shards of one process fail together: a copy of a room's
+            // member list on another shard would protect nothing.
+            shard.node.replicas = 1;
+            match Self::start_with(shard, transports.clone()).await {
+                Ok(node) => nodes.push(node),
+                Err(e) => {
+                    for node in &nodes {
+                        node.kill();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let shards = Shards { nodes: nodes.into(), first: first.0, router, spread_above: config.spread_above };
+        Ok(RoomService { inner: shards.nodes[0].inner.clone(), shards: Some(Arc::new(shards)) })
+    }
+
+    /// The one-node handles this service speaks for (itself, unless it
+    /// runs several shards).
+    fn nodes(&self) -> &[RoomService] {
+        match &self.shards {
+            Some(shards) => &shards.nodes,
+            None => std::slice::from_ref(self),
+        }
+    }
+
+    /// The node that holds `conn`.
+    fn node_of(&self, conn: ConnId) -> &RoomService {
+        match &self.shards {
+            // A connection's id carries its node's id (the tag).
+            Some(s) => usize::try_from(u64::from(conn.tag()).wrapping_sub(s.first))
+                .ok()
+                .and_then(|i| s.nodes.get(i))
+                .unwrap_or(&s.nodes[0]),
+            None => self,
+        }
+    }
+
+    /// The node that owns `room`.
+    fn node_for_room(&self, room: RoomKey) -> &RoomService {
+        match &self.shards {
+            Some(s) => s
+                .router
+                .route(&room)
+                .ok()
+                .and_then(|id| usize::try_from(id.0.wrapping_sub(s.first)).ok())
+                .and_then(|i| s.nodes.get(i))
+                .unwrap_or(&s.nodes[0]),
+            None => self,
+        }
+    }
+
+    /// The node `uin` enters `room` on: the room's owner until it holds
+    /// [`ServiceConfig::spread_above`] of the room's connections, then any
+    /// shard, by member.
+    fn place(&self, room: RoomKey, uin: room_core::Uin) -> &RoomService {
+        let Some(s) = &self.shards else { return self };
+        let home = self.node_for_room(room);
+        if home.inner.core.lock().room_connections(room) < s.spread_above {
+            return home;
+        }
+        let mut key = [0u8; 24];
+        key[..8].copy_from_slice(&u64::from(room.bid.0).to_le_bytes());
+        key[8..16].copy_from_slice(&room.room.0.to_le_bytes());
+        key[16..].copy_from_slice(&uin.0.to_le_bytes());
+        let i = room_core::stable_hash(&key) % s.nodes.len() as u64;
+        &s.nodes[i as usize]
+    }
+
+    /// How many shards (nodes) this process runs: see
+    /// [`ServiceConfig::shards`].
+    pub fn shard_count(&self) -> usize {
+        self.nodes().len()
+    }
+
+    /// Reads every shard's node (tests, health endpoints), in node order.
+    pub fn inspect_shards<T>(&self, mut f: impl FnMut(&RoomNode) -> T) -> Vec<T> {
+        self.nodes().iter().map(|n| f(&n.inner.core.lock())).collect()
     }
 
     /// Starts a node over `transports` (a cluster's engines, or in-memory
     /// ones shared by several nodes of one process). Needs a tokio runtime.
     pub async fn start_with(mut config: ServiceConfig, transports: Transports) -> Result<RoomService, StartError> {
+        if config.shards > 1 {
+            return Err(StartError::Shards(config.shards));
+        }
         if config.node.incarnation == 0 {
             config.node.incarnation = now().as_micros();
         }
@@ -411,7 +583,7 @@ impl RoomService {
             #[cfg(feature = "metrics")]
             cache_timeout,
         });
-        let service = RoomService { inner };
+        let service = RoomService { inner, shards: None };
         #[allow(unused_mut)]
         let mut tasks = vec![
             tokio::spawn(service.clone().carry_out(rx, transports.clone())),
@@ -427,20 +599,28 @@ impl RoomService {
         Ok(service)
     }
 
-    /// This node.
+    /// This node (the first shard's, with several).
     pub fn id(&self) -> NodeId {
         self.inner.core.lock().id()
     }
 
-    /// Counters.
+    /// Counters (every shard's, summed).
     pub fn stats(&self) -> NodeStats {
-        self.inner.core.lock().stats()
+        let mut stats = NodeStats::default();
+        for node in self.nodes() {
+            stats.absorb(&node.inner.core.lock().stats());
+        }
+        stats
     }
 
-    /// The rooms this node owns, by member count (a walk over them: once
-    /// in a while, not per request).
+    /// The rooms this node owns (every shard's), by member count (a walk
+    /// over them: once in a while, not per request).
     pub fn room_sizes(&self) -> RoomSizes {
-        self.inner.core.lock().room_sizes()
+        let mut sizes = RoomSizes::default();
+        for node in self.nodes() {
+            sizes.absorb(&node.inner.core.lock().room_sizes());
+        }
+        sizes
     }
 
     /// Copies the node's counters ([`stats`](Self::stats),
@@ -451,11 +631,13 @@ impl RoomService {
     #[cfg(feature = "metrics")]
     #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn record_metrics(&self) {
-        let (stats, sizes) = {
-            let core = self.inner.core.lock();
-            (core.stats(), core.room_sizes())
-        };
-        telemetry::record(&self.inner.node_label, &stats, &sizes);
+        for node in self.nodes() {
+            let (stats, sizes) = {
+                let core = node.inner.core.lock();
+                (core.stats(), core.room_sizes())
+            };
+            telemetry::record(&node.inner.node_label, &stats, &sizes);
+        }
     }
 
     /// Samples the node's counters into metrics every
@@ -482,7 +664,8 @@ impl RoomService {
         self.inner.core.lock().view()
     }
 
-    /// Reads the node's state (tests, health endpoints).
+    /// Reads the node's state (tests, health endpoints); the first
+    /// shard's, with several (see [`inspect_shards`](Self::inspect_shards)).
     pub fn inspect<T>(&self, f: impl FnOnce(&RoomNode) -> T) -> T {
         f(&self.inner.core.lock())
     }
@@ -532,6 +715,7 @@ impl RoomService {
     /// Lets `ticket` into `room`: verified here, then admitted by the
     /// room's owner. See [`Connection`].
     pub fn connect(&self, room: RoomKey, ticket: &str) -> Result<Connection, EntryError> {
+        // Verified before any node is touched.
         let verified = match self.inner.keys.verify_full(ticket, room, unix_secs()) {
             Ok(v) => v,
             Err(e) => {
@@ -546,6 +730,11 @@ impl RoomService {
                 return Err(e.into());
             }
         };
+        self.place(room, verified.ticket.uin).enter(room, verified)
+    }
+
+    /// Enters a connection with a verified ticket on this node.
+    fn enter(&self, room: RoomKey, verified: crate::ticket::Verified) -> Result<Connection, EntryError> {
         let (tx, rx) = outbox(self.inner.outbound);
         let ticket = verified.ticket;
         let stamp = TicketStamp { id: verified.id.0, issued_at: verified.issued_at.unwrap_or(0) };
@@ -578,31 +767,32 @@ impl RoomService {
     /// One text frame from the client. Refusals also reach the client as
     /// an error frame.
     pub fn handle_text(&self, conn: ConnId, text: &str) -> Result<(), FrameError> {
-        self.with_core(|core, t| core.handle_text(t, conn, text))
+        self.node_of(conn).with_core(|core, t| core.handle_text(t, conn, text))
     }
 
     /// One parsed message from the client (hosts with their own codec).
     pub fn handle(&self, conn: ConnId, msg: room_service::wire::ClientMsg) -> Result<(), FrameError> {
-        self.with_core(|core, t| core.handle_client(t, conn, msg))
+        self.node_of(conn).with_core(|core, t| core.handle_client(t, conn, msg))
     }
 
     /// The client said goodbye (the member leaves now, on this terminal);
     /// the connection's stream ends with [`CloseReason::Left`]. A client
     /// speaking the JSON protocol says it with `{"t":"leave"}` instead.
     pub fn leave(&self, conn: ConnId) {
-        self.with_core(|core, t| core.leave(t, conn));
+        self.node_of(conn).with_core(|core, t| core.leave(t, conn));
     }
 
     /// The client's socket closed. Its member keeps its place until the
     /// heartbeat timeout, so a reconnect inside it resumes (the others see
     /// no leave and enter); see [`RoomService::leave`].
     pub fn disconnect(&self, conn: ConnId) {
+        let node = self.node_of(conn);
         {
-            let mut writers = self.inner.writers.lock();
+            let mut writers = node.inner.writers.lock();
             writers.channels.remove(&conn);
             writers.blocked.remove(&conn);
         }
-        self.with_core(|core, t| core.disconnect(t, conn));
+        node.with_core(|core, t| core.disconnect(t, conn));
     }
 
     /// What happens in the rooms this node owns, from now on: entries,
@@ -625,24 +815,26 @@ impl RoomService {
     /// # }
     /// ```
     pub fn events(&self) -> Events {
-        Events { rx: self.inner.events.subscribe() }
+        Events { rx: self.nodes().iter().map(|n| n.inner.events.subscribe()).collect(), next: 0 }
     }
 
     /// A host's request, on whichever node the room is owned by; see
     /// [`HostRequest`] and the helpers below.
     pub async fn host(&self, request: HostRequest) -> Result<HostAnswer, HostError> {
+        // Asked of the room's owner, where there is a choice: no hop.
+        let node = self.node_for_room(request.room());
         let (tx, rx) = oneshot::channel();
         {
-            let mut core = self.inner.core.lock();
+            let mut core = node.inner.core.lock();
             let began = started();
             let t = now();
             let id = core.host(t, request);
             if let Ok(id) = id {
                 // In place before the answer can be pumped out.
-                self.inner.host_waiters.lock().insert(id, tx);
+                node.inner.host_waiters.lock().insert(id, tx);
             }
-            self.pump(&mut core, t);
-            self.turn_done(began);
+            node.pump(&mut core, t);
+            node.turn_done(began);
             id?;
         }
         // A service killed meanwhile drops the waiter: no owner answered.
@@ -750,20 +942,24 @@ impl RoomService {
 
     /// Runs the node's due timers now (tests, or hosts with their own loop).
     pub fn tick(&self) {
-        self.with_core(|core, t| core.handle_timeout(t));
+        for node in self.nodes() {
+            node.with_core(|core, t| core.handle_timeout(t));
+        }
     }
 
     /// Stops the service as a crash would: no goodbye to the cluster, every
     /// connection dropped, every task stopped, its transports let go.
     pub fn kill(&self) {
-        for task in self.inner.tasks.lock().drain(..) {
-            task.abort();
+        for node in self.nodes() {
+            for task in node.inner.tasks.lock().drain(..) {
+                task.abort();
+            }
+            node.inner.transports.lock().take();
+            let mut writers = node.inner.writers.lock();
+            writers.channels.clear();
+            writers.blocked.clear();
+            tracing::warn!(node = %node.id(), "room service killed");
         }
-        self.inner.transports.lock().take();
-        let mut writers = self.inner.writers.lock();
-        writers.channels.clear();
-        writers.blocked.clear();
-        tracing::warn!(node = %self.id(), "room service killed");
     }
 
     /// Carries out the node's outputs, in order. Cache and limiter requests

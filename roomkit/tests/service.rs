@@ -406,3 +406,77 @@ async fn a_host_that_does_not_read_its_events_is_told_it_lagged() {
     assert!(got.windows(2).all(|w| w[1].seq == w[0].seq + 1), "the newest, in order");
     assert!(matches!(got.last().map(|e| &e.what), Some(EventKind::Left { .. })));
 }
+
+/// Shards: the in-memory service as nodes of one process, each under its
+/// own lock. A small room's members all enter on its owner's shard; past
+/// `spread_above` they spread over every shard, and the class stays one:
+/// every member hears the teacher, every answer is counted once, the host
+/// and the events see the whole room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_service_runs_one_class_across_its_shards() {
+    use roomkit::host::EventKind;
+    let mut config = ServiceConfig::new(keys());
+    config.shards = 3;
+    config.spread_above = 4;
+    let svc = RoomService::start(config).await.expect("starts");
+    assert_eq!(svc.shard_count(), 3);
+    let mut events = svc.events();
+    let (mut teacher, _) = join(&svc, 1, Role::Teacher).await;
+    let mut students = Vec::new();
+    for uin in 100..130 {
+        students.push(join(&svc, uin, Role::Student).await.0);
+    }
+    // The first four (the teacher and three students) on the owner's
+    // shard; the rest spread, so every shard holds some of the class.
+    let held = svc.inspect_shards(|n| n.room_connections(ROOM));
+    assert_eq!(held.iter().sum::<usize>(), 31, "{held:?}");
+    assert!(held.iter().all(|&n| n > 0), "every shard holds members: {held:?}");
+    let owners = svc.inspect_shards(|n| n.room_owner(ROOM));
+    assert!(owners.windows(2).all(|w| w[0] == w[1] && w[0].is_some()), "one owner for all: {owners:?}");
+    let shard_ids = svc.inspect_shards(|n| n.id());
+    let owner_shard = shard_ids.iter().position(|id| Some(*id) == owners[0]).expect("an owner among the shards");
+    let tag = |c: &Connection| u64::from(c.id.tag());
+    assert_eq!(tag(&teacher), shard_ids[owner_shard].0, "a small room enters on its owner's shard");
+
+    svc.handle_text(teacher.id, r#"{"t":"card_open","options":3}"#).expect("opens");
+    svc.handle_text(teacher.id, r#"{"t":"say","text":"every shard"}"#).expect("says");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for s in &students {
+        svc.handle_text(s.id, r#"{"t":"card_answer","option":2}"#).expect("answers");
+    }
+    for s in &mut students {
+        let frames = drain(s).await;
+        assert!(pushed(&frames, 2).iter().any(|d| d["text"] == "every shard"), "{frames:?}");
+        assert!(pushed(&frames, 6).iter().any(|d| d["op"] == "open"), "{frames:?}");
+        assert!(frames.iter().any(|f| f["t"] == "answered"), "{frames:?}");
+    }
+    let tally = svc.inspect_shards(|n| n.classroom(ROOM).and_then(|c| c.open_card_view()).map(|c| c.answered));
+    assert_eq!(tally.into_iter().flatten().collect::<Vec<_>>(), [30], "counted once, by the owner");
+
+    // The host, from the service: the whole room.
+    assert_eq!(svc.counts(ROOM).await.expect("answered").total(), 31);
+    assert_eq!(svc.stats().connections, 31, "stats sum the shards");
+    // The events: every entry, once.
+    let mut entered = std::collections::BTreeSet::new();
+    while let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_millis(300), events.next()).await {
+        if let EventKind::Entered { uin, .. } = e.what {
+            assert!(entered.insert(uin.0), "told once: {uin:?}");
+        }
+    }
+    assert_eq!(entered.len(), 31, "{entered:?}");
+    // A member on another shard leaves: the room hears it.
+    let gone = students.pop().expect("a student");
+    svc.leave(gone.id);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(svc.counts(ROOM).await.expect("answered").total(), 30);
+    drain(&mut teacher).await;
+}
+
+/// Shards run over in-memory transports only: a cluster node is one.
+#[tokio::test]
+async fn shards_are_refused_over_a_clusters_transports() {
+    let mut config = ServiceConfig::new(keys());
+    config.shards = 2;
+    let refused = RoomService::start_with(config, Transports::in_memory(NodeId(1))).await;
+    assert!(matches!(refused, Err(roomkit::service::StartError::Shards(2))), "{refused:?}");
+}

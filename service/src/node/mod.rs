@@ -466,6 +466,57 @@ pub struct NodeStats {
     pub push: room_push::NodeStats,
 }
 
+impl NodeStats {
+    /// Adds `other`'s counters to these (the nodes of one process).
+    pub fn absorb(&mut self, other: &NodeStats) {
+        // Destructured: a counter added later must be summed here too.
+        let NodeStats {
+            connections,
+            sessions,
+            rooms,
+            refused_entries,
+            refused_frames,
+            refused_by_owner,
+            rate_limited,
+            timed_out,
+            adopted,
+            forward_retries,
+            forward_failures,
+            refilled,
+            recovered_from_shared,
+            restored,
+            saves,
+            unsaved,
+            fenced,
+            deduplicated,
+            garbage,
+            replies_dropped,
+            push,
+        } = *other;
+        self.connections += connections;
+        self.sessions += sessions;
+        self.rooms += rooms;
+        self.refused_entries += refused_entries;
+        self.refused_frames += refused_frames;
+        self.refused_by_owner += refused_by_owner;
+        self.rate_limited += rate_limited;
+        self.timed_out += timed_out;
+        self.adopted += adopted;
+        self.forward_retries += forward_retries;
+        self.forward_failures += forward_failures;
+        self.refilled += refilled;
+        self.recovered_from_shared += recovered_from_shared;
+        self.restored += restored;
+        self.saves += saves;
+        self.unsaved += unsaved;
+        self.fenced += fenced;
+        self.deduplicated += deduplicated;
+        self.garbage += garbage;
+        self.replies_dropped += replies_dropped;
+        self.push.absorb(&push);
+    }
+}
+
 /// The rooms a node owns, by how many members each has
 /// ([`RoomNode::room_sizes`]): a bounded set of buckets for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -492,6 +543,16 @@ impl RoomSizes {
             101..=1_000 => 3,
             1_001..=10_000 => 4,
             _ => 5,
+        }
+    }
+
+    /// Adds `other`'s rooms to these (the nodes of one process).
+    pub fn absorb(&mut self, other: &RoomSizes) {
+        for (sum, n) in self.rooms.iter_mut().zip(other.rooms) {
+            *sum += n;
+        }
+        for (sum, n) in self.members.iter_mut().zip(other.members) {
+            *sum += n;
         }
     }
 
