@@ -47,6 +47,6 @@ pub use hash::{PreHashed, RouteKey, stable_hash};
 pub use id::{BusinessId, ConnId, MemberKey, NodeId, ParseIdError, RoomId, RoomKey, Uin};
 pub use role::{CustomRole, ParseRoleError, Role, RoleSet};
 pub use router::{Router, RouterConfig, RouterError, SlotMove};
-pub use table::{ChurnMap, shrink_when_empty};
+pub use table::{ChurnMap, ConnSlab, shrink_when_empty};
 pub use terminal::{ParseTerminalError, Terminal, TerminalSet};
 pub use time::Timestamp;

@@ -19,6 +19,8 @@ use std::collections::VecDeque;
 use hashbrown::HashMap;
 use hashbrown::hash_map::Entry;
 
+use crate::ConnId;
+
 /// A [`hashbrown::HashMap`] that grows ahead of churn: once keys have
 /// been removed, whenever a new key would leave it more than half full,
 /// it grows to twice what it holds, so the deleted marks of churn are
@@ -120,6 +122,108 @@ impl<K: Eq + Hash, V, S: BuildHasher> ChurnMap<K, V, S> {
             self.map.shrink_to(IDLE_SLOTS);
             self.known = self.map.capacity();
         }
+    }
+}
+
+/// Values by connection, in a slab indexed by the connection's slot.
+///
+/// A node's push layer hands out connection slots densely and reuses them
+/// ([`ConnId::slot`]), so a per-connection table needs no hashing and no
+/// spare capacity: one entry per slot, checked against the whole id (a
+/// slot reused by a newer connection does not answer for the old one).
+///
+/// ```
+/// use room_core::{ConnId, ConnSlab};
+///
+/// let mut writers: ConnSlab<&str> = ConnSlab::default();
+/// let first = ConnId::new(1, 0, 7);
+/// writers.insert(first, "socket 7");
+/// assert_eq!(writers.get(&first), Some(&"socket 7"));
+/// // The slot's next connection is another key.
+/// assert_eq!(writers.get(&ConnId::new(1, 1, 7)), None);
+/// assert_eq!(writers.remove(&first), Some("socket 7"));
+/// assert!(writers.is_empty());
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConnSlab<T> {
+    slots: Vec<Option<(ConnId, T)>>,
+    len: usize,
+}
+
+impl<T> Default for ConnSlab<T> {
+    fn default() -> Self {
+        ConnSlab { slots: Vec::new(), len: 0 }
+    }
+}
+
+impl<T> ConnSlab<T> {
+    /// The value of `conn`.
+    pub fn get(&self, conn: &ConnId) -> Option<&T> {
+        match self.slots.get(conn.slot() as usize) {
+            Some(Some((id, value))) if id == conn => Some(value),
+            _ => None,
+        }
+    }
+
+    /// The value of `conn`, to change.
+    pub fn get_mut(&mut self, conn: &ConnId) -> Option<&mut T> {
+        match self.slots.get_mut(conn.slot() as usize) {
+            Some(Some((id, value))) if id == conn => Some(value),
+            _ => None,
+        }
+    }
+
+    /// Whether `conn` has a value.
+    pub fn contains_key(&self, conn: &ConnId) -> bool {
+        self.get(conn).is_some()
+    }
+
+    /// Sets `conn`'s value, returning the one it had. A value left in the
+    /// slot by an older connection is dropped.
+    pub fn insert(&mut self, conn: ConnId, value: T) -> Option<T> {
+        let slot = conn.slot() as usize;
+        if slot >= self.slots.len() {
+            self.slots.resize_with(slot + 1, || None);
+        }
+        match self.slots[slot].replace((conn, value)) {
+            Some((id, old)) if id == conn => Some(old),
+            Some(_) => None,
+            None => {
+                self.len += 1;
+                None
+            }
+        }
+    }
+
+    /// Removes `conn`'s value.
+    pub fn remove(&mut self, conn: &ConnId) -> Option<T> {
+        let entry = self.slots.get_mut(conn.slot() as usize)?;
+        if entry.as_ref().is_some_and(|(id, _)| id == conn) {
+            self.len -= 1;
+            return entry.take().map(|(_, value)| value);
+        }
+        None
+    }
+
+    /// Connections with a value.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no connection has a value.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every connection's value, by slot.
+    pub fn iter(&self) -> impl Iterator<Item = (ConnId, &T)> {
+        self.slots.iter().filter_map(|e| e.as_ref().map(|(id, value)| (*id, value)))
+    }
+
+    /// Drops every value.
+    pub fn clear(&mut self) {
+        self.slots.clear();
+        self.len = 0;
     }
 }
 
@@ -236,6 +340,43 @@ mod tests {
     }
 
     proptest! {
+        /// A slab by connection answers as a map by id would, whatever
+        /// the slots and generations.
+        #[test]
+        fn a_slab_by_connection_is_a_map_by_id(ops in proptest::collection::vec((0u8..3, 0u32..40, 0u16..3, any::<u32>()), 0..300)) {
+            let mut slab: ConnSlab<u32> = ConnSlab::default();
+            let mut model: std::collections::BTreeMap<u32, (ConnId, u32)> = std::collections::BTreeMap::new();
+            for (op, slot, generation, value) in ops {
+                let id = ConnId::new(1, generation, slot);
+                match op {
+                    0 => {
+                        // A slot holds one connection at a time.
+                        let old = model.insert(slot, (id, value)).filter(|(k, _)| *k == id).map(|(_, v)| v);
+                        prop_assert_eq!(slab.insert(id, value), old);
+                    }
+                    1 => {
+                        let old = match model.get(&slot) {
+                            Some((k, v)) if *k == id => Some(*v),
+                            _ => None,
+                        };
+                        if old.is_some() {
+                            model.remove(&slot);
+                        }
+                        prop_assert_eq!(slab.remove(&id), old);
+                    }
+                    _ => {
+                        let want = model.get(&slot).filter(|(k, _)| *k == id).map(|(_, v)| v);
+                        prop_assert_eq!(slab.get(&id), want);
+                        prop_assert_eq!(slab.contains_key(&id), want.is_some());
+                    }
+                }
+                prop_assert_eq!(slab.len(), model.len());
+            }
+            let listed: Vec<(ConnId, u32)> = slab.iter().map(|(id, v)| (id, *v)).collect();
+            let want: Vec<(ConnId, u32)> = model.values().copied().collect();
+            prop_assert_eq!(listed, want);
+        }
+
         /// Any size, any churn: once full, the allocation stays as it is,
         /// and no key is lost or changed.
         #[test]

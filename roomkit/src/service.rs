@@ -257,7 +257,7 @@ fn unix_secs() -> u64 {
 /// The writers of this node's connections.
 #[derive(Default)]
 struct Writers {
-    channels: HashMap<ConnId, OutboxSender>,
+    channels: room_core::ConnSlab<OutboxSender>,
     blocked: HashSet<ConnId>,
 }
 
@@ -307,6 +307,8 @@ impl ClientSink for Writers {
 struct Inner {
     keys: KeyRing,
     outbound: usize,
+    /// The node's largest client frame: larger ones are refused unparsed.
+    max_frame: usize,
     core: Mutex<RoomNode>,
     writers: Mutex<Writers>,
     transports: Mutex<Option<Transports>>,
@@ -565,6 +567,7 @@ impl RoomService {
         let inner = Arc::new(Inner {
             keys: config.keys,
             outbound: config.outbound.max(8),
+            max_frame: config.node.max_frame,
             core: Mutex::new(core),
             writers: Mutex::new(Writers::default()),
             transports: Mutex::new(Some(transports.clone())),
@@ -767,7 +770,16 @@ impl RoomService {
     /// One text frame from the client. Refusals also reach the client as
     /// an error frame.
     pub fn handle_text(&self, conn: ConnId, text: &str) -> Result<(), FrameError> {
-        self.node_of(conn).with_core(|core, t| core.handle_text(t, conn, text))
+        let node = self.node_of(conn);
+        // Parsed before the node is locked: no room state is needed for
+        // it, and a frame's JSON is the costliest part of most of them.
+        if text.len() <= node.inner.max_frame
+            && let Some(msg) = room_service::wire::ClientMsg::from_json(text)
+        {
+            return node.with_core(|core, t| core.handle_client(t, conn, msg));
+        }
+        // Refused: the node says why, to the client too.
+        node.with_core(|core, t| core.handle_text(t, conn, text))
     }
 
     /// One parsed message from the client (hosts with their own codec).

@@ -232,6 +232,12 @@ pub enum ClientMsg {
 }
 
 impl ClientMsg {
+    /// A client's text frame, parsed; `None` if it is not one (the node's
+    /// `handle_text` says what is wrong with it).
+    pub fn from_json(text: &str) -> Option<ClientMsg> {
+        serde_json::from_str(text).ok()
+    }
+
     /// Every `t` a client may send.
     pub const TAGS: &'static [&'static str] = &[
         "beat",

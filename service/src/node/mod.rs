@@ -6,7 +6,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use hashbrown::HashMap;
 use room_core::{
-    ChurnMap, ClusterView, ConnId, MemberKey, NodeId, Role, RoomKey, Router, RouterConfig, Terminal, Timestamp, Uin,
+    ChurnMap, ClusterView, ConnId, ConnSlab, MemberKey, NodeId, Role, RoomKey, Router, RouterConfig, Terminal,
+    Timestamp, Uin,
 };
 use room_heartbeat::{OwnerConfig, SessionOwner, Timing, TrackerConfig};
 use room_memberlist::{Replica, ReplicaConfig};
@@ -641,7 +642,7 @@ pub struct RoomNode {
     previous_router: Option<Router>,
     // access
     push: PushNode,
-    conns: ChurnMap<ConnId, access::Conn, ahash::RandomState>,
+    conns: ConnSlab<access::Conn>,
     room_refs: HashMap<RoomKey, usize, ahash::RandomState>,
     parked: HashMap<RoomKey, access::Parked, ahash::RandomState>,
     forwards: ChurnMap<u64, access::Forward, ahash::RandomState>,
@@ -734,7 +735,7 @@ impl RoomNode {
             router: None,
             previous_router: None,
             push,
-            conns: ChurnMap::with_hasher(ahash::RandomState::new()),
+            conns: ConnSlab::default(),
             room_refs: HashMap::with_hasher(ahash::RandomState::new()),
             parked: HashMap::with_hasher(ahash::RandomState::new()),
             forwards: ChurnMap::with_hasher(ahash::RandomState::new()),
@@ -960,7 +961,7 @@ impl RoomNode {
             .conns
             .iter()
             .filter(|(_, c)| c.entering.is_none())
-            .filter_map(|(&conn, c)| {
+            .filter_map(|(conn, c)| {
                 let owner = router.route(&c.member).ok()?;
                 let before = previous.and_then(|r| r.route(&c.member).ok());
                 (before != Some(owner)).then_some((
