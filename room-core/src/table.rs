@@ -179,7 +179,9 @@ impl<T> ConnSlab<T> {
     }
 
     /// Sets `conn`'s value, returning the one it had. A value left in the
-    /// slot by an older connection is dropped.
+    /// slot by an older connection is dropped. The slab grows to the slot:
+    /// insert ids a node handed out itself (dense), never ids from outside
+    /// (reads and removals of any id are fine).
     pub fn insert(&mut self, conn: ConnId, value: T) -> Option<T> {
         let slot = conn.slot() as usize;
         if slot >= self.slots.len() {
