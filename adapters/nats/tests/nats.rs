@@ -98,7 +98,12 @@ async fn the_registry_forms_loses_and_regains_nodes() {
         regs.push(Registry::join(conn(&url).await, fast(), record(n)).expect("join"));
     }
     let watcher = Registry::watch(conn(&url).await, fast()).expect("watch");
-    eventually(Duration::from_secs(10), "three nodes", || regs.iter().all(|r| nodes(r) == [1, 2, 3])).await;
+    // The watcher reads the bucket on its own connection: it may see the
+    // nodes after they see each other.
+    eventually(Duration::from_secs(10), "three nodes", || {
+        regs.iter().all(|r| nodes(r) == [1, 2, 3]) && nodes(&watcher) == [1, 2, 3]
+    })
+    .await;
     assert_eq!(watcher.records().get(&NodeId(2)).map(|r| r.addr.clone()), Some("127.0.0.1:9002".into()));
 
     // A bad entry (garbage, or a record under another node's key) is ignored.
