@@ -143,8 +143,11 @@ fn micros_now() -> u64 {
 struct Latencies {
     by_class: HashMap<&'static str, Vec<u64>>,
     /// Per teacher message (by its send time): when its last recipient
-    /// read it.
+    /// read it. Kept only in process (`track_last`): with sockets the load
+    /// client shares the server's cores, and a map update per delivery
+    /// would slow what it measures.
     teacher_last: HashMap<u64, u64>,
+    track_last: bool,
 }
 
 impl Latencies {
@@ -165,7 +168,7 @@ impl Latencies {
             let end = rest.find('"').unwrap_or(0);
             if let Ok(sent) = rest[..end].parse::<u64>() {
                 self.by_class.entry(class).or_default().push(now.saturating_sub(sent));
-                if class == "teacher" {
+                if self.track_last && class == "teacher" {
                     let last = self.teacher_last.entry(sent).or_default();
                     *last = (*last).max(now.saturating_sub(sent));
                 }
@@ -278,7 +281,7 @@ fn in_process(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let reader = {
             let (stop, cards) = (stop.clone(), cards.clone());
             std::thread::spawn(move || {
-                let mut lat = Latencies::default();
+                let mut lat = Latencies { track_last: true, ..Latencies::default() };
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let mut idle = true;
                     let known = cards.snapshot();
