@@ -381,6 +381,14 @@ pub struct RoomService {
     shards: Option<Arc<Shards>>,
 }
 
+impl Shards {
+    /// The shard of node `id` (the first shard for an id not among them:
+    /// it answers as a node that never had the connection would).
+    fn node(&self, id: u64) -> &RoomService {
+        usize::try_from(id.wrapping_sub(self.first)).ok().and_then(|i| self.nodes.get(i)).unwrap_or(&self.nodes[0])
+    }
+}
+
 /// The shards of one process: nodes of a cluster in memory.
 struct Shards {
     /// Each a one-node handle; their node ids follow each other.
@@ -487,10 +495,7 @@ impl RoomService {
     fn node_of(&self, conn: ConnId) -> &RoomService {
         match &self.shards {
             // A connection's id carries its node's id (the tag).
-            Some(s) => usize::try_from(u64::from(conn.tag()).wrapping_sub(s.first))
-                .ok()
-                .and_then(|i| s.nodes.get(i))
-                .unwrap_or(&s.nodes[0]),
+            Some(s) => s.node(u64::from(conn.tag())),
             None => self,
         }
     }
@@ -498,13 +503,7 @@ impl RoomService {
     /// The node that owns `room`.
     fn node_for_room(&self, room: RoomKey) -> &RoomService {
         match &self.shards {
-            Some(s) => s
-                .router
-                .route(&room)
-                .ok()
-                .and_then(|id| usize::try_from(id.0.wrapping_sub(s.first)).ok())
-                .and_then(|i| s.nodes.get(i))
-                .unwrap_or(&s.nodes[0]),
+            Some(s) => s.router.route(&room).map_or(&s.nodes[0], |id| s.node(id.0)),
             None => self,
         }
     }
