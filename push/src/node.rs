@@ -72,6 +72,14 @@ pub struct NodeConfig {
     /// (Lines keep their acceptance order; a class whose teacher speaks
     /// often sends its chat with the teacher's words.)
     pub chat_rides_reliable: bool,
+    /// With [`chat_rides_reliable`](Self::chat_rides_reliable): a chat
+    /// window opened after one that rode a reliable message waits this
+    /// much longer for the next such message before it closes on its own.
+    /// A teacher who speaks about once a window then carries every window,
+    /// instead of racing its timer (each lost race is a write per member);
+    /// once a window closes on its timer, the next is plain again. Zero
+    /// keeps windows to [`chat_window`](Self::chat_window).
+    pub chat_ride_wait: Duration,
     /// Reaction totals are sent at most once per window.
     pub reaction_window: Duration,
     /// Reactions windows from [`Level::MergeHarder`] up.
@@ -103,6 +111,7 @@ impl Default for NodeConfig {
             batch_lines: 64,
             batch_lines_under_load: 32,
             chat_rides_reliable: true,
+            chat_ride_wait: Duration::from_millis(50),
             reaction_window: Duration::from_millis(500),
             reaction_window_under_load: Duration::from_secs(2),
             max_reaction_kinds: 32,
@@ -440,6 +449,39 @@ impl Conn {
 struct ChatBuffer {
     lines: Vec<Envelope>,
     due: Option<Timestamp>,
+    /// The last window closed by riding a reliable message.
+    rode: bool,
+    /// `lines[..sent_to_unassigned]` went to the connections in no
+    /// sub-class already (their batch filled before the window closed).
+    sent_to_unassigned: usize,
+    /// Lines of the window to the whole room.
+    room_wide: usize,
+    /// Lines of the window to one sub-class, by sub-class.
+    per_subclass: BTreeMap<SubclassId, usize>,
+}
+
+/// A window holds at most this many batches' worth of lines in all,
+/// whatever their sub-classes (each sub-class's batch is bounded on its own).
+const HELD_BATCHES: usize = 4;
+
+impl ChatBuffer {
+    fn add(&mut self, env: Envelope) {
+        match env.message.target.subclass {
+            Some(s) => *self.per_subclass.entry(s).or_default() += 1,
+            None => self.room_wide += 1,
+        }
+        self.lines.push(env);
+    }
+
+    /// Whether a line to `subclass` (`None`: the whole room) would take a
+    /// sub-class's batch past `cap` lines.
+    fn fills_a_batch(&self, subclass: Option<SubclassId>, cap: usize) -> bool {
+        let own = match subclass {
+            Some(s) => self.per_subclass.get(&s).copied().unwrap_or(0),
+            None => self.per_subclass.values().copied().max().unwrap_or(0),
+        };
+        self.room_wide + own >= cap
+    }
 }
 
 #[derive(Debug)]
@@ -457,6 +499,17 @@ struct Room {
     reaction_totals: BTreeMap<Kind, u64>,
     reactions_due: Option<Timestamp>,
     emptied_at: Option<Timestamp>,
+}
+
+/// What closed a chat window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    /// A reliable message to the room took its lines along.
+    Ride,
+    /// It held a batch's worth of lines.
+    Full,
+    /// Its time was up.
+    Timer,
 }
 
 fn terminal_index(t: Terminal) -> usize {
@@ -941,7 +994,7 @@ impl PushNode {
                     && t.terminals.is_none()
                     && t.subclass.is_none()
                 {
-                    self.flush_chat(room_idx);
+                    self.flush_chat(room_idx, Closed::Ride);
                 }
                 self.handle_reliable(now, room_idx, env)
             }
@@ -1083,30 +1136,76 @@ impl PushNode {
         } else {
             (self.config.chat_window, self.config.batch_lines)
         };
+        let cap = cap.max(1);
         let room = self.rooms[room_idx as usize].as_mut().expect("live room");
-        if room.chat.lines.len() >= cap.max(1) {
-            if under_load {
-                self.lanes.stats.chat_sampled_out += 1;
-                return;
-            }
-            self.flush_chat(room_idx);
+        if under_load && room.chat.lines.len() >= cap {
+            self.lanes.stats.chat_sampled_out += 1;
+            return;
         }
+        let subclass = env.message.target.subclass;
+        if room.chat.lines.len() >= cap * HELD_BATCHES || room.chat.fills_a_batch(subclass, cap) {
+            self.flush_chat(room_idx, Closed::Full);
+        } else if room.chat.lines.len() - room.chat.sent_to_unassigned >= cap {
+            // Those who see every line (the staff) have a full batch; a
+            // sub-class's share of the window is smaller and waits.
+            self.flush_chat_to_unassigned(room_idx);
+        }
+        let ride_wait = if self.config.chat_rides_reliable { self.config.chat_ride_wait } else { Duration::ZERO };
         let room = self.rooms[room_idx as usize].as_mut().expect("live room");
-        room.chat.lines.push(env.clone());
+        room.chat.add(env.clone());
         if room.chat.due.is_none() {
+            let window = if room.chat.rode { window.saturating_add(ride_wait) } else { window };
             let due = now.saturating_add(window);
             room.chat.due = Some(due);
             self.timers.insert((due, room_idx, TimerKind::Chat));
         }
     }
 
+    /// Sends the lines of the open window that the room's connections in
+    /// no sub-class have not had yet, to them only; the window stays open
+    /// for the others.
+    fn flush_chat_to_unassigned(&mut self, room_idx: u32) {
+        let Some(room) = self.rooms[room_idx as usize].as_mut() else { return };
+        let from = room.chat.sent_to_unassigned;
+        room.chat.sent_to_unassigned = room.chat.lines.len();
+        let room = self.rooms[room_idx as usize].as_ref().expect("live room");
+        let unsent: Vec<&Envelope> = room.chat.lines[from..].iter().collect();
+        let Some(batch) = self.chat_batch(room.key, &unsent) else { return };
+        for &slot in &room.unassigned {
+            self.lanes.enqueue_chat(slot, &mut self.conns[slot as usize], &batch);
+        }
+    }
+
+    fn chat_batch(&self, room: RoomKey, lines: &[&Envelope]) -> Option<Arc<Shared>> {
+        let first = lines.first()?;
+        let bodies = self.encode(|c| c.encode_chat_batch(room, lines));
+        Some(Arc::new(Shared {
+            class: Class::Chat,
+            kind: FrameKind::ChatBatch,
+            seq: 0,
+            accepted_at: first.accepted_at,
+            target: None,
+            bodies,
+            msg_kind: first.message.kind,
+        }))
+    }
+
     /// Sends a room's merged chat: every connection gets one batch with the
     /// lines aimed at it, in acceptance order. Connections in sub-class `s`
     /// share the batch of room-wide lines and `s`'s lines; connections in
-    /// no sub-class (teachers, assistants) share the batch of every line.
-    fn flush_chat(&mut self, room_idx: u32) {
+    /// no sub-class (teachers, assistants) share the batch of every line
+    /// they have not had yet.
+    fn flush_chat(&mut self, room_idx: u32, closed: Closed) {
         let Some(room) = self.rooms[room_idx as usize].as_mut() else { return };
+        let sent_to_unassigned = std::mem::take(&mut room.chat.sent_to_unassigned);
+        room.chat.per_subclass.clear();
+        room.chat.room_wide = 0;
         let lines = std::mem::take(&mut room.chat.lines);
+        match closed {
+            Closed::Ride if !lines.is_empty() => room.chat.rode = true,
+            Closed::Ride | Closed::Full => {}
+            Closed::Timer => room.chat.rode = false,
+        }
         if let Some(due) = room.chat.due.take() {
             self.timers.remove(&(due, room_idx, TimerKind::Chat));
         }
@@ -1116,19 +1215,10 @@ impl PushNode {
         let room_key = room.key;
         let batch = |node: &Self, keep: &dyn Fn(Option<SubclassId>) -> bool| -> Option<Arc<Shared>> {
             let chosen: Vec<&Envelope> = lines.iter().filter(|l| keep(l.message.target.subclass)).collect();
-            let first = chosen.first()?;
-            let bodies = node.encode(|c| c.encode_chat_batch(room_key, &chosen));
-            Some(Arc::new(Shared {
-                class: Class::Chat,
-                kind: FrameKind::ChatBatch,
-                seq: 0,
-                accepted_at: first.accepted_at,
-                target: None,
-                bodies,
-                msg_kind: first.message.kind,
-            }))
+            node.chat_batch(room_key, &chosen)
         };
-        let everything = batch(self, &|_| true);
+        let unsent: Vec<&Envelope> = lines.get(sent_to_unassigned..).unwrap_or_default().iter().collect();
+        let everything = self.chat_batch(room_key, &unsent);
         let room_wide = batch(self, &|s| s.is_none());
         let mut own: BTreeMap<SubclassId, Arc<Shared>> = BTreeMap::new();
         let subclasses: BTreeSet<SubclassId> = lines.iter().filter_map(|l| l.message.target.subclass).collect();
@@ -1188,7 +1278,7 @@ impl PushNode {
             self.timers.pop_first();
             let Some(room) = self.rooms[room_idx as usize].as_ref() else { continue };
             match kind {
-                TimerKind::Chat => self.flush_chat(room_idx),
+                TimerKind::Chat => self.flush_chat(room_idx, Closed::Timer),
                 TimerKind::Reactions => self.flush_reactions(room_idx),
                 TimerKind::Expire => {
                     let expired = room.emptied_at.is_some_and(|at| at.saturating_add(self.config.cache_age) <= now);

@@ -110,7 +110,9 @@ fn run(seed: u64) -> Run {
     let mut chat_refused = 0;
     let mut lines_to: HashMap<Option<room_push::SubclassId>, u64> = HashMap::new();
     let ticks = 1_000;
-    let quiet = 500;
+    // Long enough for a slow client to drain a full chat lane of merged
+    // batches (32 frames of a few lines each at 3.2 KB/s).
+    let quiet = 1_500;
     for tick in 0..ticks + quiet {
         if tick < ticks {
             for _ in 0..10 {
