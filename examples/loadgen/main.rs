@@ -235,6 +235,7 @@ fn in_process(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
     };
+    let fanout = fanout_probe::install();
     runtime.block_on(async {
         let keys = KeyRing::new("load", random_key())?;
         let mut config = ServiceConfig::new(keys.clone());
@@ -374,10 +375,96 @@ fn in_process(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("the sender's call (parse, quota, forwarding to the room's owner; numbering and fan-out follow):");
         let mut publish_lat = Latencies { by_class: publish, ..Latencies::default() };
         publish_lat.report();
+        if let Some(samples) = &fanout {
+            for class in ["teacher", "signal"] {
+                let v = samples.sorted_micros(class);
+                if v.is_empty() {
+                    continue;
+                }
+                let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1_000.0;
+                println!(
+                    "  {class} message off the bus to the last member's queue (publish to the last queue): {} messages  p50 {:8.2} ms  p99 {:8.2} ms  max {:8.2} ms",
+                    v.len(),
+                    p(0.5),
+                    p(0.99),
+                    p(1.0)
+                );
+            }
+        }
         println!("publish to the client reading it (chat includes its merge window):");
         lat.report();
         Ok::<(), Box<dyn std::error::Error>>(())
     })
+}
+
+/// The service's fan-out times (its `roomkit_fanout_seconds` histogram),
+/// caught by a recorder of this process's own: the time from taking a
+/// teacher message off the bus to its frame in the last member's queue.
+mod fanout_probe {
+    use std::sync::{Arc, Mutex};
+
+    use metrics::{Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+
+    /// Samples in seconds, by the `class` label.
+    #[derive(Default)]
+    pub(crate) struct Samples(Mutex<Vec<(&'static str, f64)>>);
+
+    struct Class(&'static str, Arc<Samples>);
+
+    impl HistogramFn for Class {
+        fn record(&self, value: f64) {
+            self.1.0.lock().expect("not poisoned").push((self.0, value));
+        }
+    }
+
+    struct Probe(Arc<Samples>);
+
+    impl Recorder for Probe {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            if key.name() != "roomkit_fanout_seconds" {
+                return Histogram::noop();
+            }
+            let class = match key.labels().find(|l| l.key() == "class").map(|l| l.value()) {
+                Some("teacher") => "teacher",
+                Some("signal") => "signal",
+                _ => return Histogram::noop(),
+            };
+            Histogram::from_arc(Arc::new(Class(class, self.0.clone())))
+        }
+    }
+
+    /// Installs the probe as the process's recorder (once, before the
+    /// service starts).
+    pub(crate) fn install() -> Option<Arc<Samples>> {
+        let samples = Arc::new(Samples::default());
+        metrics::set_global_recorder(Probe(samples.clone())).ok()?;
+        Some(samples)
+    }
+
+    impl Samples {
+        /// The samples of `class`, in microseconds, sorted.
+        pub(crate) fn sorted_micros(&self, class: &str) -> Vec<u64> {
+            let mut v: Vec<u64> = self
+                .0
+                .lock()
+                .expect("not poisoned")
+                .iter()
+                .filter(|(c, _)| *c == class)
+                .map(|(_, s)| (s * 1e6) as u64)
+                .collect();
+            v.sort_unstable();
+            v
+        }
+    }
 }
 
 /// Card open times, shared between the sender and the reader thread.

@@ -1062,7 +1062,11 @@ impl RoomService {
 
     async fn deliver_bus(self, mut incoming: futures::stream::BoxStream<'static, room_push::Envelope>) {
         while let Some(env) = incoming.next().await {
+            #[cfg(feature = "metrics")]
+            let (class, began) = (env.message.class, std::time::Instant::now());
             self.with_core(|core, t| core.handle_envelope(t, env));
+            #[cfg(feature = "metrics")]
+            telemetry::fanout(&self.inner.node_label, class, began.elapsed());
         }
     }
 

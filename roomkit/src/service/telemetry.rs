@@ -180,6 +180,12 @@ pub const METRICS: &[Metric] = &[
         "Time one input (a client frame, an envelope, a peer message, a timer, an answer) held the node, handing out its outputs and frames included.",
     ),
     m("roomkit_flush_seconds", H, &[], "Time handing queued frames to the connections' writers took, per turn."),
+    m(
+        "roomkit_fanout_seconds",
+        H,
+        &["class"],
+        "Time from taking one envelope off the bus to its frame in the queue of the last local recipient (waiting for the node included), by class; merged chat reaches queues when its window closes.",
+    ),
     m("roomkit_cache_op_seconds", H, &["op"], "Shared-cache operation latency as the driver saw it, by operation."),
     m("roomkit_limiter_check_seconds", H, &[], "Global limiter check latency as the driver saw it."),
 ];
@@ -251,6 +257,12 @@ pub(super) fn record(node: &SharedString, stats: &NodeStats, sizes: &RoomSizes) 
     total("roomkit_fenced_total", stats.fenced);
     total("roomkit_deduplicated_total", stats.deduplicated);
     total("roomkit_peer_garbage_total", stats.garbage);
+}
+
+/// One bus envelope's fan-out to this node's queues.
+pub(super) fn fanout(node: &SharedString, class: room_push::Class, took: Duration) {
+    histogram!("roomkit_fanout_seconds", "node" => node.clone(), "class" => class_label(class))
+        .record(took.as_secs_f64());
 }
 
 /// Counts one event of the driver's.
