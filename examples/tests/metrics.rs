@@ -273,7 +273,11 @@ async fn a_scrape_after_a_short_class_tells_what_happened() {
     assert_eq!(scrape.sum("roomkit_refused_frames_total", &[]), Some(0.0), "{body}");
 
     // The driver's histograms: buckets, sum and count, consistent.
-    for (name, labels) in [("roomkit_turn_seconds", &[][..]), ("roomkit_cache_op_seconds", &[("op", "append")][..])] {
+    for (name, labels) in [
+        ("roomkit_turn_seconds", &[][..]),
+        ("roomkit_cache_op_seconds", &[("op", "append")][..]),
+        ("roomkit_fanout_seconds", &[("class", "teacher")][..]),
+    ] {
         assert_eq!(scrape.types.get(name).map(String::as_str), Some("histogram"), "{name}");
         let count = scrape.sum(&format!("{name}_count"), labels).unwrap_or_else(|| panic!("no {name}_count"));
         let sum = scrape.sum(&format!("{name}_sum"), labels).unwrap_or_else(|| panic!("no {name}_sum"));
