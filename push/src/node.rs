@@ -60,7 +60,12 @@ pub struct NodeConfig {
     pub chat_window: Duration,
     /// ... and over this one from [`Level::MergeHarder`] up.
     pub chat_window_under_load: Duration,
-    /// Lines per chat batch; a full batch is sent at once ([`Level::Normal`]).
+    /// Lines per chat batch ([`Level::Normal`]), counted per audience: a
+    /// sub-class's batch (its lines and the room-wide ones) that is full
+    /// closes the window at once; the batch of the connections in no
+    /// sub-class (who see every line) goes out when full while the window
+    /// stays open for the sub-classes. A window holds at most four
+    /// batches' worth of lines in all.
     pub batch_lines: usize,
     /// Lines per chat batch from [`Level::MergeHarder`] up; lines beyond it
     /// are sampled out (dropped and counted) until the window closes.
