@@ -82,8 +82,9 @@ pub struct NodeConfig {
     /// much longer for the next such message before it closes on its own.
     /// A teacher who speaks about once a window then carries every window,
     /// instead of racing its timer (each lost race is a write per member);
-    /// once a window closes on its timer, the next is plain again. Zero
-    /// keeps windows to [`chat_window`](Self::chat_window).
+    /// once a window closes on its timer or full, the next is plain again.
+    /// At [`Level::Normal`] only; zero keeps windows to
+    /// [`chat_window`](Self::chat_window).
     pub chat_ride_wait: Duration,
     /// Reaction totals are sent at most once per window.
     pub reaction_window: Duration,
@@ -840,12 +841,28 @@ impl PushNode {
         let r = self.room_mut(room_idx);
         let slots = r.by_uin.get(&uin).cloned().unwrap_or_default();
         for slot in slots {
-            if self.conns[slot as usize].subclass != subclass {
-                self.unlink_subclass(slot);
-                self.link_subclass(slot, subclass);
-            }
+            self.move_subclass(slot, subclass);
         }
         Ok(())
+    }
+
+    /// Moves the connection in `slot` to `subclass` (its chat batch is the
+    /// one of where it is when the window closes).
+    fn move_subclass(&mut self, slot: u32, subclass: Option<SubclassId>) {
+        let c = &self.conns[slot as usize];
+        if c.subclass == subclass {
+            return;
+        }
+        let room_idx = c.room;
+        // Into or out of no sub-class after the staff had part of the
+        // window: where the connection is when the window closes would
+        // give it those lines twice, or never.
+        let staff_had_some = self.rooms[room_idx as usize].as_ref().is_some_and(|r| r.chat.sent_to_unassigned > 0);
+        if staff_had_some && (c.subclass.is_none() || subclass.is_none()) {
+            self.flush_chat(room_idx, Closed::Full);
+        }
+        self.unlink_subclass(slot);
+        self.link_subclass(slot, subclass);
     }
 
     /// The connection may take frames again (after [`SendError::WouldBlock`]).
@@ -873,12 +890,8 @@ impl PushNode {
     /// Moves one connection to `subclass` (where [`PushNode::set_subclass`]
     /// moves every connection of a user).
     pub fn set_connection_subclass(&mut self, id: ConnId, subclass: Option<SubclassId>) -> Result<(), NodeError> {
-        let c = self.conn(id)?;
-        if c.subclass != subclass {
-            let slot = id.slot();
-            self.unlink_subclass(slot);
-            self.link_subclass(slot, subclass);
-        }
+        self.conn(id)?;
+        self.move_subclass(id.slot(), subclass);
         Ok(())
     }
 
@@ -1155,7 +1168,8 @@ impl PushNode {
             // sub-class's share of the window is smaller and waits.
             self.flush_chat_to_unassigned(room_idx);
         }
-        let ride_wait = if self.config.chat_rides_reliable { self.config.chat_ride_wait } else { Duration::ZERO };
+        let ride_wait =
+            if self.config.chat_rides_reliable && !under_load { self.config.chat_ride_wait } else { Duration::ZERO };
         let room = self.rooms[room_idx as usize].as_mut().expect("live room");
         room.chat.add(env.clone());
         if room.chat.due.is_none() {
@@ -1174,6 +1188,9 @@ impl PushNode {
         let from = room.chat.sent_to_unassigned;
         room.chat.sent_to_unassigned = room.chat.lines.len();
         let room = self.rooms[room_idx as usize].as_ref().expect("live room");
+        if room.unassigned.is_empty() {
+            return;
+        }
         let unsent: Vec<&Envelope> = room.chat.lines[from..].iter().collect();
         let Some(batch) = self.chat_batch(room.key, &unsent) else { return };
         for &slot in &room.unassigned {
@@ -1208,8 +1225,8 @@ impl PushNode {
         let lines = std::mem::take(&mut room.chat.lines);
         match closed {
             Closed::Ride if !lines.is_empty() => room.chat.rode = true,
-            Closed::Ride | Closed::Full => {}
-            Closed::Timer => room.chat.rode = false,
+            Closed::Ride => {}
+            Closed::Full | Closed::Timer => room.chat.rode = false,
         }
         if let Some(due) = room.chat.due.take() {
             self.timers.remove(&(due, room_idx, TimerKind::Chat));

@@ -1,8 +1,10 @@
 //! Chat merging against a model: whatever mix of room-wide and sub-class
-//! lines, reliable messages and time, every connection gets exactly the
-//! lines aimed at it, once, in acceptance order, in batches of at most
-//! `batch_lines`, and no line waits longer than its window (plus the ride
-//! wait after a window that rode a reliable message).
+//! lines, reliable messages, time and members changing sub-class, every
+//! connection that stays where it is gets exactly the lines aimed at it,
+//! once, in acceptance order, in batches of at most `batch_lines`, and no
+//! line waits longer than its window (plus the ride wait after a window
+//! that rode a reliable message); one that moves gets no line twice, in
+//! order, and every line to the whole room.
 
 mod support;
 
@@ -14,7 +16,7 @@ use room_core::{Role, Terminal, Timestamp, Uin};
 use room_push::{Class, ConnId, ConnSpec, FrameKind, Kind, Message, NodeConfig, PushNode, SubclassId, Target};
 use support::*;
 
-const SUBCLASSES: u16 = 3;
+const SUBCLASSES: u16 = 6;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -24,7 +26,12 @@ enum Op {
     Reliable,
     /// Time passes, in milliseconds.
     Wait(u64),
+    /// One of the movers goes to a sub-class, or to none.
+    Move(usize, Option<u16>),
 }
+
+/// The members that change sub-class (after the fixed ones).
+const MOVERS: usize = 2;
 
 fn ops() -> impl Strategy<Value = Vec<Op>> {
     proptest::collection::vec(
@@ -32,6 +39,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
             6 => proptest::option::weighted(0.8, 0..SUBCLASSES).prop_map(Op::Line),
             1 => Just(Op::Reliable),
             2 => (1u64..80).prop_map(Op::Wait),
+            1 => (0..MOVERS, proptest::option::of(0..SUBCLASSES)).prop_map(|(m, s)| Op::Move(m, s)),
         ],
         0..300,
     )
@@ -71,7 +79,8 @@ proptest! {
         let mut now = start;
         let mut gate = unlimited_gate(now);
         let mut members = Vec::new();
-        for (n, subclass) in [None, Some(0), Some(1), Some(2), Some(1)].into_iter().enumerate() {
+        let fixed = [None, Some(0), Some(1), Some(2), Some(1), Some(5)];
+        for (n, subclass) in fixed.into_iter().chain([None, Some(3)]).enumerate() {
             let role = if subclass.is_none() { Role::Teacher } else { Role::Student };
             let spec = ConnSpec::new(ROOM, Uin(n as u64 + 1), role, Terminal::Web).in_subclass(subclass.map(SubclassId));
             members.push(Member { conn: node.connect(spec).expect("connects").conn, subclass });
@@ -118,6 +127,10 @@ proptest! {
                     let env = gate.publish(now, Message::new(ROOM, Class::Teacher, Kind(2), vec![0; 4])).expect("accepted");
                     node.handle_envelope(now, &env).expect("handled");
                 }
+                Op::Move(m, subclass) => {
+                    let conn = members[fixed.len() + m].conn;
+                    node.set_connection_subclass(conn, subclass.map(SubclassId)).expect("known");
+                }
                 Op::Wait(ms) => {
                     // Timers run when due, never late.
                     let until = now.saturating_add(Duration::from_millis(ms));
@@ -137,10 +150,17 @@ proptest! {
             node.handle_timeout(now);
             take(&mut node, now, &mut got, &sent)?;
         }
-        for m in &members {
+        for m in &members[..fixed.len()] {
             let expected: Vec<u32> =
                 (0..sent.len() as u32).filter(|&n| m.sees(sent[n as usize].0)).collect();
             prop_assert_eq!(got.get(&m.conn).cloned().unwrap_or_default(), expected, "member in {:?}", m.subclass);
+        }
+        for m in &members[fixed.len()..] {
+            let lines = got.get(&m.conn).cloned().unwrap_or_default();
+            prop_assert!(lines.windows(2).all(|w| w[0] < w[1]), "a mover got {:?}", lines);
+            let room_wide: Vec<u32> = (0..sent.len() as u32).filter(|&n| sent[n as usize].0.is_none()).collect();
+            let its_room_wide: Vec<u32> = lines.iter().copied().filter(|&n| sent[n as usize].0.is_none()).collect();
+            prop_assert_eq!(its_room_wide, room_wide, "a mover missed lines to the whole room");
         }
     }
 }
@@ -218,4 +238,43 @@ fn a_window_after_a_ride_waits_for_the_next_reliable_message() {
     node.handle_timeout(ms(170));
     let (_, _) = line(&mut node, ms(200));
     assert_eq!(node.poll_timeout(), Some(ms(300)));
+}
+
+/// A member entering a sub-class (or leaving for none) after the staff had
+/// part of the window gets each line once: the window goes out first.
+#[test]
+fn moving_into_or_out_of_no_sub_class_mid_window_neither_repeats_nor_loses() {
+    for into in [true, false] {
+        let mut config = NodeConfig::default();
+        config.batch_lines = 4;
+        let mut node = PushNode::new(config);
+        let t0 = Timestamp::from_millis(1_000_000);
+        let mut gate = unlimited_gate(t0);
+        let spec = |n: u64, s: Option<u16>| {
+            ConnSpec::new(ROOM, Uin(n), Role::Student, Terminal::Web).in_subclass(s.map(SubclassId))
+        };
+        let _staff = node.connect(spec(1, None)).expect("connects").conn;
+        let _others = node.connect(spec(2, Some(1))).expect("connects").conn;
+        let mover = node.connect(spec(3, if into { None } else { Some(0) })).expect("connects").conn;
+        for n in 0..5u32 {
+            let target = Target::room().subclass(SubclassId((n % 2) as u16));
+            let msg = Message::new(ROOM, Class::Chat, Kind(1), n.to_le_bytes().to_vec()).to(target);
+            let env = gate.publish(t0, msg).expect("accepted");
+            node.handle_envelope(t0, &env).expect("handled");
+        }
+        let mut rec = Recorder::default();
+        let _ = node.flush(t0, &mut rec);
+        node.set_connection_subclass(mover, if into { Some(SubclassId(0)) } else { None }).expect("known");
+        let closes = t0.saturating_add(Duration::from_secs(1));
+        node.handle_timeout(closes);
+        let _ = node.flush(closes, &mut rec);
+        let got: Vec<u32> = rec.frames[&mover]
+            .iter()
+            .flat_map(|(_, b)| payloads(FrameKind::ChatBatch, b).iter().map(|p| id_of(p)).collect::<Vec<_>>())
+            .collect();
+        // Where it was when the lines came: every line (no sub-class), or
+        // sub-class 0's.
+        let expected = if into { vec![0, 1, 2, 3, 4] } else { vec![0, 2, 4] };
+        assert_eq!(got, expected, "moving {}", if into { "into a sub-class" } else { "out of its sub-class" });
+    }
 }
