@@ -165,6 +165,30 @@ proptest! {
     }
 }
 
+/// A member `n` in sub-class `s` (the staff, in none, as teachers).
+fn member(n: u64, s: Option<u16>) -> ConnSpec {
+    let role = if s.is_none() { Role::Teacher } else { Role::Student };
+    ConnSpec::new(ROOM, Uin(n), role, Terminal::Web).in_subclass(s.map(SubclassId))
+}
+
+/// Lines `0..count`, each to sub-class 0 or 1 in turn, at `at`.
+fn lines_to_two_subclasses(gate: &mut room_push::Gate, node: &mut PushNode, at: Timestamp, count: u32) {
+    for n in 0..count {
+        let target = Target::room().subclass(SubclassId((n % 2) as u16));
+        let msg = Message::new(ROOM, Class::Chat, Kind(1), n.to_le_bytes().to_vec()).to(target);
+        let env = gate.publish(at, msg).expect("accepted");
+        node.handle_envelope(at, &env).expect("handled");
+    }
+}
+
+/// The chat batches `conn` got, as their lines' numbers.
+fn batches(rec: &Recorder, conn: ConnId) -> Vec<Vec<u32>> {
+    rec.frames
+        .get(&conn)
+        .map(|f| f.iter().map(|(_, b)| payloads(FrameKind::ChatBatch, b).iter().map(|p| id_of(p)).collect()).collect())
+        .unwrap_or_default()
+}
+
 /// The staff's batch fills first (they see every line); a sub-class's
 /// share of the window keeps waiting for its own batch to fill or the
 /// window to close, and the staff then get only the lines they lack.
@@ -175,39 +199,22 @@ fn the_staff_batch_goes_when_full_and_sub_classes_wait() {
     let mut node = PushNode::new(config);
     let t0 = Timestamp::from_millis(1_000_000);
     let mut gate = unlimited_gate(t0);
-    let spec = |n: u64, s: Option<u16>| {
-        let role = if s.is_none() { Role::Teacher } else { Role::Student };
-        ConnSpec::new(ROOM, Uin(n), role, Terminal::Web).in_subclass(s.map(SubclassId))
-    };
-    let teacher = node.connect(spec(1, None)).expect("connects").conn;
-    let first = node.connect(spec(2, Some(0))).expect("connects").conn;
-    let second = node.connect(spec(3, Some(1))).expect("connects").conn;
-    for n in 0..5u32 {
-        let target = Target::room().subclass(SubclassId((n % 2) as u16));
-        let msg = Message::new(ROOM, Class::Chat, Kind(1), n.to_le_bytes().to_vec()).to(target);
-        let env = gate.publish(t0, msg).expect("accepted");
-        node.handle_envelope(t0, &env).expect("handled");
-    }
-    let lines = |rec: &Recorder, c: ConnId| -> Vec<Vec<u32>> {
-        rec.frames
-            .get(&c)
-            .map(|f| {
-                f.iter().map(|(_, b)| payloads(FrameKind::ChatBatch, b).iter().map(|p| id_of(p)).collect()).collect()
-            })
-            .unwrap_or_default()
-    };
+    let teacher = node.connect(member(1, None)).expect("connects").conn;
+    let first = node.connect(member(2, Some(0))).expect("connects").conn;
+    let second = node.connect(member(3, Some(1))).expect("connects").conn;
+    lines_to_two_subclasses(&mut gate, &mut node, t0, 5);
     let mut rec = Recorder::default();
     let _ = node.flush(t0, &mut rec);
-    assert_eq!(lines(&rec, teacher), vec![vec![0, 1, 2, 3]]);
-    assert!(lines(&rec, first).is_empty() && lines(&rec, second).is_empty());
+    assert_eq!(batches(&rec, teacher), vec![vec![0, 1, 2, 3]]);
+    assert!(batches(&rec, first).is_empty() && batches(&rec, second).is_empty());
     let closes = t0.saturating_add(Duration::from_millis(100));
     assert_eq!(node.poll_timeout(), Some(closes));
     node.handle_timeout(closes);
     let mut rec = Recorder::default();
     let _ = node.flush(closes, &mut rec);
-    assert_eq!(lines(&rec, teacher), vec![vec![4]]);
-    assert_eq!(lines(&rec, first), vec![vec![0, 2, 4]]);
-    assert_eq!(lines(&rec, second), vec![vec![1, 3]]);
+    assert_eq!(batches(&rec, teacher), vec![vec![4]]);
+    assert_eq!(batches(&rec, first), vec![vec![0, 2, 4]]);
+    assert_eq!(batches(&rec, second), vec![vec![1, 3]]);
 }
 
 /// After a window that rode a reliable message, the next waits the ride
@@ -250,28 +257,17 @@ fn moving_into_or_out_of_no_sub_class_mid_window_neither_repeats_nor_loses() {
         let mut node = PushNode::new(config);
         let t0 = Timestamp::from_millis(1_000_000);
         let mut gate = unlimited_gate(t0);
-        let spec = |n: u64, s: Option<u16>| {
-            ConnSpec::new(ROOM, Uin(n), Role::Student, Terminal::Web).in_subclass(s.map(SubclassId))
-        };
-        let _staff = node.connect(spec(1, None)).expect("connects").conn;
-        let _others = node.connect(spec(2, Some(1))).expect("connects").conn;
-        let mover = node.connect(spec(3, if into { None } else { Some(0) })).expect("connects").conn;
-        for n in 0..5u32 {
-            let target = Target::room().subclass(SubclassId((n % 2) as u16));
-            let msg = Message::new(ROOM, Class::Chat, Kind(1), n.to_le_bytes().to_vec()).to(target);
-            let env = gate.publish(t0, msg).expect("accepted");
-            node.handle_envelope(t0, &env).expect("handled");
-        }
+        let _staff = node.connect(member(1, None)).expect("connects").conn;
+        let _others = node.connect(member(2, Some(1))).expect("connects").conn;
+        let mover = node.connect(member(3, if into { None } else { Some(0) })).expect("connects").conn;
+        lines_to_two_subclasses(&mut gate, &mut node, t0, 5);
         let mut rec = Recorder::default();
         let _ = node.flush(t0, &mut rec);
         node.set_connection_subclass(mover, if into { Some(SubclassId(0)) } else { None }).expect("known");
         let closes = t0.saturating_add(Duration::from_secs(1));
         node.handle_timeout(closes);
         let _ = node.flush(closes, &mut rec);
-        let got: Vec<u32> = rec.frames[&mover]
-            .iter()
-            .flat_map(|(_, b)| payloads(FrameKind::ChatBatch, b).iter().map(|p| id_of(p)).collect::<Vec<_>>())
-            .collect();
+        let got: Vec<u32> = batches(&rec, mover).concat();
         // Where it was when the lines came: every line (no sub-class), or
         // sub-class 0's.
         let expected = if into { vec![0, 1, 2, 3, 4] } else { vec![0, 2, 4] };
