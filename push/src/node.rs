@@ -453,16 +453,22 @@ impl Conn {
 
 #[derive(Debug, Default)]
 struct ChatBuffer {
-    lines: Vec<Envelope>,
+    window: ChatWindow,
     due: Option<Timestamp>,
     /// The last window closed by riding a reliable message.
     rode: bool,
+}
+
+/// The lines of a room's open chat window, and what they add up to.
+#[derive(Debug, Default)]
+struct ChatWindow {
+    lines: Vec<Envelope>,
     /// `lines[..sent_to_unassigned]` went to the connections in no
     /// sub-class already (their batch filled before the window closed).
     sent_to_unassigned: usize,
-    /// Lines of the window to the whole room.
+    /// Lines to the whole room.
     room_wide: usize,
-    /// Lines of the window to one sub-class, by sub-class.
+    /// Lines to one sub-class, by sub-class.
     per_subclass: BTreeMap<SubclassId, usize>,
 }
 
@@ -470,7 +476,7 @@ struct ChatBuffer {
 /// whatever their sub-classes (each sub-class's batch is bounded on its own).
 const HELD_BATCHES: usize = 4;
 
-impl ChatBuffer {
+impl ChatWindow {
     fn add(&mut self, env: Envelope) {
         match env.message.target.subclass {
             Some(s) => *self.per_subclass.entry(s).or_default() += 1,
@@ -857,7 +863,8 @@ impl PushNode {
         // Into or out of no sub-class after the staff had part of the
         // window: where the connection is when the window closes would
         // give it those lines twice, or never.
-        let staff_had_some = self.rooms[room_idx as usize].as_ref().is_some_and(|r| r.chat.sent_to_unassigned > 0);
+        let staff_had_some =
+            self.rooms[room_idx as usize].as_ref().is_some_and(|r| r.chat.window.sent_to_unassigned > 0);
         if staff_had_some && (c.subclass.is_none() || subclass.is_none()) {
             self.flush_chat(room_idx, Closed::Full);
         }
@@ -1156,14 +1163,15 @@ impl PushNode {
         };
         let cap = cap.max(1);
         let room = self.rooms[room_idx as usize].as_mut().expect("live room");
-        if under_load && room.chat.lines.len() >= cap {
+        if under_load && room.chat.window.lines.len() >= cap {
             self.lanes.stats.chat_sampled_out += 1;
             return;
         }
         let subclass = env.message.target.subclass;
-        if room.chat.lines.len() >= cap * HELD_BATCHES || room.chat.fills_a_batch(subclass, cap) {
+        let held = &room.chat.window;
+        if held.lines.len() >= cap * HELD_BATCHES || held.fills_a_batch(subclass, cap) {
             self.flush_chat(room_idx, Closed::Full);
-        } else if room.chat.lines.len() - room.chat.sent_to_unassigned >= cap {
+        } else if held.lines.len() - held.sent_to_unassigned >= cap {
             // Those who see every line (the staff) have a full batch; a
             // sub-class's share of the window is smaller and waits.
             self.flush_chat_to_unassigned(room_idx);
@@ -1171,7 +1179,7 @@ impl PushNode {
         let ride_wait =
             if self.config.chat_rides_reliable && !under_load { self.config.chat_ride_wait } else { Duration::ZERO };
         let room = self.rooms[room_idx as usize].as_mut().expect("live room");
-        room.chat.add(env.clone());
+        room.chat.window.add(env.clone());
         if room.chat.due.is_none() {
             let window = if room.chat.rode { window.saturating_add(ride_wait) } else { window };
             let due = now.saturating_add(window);
@@ -1185,13 +1193,13 @@ impl PushNode {
     /// for the others.
     fn flush_chat_to_unassigned(&mut self, room_idx: u32) {
         let Some(room) = self.rooms[room_idx as usize].as_mut() else { return };
-        let from = room.chat.sent_to_unassigned;
-        room.chat.sent_to_unassigned = room.chat.lines.len();
+        let held = &mut room.chat.window;
+        let from = std::mem::replace(&mut held.sent_to_unassigned, held.lines.len());
         let room = self.rooms[room_idx as usize].as_ref().expect("live room");
         if room.unassigned.is_empty() {
             return;
         }
-        let unsent: Vec<&Envelope> = room.chat.lines[from..].iter().collect();
+        let unsent: Vec<&Envelope> = room.chat.window.lines[from..].iter().collect();
         let Some(batch) = self.chat_batch(room.key, &unsent) else { return };
         for &slot in &room.unassigned {
             self.lanes.enqueue_chat(slot, &mut self.conns[slot as usize], &batch);
@@ -1219,10 +1227,7 @@ impl PushNode {
     /// they have not had yet.
     fn flush_chat(&mut self, room_idx: u32, closed: Closed) {
         let Some(room) = self.rooms[room_idx as usize].as_mut() else { return };
-        let sent_to_unassigned = std::mem::take(&mut room.chat.sent_to_unassigned);
-        room.chat.per_subclass.clear();
-        room.chat.room_wide = 0;
-        let lines = std::mem::take(&mut room.chat.lines);
+        let ChatWindow { lines, sent_to_unassigned, per_subclass, .. } = std::mem::take(&mut room.chat.window);
         match closed {
             Closed::Ride if !lines.is_empty() => room.chat.rode = true,
             Closed::Ride => {}
@@ -1243,8 +1248,7 @@ impl PushNode {
         let everything = self.chat_batch(room_key, &unsent);
         let room_wide = batch(self, &|s| s.is_none());
         let mut own: BTreeMap<SubclassId, Arc<Shared>> = BTreeMap::new();
-        let subclasses: BTreeSet<SubclassId> = lines.iter().filter_map(|l| l.message.target.subclass).collect();
-        for s in subclasses {
+        for &s in per_subclass.keys() {
             if let Some(b) = batch(self, &|k| k.is_none() || k == Some(s)) {
                 own.insert(s, b);
             }

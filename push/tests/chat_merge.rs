@@ -165,6 +165,14 @@ proptest! {
     }
 }
 
+/// A node whose chat batches hold 4 lines, a gate, and the time.
+fn four_line_batches() -> (PushNode, room_push::Gate, Timestamp) {
+    let mut config = NodeConfig::default();
+    config.batch_lines = 4;
+    let t0 = Timestamp::from_millis(1_000_000);
+    (PushNode::new(config), unlimited_gate(t0), t0)
+}
+
 /// A member `n` in sub-class `s` (the staff, in none, as teachers).
 fn member(n: u64, s: Option<u16>) -> ConnSpec {
     let role = if s.is_none() { Role::Teacher } else { Role::Student };
@@ -194,11 +202,7 @@ fn batches(rec: &Recorder, conn: ConnId) -> Vec<Vec<u32>> {
 /// window to close, and the staff then get only the lines they lack.
 #[test]
 fn the_staff_batch_goes_when_full_and_sub_classes_wait() {
-    let mut config = NodeConfig::default();
-    config.batch_lines = 4;
-    let mut node = PushNode::new(config);
-    let t0 = Timestamp::from_millis(1_000_000);
-    let mut gate = unlimited_gate(t0);
+    let (mut node, mut gate, t0) = four_line_batches();
     let teacher = node.connect(member(1, None)).expect("connects").conn;
     let first = node.connect(member(2, Some(0))).expect("connects").conn;
     let second = node.connect(member(3, Some(1))).expect("connects").conn;
@@ -252,11 +256,7 @@ fn a_window_after_a_ride_waits_for_the_next_reliable_message() {
 #[test]
 fn moving_into_or_out_of_no_sub_class_mid_window_neither_repeats_nor_loses() {
     for into in [true, false] {
-        let mut config = NodeConfig::default();
-        config.batch_lines = 4;
-        let mut node = PushNode::new(config);
-        let t0 = Timestamp::from_millis(1_000_000);
-        let mut gate = unlimited_gate(t0);
+        let (mut node, mut gate, t0) = four_line_batches();
         let _staff = node.connect(member(1, None)).expect("connects").conn;
         let _others = node.connect(member(2, Some(1))).expect("connects").conn;
         let mover = node.connect(member(3, if into { None } else { Some(0) })).expect("connects").conn;
