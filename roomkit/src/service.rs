@@ -661,6 +661,12 @@ impl RoomService {
         let _ = began;
     }
 
+    fn fanout_done(&self, class: room_push::Class, began: Started) {
+        #[cfg(feature = "metrics")]
+        self.inner.turns.fanout(class, began.elapsed());
+        let _ = (class, began);
+    }
+
     /// The nodes this node routes to.
     pub fn view(&self) -> Vec<NodeId> {
         self.inner.core.lock().view()
@@ -1062,11 +1068,9 @@ impl RoomService {
 
     async fn deliver_bus(self, mut incoming: futures::stream::BoxStream<'static, room_push::Envelope>) {
         while let Some(env) = incoming.next().await {
-            #[cfg(feature = "metrics")]
-            let (class, began) = (env.message.class, std::time::Instant::now());
+            let (class, began) = (env.message.class, started());
             self.with_core(|core, t| core.handle_envelope(t, env));
-            #[cfg(feature = "metrics")]
-            telemetry::fanout(&self.inner.node_label, class, began.elapsed());
+            self.fanout_done(class, began);
         }
     }
 

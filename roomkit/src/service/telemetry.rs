@@ -259,12 +259,6 @@ pub(super) fn record(node: &SharedString, stats: &NodeStats, sizes: &RoomSizes) 
     total("roomkit_peer_garbage_total", stats.garbage);
 }
 
-/// One bus envelope's fan-out to this node's queues.
-pub(super) fn fanout(node: &SharedString, class: room_push::Class, took: Duration) {
-    histogram!("roomkit_fanout_seconds", "node" => node.clone(), "class" => class_label(class))
-        .record(took.as_secs_f64());
-}
-
 /// Counts one event of the driver's.
 pub(super) fn count(node: &SharedString, name: &'static str) {
     counter!(name, "node" => node.clone()).increment(1);
@@ -275,6 +269,8 @@ pub(super) fn count(node: &SharedString, name: &'static str) {
 pub(super) struct Turns {
     turn: Histogram,
     flush: Histogram,
+    /// By class, in [`CLASSES`]' order.
+    fanout: [Histogram; CLASSES.len()],
 }
 
 impl Turns {
@@ -282,12 +278,20 @@ impl Turns {
         Turns {
             turn: histogram!("roomkit_turn_seconds", "node" => node.clone()),
             flush: histogram!("roomkit_flush_seconds", "node" => node.clone()),
+            fanout: CLASSES.map(|class| histogram!("roomkit_fanout_seconds", "node" => node.clone(), "class" => class)),
         }
     }
 
     /// One input's time holding the node, its flush included.
     pub(super) fn turn(&self, took: Duration) {
         self.turn.record(took.as_secs_f64());
+    }
+
+    /// One bus envelope's fan-out to this node's queues.
+    pub(super) fn fanout(&self, class: room_push::Class, took: Duration) {
+        if let Some(h) = self.fanout.get(usize::from(class.code())) {
+            h.record(took.as_secs_f64());
+        }
     }
 
     /// The time handing frames to the writers took.
