@@ -138,6 +138,11 @@ fn micros_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
+/// The `q` quantile of `sorted` (microseconds, not empty), in milliseconds.
+fn quantile_ms(sorted: &[u64], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)] as f64 / 1_000.0
+}
+
 /// Latencies per class, in microseconds.
 #[derive(Default)]
 struct Latencies {
@@ -189,14 +194,14 @@ impl Latencies {
     fn percentile(&mut self, class: &str, q: f64) -> Option<f64> {
         let v = self.by_class.get_mut(class).filter(|v| !v.is_empty())?;
         v.sort_unstable();
-        Some(v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1_000.0)
+        Some(quantile_ms(v, q))
     }
 
     fn report(&mut self) {
         let mut last: Vec<u64> = self.teacher_last.values().copied().collect();
         if !last.is_empty() {
             last.sort_unstable();
-            let p = |q: f64| last[((last.len() as f64 * q) as usize).min(last.len() - 1)] as f64 / 1_000.0;
+            let p = |q: f64| quantile_ms(&last, q);
             println!(
                 "  teacher message to the last member reading it (bounds publish to the last queue): \
                  {} messages  p50 {:>8.2} ms  p99 {:>8.2} ms",
@@ -211,7 +216,7 @@ impl Latencies {
                 continue;
             };
             v.sort_unstable();
-            let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1_000.0;
+            let p = |q: f64| quantile_ms(v, q);
             println!(
                 "  {class:8} deliveries {:>10}  p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms",
                 v.len(),
@@ -381,7 +386,7 @@ fn in_process(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 if v.is_empty() {
                     continue;
                 }
-                let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1_000.0;
+                let p = |q: f64| quantile_ms(&v, q);
                 println!(
                     "  {class} message off the bus to the last member's queue (publish to the last queue): {} messages  p50 {:8.2} ms  p99 {:8.2} ms  max {:8.2} ms",
                     v.len(),
