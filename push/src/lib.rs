@@ -82,6 +82,7 @@ pub mod envelope;
 pub mod fenced;
 pub mod gate;
 pub mod limit;
+pub mod log;
 pub mod message;
 pub mod node;
 pub mod shared_cache;
@@ -96,10 +97,11 @@ pub use envelope::{DecodeError, Envelope};
 pub use fenced::{FENCE_ATTEMPTS, FenceOutput, FencedGate};
 pub use gate::{Gate, GateConfig, GateError, Joined, LimitScope};
 pub use limit::{Decision, GlobalLimiter, KeyedLimiter, LimiterError, LocalGlobalLimiter, Quota, QuotaError};
+pub use log::{Follower, LogEntry};
 pub use message::{Class, Kind, Message, Scope, Sender, SubclassId, Target, TargetError};
 pub use node::{
-    AckReply, CheckAnswer, ConnId, ConnSpec, Connected, DisconnectReason, NodeConfig, NodeError, NodeEvent, NodeStats,
-    OverflowPolicy, PushNode, RecoveredFrame,
+    AckReply, CheckAnswer, ConnId, ConnSpec, Connected, Delivery, DisconnectReason, LogOutput, NodeConfig, NodeError,
+    NodeEvent, NodeStats, OverflowPolicy, PushNode, RecoveredFrame,
 };
 pub use shared_cache::{Appended, InMemorySharedCache, Saved, SharedCache, SharedCacheError};
 pub use subclass::{Move, SubclassError, SubclassPlanner};

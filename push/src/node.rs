@@ -15,6 +15,7 @@ use crate::codec::{BinaryCodec, Codec, FrameHeader, FrameKind};
 use crate::connector::{Connector, Frame, SendError};
 use crate::degrade::Level;
 use crate::envelope::Envelope;
+use crate::log::{Entry, Follower, LogEntry};
 use crate::message::{Class, Kind, Scope, SubclassId, Target};
 
 /// A connection on a push node: room-core's [`ConnId`],
@@ -102,6 +103,50 @@ pub struct NodeConfig {
     /// The tag of every [`ConnId`] this node gives out (the room service
     /// puts its node id here, so that an id names its node).
     pub conn_tag: u16,
+    /// How reliable messages and chat batches reach the connections.
+    pub delivery: Delivery,
+}
+
+/// How a node hands reliable messages and chat batches to its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// Queued per connection, in its lanes, and handed to the
+    /// [`Connector`] by [`PushNode::flush`]: the node's work grows with
+    /// the recipients.
+    #[default]
+    Lanes,
+    /// Published once per room ([`PushNode::poll_log`]) for the host's
+    /// writers to read through their [`Follower`]s
+    /// ([`PushNode::follow`]): the node's work does not grow with the
+    /// room. Chat to named users and reaction totals still go through the
+    /// lanes.
+    Log,
+}
+
+/// What a node in [`Delivery::Log`] asks its host to do, in order.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum LogOutput {
+    /// Entry number `pos` (from 0) of `room`'s log.
+    Append {
+        /// The room.
+        room: RoomKey,
+        /// Its number in the room's log.
+        pos: u64,
+        /// The entry.
+        entry: LogEntry,
+    },
+    /// From entry `at` of its room's log on, `conn` is in `subclass`
+    /// ([`Follower::set_subclass`] before reading entry `at`).
+    Moved {
+        /// The connection.
+        conn: ConnId,
+        /// The first entry read in the new sub-class.
+        at: u64,
+        /// The new sub-class.
+        subclass: Option<SubclassId>,
+    },
 }
 
 impl Default for NodeConfig {
@@ -125,6 +170,7 @@ impl Default for NodeConfig {
             cache_age: Duration::from_secs(300),
             max_check_answer: 256,
             conn_tag: 0,
+            delivery: Delivery::Lanes,
         }
     }
 }
@@ -414,6 +460,10 @@ pub enum CheckAnswer {
 }
 
 const NONE: u32 = u32::MAX;
+/// Cached messages looked at for the newest one that reached a following
+/// connection: beyond them its ack is answered as if it had none of them
+/// (it checks once and is told nothing more is for it).
+const LAST_SCAN: usize = 64;
 const ROLE_LISTS: usize = 64;
 
 #[derive(Debug)]
@@ -432,6 +482,8 @@ struct Conn {
     /// Connected before the room's first reliable message: epoch 0 from
     /// this client means the room's first epoch.
     before_first_epoch: bool,
+    /// [`Delivery::Log`]: its writer reads the room's log.
+    following: bool,
     pos_all: u32,
     pos_role: u32,
     pos_terminal: u32,
@@ -511,6 +563,8 @@ struct Room {
     reaction_totals: BTreeMap<Kind, u64>,
     reactions_due: Option<Timestamp>,
     emptied_at: Option<Timestamp>,
+    /// Entries published to the room's log ([`Delivery::Log`]).
+    log_len: u64,
 }
 
 /// What closed a chat window.
@@ -589,6 +643,7 @@ pub struct PushNode {
     timers: BTreeSet<(Timestamp, u32, TimerKind)>,
     level: Level,
     events: VecDeque<NodeEvent>,
+    log: VecDeque<LogOutput>,
     empty: Bytes,
 }
 
@@ -625,6 +680,7 @@ impl PushNode {
             timers: BTreeSet::new(),
             level: Level::Normal,
             events: VecDeque::new(),
+            log: VecDeque::new(),
             empty: Bytes::new(),
         }
     }
@@ -648,6 +704,63 @@ impl PushNode {
     #[must_use]
     pub fn poll_event(&mut self) -> Option<NodeEvent> {
         self.events.pop_front()
+    }
+
+    /// The next entry or move for the host's room logs
+    /// ([`Delivery::Log`]), in order.
+    #[must_use = "an entry not kept never reaches the room's connections"]
+    pub fn poll_log(&mut self) -> Option<LogOutput> {
+        self.log.pop_front()
+    }
+
+    /// [`Delivery::Log`]: the connection's writer starts reading its
+    /// room's log at the returned position, with the returned follower
+    /// (its sub-class, and its last reliable number: what
+    /// [`connection_head`](Self::connection_head) says). Until then it
+    /// reads nothing from the log: a host calls this once it sent what
+    /// must come first (a welcome). Calling it again starts again.
+    pub fn follow(&mut self, id: ConnId) -> Result<(u64, Follower), NodeError> {
+        let c = self.conn(id)?;
+        let room = self.rooms[c.room as usize].as_ref().expect("live room");
+        let last = self.last_for(c, room);
+        let follower = Follower {
+            uin: c.uin,
+            role: c.role,
+            terminal: c.terminal,
+            subclass: c.subclass,
+            format: c.format,
+            epoch: room.epoch,
+            last,
+        };
+        let from = room.log_len;
+        let c = &mut self.conns[id.slot() as usize];
+        c.following = true;
+        c.last_seq = last;
+        Ok((from, follower))
+    }
+
+    /// The newest reliable number a connection was given. In lanes, its
+    /// own count; from the log, the newest cached message that reaches it
+    /// (looked for among the last few), at least what it had when it
+    /// started following, and at least the cache's floor (numbers before
+    /// a gap).
+    fn last_for(&self, c: &Conn, room: &Room) -> u64 {
+        if self.config.delivery == Delivery::Lanes || !c.following {
+            return if self.config.delivery == Delivery::Lanes { c.last_seq } else { room.cache.head() };
+        }
+        let reaching = room
+            .cache
+            .newest(LAST_SCAN)
+            .find(|m| m.reaches(c.uin, c.role, c.terminal, c.subclass))
+            .map_or(room.cache.floor(LAST_SCAN), |m| m.seq);
+        c.last_seq.max(reaching)
+    }
+
+    fn publish(&mut self, room_idx: u32, entry: Entry) {
+        let room = self.rooms[room_idx as usize].as_mut().expect("live room");
+        let pos = room.log_len;
+        room.log_len += 1;
+        self.log.push_back(LogOutput::Append { room: room.key, pos, entry: LogEntry::new(entry) });
     }
 
     /// When [`PushNode::handle_timeout`] should next run.
@@ -695,6 +808,7 @@ impl PushNode {
                     reaction_totals: BTreeMap::new(),
                     reactions_due: None,
                     emptied_at: None,
+                    log_len: 0,
                 };
                 let idx = match self.free_rooms.pop() {
                     Some(i) => {
@@ -726,6 +840,7 @@ impl PushNode {
                     blocked: false,
                     resync: false,
                     before_first_epoch: false,
+                    following: false,
                     pos_all: NONE,
                     pos_role: NONE,
                     pos_terminal: NONE,
@@ -757,6 +872,7 @@ impl PushNode {
         c.blocked = false;
         c.resync = false;
         c.before_first_epoch = epoch == 0;
+        c.following = false;
         c.last_seq = head;
         c.acked = head;
         c.pos_all = room.all.len() as u32;
@@ -868,8 +984,22 @@ impl PushNode {
         if staff_had_some && (c.subclass.is_none() || subclass.is_none()) {
             self.flush_chat(room_idx, Closed::Full);
         }
+        let c = &self.conns[slot as usize];
+        if c.following {
+            // Its head is judged by its sub-class: what it was given
+            // before the move must stay within it.
+            let room = self.rooms[room_idx as usize].as_ref().expect("live room");
+            let last = self.last_for(c, room);
+            self.conns[slot as usize].last_seq = last;
+        }
         self.unlink_subclass(slot);
         self.link_subclass(slot, subclass);
+        let c = &self.conns[slot as usize];
+        if c.following {
+            let conn = ConnId::new(self.config.conn_tag, c.generation, slot);
+            let at = self.rooms[room_idx as usize].as_ref().map_or(0, |r| r.log_len);
+            self.log.push_back(LogOutput::Moved { conn, at, subclass });
+        }
     }
 
     /// The connection may take frames again (after [`SendError::WouldBlock`]).
@@ -913,8 +1043,8 @@ impl PushNode {
     /// queued for it). Its acks and checks may not go beyond that number.
     pub fn connection_head(&self, id: ConnId) -> Result<(u64, u64), NodeError> {
         let c = self.conn(id)?;
-        let epoch = self.rooms.get(c.room as usize).and_then(Option::as_ref).map_or(0, |r| r.epoch);
-        Ok((epoch, c.last_seq))
+        let room = self.rooms[c.room as usize].as_ref().expect("live room");
+        Ok((room.epoch, self.last_for(c, room)))
     }
 
     /// Counts a check its host answered with a reset (from a shared cache
@@ -1043,6 +1173,7 @@ impl PushNode {
             room.cache.restart();
             if had_history {
                 // The sequence restarted: every connection's numbers are void.
+                let log = self.config.delivery == Delivery::Log;
                 for &slot in &room.all {
                     let c = &mut self.conns[slot as usize];
                     self.lanes.stats.queued_frames -= c.reliable.len() as u64;
@@ -1050,7 +1181,14 @@ impl PushNode {
                     c.last_seq = 0;
                     c.acked = 0;
                     c.before_first_epoch = false;
-                    self.lanes.mark_resync(slot, c);
+                    if !log {
+                        self.lanes.mark_resync(slot, c);
+                    }
+                }
+                if log {
+                    // Each follower turns it into its resync marker.
+                    self.lanes.stats.resyncs += 1;
+                    self.publish(room_idx, Entry::Restart { epoch: env.epoch });
                 }
             }
         }
@@ -1082,13 +1220,42 @@ impl PushNode {
                     let c = &mut self.conns[slot as usize];
                     c.last_seq = c.last_seq.max(hole_end);
                 }
+                if self.config.delivery == Delivery::Log {
+                    self.publish(room_idx, Entry::Hole { epoch: env.epoch, end: hole_end });
+                }
             }
             Inserted::Appended => {}
         }
         if m.kind.is_reserved() {
             self.apply_control(room_idx, m.kind, &m.payload);
         }
-        self.fan_out(room_idx, &m.target, &shared)
+        if self.config.delivery == Delivery::Lanes {
+            return self.fan_out(room_idx, &m.target, &shared);
+        }
+        let n = self.recipients(room_idx, &m.target);
+        self.publish(room_idx, Entry::Reliable { epoch: env.epoch, msg: shared });
+        n
+    }
+
+    /// How many of the room's connections `target` reaches.
+    fn recipients(&self, room_idx: u32, target: &Target) -> usize {
+        let Some(room) = self.rooms[room_idx as usize].as_ref() else { return 0 };
+        if target.scope == Scope::Room
+            && target.roles.is_none()
+            && target.terminals.is_none()
+            && target.subclass.is_none()
+            && target.exclude.is_none()
+        {
+            return room.all.len();
+        }
+        candidate_lists(room, target)
+            .into_iter()
+            .flatten()
+            .filter(|&&slot| {
+                let c = &self.conns[slot as usize];
+                target.matches(c.uin, c.role, c.terminal, c.subclass)
+            })
+            .count()
     }
 
     /// Queues `shared` for every recipient of `target` in the room.
@@ -1201,6 +1368,9 @@ impl PushNode {
         }
         let unsent: Vec<&Envelope> = room.chat.window.lines[from..].iter().collect();
         let Some(batch) = self.chat_batch(room.key, &unsent) else { return };
+        if self.config.delivery == Delivery::Log {
+            return self.publish(room_idx, Entry::ChatToUnassigned(batch));
+        }
         for &slot in &room.unassigned {
             self.lanes.enqueue_chat(slot, &mut self.conns[slot as usize], &batch);
         }
@@ -1252,6 +1422,10 @@ impl PushNode {
             if let Some(b) = batch(self, &|k| k.is_none() || k == Some(s)) {
                 own.insert(s, b);
             }
+        }
+        if self.config.delivery == Delivery::Log {
+            let own = own.into_iter().collect();
+            return self.publish(room_idx, Entry::Chat { everything, room_wide, own });
         }
         let room = self.rooms[room_idx as usize].as_ref().expect("live room");
         let mut deliver = |list: &[u32], shared: &Arc<Shared>| {
@@ -1370,14 +1544,16 @@ impl PushNode {
     pub fn handle_ack(&mut self, id: ConnId, epoch: u64, seq: u64) -> Result<AckReply, NodeError> {
         let c = self.conn(id)?;
         let room = self.rooms[c.room as usize].as_ref().expect("live room");
+        let last = self.last_for(c, room);
         let epoch = if epoch == 0 && c.before_first_epoch { room.epoch } else { epoch };
         if epoch != room.epoch {
-            return Ok(AckReply::Reset { epoch: room.epoch, head: c.last_seq });
+            return Ok(AckReply::Reset { epoch: room.epoch, head: last });
         }
-        if seq > c.last_seq {
-            return Err(NodeError::AckFromFuture { acked: seq, last: c.last_seq });
+        if seq > last {
+            return Err(NodeError::AckFromFuture { acked: seq, last });
         }
-        let (last, pending) = (c.last_seq, !c.reliable.is_empty() || c.resync);
+        // From the log, the reply goes out after every entry before it.
+        let pending = !c.reliable.is_empty() || c.resync;
         let c = &mut self.conns[id.slot() as usize];
         c.acked = c.acked.max(seq);
         Ok(if seq == last || pending { AckReply::UpToDate } else { AckReply::Behind { last } })
@@ -1392,8 +1568,8 @@ impl PushNode {
         after: u64,
     ) -> Result<CheckAnswer, NodeError> {
         let c = self.conn(id)?;
-        let (uin, role, terminal, subclass, format, last) =
-            (c.uin, c.role, c.terminal, c.subclass, c.format, c.last_seq);
+        let last = self.last_for(c, self.rooms[c.room as usize].as_ref().expect("live room"));
+        let (uin, role, terminal, subclass, format) = (c.uin, c.role, c.terminal, c.subclass, c.format);
         let room_idx = c.room;
         let epoch = if epoch == 0 && c.before_first_epoch {
             self.rooms[room_idx as usize].as_ref().map_or(0, |r| r.epoch)

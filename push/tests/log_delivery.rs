@@ -1,0 +1,334 @@
+//! Log delivery against lane delivery: fed the same envelopes, with
+//! members of every role, terminal and sub-class, members that move,
+//! targeted and room-wide reliable messages, chat to the room, to
+//! sub-classes and to named users, and gaps in the bus, a node that
+//! publishes its rooms' logs gives every connection, through its
+//! follower, the same reliable frames (numbers, `prev`, bodies) and the
+//! same chat batches as a node that queues a copy per connection; and it
+//! answers acks and checks with the same numbers (for members that move,
+//! numbers at least as high: they are judged by where they are now).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use room_core::{Role, Terminal, Timestamp, Uin};
+use room_push::{
+    AckReply, CheckAnswer, Class, ConnId, ConnSpec, Delivery, Follower, FrameHeader, FrameKind, Kind, LogEntry,
+    LogOutput, Message, NodeConfig, PushNode, SubclassId, Target,
+};
+use support::*;
+
+const SUBCLASSES: u16 = 4;
+const MOVERS: usize = 2;
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// A reliable message to the whole room.
+    ToRoom,
+    /// A reliable message to one role.
+    ToRole(u8),
+    /// A reliable message to one sub-class.
+    ToSubclass(u16),
+    /// A reliable message to one member.
+    ToMember(usize),
+    /// A reliable message to one terminal.
+    ToTerminal(u8),
+    /// A chat line to the room (`None`) or a sub-class.
+    Line(Option<u16>),
+    /// A chat line to one member (not merged).
+    LineTo(usize),
+    /// The bus loses the next reliable message.
+    Lose,
+    /// Time passes, in milliseconds.
+    Wait(u64),
+    /// A mover goes to a sub-class or to none.
+    Move(usize, Option<u16>),
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    proptest::collection::vec(
+        prop_oneof![
+            3 => Just(Op::ToRoom),
+            1 => (0u8..5).prop_map(Op::ToRole),
+            1 => (0..SUBCLASSES).prop_map(Op::ToSubclass),
+            1 => (0usize..12).prop_map(Op::ToMember),
+            1 => (0u8..7).prop_map(Op::ToTerminal),
+            5 => proptest::option::weighted(0.7, 0..SUBCLASSES).prop_map(Op::Line),
+            1 => (0usize..12).prop_map(Op::LineTo),
+            1 => Just(Op::Lose),
+            2 => (1u64..150).prop_map(Op::Wait),
+            1 => (0..MOVERS, proptest::option::of(0..SUBCLASSES)).prop_map(|(m, s)| Op::Move(m, s)),
+        ],
+        0..160,
+    )
+}
+
+/// A host's writer for one connection: its follower, where it is in the
+/// room's log, and the moves still ahead of it.
+struct Reader {
+    follower: Follower,
+    pos: u64,
+    moves: Vec<(u64, Option<SubclassId>)>,
+}
+
+/// What a connection received, split the way the two deliveries must agree.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Received {
+    reliable: Vec<(FrameHeader, Bytes)>,
+    chat: Vec<Bytes>,
+    other: Vec<(FrameHeader, Bytes)>,
+}
+
+impl Received {
+    fn add(&mut self, header: FrameHeader, body: Bytes) {
+        match header.kind {
+            FrameKind::ChatBatch => self.chat.push(body),
+            FrameKind::Message if header.class.is_reliable() => self.reliable.push((header, body)),
+            _ => self.other.push((header, body)),
+        }
+    }
+}
+
+struct Log {
+    entries: Vec<LogEntry>,
+    readers: BTreeMap<ConnId, Reader>,
+}
+
+impl Log {
+    /// The host's side: keeps what the node published, then lets every
+    /// writer read up to the end.
+    fn pump(&mut self, node: &mut PushNode, got: &mut BTreeMap<ConnId, Received>) {
+        while let Some(out) = node.poll_log() {
+            match out {
+                LogOutput::Append { pos, entry, .. } => {
+                    assert_eq!(pos, self.entries.len() as u64, "entries come in order");
+                    self.entries.push(entry);
+                }
+                LogOutput::Moved { conn, at, subclass } => {
+                    self.readers.get_mut(&conn).expect("a follower").moves.push((at, subclass));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        for (conn, r) in &mut self.readers {
+            while (r.pos as usize) < self.entries.len() {
+                while let Some(&(at, s)) = r.moves.first().filter(|(at, _)| *at <= r.pos) {
+                    assert_eq!(at, r.pos, "a move is read at its place");
+                    r.follower.set_subclass(s);
+                    r.moves.remove(0);
+                }
+                if let Some((header, body)) = r.follower.take(&self.entries[r.pos as usize]) {
+                    got.entry(*conn).or_default().add(header, body);
+                }
+                r.pos += 1;
+            }
+        }
+    }
+}
+
+fn node(delivery: Delivery) -> PushNode {
+    let mut config = NodeConfig::default();
+    config.delivery = delivery;
+    config.batch_lines = 3;
+    config.chat_lane = 100_000;
+    config.reliable_lane = 100_000;
+    config.cache_len = 100_000;
+    PushNode::new(config)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn a_follower_gets_what_its_lanes_would_have(ops in ops()) {
+        let mut lanes = node(Delivery::Lanes);
+        let mut logged = node(Delivery::Log);
+        let mut now = Timestamp::from_millis(1_000_000);
+        let mut gate = unlimited_gate(now);
+        let mut log = Log { entries: Vec::new(), readers: BTreeMap::new() };
+        // Ten fixed members of every kind, then the movers.
+        let mut conns: Vec<(ConnId, ConnId)> = Vec::new();
+        let subclasses = [None, None, Some(0), Some(1), Some(1), Some(2), Some(3), Some(0), None, Some(2), None, Some(3)];
+        for (n, subclass) in subclasses.into_iter().enumerate() {
+            let role = if subclass.is_none() { role_of(n as u8) } else { Role::Student };
+            let spec = ConnSpec::new(ROOM, Uin(n as u64 + 1), role, terminal_of(n as u8)).in_subclass(subclass.map(SubclassId));
+            let a = lanes.connect(spec).expect("connects").conn;
+            let b = logged.connect(spec).expect("connects").conn;
+            let (pos, follower) = logged.follow(b).expect("known");
+            log.readers.insert(b, Reader { follower, pos, moves: Vec::new() });
+            conns.push((a, b));
+        }
+        let movers = subclasses.len() - MOVERS;
+        let mut got_lanes: BTreeMap<ConnId, Received> = BTreeMap::new();
+        let mut got_log: BTreeMap<ConnId, Received> = BTreeMap::new();
+        let mut lose = false;
+        let mut reliable_sent = 0;
+        let mut n = 0u32;
+        for op in &ops {
+            n += 1;
+            let reliable = |target: Target| Message::new(ROOM, Class::Signal, Kind(3), n.to_le_bytes().to_vec()).to(target);
+            let msg = match *op {
+                Op::ToRoom => Some(reliable(Target::room())),
+                Op::ToRole(r) => Some(reliable(Target::room().role(role_of(r)))),
+                Op::ToSubclass(s) => Some(reliable(Target::room().subclass(SubclassId(s)))),
+                Op::ToMember(m) => Some(reliable(Target::user(Uin(m as u64 + 1)))),
+                Op::ToTerminal(t) => Some(reliable(Target::room().terminal(terminal_of(t)))),
+                Op::Line(s) => {
+                    let target = s.map_or(Target::room(), |s| Target::room().subclass(SubclassId(s)));
+                    Some(Message::new(ROOM, Class::Chat, Kind(1), n.to_le_bytes().to_vec()).to(target))
+                }
+                Op::LineTo(m) => Some(Message::new(ROOM, Class::Chat, Kind(1), n.to_le_bytes().to_vec()).to(Target::user(Uin(m as u64 + 1)))),
+                Op::Lose => {
+                    lose = true;
+                    None
+                }
+                Op::Wait(ms) => {
+                    let until = now.saturating_add(Duration::from_millis(ms));
+                    while let Some(due) = lanes.poll_timeout().filter(|&d| d <= until) {
+                        prop_assert_eq!(logged.poll_timeout(), Some(due), "both nodes keep the same timers");
+                        now = due.max(now);
+                        lanes.handle_timeout(now);
+                        logged.handle_timeout(now);
+                    }
+                    now = until;
+                    None
+                }
+                Op::Move(m, s) => {
+                    let (a, b) = conns[movers + m];
+                    lanes.set_connection_subclass(a, s.map(SubclassId)).expect("known");
+                    logged.set_connection_subclass(b, s.map(SubclassId)).expect("known");
+                    None
+                }
+            };
+            if let Some(msg) = msg {
+                let env = gate.publish(now, msg).expect("accepted");
+                if env.seq > 0 {
+                    reliable_sent += 1;
+                    if std::mem::take(&mut lose) {
+                        continue;
+                    }
+                }
+                let a = lanes.handle_envelope(now, &env);
+                let b = logged.handle_envelope(now, &env);
+                prop_assert_eq!(a, b, "the same recipients counted");
+            }
+            let mut rec = Recorder::default();
+            let _ = lanes.flush(now, &mut rec);
+            for (conn, frames) in rec.frames {
+                for (header, body) in frames {
+                    got_lanes.entry(conn).or_default().add(header, body);
+                }
+            }
+            let mut rec = Recorder::default();
+            let _ = logged.flush(now, &mut rec);
+            for (conn, frames) in rec.frames {
+                for (header, body) in frames {
+                    got_log.entry(conn).or_default().add(header, body);
+                }
+            }
+            log.pump(&mut logged, &mut got_log);
+        }
+        for (i, (a, b)) in conns.iter().enumerate() {
+            let empty = Received::default();
+            let (x, y) = (got_lanes.get(a).unwrap_or(&empty), got_log.get(b).unwrap_or(&empty));
+            prop_assert_eq!(&x.reliable, &y.reliable, "member {}'s reliable frames", i);
+            prop_assert_eq!(&x.chat, &y.chat, "member {}'s chat batches", i);
+            prop_assert_eq!(&x.other, &y.other, "member {}'s other frames", i);
+            // The newest number each was given, as acks and checks see it.
+            if i >= movers {
+                // A mover is judged by where it is now: its head may name a
+                // message for its new sub-class that went out before it
+                // came (a check then brings it); never less than it had.
+                let (head, last) = (lanes.connection_head(*a).expect("known"), logged.connection_head(*b).expect("known"));
+                prop_assert!(last >= head, "member {i}'s head {last:?} below {head:?}");
+            } else if reliable_sent < 60 {
+                let head = lanes.connection_head(*a).expect("known");
+                prop_assert_eq!(logged.connection_head(*b).expect("known"), head, "member {}'s head", i);
+                let last = x.reliable.last().map_or(0, |(h, _)| h.seq);
+                prop_assert_eq!(logged.handle_ack(*b, head.0, last), lanes.handle_ack(*a, head.0, last));
+                // After a gap, a check from 0 is a reset in both.
+                let answer = |c: CheckAnswer| match c {
+                    CheckAnswer::Messages { upto, frames, .. } => (false, upto, frames.len()),
+                    CheckAnswer::Reset { head, .. } => (true, head, 0),
+                    other => panic!("unexpected {other:?}"),
+                };
+                prop_assert_eq!(
+                    answer(logged.handle_check(now, *b, head.0, 0).expect("in range")),
+                    answer(lanes.handle_check(now, *a, head.0, 0).expect("in range"))
+                );
+            }
+        }
+    }
+}
+
+/// A restart of the room's sequence reaches every follower as a resync
+/// marker in the new epoch, and the next message numbers from there.
+#[test]
+fn a_restart_is_a_resync_marker_then_the_new_sequence() {
+    let mut node = node(Delivery::Log);
+    let now = Timestamp::from_millis(1_000_000);
+    let mut gate = unlimited_gate(now);
+    let conn = node.connect(ConnSpec::new(ROOM, Uin(1), Role::Student, Terminal::Web)).expect("connects").conn;
+    let (mut pos, mut follower) = node.follow(conn).expect("known");
+    let say = |n: u8| Message::new(ROOM, Class::Teacher, Kind(2), vec![n; 4]);
+    let first = gate.publish(now, say(1)).expect("accepted");
+    node.handle_envelope(now, &first).expect("handled");
+    let mut second = gate.publish(now, say(2)).expect("accepted");
+    // The room's gate restarted elsewhere: a later epoch, numbers from 1.
+    second.epoch = first.epoch + 1;
+    second.seq = 1;
+    node.handle_envelope(now, &second).expect("handled");
+    let mut frames = Vec::new();
+    while let Some(out) = node.poll_log() {
+        if let LogOutput::Append { pos: p, entry, .. } = out {
+            assert_eq!(p, pos);
+            pos += 1;
+            frames.extend(follower.take(&entry).map(|(h, _)| (h.kind, h.epoch, h.seq, h.prev)));
+        }
+    }
+    assert_eq!(
+        frames,
+        vec![
+            (FrameKind::Message, first.epoch, 1, 0),
+            (FrameKind::Resync, first.epoch + 1, 0, 0),
+            (FrameKind::Message, first.epoch + 1, 1, 0),
+        ]
+    );
+    assert_eq!(node.handle_ack(conn, first.epoch + 1, 1), Ok(AckReply::UpToDate));
+}
+
+/// A writer that fell behind what its host keeps continues after the
+/// newest entry with a resync marker naming it; its next frame chains
+/// from there.
+#[test]
+fn a_lagging_follower_resyncs_at_the_newest_number() {
+    let mut node = node(Delivery::Log);
+    let now = Timestamp::from_millis(1_000_000);
+    let mut gate = unlimited_gate(now);
+    let conn = node.connect(ConnSpec::new(ROOM, Uin(1), Role::Student, Terminal::Web)).expect("connects").conn;
+    let (_, mut follower) = node.follow(conn).expect("known");
+    let mut newest = (0, 0);
+    let mut entries = Vec::new();
+    for n in 0..5u8 {
+        let env = gate.publish(now, Message::new(ROOM, Class::Teacher, Kind(2), vec![n; 4])).expect("accepted");
+        node.handle_envelope(now, &env).expect("handled");
+        while let Some(LogOutput::Append { entry, .. }) = node.poll_log() {
+            newest = entry.sequence().unwrap_or(newest);
+            entries.push(entry);
+        }
+    }
+    // Only the last entry is still kept: the four before it were missed.
+    let marker = follower.lagged(newest.0, 4);
+    assert_eq!((marker.kind, marker.seq), (FrameKind::Resync, 4));
+    let (header, _) = follower.take(&entries[4]).expect("to the room");
+    assert_eq!((header.seq, header.prev), (5, 4));
+    // The client checks from what it has; the node answers up to 5.
+    match node.handle_check(now, conn, newest.0, 0).expect("in range") {
+        CheckAnswer::Messages { upto, frames, .. } => assert_eq!((upto, frames.len()), (5, 5)),
+        other => panic!("{other:?}"),
+    }
+}
