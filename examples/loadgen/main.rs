@@ -278,6 +278,10 @@ fn in_process(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         for c in &mut conns {
             while c.outbound.try_recv().is_ok() {}
         }
+        println!(
+            "after the welcomes, settled: {:.0} B per member",
+            net_bytes(&region) / a.members as f64
+        );
 
         let cards: std::sync::Arc<parking_lot_free::CardTimes> = Default::default();
         let teacher = conns[0].id;
@@ -388,7 +392,7 @@ fn in_process(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 let p = |q: f64| quantile_ms(&v, q);
                 println!(
-                    "  {class} message off the bus to the last member's queue (publish to the last queue): {} messages  p50 {:8.2} ms  p99 {:8.2} ms  max {:8.2} ms",
+                    "  {class} message off the bus to the room's log, readable by every member's writer (publish to the last queue): {} messages  p50 {:8.2} ms  p99 {:8.2} ms  max {:8.2} ms",
                     v.len(),
                     p(0.5),
                     p(0.99),

@@ -34,7 +34,12 @@
 //!   connections shed chat first and get a resync marker (or are dropped,
 //!   by [`OverflowPolicy`]) if even their reliable lane overflows; a
 //!   per-room cache (bounded in count and age, with an epoch) answers
-//!   acks and checks.
+//!   acks and checks. With [`Delivery::Log`] the node publishes each
+//!   reliable message, closed chat window and reaction window once per
+//!   room instead ([`PushNode::poll_log`]); the host's writers read the
+//!   room's log, each through the [`Follower`] the node gave it, which
+//!   picks what reaches its connection and numbers it exactly as its
+//!   lanes would (the service's writers work this way).
 //! * [`ReliableReceiver`]: the client's rules (gap detection by each
 //!   frame's `prev`, acks, checks, resets), for tests, load generators
 //!   and as the reference for browser and app clients.

@@ -3,8 +3,8 @@
 //! connection.
 //!
 //! With [`Delivery::Log`](crate::node::Delivery::Log) a push node hands
-//! its host one [`LogEntry`] per reliable message and per closed chat
-//! window ([`PushNode::poll_log`](crate::PushNode::poll_log)), whatever
+//! its host one [`LogEntry`] per reliable message, per closed chat window
+//! and per reaction window ([`PushNode::poll_log`](crate::PushNode::poll_log)), whatever
 //! the room's size: publishing costs the same for three members or
 //! sixty thousand. The host keeps each room's recent entries where its
 //! writers can read them, and each writer keeps the [`Follower`] the node
@@ -44,6 +44,8 @@ pub(crate) enum Entry {
     /// The connections in no sub-class have a full batch before the
     /// window closes for the others.
     ChatToUnassigned(Arc<Shared>),
+    /// The room's reaction totals, for every connection.
+    Reactions(Arc<Shared>),
 }
 
 impl LogEntry {
@@ -60,7 +62,21 @@ impl LogEntry {
             Entry::Reliable { epoch, msg } => Some((*epoch, msg.seq)),
             Entry::Hole { epoch, end } => Some((*epoch, *end)),
             Entry::Restart { epoch } => Some((*epoch, 0)),
-            Entry::Chat { .. } | Entry::ChatToUnassigned(_) => None,
+            Entry::Chat { .. } | Entry::ChatToUnassigned(_) | Entry::Reactions(_) => None,
+        }
+    }
+
+    /// The bytes of the bodies the entry holds (every wire format, every
+    /// audience): what keeping it costs a host.
+    pub fn body_bytes(&self) -> usize {
+        let size = |m: &Arc<Shared>| m.bodies.iter().map(Bytes::len).sum::<usize>();
+        match &*self.0 {
+            Entry::Reliable { msg, .. } | Entry::ChatToUnassigned(msg) | Entry::Reactions(msg) => size(msg),
+            Entry::Hole { .. } | Entry::Restart { .. } => 0,
+            Entry::Chat { everything, room_wide, own } => {
+                everything.iter().chain(room_wide).map(size).sum::<usize>()
+                    + own.iter().map(|(_, b)| size(b)).sum::<usize>()
+            }
         }
     }
 
@@ -71,6 +87,7 @@ impl LogEntry {
             Entry::Reliable { msg, .. } => msg.class,
             Entry::Hole { .. } | Entry::Restart { .. } => Class::Signal,
             Entry::Chat { .. } | Entry::ChatToUnassigned(_) => Class::Chat,
+            Entry::Reactions(_) => Class::Reaction,
         }
     }
 }
@@ -113,6 +130,7 @@ impl Follower {
     /// header and the body, encoded once for every reader.
     #[must_use = "a frame taken here is the connection's to write"]
     pub fn take(&mut self, entry: &LogEntry) -> Option<(FrameHeader, Bytes)> {
+        // Merged frames (chat batches, reaction totals): no numbers.
         let chat = |epoch: u64, batch: &Arc<Shared>, format: u8| {
             let header = FrameHeader { kind: batch.kind, class: batch.class, epoch, seq: 0, prev: 0 };
             Some((header, batch.body(format).clone()))
@@ -146,6 +164,7 @@ impl Follower {
             }
             Entry::ChatToUnassigned(batch) if self.subclass.is_none() => chat(self.epoch, batch, self.format),
             Entry::ChatToUnassigned(_) => None,
+            Entry::Reactions(totals) => chat(self.epoch, totals, self.format),
         }
     }
 

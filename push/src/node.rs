@@ -42,8 +42,9 @@ pub enum OverflowPolicy {
 /// Memory per connection is bounded by the lanes: a connection holds at
 /// most `reliable_lane` reliable entries (16 bytes each plus the shared
 /// message), `chat_lane` chat frames (8 bytes each plus the shared batch)
-/// and one reaction frame. An idle connection costs its record and index
-/// entries: 266 bytes fresh, measured with a counting allocator.
+/// and one reaction frame, allocated with the first frame queued (with
+/// [`Delivery::Log`], most connections never have one). An idle
+/// connection costs its record and index entries: about 200 bytes fresh.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct NodeConfig {
@@ -119,8 +120,8 @@ pub enum Delivery {
     /// Published once per room ([`PushNode::poll_log`]) for the host's
     /// writers to read through their [`Follower`]s
     /// ([`PushNode::follow`]): the node's work does not grow with the
-    /// room. Chat to named users and reaction totals still go through the
-    /// lanes.
+    /// room. Reaction totals go the same way; chat to named users still
+    /// goes through the lanes.
     Log,
 }
 
@@ -491,6 +492,13 @@ struct Conn {
     pos_uin: u32,
     last_seq: u64,
     acked: u64,
+    /// Its lanes, from the first frame queued for it (with log delivery,
+    /// most connections never have one).
+    lanes: Option<Box<ConnLanes>>,
+}
+
+#[derive(Debug, Default)]
+struct ConnLanes {
     reliable: VecDeque<(Arc<Shared>, u64)>,
     chat: VecDeque<Arc<Shared>>,
     reactions: Option<Arc<Shared>>,
@@ -498,8 +506,17 @@ struct Conn {
 
 impl Conn {
     fn queued(&self) -> u64 {
-        (self.reliable.len() + self.chat.len() + usize::from(self.reactions.is_some()) + usize::from(self.resync))
-            as u64
+        let lanes =
+            self.lanes.as_ref().map_or(0, |q| q.reliable.len() + q.chat.len() + usize::from(q.reactions.is_some()));
+        (lanes + usize::from(self.resync)) as u64
+    }
+
+    fn reliable_queued(&self) -> usize {
+        self.lanes.as_ref().map_or(0, |q| q.reliable.len())
+    }
+
+    fn lanes(&mut self) -> &mut ConnLanes {
+        self.lanes.get_or_insert_default()
     }
 }
 
@@ -848,9 +865,7 @@ impl PushNode {
                     pos_uin: NONE,
                     last_seq: 0,
                     acked: 0,
-                    reliable: VecDeque::new(),
-                    chat: VecDeque::new(),
-                    reactions: None,
+                    lanes: None,
                 });
                 ((self.conns.len() - 1) as u32, 0)
             }
@@ -932,9 +947,7 @@ impl PushNode {
         let c = &mut self.conns[slot as usize];
         c.live = false;
         self.lanes.stats.queued_frames -= c.queued();
-        c.reliable = VecDeque::new();
-        c.chat = VecDeque::new();
-        c.reactions = None;
+        c.lanes = None;
         c.resync = false;
         let (room_idx, uin, role, terminal) = (c.room, c.uin, c.role, c.terminal);
         let (p_all, p_role, p_term, p_uin) = (c.pos_all, c.pos_role, c.pos_terminal, c.pos_uin);
@@ -1176,8 +1189,10 @@ impl PushNode {
                 let log = self.config.delivery == Delivery::Log;
                 for &slot in &room.all {
                     let c = &mut self.conns[slot as usize];
-                    self.lanes.stats.queued_frames -= c.reliable.len() as u64;
-                    c.reliable.clear();
+                    self.lanes.stats.queued_frames -= c.reliable_queued() as u64;
+                    if let Some(q) = &mut c.lanes {
+                        q.reliable.clear();
+                    }
                     c.last_seq = 0;
                     c.acked = 0;
                     c.before_first_epoch = false;
@@ -1461,6 +1476,9 @@ impl PushNode {
             bodies,
             msg_kind: totals[0].0,
         });
+        if self.config.delivery == Delivery::Log {
+            return self.publish(room_idx, Entry::Reactions(shared));
+        }
         let room = self.rooms[room_idx as usize].as_ref().expect("live room");
         for &slot in &room.all {
             let c = &mut self.conns[slot as usize];
@@ -1553,7 +1571,7 @@ impl PushNode {
             return Err(NodeError::AckFromFuture { acked: seq, last });
         }
         // From the log, the reply goes out after every entry before it.
-        let pending = !c.reliable.is_empty() || c.resync;
+        let pending = c.reliable_queued() > 0 || c.resync;
         let c = &mut self.conns[id.slot() as usize];
         c.acked = c.acked.max(seq);
         Ok(if seq == last || pending { AckReply::UpToDate } else { AckReply::Behind { last } })
@@ -1695,35 +1713,36 @@ impl Lanes {
             // The client will recover this message with its check.
             return;
         }
-        if c.reliable.len() >= self.reliable_cap {
+        if c.reliable_queued() >= self.reliable_cap {
             match self.overflow {
                 OverflowPolicy::Resync => {
-                    self.stats.queued_frames -= c.reliable.len() as u64;
-                    c.reliable.clear();
+                    self.stats.queued_frames -= c.reliable_queued() as u64;
+                    c.lanes().reliable.clear();
                     self.mark_resync(slot, c);
                 }
                 OverflowPolicy::Disconnect => self.overflowed.push(slot),
             }
             return;
         }
-        c.reliable.push_back((Arc::clone(shared), prev));
+        c.lanes().reliable.push_back((Arc::clone(shared), prev));
         self.stats.queued_frames += 1;
         self.make_ready(slot, c);
     }
 
     fn enqueue_chat(&mut self, slot: u32, c: &mut Conn, shared: &Arc<Shared>) {
-        if c.chat.len() >= self.chat_cap {
-            c.chat.pop_front();
+        let chat = &mut c.lanes().chat;
+        if chat.len() >= self.chat_cap {
+            chat.pop_front();
             self.stats.chat_shed += 1;
         } else {
             self.stats.queued_frames += 1;
         }
-        c.chat.push_back(Arc::clone(shared));
+        chat.push_back(Arc::clone(shared));
         self.make_ready(slot, c);
     }
 
     fn set_reactions(&mut self, slot: u32, c: &mut Conn, shared: &Arc<Shared>) {
-        if c.reactions.replace(Arc::clone(shared)).is_none() {
+        if c.lanes().reactions.replace(Arc::clone(shared)).is_none() {
             self.stats.queued_frames += 1;
         }
         self.make_ready(slot, c);
@@ -1752,31 +1771,31 @@ fn drain<C: Connector>(
                 c.resync = false;
             }
             r
-        } else if let Some((m, prev)) = c.reliable.front() {
+        } else if let Some((m, prev)) = c.lanes.as_ref().and_then(|q| q.reliable.front()) {
             class = m.class;
             let header = FrameHeader { kind: m.kind, class: m.class, epoch, seq: m.seq, prev: *prev };
             let r =
                 connector.send(&Frame { conn: id, uin: c.uin, terminal: c.terminal, header, body: m.body(c.format) });
             if r.is_ok() {
-                c.reliable.pop_front();
+                c.lanes().reliable.pop_front();
             }
             r
-        } else if let Some(m) = &c.reactions {
+        } else if let Some(m) = c.lanes.as_ref().and_then(|q| q.reactions.as_ref()) {
             class = m.class;
             let header = FrameHeader { kind: m.kind, class: m.class, epoch, seq: 0, prev: 0 };
             let r =
                 connector.send(&Frame { conn: id, uin: c.uin, terminal: c.terminal, header, body: m.body(c.format) });
             if r.is_ok() {
-                c.reactions = None;
+                c.lanes().reactions = None;
             }
             r
-        } else if let Some(m) = c.chat.front() {
+        } else if let Some(m) = c.lanes.as_ref().and_then(|q| q.chat.front()) {
             class = m.class;
             let header = FrameHeader { kind: m.kind, class: m.class, epoch, seq: 0, prev: 0 };
             let r =
                 connector.send(&Frame { conn: id, uin: c.uin, terminal: c.terminal, header, body: m.body(c.format) });
             if r.is_ok() {
-                c.chat.pop_front();
+                c.lanes().chat.pop_front();
             }
             r
         } else {

@@ -1,7 +1,7 @@
 //! Log delivery against lane delivery: fed the same envelopes, with
 //! members of every role, terminal and sub-class, members that move,
 //! targeted and room-wide reliable messages, chat to the room, to
-//! sub-classes and to named users, and gaps in the bus, a node that
+//! sub-classes and to named users, reactions, and gaps in the bus, a node that
 //! publishes its rooms' logs gives every connection, through its
 //! follower, the same reliable frames (numbers, `prev`, bodies) and the
 //! same chat batches as a node that queues a copy per connection; and it
@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use room_core::{Role, Terminal, Timestamp, Uin};
 use room_push::{
     AckReply, CheckAnswer, Class, ConnId, ConnSpec, Delivery, Follower, FrameHeader, FrameKind, Kind, LogEntry,
-    LogOutput, Message, NodeConfig, PushNode, SubclassId, Target,
+    LogOutput, Message, NodeConfig, PushNode, Sender, SubclassId, Target,
 };
 use support::*;
 
@@ -41,6 +41,8 @@ enum Op {
     Line(Option<u16>),
     /// A chat line to one member (not merged).
     LineTo(usize),
+    /// A reaction of one of two kinds (totals go out per window).
+    React(u16),
     /// The bus loses the next reliable message.
     Lose,
     /// Time passes, in milliseconds.
@@ -59,6 +61,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
             1 => (0u8..7).prop_map(Op::ToTerminal),
             5 => proptest::option::weighted(0.7, 0..SUBCLASSES).prop_map(Op::Line),
             1 => (0usize..12).prop_map(Op::LineTo),
+            1 => (20u16..22).prop_map(Op::React),
             1 => Just(Op::Lose),
             2 => (1u64..150).prop_map(Op::Wait),
             1 => (0..MOVERS, proptest::option::of(0..SUBCLASSES)).prop_map(|(m, s)| Op::Move(m, s)),
@@ -182,6 +185,7 @@ proptest! {
                     Some(Message::new(ROOM, Class::Chat, Kind(1), n.to_le_bytes().to_vec()).to(target))
                 }
                 Op::LineTo(m) => Some(Message::new(ROOM, Class::Chat, Kind(1), n.to_le_bytes().to_vec()).to(Target::user(Uin(m as u64 + 1)))),
+                Op::React(k) => Some(Message::reaction(ROOM, Kind(k), Sender { uin: Uin(3), role: Role::Student }, 1)),
                 Op::Lose => {
                     lose = true;
                     None

@@ -74,7 +74,8 @@ pub mod telemetry;
 mod outbox;
 mod refusals;
 pub use outbox::{OutboundFrames, TryRecvError};
-use outbox::{OutboxSender, Refused, outbox};
+use outbox::{OutboxSender, Refused, RoomLog, outbox};
+use room_push::{Follower, LogEntry, SubclassId};
 
 /// How the service runs.
 ///
@@ -100,8 +101,11 @@ pub struct ServiceConfig {
     pub keys: KeyRing,
     /// The node: its id, heartbeats, limits, windows (see [`RoomNodeConfig`]).
     pub node: RoomNodeConfig,
-    /// Frames queued per connection between the service and the host's
-    /// writer; when full, push frames wait in the node (chat is shed first).
+    /// Frames of a connection's own (replies, chat to it by name) queued
+    /// between the service and the host's writer; when full, they wait in
+    /// the node (chat is shed first). The room's messages are not queued
+    /// per connection: each writer reads them from its room's log
+    /// ([`OutboundFrames`]).
     pub outbound: usize,
     /// Room events held for [`RoomService::events`] readers: a reader
     /// that falls further behind is told how many it missed
@@ -254,20 +258,69 @@ fn unix_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The writers of this node's connections.
+/// The writers of this node's connections, and the logs of their rooms.
 #[derive(Default)]
 struct Writers {
     channels: room_core::ConnSlab<OutboxSender>,
     blocked: HashSet<ConnId>,
+    /// Each room's log and the connections of the room here: a log is
+    /// kept from the room's first connection's entry to its last one's
+    /// leaving (then nobody can follow it).
+    logs: HashMap<RoomKey, (Arc<RoomLog>, usize)>,
+    /// Times a writer fell behind its room's log (and resynced).
+    lagged: Arc<AtomicU64>,
+    /// Frames read from the logs by writers let go, by class code.
+    from_log_gone: [u64; 4],
 }
 
 impl Writers {
+    /// A new connection of `room`, with its writer's end.
+    fn add(&mut self, conn: ConnId, room: RoomKey, tx: OutboxSender) {
+        let lagged = &self.lagged;
+        let (log, n) = self.logs.entry(room).or_insert_with(|| (Arc::new(RoomLog::new(room, lagged.clone())), 0));
+        *n += 1;
+        if let Some(old) = self.channels.insert(conn, tx.in_room(log.clone())) {
+            self.release(&old);
+        }
+    }
+
+    /// Lets a connection's writer go: its stream ends once drained.
+    fn remove(&mut self, conn: ConnId) -> Option<OutboxSender> {
+        let tx = self.channels.remove(&conn)?;
+        self.release(&tx);
+        Some(tx)
+    }
+
+    fn release(&mut self, tx: &OutboxSender) {
+        for (sum, n) in self.from_log_gone.iter_mut().zip(tx.frames_from_log()) {
+            *sum += u64::from(n);
+        }
+        let Some(room) = tx.room_log().map(|log| log.room()) else { return };
+        if let Some((_, n)) = self.logs.get_mut(&room) {
+            *n -= 1;
+            if *n == 0 {
+                self.logs.remove(&room);
+            }
+        }
+    }
+
+    /// Frames the writers read from their rooms' logs, by class code.
+    fn frames_from_log(&self) -> [u64; 4] {
+        let mut sums = self.from_log_gone;
+        for (_, channel) in self.channels.iter() {
+            for (sum, n) in sums.iter_mut().zip(channel.frames_from_log()) {
+                *sum += u64::from(n);
+            }
+        }
+        sums
+    }
+
     /// The connections whose writers had filled up and have room again.
     /// Each leaves the blocked set, and so does every connection whose
     /// writer is gone (a host's disconnect lets the writer go without a
     /// close): a writer blocked when its client went holds no entry.
     fn take_writable(&mut self) -> Vec<ConnId> {
-        let Writers { channels, blocked } = self;
+        let Writers { channels, blocked, .. } = self;
         let mut ready = Vec::new();
         blocked.retain(|conn| match channels.get(conn) {
             Some(tx) if tx.has_room() => {
@@ -295,12 +348,33 @@ impl ClientSink for Writers {
     }
 
     fn close(&mut self, conn: ConnId, reason: CloseReason) {
-        if let Some(tx) = self.channels.remove(&conn) {
+        if let Some(tx) = self.remove(conn) {
             // The stream ends when the sender goes; the close frame says why
             // if the writer has room for it.
             let _ = tx.try_send(Outbound::Close(reason));
         }
         self.blocked.remove(&conn);
+    }
+
+    fn append(&mut self, room: RoomKey, pos: u64, entry: &LogEntry) {
+        // A room without connections here has nobody to read it.
+        if let Some((log, _)) = self.logs.get(&room) {
+            log.append(pos, entry.clone());
+        }
+    }
+
+    fn follow(&mut self, conn: ConnId, room: RoomKey, from: u64, follower: Follower) {
+        if let Some(tx) = self.channels.get(&conn)
+            && tx.room_log().is_some_and(|log| log.room() == room)
+        {
+            tx.follow(from, follower);
+        }
+    }
+
+    fn moved(&mut self, conn: ConnId, at: u64, subclass: Option<SubclassId>) {
+        if let Some(tx) = self.channels.get(&conn) {
+            tx.moved(at, subclass);
+        }
     }
 }
 
@@ -546,6 +620,9 @@ impl RoomService {
             config.node.incarnation = now().as_micros();
         }
         let me = config.node.node;
+        // The writers read their rooms' logs: a room's message costs the
+        // node the same for three members or sixty thousand.
+        config.node.push.delivery = room_push::Delivery::Log;
         let mut core = RoomNode::new(config.node.clone())?;
         let bus_in = transports.bus.subscribe(me).await.map_err(|e| StartError::Transport(e.to_string()))?;
         let peers_in = transports.peers.inbox(me).await.map_err(|e| StartError::Transport(e.to_string()))?;
@@ -610,7 +687,23 @@ impl RoomService {
     pub fn stats(&self) -> NodeStats {
         let mut stats = NodeStats::default();
         for node in self.nodes() {
-            stats.absorb(&node.inner.core.lock().stats());
+            stats.absorb(&node.node_stats());
+        }
+        stats
+    }
+
+    /// This node's (this shard's) counters: the core's, and the frames its
+    /// writers read from their rooms' logs.
+    fn node_stats(&self) -> NodeStats {
+        let mut stats = self.inner.core.lock().stats();
+        let writers = self.inner.writers.lock();
+        // A writer behind its room's log resyncs as a lane would.
+        stats.push.resyncs += writers.lagged.load(Ordering::Relaxed);
+        // The node counts the frames of its lanes; the writers, those of
+        // the logs.
+        for (i, n) in writers.frames_from_log().into_iter().enumerate() {
+            stats.push.frames_by_class[i] += n;
+            stats.push.frames_sent += n;
         }
         stats
     }
@@ -634,10 +727,7 @@ impl RoomService {
     #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn record_metrics(&self) {
         for node in self.nodes() {
-            let (stats, sizes) = {
-                let core = node.inner.core.lock();
-                (core.stats(), core.room_sizes())
-            };
+            let (stats, sizes) = (node.node_stats(), node.inner.core.lock().room_sizes());
             telemetry::record(&node.inner.node_label, &stats, &sizes);
         }
     }
@@ -758,7 +848,7 @@ impl RoomService {
             }
         };
         // The writer is in place before anything can be flushed to it.
-        self.inner.writers.lock().channels.insert(conn, tx);
+        self.inner.writers.lock().add(conn, room, tx);
         self.pump(&mut core, t);
         self.turn_done(began);
         drop(core);
@@ -806,7 +896,7 @@ impl RoomService {
         let node = self.node_of(conn);
         {
             let mut writers = node.inner.writers.lock();
-            writers.channels.remove(&conn);
+            writers.remove(conn);
             writers.blocked.remove(&conn);
         }
         node.with_core(|core, t| core.disconnect(t, conn));
@@ -1144,6 +1234,8 @@ fn unexpected(answer: &HostAnswer) -> HostError {
 mod tests {
     use super::*;
 
+    const ROOM: RoomKey = RoomKey::new(room_core::BusinessId(1), room_core::RoomId(1));
+
     /// A writer that filled up and whose client then went (the host's
     /// disconnect: no close) leaves no entry behind in the blocked set; one
     /// that drains is handed back as writable, once.
@@ -1154,22 +1246,25 @@ mod tests {
         for n in 0..1_000u64 {
             let conn = ConnId(n);
             let (tx, rx) = outbox(8);
-            writers.channels.insert(conn, tx);
+            writers.add(conn, ROOM, tx);
             receivers.push(rx);
             while writers.send(conn, Outbound::Text(bytes::Bytes::from_static(b"{}"))).is_ok() {}
             // The client went while its writer was full.
-            writers.channels.remove(&conn);
+            writers.remove(conn);
         }
         assert!(writers.take_writable().is_empty());
         assert!(writers.blocked.is_empty(), "{} blocked writers of gone clients kept", writers.blocked.len());
 
         let (tx, mut rx) = outbox(8);
-        writers.channels.insert(ConnId(7), tx);
+        writers.add(ConnId(7), ROOM, tx);
         while writers.send(ConnId(7), Outbound::Text(bytes::Bytes::from_static(b"{}"))).is_ok() {}
         assert!(writers.take_writable().is_empty(), "still full");
         while rx.try_recv().is_ok() {}
         assert_eq!(writers.take_writable(), vec![ConnId(7)]);
         assert!(writers.take_writable().is_empty() && writers.blocked.is_empty());
         drop(receivers);
+        assert_eq!(writers.logs.len(), 1, "the room of the one connection left keeps its log");
+        writers.remove(ConnId(7));
+        assert!(writers.logs.is_empty(), "a room without connections keeps no log");
     }
 }

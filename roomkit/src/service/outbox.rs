@@ -1,26 +1,60 @@
-//! A connection's queue of frames, from the node to the host's writer.
+//! A connection's frames, from the node to the host's writer: its own
+//! queue (replies, frames for it alone) and, once it follows, its room's
+//! log, read through a cursor.
 //!
-//! A bounded single-producer, single-consumer queue that holds nothing
-//! while it is empty: a class keeps tens of thousands of them, nearly all
-//! empty between two messages, and a general channel allocates its first
-//! block of slots up front (tokio's mpsc: 32 slots, over 2 KiB a
+//! The queue is bounded, single-producer, single-consumer, and holds
+//! nothing while it is empty: a class keeps tens of thousands of them,
+//! nearly all empty between two messages, and a general channel allocates
+//! its first block of slots up front (tokio's mpsc: 32 slots, over 2 KiB a
 //! connection). The node pushes under its lock; the writer pops, and is
-//! woken only when it waits on an empty queue.
+//! woken only when it waits with nothing to take.
+//!
+//! The room's messages do not go through the queue: the node publishes
+//! each once to the room's [`RoomLog`], and each writer reads the log
+//! with the [`Follower`] the node gave it, which picks what reaches the
+//! connection and numbers it. A frame of the connection's own queue goes
+//! out after the log entries published before it (an ack's answer after
+//! the messages it counts). A writer that falls behind what the log keeps
+//! jumps to its end with a resync marker; its client checks.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use room_core::RoomKey;
+use room_push::{Follower, LogEntry, SubclassId};
 use room_service::Outbound;
 
-/// A queue that drained after holding more than this many frames gives
-/// its memory back.
-const KEEP: usize = 8;
+/// Entries a room's log keeps for writers that are behind (none once
+/// every writer of the room waits at its end)...
+const LOG_ENTRIES: usize = 512;
+/// ... the bodies it keeps at most (closed chat windows of a large class
+/// carry a batch per sub-class)...
+const LOG_BYTES: usize = 8 << 20;
+/// ... and how long it keeps an entry: a writer further behind resyncs
+/// (its client recovers the reliable messages from the node's cache).
+const LOG_AGE: Duration = Duration::from_secs(10);
+
+/// What the node hands a connection's writer, in order.
+enum Item {
+    /// A frame, to go out once the writer has read the room's log up to
+    /// `after` (the log's end when it was queued).
+    Frame { frame: Outbound, after: u64 },
+    /// From here on the writer also reads `log`, from entry `from`.
+    Follow { log: Arc<RoomLog>, from: u64, follower: Follower },
+    /// From entry `at` on, the connection is in `subclass`.
+    Moved { at: u64, subclass: Option<SubclassId> },
+}
 
 struct State {
-    frames: VecDeque<Outbound>,
+    items: VecDeque<Item>,
+    /// `Item::Frame`s in `items`.
+    frames: u32,
     /// The writer waiting for a frame, if it is waiting.
     waiting: Option<Waker>,
     sender_gone: bool,
@@ -29,16 +63,28 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
-    capacity: usize,
+    capacity: u32,
+    /// Frames the writer read from the room's log, by class code: the
+    /// node's counts cover its lanes only. Written by the writer alone;
+    /// 32 bits (a connection would wrap after four billion frames of one
+    /// class): four bytes fewer for each of tens of thousands.
+    from_log: [AtomicU32; 4],
 }
 
 /// A new queue that holds at most `capacity` frames (at least 1).
 pub(crate) fn outbox(capacity: usize) -> (OutboxSender, OutboundFrames) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State { frames: VecDeque::new(), waiting: None, sender_gone: false, receiver_gone: false }),
-        capacity: capacity.max(1),
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            frames: 0,
+            waiting: None,
+            sender_gone: false,
+            receiver_gone: false,
+        }),
+        capacity: u32::try_from(capacity).unwrap_or(u32::MAX).max(1),
+        from_log: Default::default(),
     });
-    (OutboxSender { shared: shared.clone() }, OutboundFrames { shared })
+    (OutboxSender { shared: shared.clone(), log: None }, OutboundFrames { shared, reading: None, moves: None })
 }
 
 /// Why a frame was not queued.
@@ -53,20 +99,63 @@ pub(crate) enum Refused {
 /// The node's end.
 pub(crate) struct OutboxSender {
     shared: Arc<Shared>,
+    /// The room's log (read once the connection follows it).
+    log: Option<Arc<RoomLog>>,
 }
 
 impl OutboxSender {
+    /// The connection is in the room of `log`.
+    pub(crate) fn in_room(mut self, log: Arc<RoomLog>) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// The room's log, if the connection was placed in one.
+    pub(crate) fn room_log(&self) -> Option<&Arc<RoomLog>> {
+        self.log.as_ref()
+    }
+
     /// Queues `frame` if there is room and the writer is still there.
     pub(crate) fn try_send(&self, frame: Outbound) -> Result<(), Refused> {
+        let after = self.log.as_ref().map_or(0, |log| log.end());
+        self.push(Item::Frame { frame, after }, true)
+    }
+
+    /// The connection reads its room's log from entry `from` on, after
+    /// what is queued now.
+    pub(crate) fn follow(&self, from: u64, follower: Follower) {
+        let Some(log) = &self.log else { return };
+        // Counted from now, so that the log keeps its entries for this
+        // writer until it follows.
+        log.followers.fetch_add(1, Ordering::AcqRel);
+        if self.push(Item::Follow { log: log.clone(), from, follower }, false).is_err() {
+            log.followers.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// From entry `at` of its room's log on, the connection is in `subclass`.
+    pub(crate) fn moved(&self, at: u64, subclass: Option<SubclassId>) {
+        let _ = self.push(Item::Moved { at, subclass }, false);
+    }
+
+    fn push(&self, item: Item, bounded: bool) -> Result<(), Refused> {
         let waker = {
             let mut state = self.shared.state.lock();
             if state.receiver_gone {
                 return Err(Refused::Closed);
             }
-            if state.frames.len() >= self.shared.capacity {
-                return Err(Refused::Full);
+            if bounded {
+                if state.frames >= self.shared.capacity {
+                    return Err(Refused::Full);
+                }
+                state.frames += 1;
             }
-            state.frames.push_back(frame);
+            if state.items.capacity() == 0 {
+                // Most queues hold a welcome and a follow, then next to
+                // nothing: the room's messages come through its log.
+                state.items.reserve_exact(2);
+            }
+            state.items.push_back(item);
             state.waiting.take()
         };
         // Woken outside the lock: the writer takes it at once.
@@ -76,9 +165,15 @@ impl OutboxSender {
         Ok(())
     }
 
+    /// Frames the writer read from the room's log so far, by class code
+    /// (modulo 2^32).
+    pub(crate) fn frames_from_log(&self) -> [u32; 4] {
+        self.shared.from_log.each_ref().map(|n| n.load(Ordering::Relaxed))
+    }
+
     /// Whether a frame would fit now.
     pub(crate) fn has_room(&self) -> bool {
-        self.shared.state.lock().frames.len() < self.shared.capacity
+        self.shared.state.lock().frames < self.shared.capacity
     }
 }
 
@@ -95,6 +190,144 @@ impl Drop for OutboxSender {
     }
 }
 
+/// The recent entries of one room's log, shared by the writers that
+/// follow it. The node's side appends (one at a time, in order); writers
+/// read.
+pub(crate) struct RoomLog {
+    room: RoomKey,
+    kept: RwLock<Kept>,
+    /// Writers waiting for the next entry, by their queue's address (one
+    /// waker each however often it registers).
+    waiting: Mutex<hashbrown::HashMap<usize, Waker, ahash::RandomState>>,
+    /// Writers that fell behind what is kept (the node's count, shared
+    /// by its rooms' logs).
+    lagged: Arc<AtomicU64>,
+    /// Writers following the log.
+    followers: AtomicUsize,
+}
+
+struct Kept {
+    /// The number of `entries[0]` (of the next entry, while empty).
+    first: u64,
+    entries: VecDeque<(LogEntry, Instant)>,
+    bytes: usize,
+    /// Where the room's sequence stands after the newest entry.
+    sequence: (u64, u64),
+    /// Whether an entry was appended yet (the first one sets `first`).
+    started: bool,
+}
+
+/// What a writer finds at its place in the log.
+enum Read {
+    Entry(LogEntry),
+    /// Its place is no longer kept: continue at `end`, where the room's
+    /// sequence stands at `sequence`.
+    Lagged {
+        end: u64,
+        sequence: (u64, u64),
+    },
+    /// Nothing there yet.
+    End,
+}
+
+impl RoomLog {
+    pub(crate) fn new(room: RoomKey, lagged: Arc<AtomicU64>) -> Self {
+        RoomLog {
+            room,
+            kept: RwLock::new(Kept { first: 0, entries: VecDeque::new(), bytes: 0, sequence: (0, 0), started: false }),
+            waiting: Mutex::new(hashbrown::HashMap::default()),
+            lagged,
+            followers: AtomicUsize::new(0),
+        }
+    }
+
+    /// The room.
+    pub(crate) fn room(&self) -> RoomKey {
+        self.room
+    }
+
+    /// The number of the next entry.
+    fn end(&self) -> u64 {
+        let kept = self.kept.read();
+        kept.first + kept.entries.len() as u64
+    }
+
+    /// Appends entry `pos` (the next one; an entry out of order is a bug
+    /// of the caller and is ignored) and wakes the waiting writers.
+    pub(crate) fn append(&self, pos: u64, entry: LogEntry) {
+        let now = Instant::now();
+        // Taken whole, the map keeping its room for the next wait.
+        let waiting: Vec<Waker> = self.waiting.lock().drain().map(|(_, w)| w).collect();
+        // Every writer waited at the end: none needs what came before.
+        let caught_up = waiting.len() >= self.followers.load(Ordering::Acquire);
+        {
+            let mut kept = self.kept.write();
+            if !kept.started {
+                kept.started = true;
+                kept.first = pos;
+            }
+            if pos != kept.first + kept.entries.len() as u64 {
+                debug_assert!(false, "log entry {pos} out of order");
+                return;
+            }
+            if let Some(s) = entry.sequence() {
+                kept.sequence = s;
+            }
+            kept.bytes += entry.body_bytes();
+            kept.entries.push_back((entry, now));
+            let keep_from = now.checked_sub(LOG_AGE);
+            while kept.entries.len() > 1
+                && (caught_up
+                    || kept.entries.len() > LOG_ENTRIES
+                    || kept.bytes > LOG_BYTES
+                    || kept.entries.front().is_some_and(|(_, at)| keep_from.is_some_and(|k| *at < k)))
+            {
+                if let Some((old, _)) = kept.entries.pop_front() {
+                    kept.bytes -= old.body_bytes();
+                    kept.first += 1;
+                }
+            }
+        }
+        for w in waiting {
+            w.wake();
+        }
+    }
+
+    fn read(&self, pos: u64) -> Read {
+        let kept = self.kept.read();
+        let end = kept.first + kept.entries.len() as u64;
+        if pos < kept.first {
+            return Read::Lagged { end, sequence: kept.sequence };
+        }
+        match kept.entries.get((pos - kept.first) as usize) {
+            Some((e, _)) => Read::Entry(e.clone()),
+            None => Read::End,
+        }
+    }
+
+    /// Wakes `waker` at the next entry unless one came after `pos`
+    /// already (then `false`: read on).
+    fn wait(&self, id: usize, pos: u64, waker: &Waker) -> bool {
+        let mut waiting = self.waiting.lock();
+        if self.end() > pos {
+            return false;
+        }
+        match waiting.get_mut(&id) {
+            Some(w) if w.will_wake(waker) => {}
+            _ => {
+                waiting.insert(id, waker.clone());
+            }
+        }
+        true
+    }
+
+    /// A writer stops following.
+    fn leave(&self, id: usize) {
+        self.waiting.lock().remove(&id);
+        self.followers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Why [`OutboundFrames::try_recv`] returned nothing (complete: a queue
 /// is either empty for now or over).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -107,17 +340,37 @@ pub enum TryRecvError {
     Disconnected,
 }
 
+/// A writer's place in its room's log.
+struct Reading {
+    log: Arc<RoomLog>,
+    pos: u64,
+    follower: Follower,
+}
+
 /// The frames for one client, in order ([`Connection::outbound`](super::Connection::outbound)):
 /// the stream ends once the service has let the connection go and every
 /// frame was taken. At most [`ServiceConfig::outbound`](super::ServiceConfig::outbound)
-/// frames wait here; the rest wait in the node, which sheds chat first.
+/// frames of the connection's own wait here; the room's messages are read
+/// from the room's log as they are taken, and a writer that falls behind
+/// what the log keeps gets a resync marker (its client checks) instead of
+/// what it missed.
 pub struct OutboundFrames {
     shared: Arc<Shared>,
+    reading: Option<Reading>,
+    /// Moves not yet reached in the log (rare: boxed while there are any).
+    moves: Option<Box<Moves>>,
 }
+
+/// Moves of a connection not yet reached in its room's log: where, and
+/// to which sub-class.
+type Moves = VecDeque<(u64, Option<SubclassId>)>;
 
 impl std::fmt::Debug for OutboundFrames {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutboundFrames").field("queued", &self.len()).finish_non_exhaustive()
+        f.debug_struct("OutboundFrames")
+            .field("queued", &self.len())
+            .field("log_position", &self.reading.as_ref().map(|r| r.pos))
+            .finish_non_exhaustive()
     }
 }
 
@@ -127,24 +380,11 @@ impl OutboundFrames {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    /// The next frame if one is queued, [`Poll::Pending`] (and a wake-up
+    /// The next frame if one is ready, [`Poll::Pending`] (and a wake-up
     /// when one comes) if not; `Ready(None)` once the connection is over.
     #[must_use = "a frame taken here is gone from the queue"]
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
-        let mut state = self.shared.state.lock();
-        if let Some(frame) = Self::pop(&mut state) {
-            return Poll::Ready(Some(frame));
-        }
-        if state.sender_gone {
-            return Poll::Ready(None);
-        }
-        // Registered under the lock the sender pushes under: no frame can
-        // come between the look and the registration unseen.
-        match &mut state.waiting {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+        self.next(Some(cx))
     }
 
     /// Ready once the service has let the connection go (frames may still
@@ -164,48 +404,149 @@ impl OutboundFrames {
         Poll::Pending
     }
 
-    /// The next frame if one is queued now.
+    /// The next frame if one is ready now.
     pub fn try_recv(&mut self) -> Result<Outbound, TryRecvError> {
-        let mut state = self.shared.state.lock();
-        match Self::pop(&mut state) {
-            Some(frame) => Ok(frame),
-            None if state.sender_gone => Err(TryRecvError::Disconnected),
-            None => Err(TryRecvError::Empty),
+        match self.next(None) {
+            Poll::Ready(Some(frame)) => Ok(frame),
+            Poll::Ready(None) => Err(TryRecvError::Disconnected),
+            Poll::Pending => Err(TryRecvError::Empty),
         }
     }
 
-    /// Frames queued now.
+    /// Frames of the connection's own queued now (the room's messages not
+    /// read yet are not counted).
     pub fn len(&self) -> usize {
-        self.shared.state.lock().frames.len()
+        self.shared.state.lock().frames as usize
     }
 
-    /// Whether no frame is queued now.
+    /// Whether no frame of the connection's own is queued now.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn pop(state: &mut State) -> Option<Outbound> {
-        let frame = state.frames.pop_front();
-        if state.frames.is_empty() && state.frames.capacity() > KEEP {
-            // A burst is over: the next one allocates again.
-            state.frames = VecDeque::new();
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
+    }
+
+    fn next(&mut self, mut cx: Option<&mut Context<'_>>) -> Poll<Option<Outbound>> {
+        loop {
+            // The connection's own queue: what may go before the log's
+            // next entry.
+            let over = {
+                let mut state = self.shared.state.lock();
+                let mut taken = None;
+                while let Some(item) = state.items.front() {
+                    match item {
+                        Item::Frame { after, .. } if self.reading.as_ref().is_some_and(|r| r.pos < *after) => break,
+                        _ => {}
+                    }
+                    match state.items.pop_front() {
+                        Some(Item::Frame { frame, .. }) => {
+                            state.frames -= 1;
+                            taken = Some(frame);
+                            break;
+                        }
+                        Some(Item::Follow { log, from, follower }) => {
+                            if let Some(old) = self.reading.replace(Reading { log, pos: from, follower }) {
+                                old.log.leave(self.id());
+                            }
+                        }
+                        Some(Item::Moved { at, subclass }) => {
+                            self.moves.get_or_insert_default().push_back((at, subclass));
+                        }
+                        None => {}
+                    }
+                }
+                if state.items.is_empty() && state.items.capacity() > 0 {
+                    // Drained: the room's messages come through the log,
+                    // and the next frame of the connection's own may be
+                    // long in coming.
+                    state.items = VecDeque::new();
+                }
+                if let Some(frame) = taken {
+                    return Poll::Ready(Some(frame));
+                }
+                if state.sender_gone && state.items.is_empty() {
+                    true
+                } else {
+                    if let Some(cx) = cx.as_deref_mut() {
+                        // Registered under the lock the sender pushes
+                        // under: no item can come between the look and the
+                        // registration unseen.
+                        match &mut state.waiting {
+                            Some(w) if w.will_wake(cx.waker()) => {}
+                            slot => *slot = Some(cx.waker().clone()),
+                        }
+                    }
+                    false
+                }
+            };
+            if over {
+                return Poll::Ready(None);
+            }
+            let id = self.id();
+            let Some(r) = self.reading.as_mut() else { return Poll::Pending };
+            match r.log.read(r.pos) {
+                Read::Entry(entry) => {
+                    apply_moves(&mut self.moves, &mut r.follower, r.pos + 1);
+                    r.pos += 1;
+                    if let Some((header, body)) = r.follower.take(&entry) {
+                        self.shared.from_log[usize::from(header.class.code())].fetch_add(1, Ordering::Relaxed);
+                        return Poll::Ready(Some(Outbound::Push { header, body }));
+                    }
+                }
+                Read::Lagged { end, sequence } => {
+                    r.log.lagged.fetch_add(1, Ordering::Relaxed);
+                    apply_moves(&mut self.moves, &mut r.follower, end);
+                    r.pos = end;
+                    let header = r.follower.lagged(sequence.0, sequence.1);
+                    self.shared.from_log[usize::from(header.class.code())].fetch_add(1, Ordering::Relaxed);
+                    return Poll::Ready(Some(Outbound::Push { header, body: Bytes::new() }));
+                }
+                Read::End => match cx.as_deref_mut() {
+                    None => return Poll::Pending,
+                    Some(cx) if r.log.wait(id, r.pos, cx.waker()) => return Poll::Pending,
+                    // An entry came meanwhile: read on.
+                    Some(_) => {}
+                },
+            }
         }
-        frame
+    }
+}
+
+/// Applies the moves placed before entry `before`.
+fn apply_moves(moves: &mut Option<Box<Moves>>, follower: &mut Follower, before: u64) {
+    let Some(queue) = moves else { return };
+    while let Some(&(_, subclass)) = queue.front().filter(|(at, _)| *at < before) {
+        follower.set_subclass(subclass);
+        queue.pop_front();
+    }
+    if queue.is_empty() {
+        *moves = None;
     }
 }
 
 impl Drop for OutboundFrames {
     fn drop(&mut self) {
+        if let Some(r) = &self.reading {
+            r.log.leave(self.id());
+        }
         let mut state = self.shared.state.lock();
         state.receiver_gone = true;
-        state.frames = VecDeque::new();
+        for item in state.items.drain(..) {
+            // A follow the writer never read is let go too.
+            if let Item::Follow { log, .. } = item {
+                log.followers.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        state.items = VecDeque::new();
+        state.frames = 0;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
     use proptest::prelude::*;
 
     fn frame(n: u32) -> Outbound {
@@ -285,7 +626,110 @@ mod tests {
         for n in 0..100 {
             assert_eq!(rx.try_recv().map(number), Ok(n));
         }
-        assert_eq!(rx.shared.state.lock().frames.capacity(), 0);
+        assert_eq!(rx.shared.state.lock().items.capacity(), 0);
+    }
+
+    /// A node in log delivery, one connection following its room, and
+    /// the room's log: what the node publishes goes to the log.
+    struct Room {
+        node: room_push::PushNode,
+        log: Arc<RoomLog>,
+        seq: u64,
+    }
+
+    const ROOM: room_core::RoomKey = room_core::RoomKey::new(room_core::BusinessId(1), room_core::RoomId(1));
+
+    impl Room {
+        fn new() -> (Room, OutboxSender, OutboundFrames) {
+            let mut config = room_push::NodeConfig::default();
+            config.delivery = room_push::Delivery::Log;
+            let mut node = room_push::PushNode::new(config);
+            let spec =
+                room_push::ConnSpec::new(ROOM, room_core::Uin(1), room_core::Role::Student, room_core::Terminal::Web);
+            let conn = node.connect(spec).expect("connects").conn;
+            let (from, follower) = node.follow(conn).expect("known");
+            let log = Arc::new(RoomLog::new(ROOM, Arc::default()));
+            let (tx, rx) = outbox(8);
+            let tx = tx.in_room(log.clone());
+            tx.follow(from, follower);
+            (Room { node, log, seq: 0 }, tx, rx)
+        }
+
+        /// The teacher says something to the room.
+        fn say(&mut self) {
+            self.seq += 1;
+            let message = room_push::Message::new(ROOM, room_push::Class::Teacher, room_push::Kind(2), vec![1]);
+            let env = room_push::Envelope { epoch: 7, seq: self.seq, accepted_at: room_core::Timestamp::ZERO, message };
+            self.node.handle_envelope(room_core::Timestamp::ZERO, &env).expect("handled");
+            while let Some(out) = self.node.poll_log() {
+                if let room_push::LogOutput::Append { pos, entry, .. } = out {
+                    self.log.append(pos, entry);
+                }
+            }
+        }
+    }
+
+    fn header(f: Outbound) -> room_push::FrameHeader {
+        match f {
+            Outbound::Push { header, .. } => header,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_frame_of_its_own_goes_out_after_the_log_entries_before_it() {
+        let (mut room, tx, mut rx) = Room::new();
+        room.say();
+        room.say();
+        tx.try_send(frame(99)).expect("queued");
+        room.say();
+        let seqs: Vec<(u64, u64)> =
+            (0..2).map(|_| header(rx.try_recv().expect("a frame"))).map(|h| (h.seq, h.prev)).collect();
+        assert_eq!(seqs, vec![(1, 0), (2, 1)]);
+        assert_eq!(rx.try_recv().map(number), Ok(99), "after what the log held when it was queued");
+        assert_eq!((header(rx.try_recv().expect("a frame")).seq), 3);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(tx.frames_from_log()[usize::from(room_push::Class::Teacher.code())], 3);
+    }
+
+    #[test]
+    fn a_writer_behind_what_the_log_keeps_resyncs_at_its_end() {
+        let (mut room, _tx, mut rx) = Room::new();
+        for _ in 0..LOG_ENTRIES + 10 {
+            room.say();
+        }
+        let marker = header(rx.try_recv().expect("a marker"));
+        let newest = (LOG_ENTRIES + 10) as u64;
+        assert_eq!((marker.kind, marker.seq, marker.epoch), (room_push::FrameKind::Resync, newest, 7));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty), "nothing kept is sent again");
+        room.say();
+        let next = header(rx.try_recv().expect("a frame"));
+        assert_eq!((next.seq, next.prev), (newest + 1, newest));
+        assert_eq!(room.log.lagged.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_waiting_writer_is_woken_by_the_log_and_the_log_is_let_go_once_all_wait() {
+        let (mut room, tx, mut rx) = Room::new();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(f) = rx.recv().await {
+                got.push(header(f).seq);
+            }
+            got
+        });
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+            room.say();
+        }
+        tokio::task::yield_now().await;
+        room.say();
+        tokio::task::yield_now().await;
+        // The writer waited at the end each time: only the newest entry is kept.
+        assert_eq!(room.log.kept.read().entries.len(), 1);
+        drop(tx);
+        assert_eq!(reader.await.expect("reader"), vec![1, 2, 3, 4]);
+        assert_eq!(room.log.followers.load(Ordering::Relaxed), 0, "the writer stopped following");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

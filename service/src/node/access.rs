@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use room_core::{ConnId, MemberKey, NodeId, Role, RoomKey, Terminal, Timestamp, Uin};
 use room_heartbeat::SessionHint;
 use room_push::{
-    CheckAnswer, Codec, ConnSpec, Connector, Decision, Envelope, Frame, FrameHeader, FrameKind, GateError, NodeError,
-    NodeEvent, RecoveredFrame, SendError, SubclassId,
+    CheckAnswer, Codec, ConnSpec, Connector, Decision, Delivery, Envelope, Frame, FrameHeader, FrameKind, GateError,
+    LogOutput, NodeError, NodeEvent, RecoveredFrame, SendError, SubclassId,
 };
 
 use super::owner::Purpose;
@@ -363,6 +363,11 @@ impl RoomNode {
         self.reply(conn, ServerFrame::Welcome(welcome));
         if let Some(data) = state {
             self.reply(conn, ServerFrame::State { data: crate::wire::RawJson(data) });
+        }
+        if self.push.config().delivery == Delivery::Log
+            && let Ok((from, follower)) = self.push.follow(conn)
+        {
+            self.follows.push((conn, member.room_key(), from, follower));
         }
         let _ = self.push.set_writable(conn);
     }
@@ -821,6 +826,15 @@ impl RoomNode {
     /// Hands every frame ready for clients to `sink`: direct replies first,
     /// in order, then the push lanes; then the connections the node closed.
     pub fn flush<S: ClientSink>(&mut self, now: Timestamp, sink: &mut S) {
+        // The rooms' logs first: a reply then goes out after the entries
+        // it may speak of (an ack's answer after the messages it counts).
+        while let Some(out) = self.push.poll_log() {
+            match out {
+                LogOutput::Append { room, pos, entry } => sink.append(room, pos, &entry),
+                LogOutput::Moved { conn, at, subclass } => sink.moved(conn, at, subclass),
+                _ => {}
+            }
+        }
         let mut stalls = Vec::new();
         while let Some((conn, frame)) = self.replies.pop_front() {
             match sink.send(conn, frame) {
@@ -834,6 +848,9 @@ impl RoomNode {
             }
         }
         room_core::shrink_when_empty(&mut self.replies);
+        for (conn, room, from, follower) in self.follows.drain(..) {
+            sink.follow(conn, room, from, follower);
+        }
         self.push.flush(now, &mut Sink { sink, stalls: &mut stalls });
         for conn in stalls {
             if !self.stalled.contains_key(&conn) && self.conns.contains_key(&conn) {

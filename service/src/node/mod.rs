@@ -12,8 +12,8 @@ use room_core::{
 use room_heartbeat::{OwnerConfig, SessionOwner, Timing, TrackerConfig};
 use room_memberlist::{Replica, ReplicaConfig};
 use room_push::{
-    Decision, Envelope, FencedGate, FrameHeader, GateConfig, KeyedLimiter, LimiterError, PushNode, Quota, SendError,
-    SharedCacheError,
+    Decision, Envelope, FencedGate, Follower, FrameHeader, GateConfig, KeyedLimiter, LimiterError, LogEntry, PushNode,
+    Quota, SendError, SharedCacheError, SubclassId,
 };
 
 use crate::classroom::ClassroomConfig;
@@ -306,6 +306,26 @@ pub trait ClientSink {
     /// The node closed `conn`: close the transport (with
     /// [`CloseReason::close_code`]).
     fn close(&mut self, conn: ConnId, reason: CloseReason);
+    /// With [`Delivery::Log`](room_push::Delivery::Log) (see
+    /// [`RoomNodeConfig::push`]): entry `pos` of `room`'s log, for the
+    /// writers that follow it (keep the recent ones: a writer behind what
+    /// is kept resyncs, [`Follower::lagged`]). A sink for lanes
+    /// delivery, the default, is never called here.
+    fn append(&mut self, room: RoomKey, pos: u64, entry: &LogEntry) {
+        let _ = (room, pos, entry);
+    }
+    /// With log delivery: after the frames sent to it so far, `conn`'s
+    /// writer also reads `room`'s log, from entry `from` on, through
+    /// `follower`. Frames sent to it later go out after the log entries
+    /// appended before them.
+    fn follow(&mut self, conn: ConnId, room: RoomKey, from: u64, follower: Follower) {
+        let _ = (conn, room, from, follower);
+    }
+    /// With log delivery: from entry `at` of its room's log on, `conn` is
+    /// in `subclass` ([`Follower::set_subclass`]).
+    fn moved(&mut self, conn: ConnId, at: u64, subclass: Option<SubclassId>) {
+        let _ = (conn, at, subclass);
+    }
 }
 
 /// An operation on the shared cache, answered with [`RoomNode::handle_cache`].
@@ -659,6 +679,9 @@ pub struct RoomNode {
     /// The heartbeat budget, from the interval.
     beat_quota: Quota,
     replies: VecDeque<(ConnId, Outbound)>,
+    /// Connections that start reading their room's log after their
+    /// replies (log delivery).
+    follows: Vec<(ConnId, RoomKey, u64, Follower)>,
     closes: VecDeque<(ConnId, CloseReason)>,
     next_req: u64,
     // session owner
@@ -748,6 +771,7 @@ impl RoomNode {
             stalled_deadlines: Deadlines::default(),
             senders: KeyedLimiter::new(1 << 20),
             replies: VecDeque::new(),
+            follows: Vec::new(),
             closes: VecDeque::new(),
             next_req: 0,
             sessions,
