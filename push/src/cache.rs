@@ -100,12 +100,6 @@ impl ReliableCache {
         self.entries.iter().rev().take(n)
     }
 
-    /// The number just below the newest `n` held (below every number
-    /// held when it holds fewer).
-    pub(crate) fn floor(&self, n: usize) -> u64 {
-        self.head().saturating_sub(n.min(self.entries.len()) as u64)
-    }
-
     /// Drops messages older than the age bound.
     pub(crate) fn prune(&mut self, now: Timestamp) {
         let horizon = now.saturating_sub(self.max_age);

@@ -126,6 +126,11 @@ impl Follower {
         self.last
     }
 
+    /// The room's sequence epoch as the follower has it.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// The frame `entry` gives this connection, if any: the per-connection
     /// header and the body, encoded once for every reader.
     #[must_use = "a frame taken here is the connection's to write"]

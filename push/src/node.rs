@@ -461,10 +461,10 @@ pub enum CheckAnswer {
 }
 
 const NONE: u32 = u32::MAX;
-/// Cached messages looked at for the newest one that reached a following
-/// connection: beyond them its ack is answered as if it had none of them
-/// (it checks once and is told nothing more is for it).
-const LAST_SCAN: usize = 64;
+/// Cached messages an ack from a connection that reads the room's log is
+/// compared with (newest first): a message for it further back that it
+/// did not get is found by the next frame's `prev`, not by the ack.
+const ACK_SCAN: usize = 256;
 const ROLE_LISTS: usize = 64;
 
 #[derive(Debug)]
@@ -732,7 +732,7 @@ impl PushNode {
 
     /// [`Delivery::Log`]: the connection's writer starts reading its
     /// room's log at the returned position, with the returned follower
-    /// (its sub-class, and its last reliable number: what
+    /// (its sub-class, and its last reliable number: the room's head, what
     /// [`connection_head`](Self::connection_head) says). Until then it
     /// reads nothing from the log: a host calls this once it sent what
     /// must come first (a welcome). Calling it again starts again.
@@ -756,21 +756,29 @@ impl PushNode {
         Ok((from, follower))
     }
 
-    /// The newest reliable number a connection was given. In lanes, its
-    /// own count; from the log, the newest cached message that reaches it
-    /// (looked for among the last few), at least what it had when it
-    /// started following, and at least the cache's floor (numbers before
-    /// a gap).
+    /// The newest reliable number a connection may have been given: in
+    /// lanes, its own count; from the log, the room's head (its writer
+    /// reads the log at its own pace). Acks and checks may not go beyond
+    /// it.
     fn last_for(&self, c: &Conn, room: &Room) -> u64 {
-        if self.config.delivery == Delivery::Lanes || !c.following {
-            return if self.config.delivery == Delivery::Lanes { c.last_seq } else { room.cache.head() };
+        match self.config.delivery {
+            Delivery::Lanes => c.last_seq,
+            _ => room.cache.head(),
         }
+    }
+
+    /// From the log: the newest number after `acked` that the connection
+    /// should have, if any: the newest cached message after it that
+    /// reaches the connection (among the newest [`ACK_SCAN`]), or a number
+    /// it was told of otherwise (its start, the end of a gap).
+    fn owed_after(&self, c: &Conn, room: &Room, acked: u64) -> Option<u64> {
         let reaching = room
             .cache
-            .newest(LAST_SCAN)
+            .newest(ACK_SCAN)
+            .take_while(|m| m.seq > acked)
             .find(|m| m.reaches(c.uin, c.role, c.terminal, c.subclass))
-            .map_or(room.cache.floor(LAST_SCAN), |m| m.seq);
-        c.last_seq.max(reaching)
+            .map(|m| m.seq);
+        reaching.max((c.last_seq > acked).then_some(c.last_seq))
     }
 
     fn publish(&mut self, room_idx: u32, entry: Entry) {
@@ -997,14 +1005,6 @@ impl PushNode {
         if staff_had_some && (c.subclass.is_none() || subclass.is_none()) {
             self.flush_chat(room_idx, Closed::Full);
         }
-        let c = &self.conns[slot as usize];
-        if c.following {
-            // Its head is judged by its sub-class: what it was given
-            // before the move must stay within it.
-            let room = self.rooms[room_idx as usize].as_ref().expect("live room");
-            let last = self.last_for(c, room);
-            self.conns[slot as usize].last_seq = last;
-        }
         self.unlink_subclass(slot);
         self.link_subclass(slot, subclass);
         let c = &self.conns[slot as usize];
@@ -1053,7 +1053,8 @@ impl PushNode {
     /// Where a connection's reliable messages stand: its room's epoch on
     /// this node and the last sequence number the connection was given
     /// (its room's head when it connected, then each reliable message
-    /// queued for it). Its acks and checks may not go beyond that number.
+    /// queued for it; with [`Delivery::Log`], the room's head). Its acks
+    /// and checks may not go beyond that number.
     pub fn connection_head(&self, id: ConnId) -> Result<(u64, u64), NodeError> {
         let c = self.conn(id)?;
         let room = self.rooms[c.room as usize].as_ref().expect("live room");
@@ -1259,9 +1260,10 @@ impl PushNode {
             && target.roles.is_none()
             && target.terminals.is_none()
             && target.subclass.is_none()
-            && target.exclude.is_none()
         {
-            return room.all.len();
+            // The room, but for one user perhaps: no walk over the room.
+            let excluded = target.exclude.map_or(0, |u| room.by_uin.get(&u).map_or(0, Vec::len));
+            return room.all.len() - excluded;
         }
         candidate_lists(room, target)
             .into_iter()
@@ -1570,11 +1572,20 @@ impl PushNode {
         if seq > last {
             return Err(NodeError::AckFromFuture { acked: seq, last });
         }
-        // From the log, the reply goes out after every entry before it.
         let pending = c.reliable_queued() > 0 || c.resync;
+        let reply = match self.config.delivery {
+            Delivery::Lanes if seq == last || pending => AckReply::UpToDate,
+            Delivery::Lanes => AckReply::Behind { last },
+            // The reply goes out after every log entry before it: what the
+            // writer has not read yet is still on its way.
+            _ => match self.owed_after(c, room, seq) {
+                Some(last) if !pending => AckReply::Behind { last },
+                _ => AckReply::UpToDate,
+            },
+        };
         let c = &mut self.conns[id.slot() as usize];
         c.acked = c.acked.max(seq);
-        Ok(if seq == last || pending { AckReply::UpToDate } else { AckReply::Behind { last } })
+        Ok(reply)
     }
 
     /// A client's request for the reliable messages after `after`.

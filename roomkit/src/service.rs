@@ -266,19 +266,21 @@ struct Writers {
     /// Each room's log and the connections of the room here: a log is
     /// kept from the room's first connection's entry to its last one's
     /// leaving (then nobody can follow it).
-    logs: HashMap<RoomKey, (Arc<RoomLog>, usize)>,
+    logs: HashMap<RoomKey, Arc<RoomLog>>,
     /// Times a writer fell behind its room's log (and resynced).
     lagged: Arc<AtomicU64>,
     /// Frames read from the logs by writers let go, by class code.
     from_log_gone: [u64; 4],
+    /// Writers to wake once the node's turn is flushed.
+    to_wake: Vec<std::task::Waker>,
 }
 
 impl Writers {
     /// A new connection of `room`, with its writer's end.
     fn add(&mut self, conn: ConnId, room: RoomKey, tx: OutboxSender) {
         let lagged = &self.lagged;
-        let (log, n) = self.logs.entry(room).or_insert_with(|| (Arc::new(RoomLog::new(room, lagged.clone())), 0));
-        *n += 1;
+        let log = self.logs.entry(room).or_insert_with(|| Arc::new(RoomLog::new(room, lagged.clone())));
+        log.count_member(true);
         if let Some(old) = self.channels.insert(conn, tx.in_room(log.clone())) {
             self.release(&old);
         }
@@ -295,12 +297,10 @@ impl Writers {
         for (sum, n) in self.from_log_gone.iter_mut().zip(tx.frames_from_log()) {
             *sum += u64::from(n);
         }
-        let Some(room) = tx.room_log().map(|log| log.room()) else { return };
-        if let Some((_, n)) = self.logs.get_mut(&room) {
-            *n -= 1;
-            if *n == 0 {
-                self.logs.remove(&room);
-            }
+        let Some(log) = tx.room_log() else { return };
+        log.count_member(false);
+        if log.members() == 0 {
+            self.logs.remove(&log.room());
         }
     }
 
@@ -358,8 +358,8 @@ impl ClientSink for Writers {
 
     fn append(&mut self, room: RoomKey, pos: u64, entry: &LogEntry) {
         // A room without connections here has nobody to read it.
-        if let Some((log, _)) = self.logs.get(&room) {
-            log.append(pos, entry.clone());
+        if let Some(log) = self.logs.get(&room) {
+            log.append(pos, entry.clone(), &mut self.to_wake);
         }
     }
 
@@ -801,7 +801,16 @@ impl RoomService {
             let _ = self.inner.outputs.send(output);
         }
         let began = started();
-        core.flush(t, &mut *self.inner.writers.lock());
+        let wake = {
+            let mut writers = self.inner.writers.lock();
+            core.flush(t, &mut *writers);
+            std::mem::take(&mut writers.to_wake)
+        };
+        // Every entry of the turn is in its log: each waiting writer
+        // reads them in one go.
+        for w in wake {
+            w.wake();
+        }
         #[cfg(feature = "metrics")]
         self.inner.turns.flush(began.elapsed());
         let _ = began;

@@ -204,6 +204,12 @@ pub(crate) struct RoomLog {
     lagged: Arc<AtomicU64>,
     /// Writers following the log.
     followers: AtomicUsize,
+    /// Connections of the room on this node (following or about to):
+    /// kept by the node's side.
+    members: AtomicUsize,
+    /// The number of the next entry: writers look here, without the
+    /// lock, for whether there is anything to read.
+    end: AtomicU64,
 }
 
 struct Kept {
@@ -211,21 +217,20 @@ struct Kept {
     first: u64,
     entries: VecDeque<(LogEntry, Instant)>,
     bytes: usize,
-    /// Where the room's sequence stands after the newest entry.
-    sequence: (u64, u64),
+    /// Where the room's sequence stands after the newest entry that
+    /// moved it (none yet: only chat and reactions so far).
+    sequence: Option<(u64, u64)>,
     /// Whether an entry was appended yet (the first one sets `first`).
     started: bool,
 }
 
 /// What a writer finds at its place in the log.
 enum Read {
-    Entry(LogEntry),
+    /// The entry, and the frame it gives the writer's connection, if any.
+    Entry(Option<(room_push::FrameHeader, Bytes)>),
     /// Its place is no longer kept: continue at `end`, where the room's
-    /// sequence stands at `sequence`.
-    Lagged {
-        end: u64,
-        sequence: (u64, u64),
-    },
+    /// sequence stands at `sequence` (if an entry told).
+    Lagged { end: u64, sequence: Option<(u64, u64)> },
     /// Nothing there yet.
     End,
 }
@@ -234,10 +239,12 @@ impl RoomLog {
     pub(crate) fn new(room: RoomKey, lagged: Arc<AtomicU64>) -> Self {
         RoomLog {
             room,
-            kept: RwLock::new(Kept { first: 0, entries: VecDeque::new(), bytes: 0, sequence: (0, 0), started: false }),
+            kept: RwLock::new(Kept { first: 0, entries: VecDeque::new(), bytes: 0, sequence: None, started: false }),
             waiting: Mutex::new(hashbrown::HashMap::default()),
             lagged,
             followers: AtomicUsize::new(0),
+            members: AtomicUsize::new(0),
+            end: AtomicU64::new(0),
         }
     }
 
@@ -248,19 +255,26 @@ impl RoomLog {
 
     /// The number of the next entry.
     fn end(&self) -> u64 {
-        let kept = self.kept.read();
-        kept.first + kept.entries.len() as u64
+        self.end.load(Ordering::Acquire)
     }
 
     /// Appends entry `pos` (the next one; an entry out of order is a bug
-    /// of the caller and is ignored) and wakes the waiting writers.
-    pub(crate) fn append(&self, pos: u64, entry: LogEntry) {
+    /// of the caller and is ignored) and hands over the waiting writers'
+    /// wake-ups: woken once the node's turn appended all it had, a writer
+    /// writes a message and the chat that rode it together.
+    pub(crate) fn append(&self, pos: u64, entry: LogEntry, wake: &mut Vec<Waker>) {
         let now = Instant::now();
-        // Taken whole, the map keeping its room for the next wait.
-        let waiting: Vec<Waker> = self.waiting.lock().drain().map(|(_, w)| w).collect();
-        // Every writer waited at the end: none needs what came before.
-        let caught_up = waiting.len() >= self.followers.load(Ordering::Acquire);
         {
+            // The waiters are taken and the entry pushed under the
+            // waiters' lock: a writer looking for the entry meanwhile
+            // (`wait`) is either taken here or sees it.
+            let mut waiting = self.waiting.lock();
+            let followers = self.followers.load(Ordering::Acquire);
+            // Every connection of the room follows and waited at the end:
+            // none needs what came before.
+            let caught_up = waiting.len() >= followers && followers >= self.members.load(Ordering::Relaxed);
+            // Taken whole, the map keeping its room for the next wait.
+            wake.extend(waiting.drain().map(|(_, w)| w));
             let mut kept = self.kept.write();
             if !kept.started {
                 kept.started = true;
@@ -271,7 +285,7 @@ impl RoomLog {
                 return;
             }
             if let Some(s) = entry.sequence() {
-                kept.sequence = s;
+                kept.sequence = Some(s);
             }
             kept.bytes += entry.body_bytes();
             kept.entries.push_back((entry, now));
@@ -287,20 +301,33 @@ impl RoomLog {
                     kept.first += 1;
                 }
             }
-        }
-        for w in waiting {
-            w.wake();
+            self.end.store(kept.first + kept.entries.len() as u64, Ordering::Release);
         }
     }
 
-    fn read(&self, pos: u64) -> Read {
+    /// A connection of the room came to this node (`true`), or went.
+    pub(crate) fn count_member(&self, came: bool) {
+        if came {
+            self.members.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.members.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Connections of the room on this node.
+    pub(crate) fn members(&self) -> usize {
+        self.members.load(Ordering::Relaxed)
+    }
+
+    /// What entry `pos` gives `follower`, read in place.
+    fn read(&self, pos: u64, follower: &mut Follower) -> Read {
         let kept = self.kept.read();
         let end = kept.first + kept.entries.len() as u64;
         if pos < kept.first {
             return Read::Lagged { end, sequence: kept.sequence };
         }
         match kept.entries.get((pos - kept.first) as usize) {
-            Some((e, _)) => Read::Entry(e.clone()),
+            Some((e, _)) => Read::Entry(follower.take(e)),
             None => Read::End,
         }
     }
@@ -430,11 +457,14 @@ impl OutboundFrames {
 
     fn next(&mut self, mut cx: Option<&mut Context<'_>>) -> Poll<Option<Outbound>> {
         loop {
-            // The connection's own queue: what may go before the log's
-            // next entry.
-            let over = {
+            // Whether the log has a next entry is asked before the queue is
+            // looked at: a move placed at that entry was queued before the
+            // entry was appended, so the look below finds it.
+            let ready = self.reading.as_ref().is_some_and(|r| r.log.end() > r.pos);
+            // The connection's own queue: what may go before that entry.
+            let (over, followed) = {
                 let mut state = self.shared.state.lock();
-                let mut taken = None;
+                let (mut taken, mut followed) = (None, false);
                 while let Some(item) = state.items.front() {
                     match item {
                         Item::Frame { after, .. } if self.reading.as_ref().is_some_and(|r| r.pos < *after) => break,
@@ -450,6 +480,7 @@ impl OutboundFrames {
                             if let Some(old) = self.reading.replace(Reading { log, pos: from, follower }) {
                                 old.log.leave(self.id());
                             }
+                            followed = true;
                         }
                         Some(Item::Moved { at, subclass }) => {
                             self.moves.get_or_insert_default().push_back((at, subclass));
@@ -467,7 +498,7 @@ impl OutboundFrames {
                     return Poll::Ready(Some(frame));
                 }
                 if state.sender_gone && state.items.is_empty() {
-                    true
+                    (true, followed)
                 } else {
                     if let Some(cx) = cx.as_deref_mut() {
                         // Registered under the lock the sender pushes
@@ -478,19 +509,31 @@ impl OutboundFrames {
                             slot => *slot = Some(cx.waker().clone()),
                         }
                     }
-                    false
+                    (false, followed)
                 }
             };
             if over {
                 return Poll::Ready(None);
             }
+            if followed {
+                // Read from the new place.
+                continue;
+            }
             let id = self.id();
             let Some(r) = self.reading.as_mut() else { return Poll::Pending };
-            match r.log.read(r.pos) {
-                Read::Entry(entry) => {
-                    apply_moves(&mut self.moves, &mut r.follower, r.pos + 1);
+            if !ready {
+                match cx.as_deref_mut() {
+                    None => return Poll::Pending,
+                    Some(cx) if r.log.wait(id, r.pos, cx.waker()) => return Poll::Pending,
+                    // An entry came meanwhile: read on.
+                    Some(_) => continue,
+                }
+            }
+            apply_moves(&mut self.moves, &mut r.follower, r.pos + 1);
+            match r.log.read(r.pos, &mut r.follower) {
+                Read::Entry(frame) => {
                     r.pos += 1;
-                    if let Some((header, body)) = r.follower.take(&entry) {
+                    if let Some((header, body)) = frame {
                         self.shared.from_log[usize::from(header.class.code())].fetch_add(1, Ordering::Relaxed);
                         return Poll::Ready(Some(Outbound::Push { header, body }));
                     }
@@ -499,16 +542,14 @@ impl OutboundFrames {
                     r.log.lagged.fetch_add(1, Ordering::Relaxed);
                     apply_moves(&mut self.moves, &mut r.follower, end);
                     r.pos = end;
-                    let header = r.follower.lagged(sequence.0, sequence.1);
+                    // Without a number from the log, the follower's own.
+                    let (epoch, newest) = sequence.unwrap_or((r.follower.epoch(), r.follower.last()));
+                    let header = r.follower.lagged(epoch, newest);
                     self.shared.from_log[usize::from(header.class.code())].fetch_add(1, Ordering::Relaxed);
                     return Poll::Ready(Some(Outbound::Push { header, body: Bytes::new() }));
                 }
-                Read::End => match cx.as_deref_mut() {
-                    None => return Poll::Pending,
-                    Some(cx) if r.log.wait(id, r.pos, cx.waker()) => return Poll::Pending,
-                    // An entry came meanwhile: read on.
-                    Some(_) => {}
-                },
+                // Entries only leave from the front: not reached.
+                Read::End => {}
             }
         }
     }
@@ -663,7 +704,9 @@ mod tests {
             self.node.handle_envelope(room_core::Timestamp::ZERO, &env).expect("handled");
             while let Some(out) = self.node.poll_log() {
                 if let room_push::LogOutput::Append { pos, entry, .. } = out {
-                    self.log.append(pos, entry);
+                    let mut wake = Vec::new();
+                    self.log.append(pos, entry, &mut wake);
+                    wake.into_iter().for_each(Waker::wake);
                 }
             }
         }
@@ -706,6 +749,36 @@ mod tests {
         let next = header(rx.try_recv().expect("a frame"));
         assert_eq!((next.seq, next.prev), (newest + 1, newest));
         assert_eq!(room.log.lagged.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_connection_about_to_follow_keeps_the_entries_it_will_read() {
+        let (mut room, tx, rx) = Room::new();
+        // The room's one connection here has entered but follows only
+        // after this turn's entries are appended (its welcome goes first).
+        let log = Arc::new(RoomLog::new(ROOM, Arc::default()));
+        log.count_member(true);
+        let conn = room
+            .node
+            .connect(room_push::ConnSpec::new(
+                ROOM,
+                room_core::Uin(2),
+                room_core::Role::Student,
+                room_core::Terminal::Web,
+            ))
+            .expect("connects")
+            .conn;
+        let (from, follower) = room.node.follow(conn).expect("known");
+        room.log = log.clone();
+        room.say();
+        room.say();
+        room.say();
+        drop((tx, rx));
+        let (tx, mut rx) = outbox(8);
+        let tx = tx.in_room(log);
+        tx.follow(from, follower);
+        let seqs: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok()).map(|f| header(f).seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3], "nothing trimmed before it followed");
     }
 
     #[tokio::test(flavor = "current_thread")]
