@@ -219,7 +219,10 @@ pub enum ClientMsg {
     Custom {
         /// The kind (registered by the host).
         kind: u16,
-        /// Its data, any JSON.
+        /// Its data, any JSON but serde_json's reserved keys
+        /// (`$serde_json::private::...`), which would re-encode as
+        /// something else.
+        #[serde(deserialize_with = "custom_data")]
         data: serde_json::Value,
         /// The member it is for, for a kind sent to one member.
         #[serde(default)]
@@ -283,6 +286,25 @@ impl ClientMsg {
             ClientMsg::Leave => "leave",
         }
     }
+}
+
+/// The reserved prefix of serde_json's own map keys: an object holding
+/// one serializes as raw text, not as the object it was.
+const SERDE_JSON_PRIVATE: &str = "$serde_json::private::";
+
+fn custom_data<'de, D: serde::Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+    fn reserved(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => m.iter().any(|(k, v)| k.starts_with(SERDE_JSON_PRIVATE) || reserved(v)),
+            serde_json::Value::Array(a) => a.iter().any(reserved),
+            _ => false,
+        }
+    }
+    let v = serde_json::Value::deserialize(d)?;
+    if reserved(&v) {
+        return Err(serde::de::Error::custom(format!("data may not hold a key starting with {SERDE_JSON_PRIVATE:?}")));
+    }
+    Ok(v)
 }
 
 fn one() -> u32 {
@@ -900,4 +922,27 @@ pub mod data {
 /// The data of a chat line or a teacher's words: `{"text":TEXT}`.
 pub fn text_payload(text: &str) -> Bytes {
     data::encode(&data::Text { text })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An object holding serde_json's reserved key decodes as an object
+    /// but re-encodes as raw text: such data is refused, wherever it sits,
+    /// and the error says why (found by fuzzing `client_wire`).
+    #[test]
+    fn custom_data_with_serde_jsons_reserved_key_is_refused() {
+        for text in [
+            r#"{"t":"custom","kind":159,"data":{"x":1,"$serde_json::private::RawValue":"red"}}"#,
+            r#"{"t":"custom","kind":159,"data":[{"a":{"$serde_json::private::Number":"1"}}]}"#,
+        ] {
+            let err = serde_json::from_str::<ClientMsg>(text).expect_err("refused");
+            assert!(err.to_string().contains("$serde_json::private::"), "{err}");
+        }
+        let fine = r#"{"t":"custom","kind":159,"data":{"pen":"red","serde_json":1}}"#;
+        let msg: ClientMsg = serde_json::from_str(fine).expect("any other data");
+        let again = serde_json::to_string(&msg).expect("encodes");
+        assert_eq!(serde_json::from_str::<ClientMsg>(&again).expect("decodes"), msg);
+    }
 }
