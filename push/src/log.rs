@@ -79,17 +79,6 @@ impl LogEntry {
             }
         }
     }
-
-    /// The class of what the entry carries (a restart counts as a signal,
-    /// like the resync marker it becomes).
-    pub fn class(&self) -> Class {
-        match &*self.0 {
-            Entry::Reliable { msg, .. } => msg.class,
-            Entry::Hole { .. } | Entry::Restart { .. } => Class::Signal,
-            Entry::Chat { .. } | Entry::ChatToUnassigned(_) => Class::Chat,
-            Entry::Reactions(_) => Class::Reaction,
-        }
-    }
 }
 
 /// One connection's reading of its room's log: who it is (for targets and
