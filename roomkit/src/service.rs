@@ -273,6 +273,9 @@ struct Writers {
     from_log_gone: [u64; 4],
     /// Writers to wake once the node's turn is flushed.
     to_wake: Vec<std::task::Waker>,
+    /// Writers behind their room's log at the last look: where they
+    /// stood, and since when they have not moved.
+    behind: HashMap<ConnId, (u64, std::time::Instant)>,
 }
 
 impl Writers {
@@ -288,6 +291,7 @@ impl Writers {
 
     /// Lets a connection's writer go: its stream ends once drained.
     fn remove(&mut self, conn: ConnId) -> Option<OutboxSender> {
+        self.behind.remove(&conn);
         let tx = self.channels.remove(&conn)?;
         self.release(&tx);
         Some(tx)
@@ -313,6 +317,42 @@ impl Writers {
             }
         }
         sums
+    }
+
+    /// The connections whose writers have read nothing of their room's
+    /// log for `lag` while entries waited for them. A writer that stops
+    /// reading fills no queue (its room's messages wait in the log, which
+    /// keeps only the recent ones): without this look the node would never
+    /// learn that its client stopped reading.
+    fn stalled(&mut self, now: std::time::Instant, lag: Duration) -> Vec<ConnId> {
+        let Writers { channels, behind, .. } = self;
+        let mut stalled = Vec::new();
+        for (conn, tx) in channels.iter() {
+            match tx.log_progress() {
+                Some((read, end)) if read < end => match behind.entry(conn) {
+                    std::collections::hash_map::Entry::Occupied(mut seen) => {
+                        let (at, since) = *seen.get();
+                        if at != read {
+                            seen.insert((read, now));
+                        } else if now.saturating_duration_since(since) >= lag {
+                            stalled.push(conn);
+                        }
+                    }
+                    std::collections::hash_map::Entry::Vacant(first) => {
+                        first.insert((read, now));
+                    }
+                },
+                _ if behind.is_empty() => {}
+                _ => {
+                    behind.remove(&conn);
+                }
+            }
+        }
+        if behind.is_empty() && behind.capacity() > 64 {
+            // A burst left many behind for a moment: give the room back.
+            *behind = HashMap::new();
+        }
+        stalled
     }
 
     /// The connections whose writers had filled up and have room again.
@@ -378,11 +418,28 @@ impl ClientSink for Writers {
     }
 }
 
+/// The writers waiting for a node turn's log entries.
+#[must_use = "writers not woken wait for the next turn"]
+struct WriterWakes(Vec<std::task::Waker>);
+
+impl WriterWakes {
+    /// Every entry of the turn is in its log: each waiting writer reads
+    /// them in one go. Called with the node unlocked: tens of thousands of
+    /// wake-ups keep no input waiting.
+    fn wake(self) {
+        for w in self.0 {
+            w.wake();
+        }
+    }
+}
+
 struct Inner {
     keys: KeyRing,
     outbound: usize,
     /// The node's largest client frame: larger ones are refused unparsed.
     max_frame: usize,
+    /// How long a writer may read nothing while frames wait for it.
+    slow_client_lag: Duration,
     core: Mutex<RoomNode>,
     writers: Mutex<Writers>,
     transports: Mutex<Option<Transports>>,
@@ -644,6 +701,7 @@ impl RoomService {
             keys: config.keys,
             outbound: config.outbound.max(8),
             max_frame: config.node.max_frame,
+            slow_client_lag: config.node.slow_client_lag,
             core: Mutex::new(core),
             writers: Mutex::new(Writers::default()),
             transports: Mutex::new(Some(transports.clone())),
@@ -774,14 +832,17 @@ impl RoomService {
         let began = started();
         let t = now();
         let result = f(&mut core, t);
-        self.pump(&mut core, t);
+        let wakes = self.pump(&mut core, t);
         self.turn_done(began);
+        drop(core);
+        wakes.wake();
         result
     }
 
     /// Hands the node's outputs to the I/O task and its frames to the
-    /// connections' writers.
-    fn pump(&self, core: &mut RoomNode, t: Timestamp) {
+    /// connections' writers; the writers that wait for the turn's log
+    /// entries are to be woken once the node is unlocked.
+    fn pump(&self, core: &mut RoomNode, t: Timestamp) -> WriterWakes {
         while let Some(output) = core.poll_output() {
             match output {
                 Output::Host { id, answer } => {
@@ -806,17 +867,13 @@ impl RoomService {
             core.flush(t, &mut *writers);
             std::mem::take(&mut writers.to_wake)
         };
-        // Every entry of the turn is in its log: each waiting writer
-        // reads them in one go.
-        for w in wake {
-            w.wake();
-        }
         #[cfg(feature = "metrics")]
         self.inner.turns.flush(began.elapsed());
         let _ = began;
         if core.poll_timeout().is_some_and(|at| at.as_micros() < self.inner.armed.load(Ordering::Relaxed)) {
             self.inner.wake.notify_one();
         }
+        WriterWakes(wake)
     }
 
     /// Lets `ticket` into `room`: verified here, then admitted by the
@@ -858,9 +915,10 @@ impl RoomService {
         };
         // The writer is in place before anything can be flushed to it.
         self.inner.writers.lock().add(conn, room, tx);
-        self.pump(&mut core, t);
+        let wakes = self.pump(&mut core, t);
         self.turn_done(began);
         drop(core);
+        wakes.wake();
         count!(self.inner, "roomkit_entries_total");
         Ok(Connection {
             id: conn,
@@ -940,7 +998,7 @@ impl RoomService {
         // Asked of the room's owner, where there is a choice: no hop.
         let node = self.node_for_room(request.room());
         let (tx, rx) = oneshot::channel();
-        {
+        let (id, wakes) = {
             let mut core = node.inner.core.lock();
             let began = started();
             let t = now();
@@ -949,10 +1007,12 @@ impl RoomService {
                 // In place before the answer can be pumped out.
                 node.inner.host_waiters.lock().insert(id, tx);
             }
-            node.pump(&mut core, t);
+            let wakes = node.pump(&mut core, t);
             node.turn_done(began);
-            id?;
-        }
+            (id, wakes)
+        };
+        wakes.wake();
+        id?;
         // A service killed meanwhile drops the waiter: no owner answered.
         rx.await.unwrap_or(Err(HostError::Unavailable))
     }
@@ -1182,10 +1242,16 @@ impl RoomService {
         }
     }
 
-    /// Runs the node's timers at its wake-ups, and lets writers that had
-    /// filled up take frames again.
+    /// Runs the node's timers at its wake-ups, lets writers that had
+    /// filled up take frames again, and closes the ones that stopped
+    /// reading their room's log.
     async fn timers(self) {
         let mut refusals = refusals::RefusalWindow::new(std::time::Instant::now(), self.refusal_counts());
+        // A look at every writer's place in its log, a few times within the
+        // lag (at most once a second: a walk over every connection).
+        let lag = self.inner.slow_client_lag;
+        let look_every = (lag / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut next_look = std::time::Instant::now() + look_every;
         loop {
             if let Some(r) = refusals.observe(std::time::Instant::now(), || self.refusal_counts()) {
                 tracing::info!(
@@ -1209,10 +1275,23 @@ impl RoomService {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.inner.wake.notified() => {}
             }
-            let writable = self.inner.writers.lock().take_writable();
+            let (writable, stalled) = {
+                let mut writers = self.inner.writers.lock();
+                let at = std::time::Instant::now();
+                let stalled = if at >= next_look {
+                    next_look = at + look_every;
+                    writers.stalled(at, lag)
+                } else {
+                    Vec::new()
+                };
+                (writers.take_writable(), stalled)
+            };
             self.with_core(|core, t| {
                 for conn in writable {
                     core.set_writable(conn);
+                }
+                for conn in stalled {
+                    core.writer_stalled(t, conn);
                 }
                 if core.poll_timeout().is_some_and(|at| at <= t) {
                     core.handle_timeout(t);

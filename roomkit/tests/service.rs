@@ -249,6 +249,40 @@ async fn a_silent_member_is_taken_out_and_a_closed_one_leaves() {
     assert_eq!(roster.last().expect("roster")["total"].as_u64(), Some(1));
 }
 
+/// A writer that stops reading fills no queue (its room's messages wait
+/// in the room's log): the service still sees it stop and closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_stops_reading_is_closed_as_a_slow_consumer() {
+    let mut config = ServiceConfig::new(keys());
+    config.node.slow_client_lag = Duration::from_millis(800);
+    let svc = RoomService::start(config).await.expect("starts");
+    let (mut teacher, _) = join(&svc, 1, Role::Teacher).await;
+    let (mut reader, _) = join(&svc, 100, Role::Student).await;
+    let (mut sleeper, _) = join(&svc, 101, Role::Student).await;
+    let mut said = 0;
+    for _ in 0..15 {
+        svc.handle_text(teacher.id, r#"{"t":"say","text":"page 2"}"#).expect("says");
+        said += 1;
+        // The teacher and one student read; the other reads nothing more.
+        drain(&mut teacher).await;
+        let got = drain(&mut reader).await;
+        assert!(got.iter().any(|f| f["c"] == "teacher"), "the reader gets the teacher's messages: {got:?}");
+        if svc.stats().connections == 2 {
+            break;
+        }
+    }
+    assert_eq!(svc.stats().connections, 2, "the sleeper was closed after {said} messages");
+    // Its stream ends with the reason, after what it had not read (or a
+    // resync marker in its place).
+    let frames = drain(&mut sleeper).await;
+    let code = CloseReason::SlowConsumer.close_code();
+    assert_eq!(frames.last().map(|f| (&f["t"], &f["code"])), Some((&"closed".into(), &code.into())), "{frames:?}");
+    assert!(tokio::time::timeout(Duration::from_secs(5), sleeper.outbound.recv()).await.expect("ends").is_none());
+    // The readers are still there.
+    svc.handle_text(teacher.id, r#"{"t":"say","text":"page 3"}"#).expect("says");
+    assert!(drain(&mut reader).await.iter().any(|f| f["c"] == "teacher"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_tab_replaces_the_first_with_a_close_code() {
     let svc = service().await;

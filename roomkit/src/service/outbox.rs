@@ -69,7 +69,15 @@ struct Shared {
     /// 32 bits (a connection would wrap after four billion frames of one
     /// class): four bytes fewer for each of tens of thousands.
     from_log: [AtomicU32; 4],
+    /// The writer's place in its room's log ([`NOT_FOLLOWING`] before it
+    /// follows one): set by the node at the follow and by the writer as
+    /// it reads, so that the node sees a writer that stopped reading
+    /// (the log does not fill up as a queue would).
+    read_pos: AtomicU64,
 }
+
+/// [`Shared::read_pos`] of a writer that follows no log.
+const NOT_FOLLOWING: u64 = u64::MAX;
 
 /// A new queue that holds at most `capacity` frames (at least 1).
 pub(crate) fn outbox(capacity: usize) -> (OutboxSender, OutboundFrames) {
@@ -83,6 +91,7 @@ pub(crate) fn outbox(capacity: usize) -> (OutboxSender, OutboundFrames) {
         }),
         capacity: u32::try_from(capacity).unwrap_or(u32::MAX).max(1),
         from_log: Default::default(),
+        read_pos: AtomicU64::new(NOT_FOLLOWING),
     });
     (OutboxSender { shared: shared.clone(), log: None }, OutboundFrames { shared, reading: None, moves: None })
 }
@@ -128,9 +137,18 @@ impl OutboxSender {
         // Counted from now, so that the log keeps its entries for this
         // writer until it follows.
         log.followers.fetch_add(1, Ordering::AcqRel);
+        self.shared.read_pos.store(from, Ordering::Relaxed);
         if self.push(Item::Follow { log: log.clone(), from, follower }, false).is_err() {
             log.followers.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// Where the writer stands in its room's log, and the log's end:
+    /// `None` before it follows one.
+    pub(crate) fn log_progress(&self) -> Option<(u64, u64)> {
+        let log = self.log.as_ref()?;
+        let read = self.shared.read_pos.load(Ordering::Relaxed);
+        (read != NOT_FOLLOWING).then(|| (read, log.end()))
     }
 
     /// From entry `at` of its room's log on, the connection is in `subclass`.
@@ -477,6 +495,7 @@ impl OutboundFrames {
                             break;
                         }
                         Some(Item::Follow { log, from, follower }) => {
+                            self.shared.read_pos.store(from, Ordering::Relaxed);
                             if let Some(old) = self.reading.replace(Reading { log, pos: from, follower }) {
                                 old.log.leave(self.id());
                             }
@@ -533,6 +552,7 @@ impl OutboundFrames {
             match r.log.read(r.pos, &mut r.follower) {
                 Read::Entry(frame) => {
                     r.pos += 1;
+                    self.shared.read_pos.store(r.pos, Ordering::Relaxed);
                     if let Some((header, body)) = frame {
                         self.shared.from_log[usize::from(header.class.code())].fetch_add(1, Ordering::Relaxed);
                         return Poll::Ready(Some(Outbound::Push { header, body }));
@@ -542,6 +562,7 @@ impl OutboundFrames {
                     r.log.lagged.fetch_add(1, Ordering::Relaxed);
                     apply_moves(&mut self.moves, &mut r.follower, end);
                     r.pos = end;
+                    self.shared.read_pos.store(end, Ordering::Relaxed);
                     // Without a number from the log, the follower's own.
                     let (epoch, newest) = sequence.unwrap_or((r.follower.epoch(), r.follower.last()));
                     let header = r.follower.lagged(epoch, newest);

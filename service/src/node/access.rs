@@ -813,6 +813,14 @@ impl RoomNode {
         let _ = self.push.set_writable(conn);
     }
 
+    /// The host's writer for `conn` has taken nothing for the configured
+    /// `slow_client_lag` while frames waited for it, where the node does not
+    /// see it (a writer reading its room's log fills no queue): closes it
+    /// as a slow consumer. The member keeps its place, to resume.
+    pub fn writer_stalled(&mut self, now: Timestamp, conn: ConnId) {
+        self.close_conn(now, conn, CloseReason::SlowConsumer, false);
+    }
+
     /// Closes the clients that stopped reading for the configured lag.
     pub(super) fn stalled_timeout(&mut self, now: Timestamp) {
         for conn in self.stalled_deadlines.due(now) {
