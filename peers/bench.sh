@@ -111,7 +111,7 @@ for n in $sizes; do
       echo "$server did not start listening on $port:" >&2
       tail -5 "$log.server.log" >&2 || true
       kill "$pid" 2>/dev/null || true
-      rows+=("| $n | $server | did not start | | | | | |")
+      rows+=("| $n | $server | did not start | | | | | | |")
       continue
     fi
     status=0
@@ -125,10 +125,10 @@ for n in $sizes; do
     if [[ $status != 0 || -z $summary ]]; then
       echo "the load client failed (exit $status):" >&2
       tail -5 "$log.loadgen.log" >&2 || true
-      rows+=("| $n | $server | load client failed (exit $status, $log.loadgen.log) | | | | | |")
+      rows+=("| $n | $server | load client failed (exit $status, $log.loadgen.log) | | | | | | |")
     else
       grep -E '^(after|  teacher|  chat|teacher messages|server )' "$log.loadgen.log" >&2 || true
-      rows+=("| $n | $server | $(field teacher_p50_ms "$summary") / $(field teacher_p99_ms "$summary") | $(field chat_p50_ms "$summary") / $(field chat_p99_ms "$summary") | $(field server_cpu_s "$summary") | $(field server_rss_mib "$summary") / $(field server_hwm_mib "$summary") | $(field teacher_deliveries "$summary") | $(field teacher_lost "$summary") |")
+      rows+=("| $n | $server | $(field teacher_p50_ms "$summary") / $(field teacher_p99_ms "$summary") | $(field chat_p50_ms "$summary") / $(field chat_p99_ms "$summary") | $(field server_cpu_s "$summary") ($(field server_sys_s "$summary")) | $(field server_writes "$summary") | $(field server_rss_mib "$summary") / $(field server_hwm_mib "$summary") | $(field teacher_deliveries "$summary") | $(field teacher_lost "$summary") |")
     fi
     sleep 2
   done
@@ -137,6 +137,6 @@ done
 echo
 echo "Window: $duration s per run; chat 1,000 lines/s, teacher 10 messages/s; node $(node --version); logs in $out."
 echo
-echo "| clients | server | teacher p50 / p99 ms | chat p50 / p99 ms | server CPU s | server RSS / peak MiB | teacher deliveries | lost |"
-echo "|---:|---|---:|---:|---:|---:|---:|---:|"
+echo "| clients | server | teacher p50 / p99 ms | chat p50 / p99 ms | server CPU s (kernel) | server writes | server RSS / peak MiB | teacher deliveries | lost |"
+echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${rows[@]}"

@@ -736,6 +736,12 @@ impl TeacherLedger {
 struct ProcSample {
     /// utime + stime, in clock ticks.
     ticks: u64,
+    /// stime alone (the kernel's share: socket writes and reads).
+    system_ticks: u64,
+    /// Write and read system calls so far (`/proc/<pid>/io`; 0 where it
+    /// cannot be read): how many writes a fan-out costs.
+    write_calls: u64,
+    read_calls: u64,
     rss_kib: u64,
     hwm_kib: u64,
 }
@@ -759,8 +765,14 @@ impl ProcSample {
                 .find_map(|l| l.strip_prefix(key))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         };
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+        let calls =
+            |key: &str| io.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
         Ok(ProcSample {
             ticks: field(11) + field(12),
+            system_ticks: field(12),
+            write_calls: calls("syscw:"),
+            read_calls: calls("syscr:"),
             rss_kib: kib("VmRSS:").unwrap_or(0),
             hwm_kib: kib("VmHWM:").unwrap_or(0),
         })
@@ -906,11 +918,18 @@ async fn drive<D: Dialect>(a: &Args, clients: usize, dialect: &D) -> Result<(), 
     }
     if let (Some(pid), Some(before), Some(after)) = (a.server_pid, server_before, server_after) {
         let cpu = after.ticks.saturating_sub(before.ticks) as f64 / clock_ticks();
+        let system = after.system_ticks.saturating_sub(before.system_ticks) as f64 / clock_ticks();
+        let writes = after.write_calls.saturating_sub(before.write_calls);
+        let reads = after.read_calls.saturating_sub(before.read_calls);
         let mib = |kib: u64| kib as f64 / 1024.0;
         println!(
-            "server CPU s in the window: {cpu:.2} s over {:.2} s ({:.2} cores), pid {pid}",
+            "server CPU s in the window: {cpu:.2} s over {:.2} s ({:.2} cores; {system:.2} s in the kernel), pid {pid}",
             window.as_secs_f64(),
             cpu / window.as_secs_f64()
+        );
+        println!(
+            "server system calls in the window: {writes} writes ({:.0} a second per client), {reads} reads",
+            writes as f64 / window.as_secs_f64() / clients.max(1) as f64
         );
         println!(
             "server RSS: {:.1} MiB at the window's start, {:.1} MiB at its end, peak {:.1} MiB (VmHWM)",
@@ -919,7 +938,7 @@ async fn drive<D: Dialect>(a: &Args, clients: usize, dialect: &D) -> Result<(), 
             mib(after.hwm_kib)
         );
         summary += &format!(
-            " server_cpu_s={cpu:.2} server_rss_mib={:.1} server_hwm_mib={:.1}",
+            " server_cpu_s={cpu:.2} server_sys_s={system:.2} server_writes={writes} server_reads={reads} server_rss_mib={:.1} server_hwm_mib={:.1}",
             mib(after.rss_kib),
             mib(after.hwm_kib)
         );
