@@ -137,6 +137,6 @@ done
 echo
 echo "Window: $duration s per run; chat 1,000 lines/s, teacher 10 messages/s; node $(node --version); logs in $out."
 echo
-echo "| clients | server | teacher p50 / p99 ms | chat p50 / p99 ms | server CPU s (kernel) | server writes | server RSS / peak MiB | teacher deliveries | lost |"
+echo "| clients | server | teacher p50 / p99 ms | chat p50 / p99 ms | server CPU s (kernel) | server write(v) calls | server RSS / peak MiB | teacher deliveries | lost |"
 echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${rows[@]}"

@@ -739,7 +739,9 @@ struct ProcSample {
     /// stime alone (the kernel's share: socket writes and reads).
     system_ticks: u64,
     /// Write and read system calls so far (`/proc/<pid>/io`; 0 where it
-    /// cannot be read): how many writes a fan-out costs.
+    /// cannot be read): how many writes a fan-out costs. The kernel counts
+    /// read(2), write(2) and their vectored forms there, not send(2) or
+    /// recv(2) (what Rust's std uses on sockets).
     write_calls: u64,
     read_calls: u64,
     rss_kib: u64,
@@ -928,7 +930,8 @@ async fn drive<D: Dialect>(a: &Args, clients: usize, dialect: &D) -> Result<(), 
             cpu / window.as_secs_f64()
         );
         println!(
-            "server system calls in the window: {writes} writes ({:.0} a second per client), {reads} reads",
+            "server system calls in the window: {writes} writes ({:.0} a second per client), {reads} reads \
+             (read, write and their vectored forms; send(2) and recv(2) are not counted)",
             writes as f64 / window.as_secs_f64() / clients.max(1) as f64
         );
         println!(
