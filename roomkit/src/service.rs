@@ -61,6 +61,7 @@ pub use room_service::peer::CloseReason;
 use room_service::transport::{Transports, run_cache};
 pub use room_service::{Admission, FrameError, NodeStats, Outbound, RoomNodeConfig, RoomSizes};
 use room_service::{ClientSink, Output, RoomNode};
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -330,7 +331,7 @@ impl Writers {
         for (conn, tx) in channels.iter() {
             match tx.log_progress() {
                 Some((read, end)) if read < end => match behind.entry(conn) {
-                    std::collections::hash_map::Entry::Occupied(mut seen) => {
+                    Entry::Occupied(mut seen) => {
                         let (at, since) = *seen.get();
                         if at != read {
                             seen.insert((read, now));
@@ -338,7 +339,7 @@ impl Writers {
                             stalled.push(conn);
                         }
                     }
-                    std::collections::hash_map::Entry::Vacant(first) => {
+                    Entry::Vacant(first) => {
                         first.insert((read, now));
                     }
                 },

@@ -70,8 +70,8 @@ struct Shared {
     /// class): four bytes fewer for each of tens of thousands.
     from_log: [AtomicU32; 4],
     /// The writer's place in its room's log ([`NOT_FOLLOWING`] before it
-    /// follows one): set by the node at the follow and by the writer as
-    /// it reads, so that the node sees a writer that stopped reading
+    /// follows one): set by the node when it hands over the follow (the
+    /// place the writer starts from) and by the writer as it reads, so that the node sees a writer that stopped reading
     /// (the log does not fill up as a queue would).
     read_pos: AtomicU64,
 }
@@ -495,7 +495,6 @@ impl OutboundFrames {
                             break;
                         }
                         Some(Item::Follow { log, from, follower }) => {
-                            self.shared.read_pos.store(from, Ordering::Relaxed);
                             if let Some(old) = self.reading.replace(Reading { log, pos: from, follower }) {
                                 old.log.leave(self.id());
                             }
