@@ -13,7 +13,10 @@
 //! the node's lanes would have. A writer that falls behind what the host
 //! keeps jumps to the newest entry with a resync marker
 //! ([`Follower::lagged`]); its client recovers the reliable messages with
-//! a check.
+//! a check. A reliable message for a few connections is handed to each
+//! of them instead ([`LogOutput::Direct`](crate::node::LogOutput::Direct)): the host puts it in
+//! their own queues, at its place among the room's entries, and their
+//! followers take it as they would have from the log.
 
 use std::sync::Arc;
 
@@ -131,8 +134,12 @@ impl Follower {
         };
         match &*entry.0 {
             Entry::Reliable { epoch, msg } => {
+                // A number at or below the last one given in this epoch
+                // came as a direct entry after a resync marker that
+                // already named it (the client checks for it).
+                let covered = *epoch == self.epoch && msg.seq <= self.last;
                 self.epoch = *epoch;
-                if !msg.reaches(self.uin, self.role, self.terminal, self.subclass) {
+                if covered || !msg.reaches(self.uin, self.role, self.terminal, self.subclass) {
                     return None;
                 }
                 let prev = std::mem::replace(&mut self.last, msg.seq);

@@ -120,8 +120,9 @@ pub enum Delivery {
     /// Published once per room ([`PushNode::poll_log`]) for the host's
     /// writers to read through their [`Follower`]s
     /// ([`PushNode::follow`]): the node's work does not grow with the
-    /// room. Reaction totals go the same way; chat to named users still
-    /// goes through the lanes.
+    /// room. Reaction totals go the same way; a reliable message for a
+    /// few connections goes to each of them ([`LogOutput::Direct`]); chat
+    /// to named users still goes through the lanes.
     Log,
 }
 
@@ -136,6 +137,17 @@ pub enum LogOutput {
         /// Its number in the room's log.
         pos: u64,
         /// The entry.
+        entry: LogEntry,
+    },
+    /// A reliable message for a few of the room's connections, handed to
+    /// each of them instead of published to the room (every writer of a
+    /// large room would wake to read an entry that is not theirs): `conn`
+    /// reads `entry` through its [`Follower::take`] after the log entries
+    /// appended before this output and before those appended after it.
+    Direct {
+        /// The connection.
+        conn: ConnId,
+        /// The message (shared by its recipients).
         entry: LogEntry,
     },
     /// From entry `at` of its room's log on, `conn` is in `subclass`
@@ -465,6 +477,10 @@ const NONE: u32 = u32::MAX;
 /// compared with (newest first): a message for it further back that it
 /// did not get is found by the next frame's `prev`, not by the ack.
 const ACK_SCAN: usize = 256;
+/// [`Delivery::Log`]: a reliable message reaching at most this many
+/// connections (and at most half of its room's) goes to each of them
+/// ([`LogOutput::Direct`]) rather than to the room's log.
+const DIRECT_MAX: usize = 32;
 const ROLE_LISTS: usize = 64;
 
 #[derive(Debug)]
@@ -1248,9 +1264,49 @@ impl PushNode {
         if self.config.delivery == Delivery::Lanes {
             return self.fan_out(room_idx, &m.target, &shared);
         }
-        let n = self.recipients(room_idx, &m.target);
-        self.publish(room_idx, Entry::Reliable { epoch: env.epoch, msg: shared });
-        n
+        let entry = Entry::Reliable { epoch: env.epoch, msg: shared };
+        match self.few_recipients(room_idx, &m.target) {
+            Some((n, direct)) => {
+                let entry = LogEntry::new(entry);
+                for conn in direct {
+                    self.log.push_back(LogOutput::Direct { conn, entry: entry.clone() });
+                }
+                n
+            }
+            None => {
+                let n = self.recipients(room_idx, &m.target);
+                self.publish(room_idx, entry);
+                n
+            }
+        }
+    }
+
+    /// With the log: when `target` reaches at most [`DIRECT_MAX`] of the
+    /// room's connections, and at most half of them, how many, and those
+    /// whose writers follow the log (the others start after it, knowing
+    /// its number: [`follow`](Self::follow)). A message for a teacher or
+    /// for one member then costs what it reaches, not the room.
+    fn few_recipients(&self, room_idx: u32, target: &Target) -> Option<(usize, Vec<ConnId>)> {
+        let room = self.rooms[room_idx as usize].as_ref()?;
+        let lists = candidate_lists(room, target);
+        if lists.iter().map(|l| l.len()).sum::<usize>() > 4 * DIRECT_MAX {
+            return None;
+        }
+        let (mut n, mut direct) = (0, Vec::new());
+        for &slot in lists.into_iter().flatten() {
+            let c = &self.conns[slot as usize];
+            if !target.matches(c.uin, c.role, c.terminal, c.subclass) {
+                continue;
+            }
+            n += 1;
+            if n > DIRECT_MAX {
+                return None;
+            }
+            if c.following {
+                direct.push(ConnId::new(self.config.conn_tag, c.generation, slot));
+            }
+        }
+        (2 * n <= room.all.len()).then_some((n, direct))
     }
 
     /// How many of the room's connections `target` reaches.

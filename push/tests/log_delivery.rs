@@ -1,6 +1,7 @@
 //! Log delivery against lane delivery: fed the same envelopes, with
 //! members of every role, terminal and sub-class, members that move,
-//! targeted and room-wide reliable messages, chat to the room, to
+//! targeted and room-wide reliable messages (those for a few members
+//! handed to their connections directly), chat to the room, to
 //! sub-classes and to named users, reactions, and gaps in the bus, a node that
 //! publishes its rooms' logs gives every connection, through its
 //! follower, the same reliable frames (numbers, `prev`, bodies) and the
@@ -10,7 +11,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -71,11 +72,34 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
 }
 
 /// A host's writer for one connection: its follower, where it is in the
-/// room's log, and the moves still ahead of it.
+/// room's log, and its own queue: the moves and the direct entries still
+/// ahead of it, each at its place in the log, in the node's order.
 struct Reader {
     follower: Follower,
     pos: u64,
-    moves: Vec<(u64, Option<SubclassId>)>,
+    queue: VecDeque<(u64, Queued)>,
+}
+
+enum Queued {
+    Moved(Option<SubclassId>),
+    Direct(LogEntry),
+}
+
+impl Reader {
+    /// Applies what the queue holds before entry `pos`.
+    fn drain_queue(&mut self, received: &mut Received) {
+        while let Some((at, _)) = self.queue.front().filter(|(at, _)| *at <= self.pos) {
+            assert_eq!(*at, self.pos, "a queued item is reached at its place");
+            match self.queue.pop_front().map(|(_, q)| q) {
+                Some(Queued::Moved(s)) => self.follower.set_subclass(s),
+                Some(Queued::Direct(entry)) => {
+                    let (header, body) = self.follower.take(&entry).expect("a direct entry reaches its connection");
+                    received.add(header, body);
+                }
+                None => {}
+            }
+        }
+    }
 }
 
 /// What a connection received, split the way the two deliveries must agree.
@@ -99,12 +123,15 @@ impl Received {
 struct Log {
     entries: Vec<LogEntry>,
     readers: BTreeMap<ConnId, Reader>,
+    /// Direct entries handed out.
+    directs: usize,
 }
 
 impl Log {
-    /// The host's side: keeps what the node published, then lets every
-    /// writer read up to the end.
-    fn pump(&mut self, node: &mut PushNode, got: &mut BTreeMap<ConnId, Received>) {
+    /// The host's side: keeps what the node published, then, if `read`,
+    /// lets every writer read up to the end (writers read at their own
+    /// pace: entries and queued items pile up between two reads).
+    fn pump(&mut self, node: &mut PushNode, got: &mut BTreeMap<ConnId, Received>, read: bool) {
         while let Some(out) = node.poll_log() {
             match out {
                 LogOutput::Append { pos, entry, .. } => {
@@ -112,23 +139,29 @@ impl Log {
                     self.entries.push(entry);
                 }
                 LogOutput::Moved { conn, at, subclass } => {
-                    self.readers.get_mut(&conn).expect("a follower").moves.push((at, subclass));
+                    self.readers.get_mut(&conn).expect("a follower").queue.push_back((at, Queued::Moved(subclass)));
+                }
+                LogOutput::Direct { conn, entry } => {
+                    let at = self.entries.len() as u64;
+                    self.directs += 1;
+                    self.readers.get_mut(&conn).expect("a follower").queue.push_back((at, Queued::Direct(entry)));
                 }
                 other => panic!("unexpected {other:?}"),
             }
         }
+        if !read {
+            return;
+        }
         for (conn, r) in &mut self.readers {
+            let received = got.entry(*conn).or_default();
             while (r.pos as usize) < self.entries.len() {
-                while let Some(&(at, s)) = r.moves.first().filter(|(at, _)| *at <= r.pos) {
-                    assert_eq!(at, r.pos, "a move is read at its place");
-                    r.follower.set_subclass(s);
-                    r.moves.remove(0);
-                }
+                r.drain_queue(received);
                 if let Some((header, body)) = r.follower.take(&self.entries[r.pos as usize]) {
-                    got.entry(*conn).or_default().add(header, body);
+                    received.add(header, body);
                 }
                 r.pos += 1;
             }
+            r.drain_queue(received);
         }
     }
 }
@@ -152,7 +185,7 @@ proptest! {
         let mut logged = node(Delivery::Log);
         let mut now = Timestamp::from_millis(1_000_000);
         let mut gate = unlimited_gate(now);
-        let mut log = Log { entries: Vec::new(), readers: BTreeMap::new() };
+        let mut log = Log { entries: Vec::new(), readers: BTreeMap::new(), directs: 0 };
         // Ten fixed members of every kind, then the movers.
         let mut conns: Vec<(ConnId, ConnId)> = Vec::new();
         let subclasses = [None, None, Some(0), Some(1), Some(1), Some(2), Some(3), Some(0), None, Some(2), None, Some(3)];
@@ -162,7 +195,7 @@ proptest! {
             let a = lanes.connect(spec).expect("connects").conn;
             let b = logged.connect(spec).expect("connects").conn;
             let (pos, follower) = logged.follow(b).expect("known");
-            log.readers.insert(b, Reader { follower, pos, moves: Vec::new() });
+            log.readers.insert(b, Reader { follower, pos, queue: VecDeque::new() });
             conns.push((a, b));
         }
         let movers = subclasses.len() - MOVERS;
@@ -170,6 +203,8 @@ proptest! {
         let mut got_log: BTreeMap<ConnId, Received> = BTreeMap::new();
         let mut lose = false;
         let mut n = 0u32;
+        // Reliable messages to one member: each handed to its connection.
+        let mut to_one = 0;
         for op in &ops {
             n += 1;
             let reliable = |target: Target| Message::new(ROOM, Class::Signal, Kind(3), n.to_le_bytes().to_vec()).to(target);
@@ -215,6 +250,7 @@ proptest! {
                 let a = lanes.handle_envelope(now, &env);
                 let b = logged.handle_envelope(now, &env);
                 prop_assert_eq!(a, b, "the same recipients counted");
+                to_one += usize::from(matches!(op, Op::ToMember(_)));
             }
             let mut rec = Recorder::default();
             let _ = lanes.flush(now, &mut rec);
@@ -230,8 +266,10 @@ proptest! {
                     got_log.entry(conn).or_default().add(header, body);
                 }
             }
-            log.pump(&mut logged, &mut got_log);
+            log.pump(&mut logged, &mut got_log, matches!(op, Op::Wait(_)));
         }
+        log.pump(&mut logged, &mut got_log, true);
+        prop_assert!(log.directs >= to_one, "{} direct entries for {} messages to one member", log.directs, to_one);
         for (i, (a, b)) in conns.iter().enumerate() {
             let empty = Received::default();
             let (x, y) = (got_lanes.get(a).unwrap_or(&empty), got_log.get(b).unwrap_or(&empty));
@@ -332,4 +370,44 @@ fn a_lagging_follower_resyncs_at_the_newest_number() {
         CheckAnswer::Messages { upto, frames, .. } => assert_eq!((upto, frames.len()), (5, 5)),
         other => panic!("{other:?}"),
     }
+}
+
+/// A reliable message for one member goes to its connection, not to the
+/// room's log; taken after a resync marker that named its number, it is
+/// not given again (the client's check brings it), and the next one
+/// chains from the marker.
+#[test]
+fn a_direct_entry_named_by_a_resync_marker_is_not_given_again() {
+    let mut node = node(Delivery::Log);
+    let now = Timestamp::from_millis(1_000_000);
+    let mut gate = unlimited_gate(now);
+    let mut conns = Vec::new();
+    for uin in 1..=4 {
+        let conn = node.connect(ConnSpec::new(ROOM, Uin(uin), Role::Student, Terminal::Web)).expect("connects").conn;
+        conns.push(conn);
+    }
+    let (_, mut follower) = node.follow(conns[0]).expect("known");
+    let mut directs = Vec::new();
+    for n in 0..3u8 {
+        let msg = Message::new(ROOM, Class::Signal, Kind(3), vec![n]).to(Target::user(Uin(1)));
+        let env = gate.publish(now, msg).expect("accepted");
+        assert_eq!(node.handle_envelope(now, &env), Ok(1));
+        match node.poll_log() {
+            Some(LogOutput::Direct { conn, entry }) => {
+                assert_eq!(conn, conns[0], "only the follower's connection, once");
+                directs.push(entry);
+            }
+            other => panic!("expected a direct entry, got {other:?}"),
+        }
+        assert!(node.poll_log().is_none(), "nothing for the room's log");
+    }
+    let epoch = directs[0].sequence().expect("numbered").0;
+    let (first, _) = follower.take(&directs[0]).expect("for it");
+    assert_eq!((first.seq, first.prev), (1, 0));
+    // The writer fell behind and was told to check up to 2.
+    let marker = follower.lagged(epoch, 2);
+    assert_eq!((marker.kind, marker.seq), (FrameKind::Resync, 2));
+    assert!(follower.take(&directs[1]).is_none(), "number 2 is the check's");
+    let (third, _) = follower.take(&directs[2]).expect("for it");
+    assert_eq!((third.seq, third.prev), (3, 2));
 }

@@ -162,6 +162,55 @@ async fn a_class_runs_end_to_end() {
     assert_eq!(drain(&mut bob).await.last().expect("reply")["r"], "ok");
 }
 
+/// Messages for one member (its sub-class announcement, an invitation)
+/// and the room's messages reach each member in one numbered chain: each
+/// frame names the one before it, nothing to check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_for_one_member_chain_with_the_rooms() {
+    let svc = service().await;
+    let (mut teacher, _) = join(&svc, 1, Role::Teacher).await;
+    let mut students = Vec::new();
+    for uin in 100..104 {
+        students.push(join(&svc, uin, Role::Student).await);
+    }
+    svc.handle_text(teacher.id, r#"{"t":"say","text":"one"}"#).expect("say");
+    svc.handle_text(students[1].0.id, r#"{"t":"hand","op":"raise"}"#).expect("raise");
+    drain(&mut teacher).await;
+    svc.handle_text(teacher.id, r#"{"t":"hand","op":"invite","uin":101}"#).expect("invite");
+    svc.handle_text(teacher.id, r#"{"t":"say","text":"two"}"#).expect("say");
+    let mut seqs = Vec::new();
+    for (i, (conn, welcome)) in students.iter_mut().enumerate() {
+        let frames = drain(conn).await;
+        let numbered: Vec<(u64, u64)> = frames
+            .iter()
+            .filter(|f| f["t"] == "push" && f["k"] != "batch" && f["k"] != "reactions")
+            .map(|f| (f["s"].as_u64().expect("s"), f["p"].as_u64().expect("p")))
+            .collect();
+        assert!(!frames.iter().any(|f| f["k"] == "resync"), "student {i}: {frames:?}");
+        // As a client reads them: what the welcome's head covers is not
+        // owed (a roster numbered at the entry may still come); the first
+        // frame after it may start lower, then each names the one before.
+        let head = welcome["head"].as_u64().expect("head");
+        let mut last = None;
+        for &(seq, prev) in numbered.iter().filter(|(seq, _)| *seq > head) {
+            match last {
+                None => assert!(prev <= head, "student {i}: no gap after the welcome: {numbered:?}"),
+                Some(last) => assert_eq!(prev, last, "student {i}: each frame names the one before: {numbered:?}"),
+            }
+            last = Some(seq);
+        }
+        seqs.push(numbered.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+        let says = frames.iter().filter(|f| f["c"] == "teacher").count();
+        assert_eq!(says, 2, "student {i}: {frames:?}");
+        let invited = pushed(&frames, 3).iter().any(|h| h["op"] == "invite");
+        assert_eq!(invited, i == 1, "student {i}: only the invited one is told: {frames:?}");
+    }
+    // The invitation is numbered in the room's sequence, between the
+    // teacher's two messages: the others skip its number without a gap.
+    let last_say = *seqs[0].last().expect("the second message");
+    assert!(seqs[1].iter().any(|s| !seqs[0].contains(s) && *s < last_say), "{seqs:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tickets_enter_nothing() {
     let svc = service().await;

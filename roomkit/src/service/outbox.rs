@@ -49,6 +49,24 @@ enum Item {
     Follow { log: Arc<RoomLog>, from: u64, follower: Follower },
     /// From entry `at` on, the connection is in `subclass`.
     Moved { at: u64, subclass: Option<SubclassId> },
+    /// A reliable message for this connection among few, read through
+    /// its follower once the writer has read the log up to `after`.
+    Entry { entry: LogEntry, after: u64 },
+    /// Messages for this connection did not fit (the queue was full): at
+    /// `after`, the writer resyncs at `sequence` (the newest lost one's
+    /// `(epoch, number)`) and the client checks for them.
+    Lost { after: u64, sequence: (u64, u64) },
+}
+
+impl Item {
+    /// The log entries the writer reads before this item, if it waits
+    /// for any.
+    fn after(&self) -> Option<u64> {
+        match self {
+            Item::Frame { after, .. } | Item::Entry { after, .. } | Item::Lost { after, .. } => Some(*after),
+            Item::Follow { .. } | Item::Moved { .. } => None,
+        }
+    }
 }
 
 struct State {
@@ -156,24 +174,65 @@ impl OutboxSender {
         let _ = self.push(Item::Moved { at, subclass }, false);
     }
 
+    /// Whether the connection was handed its room's log to follow.
+    pub(crate) fn follows(&self) -> bool {
+        self.shared.read_pos.load(Ordering::Relaxed) != NOT_FOLLOWING
+    }
+
+    /// The log's end now: where an entry handed to this connection alone
+    /// stands among the room's ([`direct`](Self::direct)).
+    pub(crate) fn log_end(&self) -> u64 {
+        self.log.as_ref().map_or(0, |log| log.end())
+    }
+
+    /// A reliable message for this connection alone among few, read after
+    /// the room's first `after` log entries. When the queue is full, the
+    /// writer resyncs there instead (one marker for every message that did
+    /// not fit in a row): the client checks for them.
+    pub(crate) fn direct(&self, entry: LogEntry, after: u64) {
+        let sequence = entry.sequence();
+        let _ = self.push_with(|state, capacity| {
+            if state.frames < capacity {
+                state.frames += 1;
+                state.items.push_back(Item::Entry { entry, after });
+                return Ok(());
+            }
+            let Some(sequence) = sequence else { return Err(Refused::Full) };
+            match state.items.back_mut() {
+                Some(Item::Lost { after: at, sequence: newest }) => (*at, *newest) = (after, sequence),
+                _ => state.items.push_back(Item::Lost { after, sequence }),
+            }
+            Ok(())
+        });
+    }
+
     fn push(&self, item: Item, bounded: bool) -> Result<(), Refused> {
+        self.push_with(|state, capacity| {
+            if bounded {
+                if state.frames >= capacity {
+                    return Err(Refused::Full);
+                }
+                state.frames += 1;
+            }
+            state.items.push_back(item);
+            Ok(())
+        })
+    }
+
+    /// Queues what `add` puts in the state, and wakes the writer if it
+    /// waits.
+    fn push_with(&self, add: impl FnOnce(&mut State, u32) -> Result<(), Refused>) -> Result<(), Refused> {
         let waker = {
             let mut state = self.shared.state.lock();
             if state.receiver_gone {
                 return Err(Refused::Closed);
-            }
-            if bounded {
-                if state.frames >= self.shared.capacity {
-                    return Err(Refused::Full);
-                }
-                state.frames += 1;
             }
             if state.items.capacity() == 0 {
                 // Most queues hold a welcome and a follow, then next to
                 // nothing: the room's messages come through its log.
                 state.items.reserve_exact(2);
             }
-            state.items.push_back(item);
+            add(&mut state, self.shared.capacity)?;
             state.waiting.take()
         };
         // Woken outside the lock: the writer takes it at once.
@@ -480,18 +539,26 @@ impl OutboundFrames {
             // entry was appended, so the look below finds it.
             let ready = self.reading.as_ref().is_some_and(|r| r.log.end() > r.pos);
             // The connection's own queue: what may go before that entry.
-            let (over, followed) = {
+            let (over, followed, direct) = {
                 let mut state = self.shared.state.lock();
-                let (mut taken, mut followed) = (None, false);
+                let (mut taken, mut followed, mut direct) = (None, false, None);
                 while let Some(item) = state.items.front() {
-                    match item {
-                        Item::Frame { after, .. } if self.reading.as_ref().is_some_and(|r| r.pos < *after) => break,
-                        _ => {}
+                    if item.after().is_some_and(|after| self.reading.as_ref().is_some_and(|r| r.pos < after)) {
+                        break;
                     }
                     match state.items.pop_front() {
                         Some(Item::Frame { frame, .. }) => {
                             state.frames -= 1;
                             taken = Some(frame);
+                            break;
+                        }
+                        Some(Item::Entry { entry, .. }) => {
+                            state.frames -= 1;
+                            direct = Some(Ok(entry));
+                            break;
+                        }
+                        Some(Item::Lost { sequence, .. }) => {
+                            direct = Some(Err(sequence));
                             break;
                         }
                         Some(Item::Follow { log, from, follower }) => {
@@ -515,8 +582,10 @@ impl OutboundFrames {
                 if let Some(frame) = taken {
                     return Poll::Ready(Some(frame));
                 }
-                if state.sender_gone && state.items.is_empty() {
-                    (true, followed)
+                if direct.is_some() {
+                    (false, followed, direct)
+                } else if state.sender_gone && state.items.is_empty() {
+                    (true, followed, None)
                 } else {
                     if let Some(cx) = cx.as_deref_mut() {
                         // Registered under the lock the sender pushes
@@ -527,11 +596,32 @@ impl OutboundFrames {
                             slot => *slot = Some(cx.waker().clone()),
                         }
                     }
-                    (false, followed)
+                    (false, followed, None)
                 }
             };
             if over {
                 return Poll::Ready(None);
+            }
+            if let Some(direct) = direct {
+                // Queued only once the writer follows (the sink holds it
+                // until then).
+                let Some(r) = self.reading.as_mut() else { continue };
+                apply_moves(&mut self.moves, &mut r.follower, r.pos + 1);
+                let header = match direct {
+                    Ok(entry) => match r.follower.take(&entry) {
+                        Some((header, body)) => {
+                            self.shared.from_log[usize::from(header.class.code())].fetch_add(1, Ordering::Relaxed);
+                            return Poll::Ready(Some(Outbound::Push { header, body }));
+                        }
+                        None => continue,
+                    },
+                    Err((epoch, newest)) => {
+                        r.log.lagged.fetch_add(1, Ordering::Relaxed);
+                        r.follower.lagged(epoch, newest)
+                    }
+                };
+                self.shared.from_log[usize::from(header.class.code())].fetch_add(1, Ordering::Relaxed);
+                return Poll::Ready(Some(Outbound::Push { header, body: Bytes::new() }));
             }
             if followed {
                 // Read from the new place.
@@ -708,6 +798,9 @@ mod tests {
             let spec =
                 room_push::ConnSpec::new(ROOM, room_core::Uin(1), room_core::Role::Student, room_core::Terminal::Web);
             let conn = node.connect(spec).expect("connects").conn;
+            // A second member, so that a message for the first is for few.
+            let other = room_push::ConnSpec { uin: room_core::Uin(2), ..spec };
+            node.connect(other).expect("connects");
             let (from, follower) = node.follow(conn).expect("known");
             let log = Arc::new(RoomLog::new(ROOM, Arc::default()));
             let (tx, rx) = outbox(8);
@@ -717,16 +810,26 @@ mod tests {
         }
 
         /// The teacher says something to the room.
-        fn say(&mut self) {
+        fn say(&mut self, tx: &OutboxSender) {
+            self.say_to(tx, room_push::Target::room());
+        }
+
+        /// The teacher says something to `target`.
+        fn say_to(&mut self, tx: &OutboxSender, target: room_push::Target) {
             self.seq += 1;
-            let message = room_push::Message::new(ROOM, room_push::Class::Teacher, room_push::Kind(2), vec![1]);
+            let message =
+                room_push::Message::new(ROOM, room_push::Class::Teacher, room_push::Kind(2), vec![1]).to(target);
             let env = room_push::Envelope { epoch: 7, seq: self.seq, accepted_at: room_core::Timestamp::ZERO, message };
             self.node.handle_envelope(room_core::Timestamp::ZERO, &env).expect("handled");
             while let Some(out) = self.node.poll_log() {
-                if let room_push::LogOutput::Append { pos, entry, .. } = out {
-                    let mut wake = Vec::new();
-                    self.log.append(pos, entry, &mut wake);
-                    wake.into_iter().for_each(Waker::wake);
+                match out {
+                    room_push::LogOutput::Append { pos, entry, .. } => {
+                        let mut wake = Vec::new();
+                        self.log.append(pos, entry, &mut wake);
+                        wake.into_iter().for_each(Waker::wake);
+                    }
+                    room_push::LogOutput::Direct { entry, .. } => tx.direct(entry, tx.log_end()),
+                    _ => {}
                 }
             }
         }
@@ -739,13 +842,51 @@ mod tests {
         }
     }
 
+    fn seq_prev(f: Outbound) -> (room_push::FrameKind, u64, u64) {
+        let h = header(f);
+        (h.kind, h.seq, h.prev)
+    }
+
+    #[test]
+    fn a_direct_entry_goes_out_at_its_place_among_the_log_entries() {
+        use room_push::FrameKind::Message;
+        let (mut room, tx, mut rx) = Room::new();
+        room.say(&tx);
+        room.say_to(&tx, room_push::Target::user(room_core::Uin(1)));
+        room.say(&tx);
+        room.say_to(&tx, room_push::Target::user(room_core::Uin(2)));
+        room.say(&tx);
+        assert_eq!(room.log.end(), 3, "the messages for one member are not in the room's log");
+        let got: Vec<_> = (0..4).map(|_| seq_prev(rx.try_recv().expect("a frame"))).collect();
+        assert_eq!(got, vec![(Message, 1, 0), (Message, 2, 1), (Message, 3, 2), (Message, 5, 3)]);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    }
+
+    #[test]
+    fn direct_entries_that_do_not_fit_become_one_resync_marker() {
+        use room_push::FrameKind::{Message, Resync};
+        let (mut room, tx, mut rx) = Room::new();
+        // The writer reads nothing while twelve come: eight fit.
+        for _ in 0..12 {
+            room.say_to(&tx, room_push::Target::user(room_core::Uin(1)));
+        }
+        room.say(&tx);
+        let got: Vec<_> = (0..10).map(|_| seq_prev(rx.try_recv().expect("a frame"))).collect();
+        let mut want: Vec<_> = (1..=8).map(|n| (Message, n, n - 1)).collect();
+        // The client is told to check up to 12, and the next chains on.
+        want.extend([(Resync, 12, 0), (Message, 13, 12)]);
+        assert_eq!(got, want);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(rx.shared.state.lock().items.len(), 0, "one marker held the four that did not fit");
+    }
+
     #[test]
     fn a_frame_of_its_own_goes_out_after_the_log_entries_before_it() {
         let (mut room, tx, mut rx) = Room::new();
-        room.say();
-        room.say();
+        room.say(&tx);
+        room.say(&tx);
         tx.try_send(frame(99)).expect("queued");
-        room.say();
+        room.say(&tx);
         let seqs: Vec<(u64, u64)> =
             (0..2).map(|_| header(rx.try_recv().expect("a frame"))).map(|h| (h.seq, h.prev)).collect();
         assert_eq!(seqs, vec![(1, 0), (2, 1)]);
@@ -757,15 +898,15 @@ mod tests {
 
     #[test]
     fn a_writer_behind_what_the_log_keeps_resyncs_at_its_end() {
-        let (mut room, _tx, mut rx) = Room::new();
+        let (mut room, tx, mut rx) = Room::new();
         for _ in 0..LOG_ENTRIES + 10 {
-            room.say();
+            room.say(&tx);
         }
         let marker = header(rx.try_recv().expect("a marker"));
         let newest = (LOG_ENTRIES + 10) as u64;
         assert_eq!((marker.kind, marker.seq, marker.epoch), (room_push::FrameKind::Resync, newest, 7));
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty), "nothing kept is sent again");
-        room.say();
+        room.say(&tx);
         let next = header(rx.try_recv().expect("a frame"));
         assert_eq!((next.seq, next.prev), (newest + 1, newest));
         assert_eq!(room.log.lagged.load(Ordering::Relaxed), 1);
@@ -790,9 +931,9 @@ mod tests {
             .conn;
         let (from, follower) = room.node.follow(conn).expect("known");
         room.log = log.clone();
-        room.say();
-        room.say();
-        room.say();
+        room.say(&tx);
+        room.say(&tx);
+        room.say(&tx);
         drop((tx, rx));
         let (tx, mut rx) = outbox(8);
         let tx = tx.in_room(log);
@@ -813,10 +954,10 @@ mod tests {
         });
         for _ in 0..3 {
             tokio::task::yield_now().await;
-            room.say();
+            room.say(&tx);
         }
         tokio::task::yield_now().await;
-        room.say();
+        room.say(&tx);
         tokio::task::yield_now().await;
         // The writer waited at the end each time: only the newest entry is kept.
         assert_eq!(room.log.kept.read().entries.len(), 1);

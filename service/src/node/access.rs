@@ -840,6 +840,7 @@ impl RoomNode {
             match out {
                 LogOutput::Append { room, pos, entry } => sink.append(room, pos, &entry),
                 LogOutput::Moved { conn, at, subclass } => sink.moved(conn, at, subclass),
+                LogOutput::Direct { conn, entry } => sink.direct(conn, &entry),
                 _ => {}
             }
         }

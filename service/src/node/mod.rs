@@ -326,6 +326,15 @@ pub trait ClientSink {
     fn moved(&mut self, conn: ConnId, at: u64, subclass: Option<SubclassId>) {
         let _ = (conn, at, subclass);
     }
+    /// With log delivery: a reliable message for `conn` alone among few
+    /// ([`LogOutput::Direct`](room_push::LogOutput::Direct)), which its
+    /// writer takes through its follower after the log entries appended
+    /// so far and before the next. A sink that cannot keep it must have
+    /// the writer resync at its number ([`Follower::lagged`] with
+    /// [`LogEntry::sequence`]): the client then checks for it.
+    fn direct(&mut self, conn: ConnId, entry: &LogEntry) {
+        let _ = (conn, entry);
+    }
 }
 
 /// An operation on the shared cache, answered with [`RoomNode::handle_cache`].
