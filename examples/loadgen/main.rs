@@ -538,7 +538,14 @@ async fn dial(base: &str, path: &str, n: u64) -> Result<Ws, Box<dyn std::error::
         IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     let stream = socket.connect(addr).await?;
-    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{base}{path}"), stream).await?;
+    stream.set_nodelay(true)?;
+    // tungstenite zero-fills its whole read buffer before each read (128
+    // KiB by default): with thousands of sockets in one client, that
+    // memset took half of the client's CPU and so set the pace of every
+    // server's measurement. The server's frames here are a few KiB at most.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 << 10);
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(format!("ws://{base}{path}"), stream, Some(config)).await?;
     Ok(ws)
 }
 
@@ -827,6 +834,11 @@ async fn drive<D: Dialect>(a: &Args, clients: usize, dialect: &D) -> Result<(), 
         if n == 0 && !a.listen && a.first == 0 {
             // The teacher speaks through its own second connection.
             teacher_sink = Some(dialect.enter(0, true).await?);
+        }
+        if let Some(teacher) = teacher_sink.as_mut() {
+            // Read while the others enter: a connection that reads nothing
+            // for the server's slow-client lag is closed.
+            drain_sender::<D>(teacher).await?;
         }
         if (n + 1) % 1_000 == 0 {
             tracing::info!(connected = n + 1, elapsed = ?started.elapsed(), "connecting");
