@@ -16,8 +16,11 @@
 # Environment: MEMBERS (60000), NODES (4), PER_PROCESS (clients a load
 # process, 15000), SPEAKER (clients of the speaking process, 2000),
 # TEACHER_RATE (2), BENCH_SECONDS (the speaking window, 20), LISTEN_EXTRA
-# (how much longer the listeners listen, 120: time for every process to
-# connect), BASE_PORT (7301), OUT (logs; a new folder under /tmp),
+# (how much longer the listeners listen, 480: each listener's window starts
+# when it has connected, and must still be open once the last listener
+# and then the speaker have; on a slow machine the first listener was done
+# over 200 s before the teacher spoke), BASE_PORT (7301), OUT (logs; a new
+# folder under /tmp),
 # SKIP_BUILD=1.
 duration=${BENCH_SECONDS:-20}
 set -euo pipefail
@@ -69,7 +72,7 @@ first=$speaker
 i=0
 while ((listening > 0)); do
   n=$((listening < per_process ? listening : per_process))
-  "$bin/loadgen" --ws "$n" --listen --first "$first" --server "$servers" --seconds $((duration + ${LISTEN_EXTRA:-120})) \
+  "$bin/loadgen" --ws "$n" --listen --first "$first" --server "$servers" --seconds $((duration + ${LISTEN_EXTRA:-480})) \
     >"$out/listener-$i.log" 2>&1 &
   listeners+=($!)
   first=$((first + n))

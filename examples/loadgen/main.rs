@@ -801,8 +801,16 @@ fn clock_ticks() -> f64 {
 }
 
 /// Reads what reached the teacher's sending connection (not measured),
-/// answering what needs an answer.
-async fn drain_sender<D: Dialect>(teacher: &mut Ws) -> Result<(), Box<dyn std::error::Error>> {
+/// answering what needs an answer, and beats on it every 10 s (`beat`:
+/// when it last did): an entry of tens of thousands can outlast the
+/// server's heartbeat timeout.
+async fn drain_sender<D: Dialect>(teacher: &mut Ws, beat: &mut Instant) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(frame) = D::BEAT
+        && beat.elapsed() >= Duration::from_secs(10)
+    {
+        *beat = Instant::now();
+        teacher.send(WsMessage::Text(frame.into())).await?;
+    }
     while let Some(Some(Ok(msg))) = futures::FutureExt::now_or_never(teacher.next()) {
         if let WsMessage::Text(t) = msg
             && let Frame::Reply(answer) = D::read(t.as_str())
@@ -820,6 +828,7 @@ async fn drive<D: Dialect>(a: &Args, clients: usize, dialect: &D) -> Result<(), 
     let started = Instant::now();
     let mut tasks = Vec::new();
     let mut teacher_sink = None;
+    let mut sender_beat = Instant::now();
     let mut chatters: Vec<tokio::sync::mpsc::UnboundedSender<String>> = Vec::new();
     // Students spread over the class also chat, on the main loop's command:
     // every sub-class has its chatters.
@@ -838,7 +847,7 @@ async fn drive<D: Dialect>(a: &Args, clients: usize, dialect: &D) -> Result<(), 
         if let Some(teacher) = teacher_sink.as_mut() {
             // Read while the others enter: a connection that reads nothing
             // for the server's slow-client lag is closed.
-            drain_sender::<D>(teacher).await?;
+            drain_sender::<D>(teacher, &mut sender_beat).await?;
         }
         if (n + 1) % 1_000 == 0 {
             tracing::info!(connected = n + 1, elapsed = ?started.elapsed(), "connecting");
@@ -877,7 +886,7 @@ async fn drive<D: Dialect>(a: &Args, clients: usize, dialect: &D) -> Result<(), 
                 ledger.sent.push(now);
                 teacher.send(WsMessage::Text(D::say(now).into())).await?;
             }
-            drain_sender::<D>(teacher).await?;
+            drain_sender::<D>(teacher, &mut sender_beat).await?;
         }
         while let Ok(s) = rx.try_recv() {
             ledger.take(&mut lat, s);
@@ -904,7 +913,7 @@ async fn drive<D: Dialect>(a: &Args, clients: usize, dialect: &D) -> Result<(), 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         if let Some(teacher) = teacher.as_mut() {
-            drain_sender::<D>(teacher).await?;
+            drain_sender::<D>(teacher, &mut sender_beat).await?;
         }
     }
     let alive = tasks.iter().filter(|t| !t.is_finished()).count();

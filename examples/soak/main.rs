@@ -249,7 +249,13 @@ async fn member(
         Ok::<_, std::io::Error>(stream)
     };
     let ws = match stream.await {
-        Ok(stream) => tokio_tungstenite::client_async(url, stream).await.ok(),
+        // Small read buffers: tungstenite zero-fills the whole buffer
+        // before each read (128 KiB by default), which would make the
+        // load client, not the server, the bottleneck.
+        Ok(stream) => {
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 << 10);
+            tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await.ok()
+        }
         Err(_) => None,
     };
     let Some((ws, _)) = ws else {
