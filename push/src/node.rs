@@ -1266,15 +1266,15 @@ impl PushNode {
         }
         let entry = Entry::Reliable { epoch: env.epoch, msg: shared };
         match self.few_recipients(room_idx, &m.target) {
-            Some((n, direct)) => {
+            Ok((n, direct)) => {
                 let entry = LogEntry::new(entry);
                 for conn in direct {
                     self.log.push_back(LogOutput::Direct { conn, entry: entry.clone() });
                 }
                 n
             }
-            None => {
-                let n = self.recipients(room_idx, &m.target);
+            Err(counted) => {
+                let n = counted.unwrap_or_else(|| self.recipients(room_idx, &m.target));
                 self.publish(room_idx, entry);
                 n
             }
@@ -1285,12 +1285,13 @@ impl PushNode {
     /// room's connections, and at most half of them, how many, and those
     /// whose writers follow the log (the others start after it, knowing
     /// its number: [`follow`](Self::follow)). A message for a teacher or
-    /// for one member then costs what it reaches, not the room.
-    fn few_recipients(&self, room_idx: u32, target: &Target) -> Option<(usize, Vec<ConnId>)> {
-        let room = self.rooms[room_idx as usize].as_ref()?;
+    /// for one member then costs what it reaches, not the room. Otherwise
+    /// the count if it was found on the way.
+    fn few_recipients(&self, room_idx: u32, target: &Target) -> Result<(usize, Vec<ConnId>), Option<usize>> {
+        let room = self.rooms[room_idx as usize].as_ref().ok_or(Some(0))?;
         let lists = candidate_lists(room, target);
         if lists.iter().map(|l| l.len()).sum::<usize>() > 4 * DIRECT_MAX {
-            return None;
+            return Err(None);
         }
         let (mut n, mut direct) = (0, Vec::new());
         for &slot in lists.into_iter().flatten() {
@@ -1300,13 +1301,13 @@ impl PushNode {
             }
             n += 1;
             if n > DIRECT_MAX {
-                return None;
+                return Err(None);
             }
             if c.following {
                 direct.push(ConnId::new(self.config.conn_tag, c.generation, slot));
             }
         }
-        (2 * n <= room.all.len()).then_some((n, direct))
+        if 2 * n <= room.all.len() { Ok((n, direct)) } else { Err(Some(n)) }
     }
 
     /// How many of the room's connections `target` reaches.
