@@ -225,6 +225,33 @@ fn rosters_carry_bounded_join_and_leave_diffs() {
     assert!(rosters.iter().any(|r| r["more"] == true), "the overflow is said");
 }
 
+/// A large room's sidebar goes to every member, so it goes out less often:
+/// a room's rosters cost at most `roster_frames_per_sec` frames a second.
+#[test]
+fn a_larger_room_gets_its_roster_less_often() {
+    let rosters_in_12s = |frames_per_sec: u32| {
+        let mut one = One::new(|c| c.roster_frames_per_sec = frames_per_sec);
+        let teacher = one.connect(1, Role::Teacher);
+        for uin in 100..400 {
+            one.connect(uin, Role::Student);
+        }
+        one.advance(Duration::from_secs(2));
+        one.take(teacher);
+        // A member enters every half second: the roster is always due.
+        for uin in 1_000..1_024 {
+            one.connect(uin, Role::Student);
+            one.advance(Duration::from_millis(500));
+        }
+        pushed(&one.take(teacher), 8).len()
+    };
+    // About 300 members at 100 frames a second: every 3 s or more.
+    let paced = rosters_in_12s(100);
+    assert!((3..=5).contains(&paced), "{paced} rosters in 12 s");
+    // The default budget leaves a room of 300 at one a second.
+    let unpaced = rosters_in_12s(10_000);
+    assert!(unpaced >= 11, "{unpaced} rosters in 12 s");
+}
+
 #[test]
 fn a_late_joiner_is_told_of_mute_all_and_reaction_totals_alone() {
     let mut one = One::new(|_| {});

@@ -74,6 +74,12 @@ pub struct RoomNodeConfig {
     pub tally_interval: Duration,
     /// The member sidebar is pushed at most this often.
     pub roster_interval: Duration,
+    /// ... and a room's sidebars cost at most this many frames a second
+    /// (each goes to every member): a larger room gets it less often
+    /// (a class of 60,000 every 6 s with 10,000). While a large class
+    /// fills, a roster every second to everyone would cost more than
+    /// the entries themselves.
+    pub roster_frames_per_sec: u32,
     /// Rooms up to this size get the whole member list in the sidebar.
     pub roster_list_max: usize,
     /// A room owner saves the room's state to the shared cache at most this
@@ -148,6 +154,7 @@ impl RoomNodeConfig {
             router: RouterConfig::new(),
             tally_interval: Duration::from_millis(500),
             roster_interval: Duration::from_secs(1),
+            roster_frames_per_sec: 10_000,
             roster_list_max: 200,
             save_interval: Duration::from_millis(50),
             forward_timeout: Duration::from_millis(300),

@@ -15,6 +15,7 @@
 //!   next owner never forgets what a client was told.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hashbrown::HashMap;
@@ -24,7 +25,7 @@ use room_push::{Class, Decision, Envelope, FenceOutput, LimiterError, Message, S
 use serde::{Deserialize, Serialize};
 
 use super::access::{action_code, gate_code};
-use super::{CacheAnswer, CacheOp, Output, RoomNode};
+use super::{CacheAnswer, CacheOp, Output, RoomNode, RoomNodeConfig};
 use crate::classroom::{Action, ActionError, Actor, CardResult, CardSpec, Classroom, ClassroomSnapshot, Reaction};
 use crate::host::{EVENT_SEQ_GAP, EventKind, HostAnswer, Revocation, RoomEvent, TicketStamp};
 use crate::peer::{Act, ActReply, PeerMsg};
@@ -1409,9 +1410,12 @@ impl RoomNode {
         }
         let Some(r) = self.rooms.get_mut(&room) else { return };
         if r.roster_dirty && now >= r.next_roster {
-            r.next_roster = now.saturating_add(self.config.roster_interval);
             r.roster_dirty = false;
-            self.push_roster(now, room);
+            let members = self.push_roster(now, room);
+            let interval = roster_interval(&self.config, members);
+            if let Some(r) = self.rooms.get_mut(&room) {
+                r.next_roster = now.saturating_add(interval);
+            }
         }
         let Some(r) = self.rooms.get_mut(&room) else { return };
         if r.dirty && !r.saving && now >= r.last_save.saturating_add(self.config.save_interval) {
@@ -1496,7 +1500,8 @@ impl RoomNode {
         }
     }
 
-    fn push_roster(&mut self, now: Timestamp, room: RoomKey) {
+    /// Pushes the room's sidebar; the room's member count.
+    fn push_roster(&mut self, now: Timestamp, room: RoomKey) -> u64 {
         let counts = self.replica.counts(room);
         let count = |role| counts.as_ref().map_or(0, |c| c.role(role));
         let total = counts.as_ref().map_or(0, |c| c.total());
@@ -1524,6 +1529,7 @@ impl RoomNode {
             more,
         };
         self.publish_system(now, Message::new(room, Class::Signal, kinds::ROSTER, data::encode(&roster)));
+        u64::from(total)
     }
 
     /// Sets the room's next wake-up.
@@ -1565,6 +1571,15 @@ impl RoomNode {
 
 /// Whether the room has anything a member arriving now should be told:
 /// an open card or packet, raised hands, or reaction totals.
+/// How long after a roster to `members` the room's next may go: the
+/// configured interval, longer for a room so large that its rosters
+/// would cost more than `roster_frames_per_sec` frames a second.
+fn roster_interval(config: &RoomNodeConfig, members: u64) -> Duration {
+    let rate = u64::from(config.roster_frames_per_sec.max(1));
+    let by_size = Duration::from_millis(members.saturating_mul(1000) / rate);
+    config.roster_interval.max(by_size)
+}
+
 fn has_open_state(c: &Classroom) -> bool {
     c.open_card_view().is_some()
         || c.packets().next().is_some()
