@@ -542,8 +542,9 @@ async fn dial(base: &str, path: &str, n: u64) -> Result<Ws, Box<dyn std::error::
     // tungstenite zero-fills its whole read buffer before each read (128
     // KiB by default): with thousands of sockets in one client, that
     // memset took half of the client's CPU and so set the pace of every
-    // server's measurement. The server's frames here are a few KiB at most.
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 << 10);
+    // server's measurement; with 8 KiB, still 7% of it. What a read here
+    // brings is a few frames, a KiB or two; a larger frame takes two reads.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4 << 10);
     let (ws, _) =
         tokio_tungstenite::client_async_with_config(format!("ws://{base}{path}"), stream, Some(config)).await?;
     Ok(ws)
@@ -566,6 +567,14 @@ trait Dialect: 'static {
     /// What a text frame from the server is.
     fn read(frame: &str) -> Frame;
 }
+
+/// Searchers built once: a client reads tens of thousands of frames a
+/// second, and `str::find` builds its searcher on every call.
+static TEACHER_CLASS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""c":"teacher""#));
+/// Where a workload message's send time follows (`"text":"t=<micros>"`).
+static SEND_TIME: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""text":"t="#));
 
 /// A text frame from the server.
 enum Frame {
@@ -610,7 +619,7 @@ impl Dialect for Roomkit {
     }
 
     fn read(frame: &str) -> Frame {
-        Frame::Class(if frame.contains("\"c\":\"teacher\"") { "teacher" } else { "chat" })
+        Frame::Class(if TEACHER_CLASS.find(frame.as_bytes()).is_some() { "teacher" } else { "chat" })
     }
 }
 
@@ -651,8 +660,8 @@ async fn client<D: Dialect>(
                 Some(Ok(WsMessage::Text(t))) => match D::read(t.as_str()) {
                     Frame::Class(class) => {
                         let mut rest = t.as_str();
-                        while let Some(i) = rest.find("\"text\":\"t=") {
-                            rest = &rest[i + 10..];
+                        while let Some(i) = SEND_TIME.find(rest.as_bytes()) {
+                            rest = &rest[i + SEND_TIME.needle().len()..];
                             if let Ok(sent) = rest[..rest.find('"').unwrap_or(0)].parse::<u64>() {
                                 let micros = micros_now().saturating_sub(sent);
                                 let _ = tx.send(Sample { class, client: n, sent, micros });
