@@ -277,10 +277,6 @@ struct Writers {
     /// Writers behind their room's log at the last look: where they
     /// stood, and since when they have not moved.
     behind: HashMap<ConnId, (u64, std::time::Instant)>,
-    /// Direct entries for connections whose follow comes later in the
-    /// same turn (the node hands the follows over after the logs), with
-    /// their places in the log.
-    before_follow: HashMap<ConnId, Vec<(LogEntry, u64)>>,
 }
 
 impl Writers {
@@ -297,7 +293,6 @@ impl Writers {
     /// Lets a connection's writer go: its stream ends once drained.
     fn remove(&mut self, conn: ConnId) -> Option<OutboxSender> {
         self.behind.remove(&conn);
-        self.before_follow.remove(&conn);
         let tx = self.channels.remove(&conn)?;
         self.release(&tx);
         Some(tx)
@@ -410,23 +405,18 @@ impl ClientSink for Writers {
     }
 
     fn follow(&mut self, conn: ConnId, room: RoomKey, from: u64, follower: Follower) {
-        let held = self.before_follow.remove(&conn);
         if let Some(tx) = self.channels.get(&conn)
             && tx.room_log().is_some_and(|log| log.room() == room)
         {
             tx.follow(from, follower);
-            for (entry, after) in held.into_iter().flatten() {
-                tx.direct(entry, after);
-            }
         }
     }
 
     fn direct(&mut self, conn: ConnId, entry: &LogEntry) {
-        let Some(tx) = self.channels.get(&conn) else { return };
-        if tx.follows() {
+        // The node directs entries only to connections that follow, and
+        // hands a turn's follows over first.
+        if let Some(tx) = self.channels.get(&conn) {
             tx.direct(entry.clone(), tx.log_end());
-        } else {
-            self.before_follow.entry(conn).or_default().push((entry.clone(), tx.log_end()));
         }
     }
 
@@ -1375,11 +1365,11 @@ mod tests {
         assert!(writers.logs.is_empty(), "a room without connections keeps no log");
     }
 
-    /// A message for one member that the node hands over in the turn that
-    /// made its connection follow, before the follow itself, waits for the
-    /// follow and then goes out at its place among the room's entries.
+    /// The node hands a turn's follows over before its log outputs: a
+    /// writer may follow from an entry not appended yet, skips what came
+    /// before it, and takes a message for its member alone at its place.
     #[test]
-    fn a_direct_entry_before_the_follow_waits_for_it() {
+    fn a_follow_handed_before_its_turns_entries_reads_from_its_place() {
         let mut config = room_push::NodeConfig::default();
         config.delivery = room_push::Delivery::Log;
         let mut node = room_push::PushNode::new(config);
@@ -1391,28 +1381,35 @@ mod tests {
         writers.add(mine, ROOM, tx);
         let (tx, _other_rx) = outbox(8);
         writers.add(other, ROOM, tx);
-        let (from, follower) = node.follow(mine).expect("known");
-        let say = |node: &mut room_push::PushNode, writers: &mut Writers, seq: u64, target: Target| {
+        let (from, follower) = node.follow(other).expect("known");
+        writers.follow(other, ROOM, from, follower);
+        let say = |node: &mut room_push::PushNode, seq: u64, target: Target| {
             let message = room_push::Message::new(ROOM, Class::Teacher, Kind(2), vec![1]).to(target);
             let env = room_push::Envelope { epoch: 7, seq, accepted_at: Timestamp::ZERO, message };
             node.handle_envelope(Timestamp::ZERO, &env).expect("handled");
-            while let Some(out) = node.poll_log() {
-                match out {
-                    room_push::LogOutput::Append { room, pos, entry } => writers.append(room, pos, &entry),
-                    room_push::LogOutput::Direct { conn, entry } => writers.direct(conn, &entry),
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
         };
-        say(&mut node, &mut writers, 1, Target::user(room_core::Uin(1)));
-        assert_eq!(rx.try_recv().err(), Some(outbox::TryRecvError::Empty), "held until the follow");
+        // One turn: a message for the room, the entry (the follow), a
+        // message for the new member alone and one for the room.
+        say(&mut node, 1, Target::room());
+        let (from, follower) = node.follow(mine).expect("known");
+        say(&mut node, 2, Target::user(room_core::Uin(1)));
+        say(&mut node, 3, Target::room());
         writers.follow(mine, ROOM, from, follower);
-        say(&mut node, &mut writers, 2, Target::room());
+        assert_eq!(rx.try_recv().err(), Some(outbox::TryRecvError::Empty), "its place is not in the log yet");
+        let mut outputs = 0;
+        while let Some(out) = node.poll_log() {
+            outputs += 1;
+            match out {
+                room_push::LogOutput::Append { room, pos, entry } => writers.append(room, pos, &entry),
+                room_push::LogOutput::Direct { conn, entry } => writers.direct(conn, &entry),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(outputs, 3);
         let mut got = Vec::new();
         while let Ok(Outbound::Push { header, .. }) = rx.try_recv() {
             got.push((header.seq, header.prev));
         }
-        assert_eq!(got, vec![(1, 0), (2, 1)]);
-        assert!(writers.before_follow.is_empty());
+        assert_eq!(got, vec![(2, 1), (3, 2)]);
     }
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{One, codes, pushed};
+use common::{Handed, One, codes, pushed};
 use room_core::Role;
 use room_service::peer::CloseReason;
 use serde_json::Value;
@@ -250,6 +250,33 @@ fn a_larger_room_gets_its_roster_less_often() {
     // The default budget leaves a room of 300 at one a second.
     let unpaced = rosters_in_12s(10_000);
     assert!(unpaced >= 11, "{unpaced} rosters in 12 s");
+}
+
+/// With log delivery, an entering connection's writer is handed its
+/// welcome, then its follow, then what is for it alone: even a message
+/// for it from the turn that made it follow (the node hands a turn's
+/// follows over before its log outputs).
+#[test]
+fn an_entering_connection_follows_before_a_message_for_it_alone() {
+    let mut one = One::new(|c| c.push.delivery = room_push::Delivery::Log);
+    let teacher = one.connect(1, Role::Teacher);
+    for uin in 100..110 {
+        one.connect(uin, Role::Student);
+    }
+    // The entry and a message for the entering member alone, in one turn.
+    let who = room_service::Admission::new(common::ROOM, room_core::Uin(200), Role::Student, room_core::Terminal::Web);
+    let student = one.node.connect(one.now, who).expect("enters");
+    one.pump_unflushed();
+    let _ = one.node.handle_text(one.now, teacher, r#"{"t":"mute","uin":200,"on":true}"#);
+    // The mute's signal waits for the room's save.
+    one.advance_unflushed(Duration::from_millis(60));
+    one.node.flush(one.now, &mut one.sink);
+    let handed = one.sink.handed.get(&student).cloned().unwrap_or_default();
+    let follow = handed.iter().position(|h| matches!(h, Handed::Follow { .. }));
+    let direct = handed.iter().position(|h| matches!(h, Handed::Direct { .. }));
+    assert!(follow.is_some() && direct.is_some(), "{handed:?}");
+    assert!(follow < direct, "followed after a direct entry: {handed:?}");
+    assert_eq!(handed.first(), Some(&Handed::Frame), "the welcome first: {handed:?}");
 }
 
 #[test]

@@ -174,11 +174,6 @@ impl OutboxSender {
         let _ = self.push(Item::Moved { at, subclass }, false);
     }
 
-    /// Whether the connection was handed its room's log to follow.
-    pub(crate) fn follows(&self) -> bool {
-        self.shared.read_pos.load(Ordering::Relaxed) != NOT_FOLLOWING
-    }
-
     /// The log's end now: where an entry handed to this connection alone
     /// stands among the room's ([`direct`](Self::direct)).
     pub(crate) fn log_end(&self) -> u64 {
@@ -603,8 +598,8 @@ impl OutboundFrames {
                 return Poll::Ready(None);
             }
             if let Some(direct) = direct {
-                // Queued only once the writer follows (the sink holds it
-                // until then).
+                // Queued only once the writer follows (the node hands a
+                // turn's follows over before its entries).
                 let Some(r) = self.reading.as_mut() else { continue };
                 apply_moves(&mut self.moves, &mut r.follower, r.pos + 1);
                 let header = match direct {

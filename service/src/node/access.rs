@@ -11,7 +11,7 @@ use room_push::{
 };
 
 use super::owner::Purpose;
-use super::{Admission, CacheOp, ClientSink, EntryError, Outbound, RequestKind, RoomNode};
+use super::{Admission, CacheOp, ClientSink, EntryError, Follow, Outbound, RequestKind, RoomNode};
 use crate::classroom::ActionError;
 use crate::peer::{Act, ActReply, CloseReason, PeerMsg};
 use crate::wire::{ClientMsg, JsonCodec, MemberRowWire, ServerFrame, Welcome, codes};
@@ -360,14 +360,20 @@ impl RoomNode {
             self_muted,
             node: self.me.0,
         };
-        self.reply(conn, ServerFrame::Welcome(welcome));
+        let mut first = vec![Outbound::Text(ServerFrame::Welcome(welcome).to_bytes())];
         if let Some(data) = state {
-            self.reply(conn, ServerFrame::State { data: crate::wire::RawJson(data) });
+            first.push(Outbound::Text(ServerFrame::State { data: crate::wire::RawJson(data) }.to_bytes()));
         }
-        if self.push.config().delivery == Delivery::Log
-            && let Ok((from, follower)) = self.push.follow(conn)
-        {
-            self.follows.push((conn, member.room_key(), from, follower));
+        match self.push.config().delivery {
+            Delivery::Log => match self.push.follow(conn) {
+                Ok((from, follower)) => {
+                    self.follows.push(Follow { conn, room: member.room_key(), from, follower, first });
+                }
+                // Unreachable (the push node knows the connection it
+                // just placed); the client still hears of its entry.
+                Err(_) => self.replies.extend(first.into_iter().map(|frame| (conn, frame))),
+            },
+            _ => self.replies.extend(first.into_iter().map(|frame| (conn, frame))),
         }
         let _ = self.push.set_writable(conn);
     }
@@ -834,7 +840,17 @@ impl RoomNode {
     /// Hands every frame ready for clients to `sink`: direct replies first,
     /// in order, then the push lanes; then the connections the node closed.
     pub fn flush<S: ClientSink>(&mut self, now: Timestamp, sink: &mut S) {
-        // The rooms' logs first: a reply then goes out after the entries
+        let mut stalls = Vec::new();
+        // The connections that entered first, with their welcomes: the
+        // turn's log outputs may already be for them (a message for one
+        // member among few goes to its connection, not the log).
+        for Follow { conn, room, from, follower, first } in self.follows.drain(..) {
+            for frame in first {
+                self.stats.replies_dropped += u64::from(sink.send(conn, frame).is_err());
+            }
+            sink.follow(conn, room, from, follower);
+        }
+        // The rooms' logs next: a reply then goes out after the entries
         // it may speak of (an ack's answer after the messages it counts).
         while let Some(out) = self.push.poll_log() {
             match out {
@@ -844,7 +860,6 @@ impl RoomNode {
                 _ => {}
             }
         }
-        let mut stalls = Vec::new();
         while let Some((conn, frame)) = self.replies.pop_front() {
             match sink.send(conn, frame) {
                 Ok(()) => {}
@@ -857,9 +872,6 @@ impl RoomNode {
             }
         }
         room_core::shrink_when_empty(&mut self.replies);
-        for (conn, room, from, follower) in self.follows.drain(..) {
-            sink.follow(conn, room, from, follower);
-        }
         self.push.flush(now, &mut Sink { sink, stalls: &mut stalls });
         for conn in stalls {
             if !self.stalled.contains_key(&conn) && self.conns.contains_key(&conn) {

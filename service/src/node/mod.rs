@@ -304,6 +304,17 @@ impl Outbound {
     }
 }
 
+/// A connection that starts reading its room's log: its first frames
+/// (the welcome, the room's state), then the log from entry `from` on.
+#[derive(Debug)]
+struct Follow {
+    conn: ConnId,
+    room: RoomKey,
+    from: u64,
+    follower: Follower,
+    first: Vec<Outbound>,
+}
+
 /// Where a node's frames for clients go: the host's websocket writers.
 pub trait ClientSink {
     /// A frame for `conn`, in order. [`SendError::WouldBlock`] keeps push
@@ -324,7 +335,10 @@ pub trait ClientSink {
     /// With log delivery: after the frames sent to it so far, `conn`'s
     /// writer also reads `room`'s log, from entry `from` on, through
     /// `follower`. Frames sent to it later go out after the log entries
-    /// appended before them.
+    /// appended before them. The node hands a turn's follows over before
+    /// its log outputs, which may be for the connection already (a
+    /// [`direct`](Self::direct) entry): `from` may be beyond the entries
+    /// appended so far, and the writer reads entry `from` once it comes.
     fn follow(&mut self, conn: ConnId, room: RoomKey, from: u64, follower: Follower) {
         let _ = (conn, room, from, follower);
     }
@@ -695,9 +709,9 @@ pub struct RoomNode {
     /// The heartbeat budget, from the interval.
     beat_quota: Quota,
     replies: VecDeque<(ConnId, Outbound)>,
-    /// Connections that start reading their room's log after their
-    /// replies (log delivery).
-    follows: Vec<(ConnId, RoomKey, u64, Follower)>,
+    /// Connections that start reading their room's log (log delivery),
+    /// handed over at the next flush before the turn's log outputs.
+    follows: Vec<Follow>,
     closes: VecDeque<(ConnId, CloseReason)>,
     next_req: u64,
     // session owner

@@ -23,6 +23,16 @@ pub struct Sink {
     pub closed: HashMap<ConnId, CloseReason>,
     /// Writers that take nothing (a client that stopped reading).
     pub full: HashSet<ConnId>,
+    /// With log delivery: what each connection was handed, in order.
+    pub handed: HashMap<ConnId, Vec<Handed>>,
+}
+
+/// What a connection's writer was handed (log delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handed {
+    Frame,
+    Follow { from: u64 },
+    Direct { seq: u64 },
 }
 
 impl ClientSink for Sink {
@@ -31,11 +41,21 @@ impl ClientSink for Sink {
             return Err(SendError::WouldBlock);
         }
         self.frames.entry(conn).or_default().push(frame);
+        self.handed.entry(conn).or_default().push(Handed::Frame);
         Ok(())
     }
 
     fn close(&mut self, conn: ConnId, reason: CloseReason) {
         self.closed.insert(conn, reason);
+    }
+
+    fn follow(&mut self, conn: ConnId, _: RoomKey, from: u64, _: room_push::Follower) {
+        self.handed.entry(conn).or_default().push(Handed::Follow { from });
+    }
+
+    fn direct(&mut self, conn: ConnId, entry: &room_push::LogEntry) {
+        let seq = entry.sequence().map_or(0, |(_, seq)| seq);
+        self.handed.entry(conn).or_default().push(Handed::Direct { seq });
     }
 }
 
@@ -77,8 +97,20 @@ impl One {
 
     /// Carries out everything the node asks, until it asks for nothing.
     pub fn pump(&mut self) {
+        self.pump_flushing(true);
+    }
+
+    /// [`pump`](Self::pump), handing nothing to the sink (the turn goes
+    /// on until a flush).
+    pub fn pump_unflushed(&mut self) {
+        self.pump_flushing(false);
+    }
+
+    fn pump_flushing(&mut self, between: bool) {
         loop {
-            self.node.flush(self.now, &mut self.sink);
+            if between {
+                self.node.flush(self.now, &mut self.sink);
+            }
             let mut any = false;
             while let Some(output) = self.node.poll_output() {
                 any = true;
@@ -108,15 +140,24 @@ impl One {
 
     /// Lets `d` pass, running every timer on the way.
     pub fn advance(&mut self, d: Duration) {
+        self.advance_flushing(d, true);
+    }
+
+    /// [`advance`](Self::advance), handing nothing to the sink.
+    pub fn advance_unflushed(&mut self, d: Duration) {
+        self.advance_flushing(d, false);
+    }
+
+    fn advance_flushing(&mut self, d: Duration, between: bool) {
         let end = self.now.saturating_add(d);
         while let Some(at) = self.node.poll_timeout().filter(|at| *at <= end) {
             self.now = self.now.max(at);
             self.node.handle_timeout(self.now);
-            self.pump();
+            self.pump_flushing(between);
         }
         self.now = end;
         self.node.handle_timeout(self.now);
-        self.pump();
+        self.pump_flushing(between);
     }
 
     /// Connects `uin` (a teacher on a PC, others on the web).
