@@ -16,12 +16,9 @@
 # Environment: MEMBERS (60000), NODES (4), PER_PROCESS (clients a load
 # process, 15000), SPEAKER (clients of the speaking process, 2000),
 # TEACHER_RATE (2), BENCH_SECONDS (the speaking window, 20), LISTEN_EXTRA
-# (how much longer the listeners listen, 480: each listener's window starts
-# when it has connected, and must still be open once the last listener
-# and then the speaker have; on a slow machine the first listener was done
-# over 200 s before the teacher spoke), BASE_PORT (7301), OUT (logs; a new
-# folder under /tmp),
-# SKIP_BUILD=1.
+# (the longest the listeners listen past their entry, 1800 s: they stop
+# once the speaker is done, and its messages had 10 s more to arrive),
+# BASE_PORT (7301), OUT (logs; a new folder under /tmp), SKIP_BUILD=1.
 duration=${BENCH_SECONDS:-20}
 set -euo pipefail
 ulimit -n 20000 || echo "warning: the descriptor limit is $(ulimit -n)" >&2
@@ -35,6 +32,8 @@ rate=${TEACHER_RATE:-2}
 base_port=${BASE_PORT:-7301}
 out=${OUT:-$(mktemp -d /tmp/roomkit-big-class.XXXXXX)}
 mkdir -p "$out"
+spoken="$out/spoken"
+rm -f "$spoken"
 
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
   (cd "$root" && cargo build --release -p examples --example cluster --example loadgen) >"$out/build.log" 2>&1 ||
@@ -72,8 +71,8 @@ first=$speaker
 i=0
 while ((listening > 0)); do
   n=$((listening < per_process ? listening : per_process))
-  "$bin/loadgen" --ws "$n" --listen --first "$first" --server "$servers" --seconds $((duration + ${LISTEN_EXTRA:-480})) \
-    >"$out/listener-$i.log" 2>&1 &
+  "$bin/loadgen" --ws "$n" --listen --first "$first" --server "$servers" --until "$spoken" \
+    --seconds $((duration + ${LISTEN_EXTRA:-1800})) >"$out/listener-$i.log" 2>&1 &
   listeners+=($!)
   first=$((first + n))
   listening=$((listening - n))
@@ -90,6 +89,7 @@ done
 echo "every listener connected; the teacher speaks" >&2
 "$bin/loadgen" --ws "$speaker" --server "$servers" --seconds "$duration" --teacher-rate "$rate" --chat-rate 0 \
   >"$out/speaker.log" 2>&1
+touch "$spoken"
 grep -E "connected|teacher  |teacher messages" "$out/speaker.log" >&2
 rss_kib=0
 for pid in $(pgrep -f "examples/cluster --node" || true); do

@@ -20,8 +20,9 @@
 //! A class larger than one process's descriptors (60,000 members over
 //! the nodes of a cluster) is several processes: one speaks (`--ws N`),
 //! the others only listen (`--ws N --listen --first K`, clients K+1...,
-//! their own members; they count every teacher message they see);
-//! `examples/cluster/big-class.sh` runs it.
+//! their own members; they count every teacher message they see, until
+//! `--seconds` or, with `--until FILE`, until FILE exists: the speaker is
+//! done); `examples/cluster/big-class.sh` runs it.
 //!
 //! `--shards N` runs the service (in process, or the server this process
 //! starts) as N nodes of the process, each under its own lock.
@@ -70,6 +71,8 @@ struct Args {
     /// Websocket mode: the first client's number (uin - 1), so that
     /// several processes fill one class without sharing members.
     first: u64,
+    /// Websocket mode: the window also ends once this file exists.
+    until: Option<std::path::PathBuf>,
     /// Nodes of the service's process (in process, or the server this
     /// process starts): `ServiceConfig::shards`.
     shards: usize,
@@ -105,6 +108,7 @@ fn args() -> Args {
         server_pid: None,
         listen: false,
         first: 0,
+        until: None,
         shards: 1,
     };
     let mut it = std::env::args().skip(1);
@@ -127,6 +131,7 @@ fn args() -> Args {
             "--server-pid" => a.server_pid = Some(value().parse().expect("--server-pid PID")),
             "--listen" => a.listen = true,
             "--first" => a.first = value().parse().expect("--first N"),
+            "--until" => a.until = Some(value().into()),
             "--shards" => a.shards = value().parse::<usize>().expect("--shards N").max(1),
             other => panic!("unknown option {other} (see the file's header)"),
         }
@@ -904,6 +909,10 @@ async fn drive<D: Dialect>(a: &Args, clients: usize, dialect: &D) -> Result<(), 
             next_progress += Duration::from_secs(1);
             let got = lat.by_class.get("teacher").map_or(0, Vec::len);
             tracing::info!(teacher_deliveries = got, "running");
+            if a.until.as_deref().is_some_and(std::path::Path::exists) {
+                tracing::info!("told to stop listening");
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
