@@ -24,6 +24,17 @@ test("a frame whose prev is past contiguous is a gap: check, and nothing moves",
   assert.equal(rx.contiguous, 9);
 });
 
+test("after a welcome, what its head covers is not owed, and the next frame may name a prev below it", () => {
+  // The welcome said head 10. A node whose push layer had not yet seen
+  // the room's latest numbers may send a frame numbered at the entry
+  // (covered by the head), then one whose prev is below the head.
+  const rx = new ReliableReceiver(E, 10);
+  assert.equal(rx.onFrame(frame(9, 0)), "duplicate");
+  assert.equal(rx.onFrame(frame(12, 7)), "deliver");
+  assert.equal(rx.contiguous, 12);
+  assert.equal(rx.onFrame(frame(14, 13)), "check");
+});
+
 test("duplicates, other epochs, resyncs and unsequenced classes", () => {
   const rx = new ReliableReceiver(E, 5);
   assert.equal(rx.onFrame(frame(5, 4)), "duplicate");
