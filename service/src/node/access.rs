@@ -837,8 +837,10 @@ impl RoomNode {
         }
     }
 
-    /// Hands every frame ready for clients to `sink`: direct replies first,
-    /// in order, then the push lanes; then the connections the node closed.
+    /// Hands every frame ready for clients to `sink`: the entering
+    /// connections' welcomes and follows first, then the rooms' log
+    /// outputs (log delivery), the direct replies, in order, and the push
+    /// lanes; then the connections the node closed.
     pub fn flush<S: ClientSink>(&mut self, now: Timestamp, sink: &mut S) {
         let mut stalls = Vec::new();
         // The connections that entered first, with their welcomes: the
