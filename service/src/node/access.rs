@@ -364,16 +364,15 @@ impl RoomNode {
         if let Some(data) = state {
             first.push(Outbound::Text(ServerFrame::State { data: crate::wire::RawJson(data) }.to_bytes()));
         }
-        match self.push.config().delivery {
-            Delivery::Log => match self.push.follow(conn) {
-                Ok((from, follower)) => {
-                    self.follows.push(Follow { conn, room: member.room_key(), from, follower, first });
-                }
-                // Unreachable (the push node knows the connection it
-                // just placed); the client still hears of its entry.
-                Err(_) => self.replies.extend(first.into_iter().map(|frame| (conn, frame))),
-            },
-            _ => self.replies.extend(first.into_iter().map(|frame| (conn, frame))),
+        // With lanes, or (unreachable) a connection the push node does
+        // not know, the welcome goes as a reply: the client still hears
+        // of its entry.
+        let follow = (self.push.config().delivery == Delivery::Log).then(|| self.push.follow(conn).ok()).flatten();
+        match follow {
+            Some((from, follower)) => {
+                self.follows.push(Follow { conn, room: member.room_key(), from, follower, first });
+            }
+            None => self.replies.extend(first.into_iter().map(|frame| (conn, frame))),
         }
         let _ = self.push.set_writable(conn);
     }
